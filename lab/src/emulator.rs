@@ -1,0 +1,634 @@
+//! A Bedrock Runtime emulator: Converse and InvokeModel over the real wire
+//! protocol (restJson1, model ID percent-encoded in the path, errors as status +
+//! `x-amzn-ErrorType` + JSON `message`).
+//!
+//! - Replies are derived from the request, so a test can see what was sent.
+//! - Every request's SigV4 signature is checked against the sessions moto
+//!   issued; the calling account and role are recorded with the call.
+//! - Knobs: added latency, queued injected errors, a requests-per-minute quota
+//!   per account (answered with `ThrottlingException`), and model access per
+//!   account (answered with `AccessDeniedException`).
+//!
+//! Control endpoints live under `/_lab/`: `GET calls`, `GET stats`,
+//! `PUT knobs`, `POST faults`, `POST reset`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::moto::{MotoSession, MotoSessions};
+use crate::sigv4::{expected_signature, Authorization};
+
+/// One request the emulator answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Call {
+    /// Order of arrival, from 0.
+    pub seq: usize,
+    /// `Converse` or `InvokeModel`.
+    pub operation: String,
+    /// The model ID as decoded from the path.
+    pub model_id: String,
+    /// The access key that signed it.
+    pub access_key_id: Option<String>,
+    /// The signer's account, from moto's sessions; `None` if unknown.
+    pub account: Option<String>,
+    /// The signer's role, from moto's sessions.
+    pub role_arn: Option<String>,
+    /// The signer's assumed-role session ARN.
+    pub principal_arn: Option<String>,
+    /// The status answered.
+    pub status: u16,
+    /// The error type answered, if any.
+    pub error_type: Option<String>,
+    /// The request body.
+    pub request: Value,
+    /// Milliseconds since the epoch at arrival.
+    pub at_ms: u128,
+}
+
+/// An error to answer instead of a reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fault {
+    /// HTTP status, e.g. 429, 500, 503.
+    pub status: u16,
+    /// The `x-amzn-ErrorType`, e.g. `ThrottlingException`.
+    pub error_type: String,
+    /// How many matching requests get it.
+    pub count: u32,
+    /// Only for this model, if set.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// The emulator's behaviour.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Knobs {
+    /// Added to every answer, in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Requests per minute per account; more get `ThrottlingException`.
+    #[serde(default)]
+    pub quota_rpm: Option<u32>,
+    /// If set, only these accounts have model access; others get `AccessDeniedException`.
+    #[serde(default)]
+    pub model_access: Option<Vec<String>>,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Requests answered.
+    pub requests: usize,
+    /// Most requests in flight at once.
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    sessions: Option<MotoSessions>,
+    calls: Mutex<Vec<Call>>,
+    knobs: Mutex<Knobs>,
+    faults: Mutex<VecDeque<Fault>>,
+    quota: Mutex<HashMap<String, VecDeque<Instant>>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// A running emulator; stops when dropped.
+#[derive(Debug)]
+pub struct BedrockEmulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BedrockEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl BedrockEmulator {
+    /// Starts on a free loopback port. With `sessions`, every request must be
+    /// signed by a session moto issued; without, signatures are not checked.
+    pub async fn start(sessions: Option<MotoSessions>) -> std::io::Result<Self> {
+        Self::start_on(sessions, "127.0.0.1:0").await
+    }
+
+    /// Starts on a given address.
+    pub async fn start_on(sessions: Option<MotoSessions>, bind: &str) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            sessions,
+            calls: Mutex::default(),
+            knobs: Mutex::default(),
+            faults: Mutex::default(),
+            quota: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/model/{model_id}/converse", post(converse))
+            .route("/model/{model_id}/invoke", post(invoke))
+            .route("/_lab/calls", get(calls))
+            .route("/_lab/stats", get(stats))
+            .route("/_lab/knobs", put(set_knobs))
+            .route("/_lab/faults", post(add_faults))
+            .route("/_lab/reset", post(reset))
+            .with_state(Arc::clone(&shared));
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.shared.calls).clone()
+    }
+
+    /// Replaces the knobs.
+    pub fn set_knobs(&self, knobs: Knobs) {
+        *lock(&self.shared.knobs) = knobs;
+    }
+
+    /// Queues injected errors.
+    pub fn add_fault(&self, fault: Fault) {
+        lock(&self.shared.faults).push_back(fault);
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            requests: lock(&self.shared.calls).len(),
+            max_in_flight: self.shared.max_in_flight.load(Ordering::SeqCst),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn calls(State(shared): State<Arc<Shared>>) -> Json<Vec<Call>> {
+    Json(lock(&shared.calls).clone())
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {
+    Json(Stats {
+        requests: lock(&shared.calls).len(),
+        max_in_flight: shared.max_in_flight.load(Ordering::SeqCst),
+    })
+}
+
+async fn set_knobs(State(shared): State<Arc<Shared>>, Json(knobs): Json<Knobs>) -> StatusCode {
+    *lock(&shared.knobs) = knobs;
+    StatusCode::NO_CONTENT
+}
+
+async fn add_faults(State(shared): State<Arc<Shared>>, Json(faults): Json<Vec<Fault>>) -> StatusCode {
+    lock(&shared.faults).extend(faults);
+    StatusCode::NO_CONTENT
+}
+
+async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {
+    lock(&shared.calls).clear();
+    lock(&shared.faults).clear();
+    lock(&shared.quota).clear();
+    *lock(&shared.knobs) = Knobs::default();
+    shared.max_in_flight.store(0, Ordering::SeqCst);
+    StatusCode::NO_CONTENT
+}
+
+/// An AWS-shaped error answer.
+fn aws_error(status: u16, error_type: &str, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [("x-amzn-ErrorType", error_type), ("content-type", "application/json")],
+        Json(json!({ "message": message })),
+    )
+        .into_response()
+}
+
+struct Caller {
+    access_key_id: Option<String>,
+    session: Option<MotoSession>,
+}
+
+/// Checks the signature; `Err` is the error answer.
+async fn authenticate(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Caller, (u16, &'static str, String)> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Authorization::parse);
+    let Some(sessions) = &shared.sessions else {
+        return Ok(Caller {
+            access_key_id: auth.map(|a| a.access_key_id),
+            session: None,
+        });
+    };
+    let auth = auth.ok_or((403, "AccessDeniedException", "Missing Authentication Token".to_owned()))?;
+    let session = sessions.lookup(&auth.access_key_id).await.ok_or((
+        403,
+        "UnrecognizedClientException",
+        "The security token included in the request is invalid.".to_owned(),
+    ))?;
+    let token = headers.get("x-amz-security-token").and_then(|v| v.to_str().ok());
+    if token != Some(session.session_token.as_str()) {
+        return Err((
+            403,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.".to_owned(),
+        ));
+    }
+    let header_pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let expected = expected_signature(
+        &auth,
+        &session.secret_access_key,
+        Some(&session.session_token),
+        method.as_str(),
+        path_and_query,
+        &header_pairs,
+        body,
+    )
+    .map_err(|e| (403, "InvalidSignatureException", e))?;
+    if expected != auth.signature {
+        return Err((
+            403,
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided.".to_owned(),
+        ));
+    }
+    Ok(Caller {
+        access_key_id: Some(auth.access_key_id),
+        session: Some(session),
+    })
+}
+
+/// Decrements the in-flight count when a request ends, however it ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+enum Operation {
+    Converse,
+    InvokeModel,
+}
+
+async fn converse(
+    State(shared): State<Arc<Shared>>,
+    Path(model_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(shared, Operation::Converse, model_id, method, uri, headers, body).await
+}
+
+async fn invoke(
+    State(shared): State<Arc<Shared>>,
+    Path(model_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(shared, Operation::InvokeModel, model_id, method, uri, headers, body).await
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    operation: Operation,
+    model_id: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _in_flight = InFlight(&shared.in_flight);
+    let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut call = Call {
+        seq: 0,
+        operation: match operation {
+            Operation::Converse => "Converse",
+            Operation::InvokeModel => "InvokeModel",
+        }
+        .to_owned(),
+        model_id: model_id.clone(),
+        access_key_id: None,
+        account: None,
+        role_arn: None,
+        principal_arn: None,
+        status: 200,
+        error_type: None,
+        request: request.clone(),
+        at_ms,
+    };
+
+    let outcome = answer(&shared, &operation, &model_id, &method, &uri, &headers, &body, &request, &mut call).await;
+    let response = match outcome {
+        Ok(reply) => Json(reply).into_response(),
+        Err((status, error_type, message)) => {
+            call.status = status;
+            call.error_type = Some(error_type.to_owned());
+            aws_error(status, error_type, &message)
+        }
+    };
+    let mut calls = lock(&shared.calls);
+    call.seq = calls.len();
+    calls.push(call);
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    shared: &Shared,
+    operation: &Operation,
+    model_id: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    request: &Value,
+    call: &mut Call,
+) -> Result<Value, (u16, &'static str, String)> {
+    let caller = authenticate(shared, method, uri, headers, body).await?;
+    call.access_key_id = caller.access_key_id;
+    if let Some(session) = &caller.session {
+        call.account = Some(session.account_id.clone());
+        call.role_arn = Some(session.role_arn.clone());
+        call.principal_arn = Some(session.arn.clone());
+    }
+    let knobs = lock(&shared.knobs).clone();
+    let account = call.account.clone().unwrap_or_else(|| "unknown".into());
+
+    if let Some(allowed) = &knobs.model_access {
+        if !allowed.contains(&account) {
+            return Err((
+                403,
+                "AccessDeniedException",
+                format!("You don't have access to the model with the specified model ID (account {account})."),
+            ));
+        }
+    }
+    if let Some(rpm) = knobs.quota_rpm {
+        let mut quota = lock(&shared.quota);
+        let window = quota.entry(account.clone()).or_default();
+        let now = Instant::now();
+        while window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+            window.pop_front();
+        }
+        if window.len() >= rpm as usize {
+            return Err((429, "ThrottlingException", "Too many requests, please wait before trying again.".into()));
+        }
+        window.push_back(now);
+    }
+    if let Some(fault) = take_fault(shared, model_id) {
+        let error_type: &'static str = match fault.error_type.as_str() {
+            "ThrottlingException" => "ThrottlingException",
+            "ServiceUnavailableException" => "ServiceUnavailableException",
+            "InternalServerException" => "InternalServerException",
+            "ModelNotReadyException" => "ModelNotReadyException",
+            "ModelTimeoutException" => "ModelTimeoutException",
+            "AccessDeniedException" => "AccessDeniedException",
+            "ValidationException" => "ValidationException",
+            "ResourceNotFoundException" => "ResourceNotFoundException",
+            _ => "InternalServerException",
+        };
+        return Err((fault.status, error_type, format!("injected {error_type}")));
+    }
+    if knobs.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+    }
+    check_model_id(model_id)?;
+    match operation {
+        Operation::Converse => converse_reply(model_id, request, knobs.latency_ms),
+        Operation::InvokeModel => invoke_reply(model_id, request),
+    }
+}
+
+fn take_fault(shared: &Shared, model_id: &str) -> Option<Fault> {
+    let mut faults = lock(&shared.faults);
+    let index = faults
+        .iter()
+        .position(|f| f.count > 0 && f.model.as_deref().is_none_or(|m| m == model_id))?;
+    let fault = faults.get_mut(index)?;
+    fault.count -= 1;
+    let taken = fault.clone();
+    if fault.count == 0 {
+        faults.remove(index);
+    }
+    Some(taken)
+}
+
+/// Bedrock's rule of thumb: `provider.name[:version]`, an inference profile
+/// (`us.provider.name`), or an ARN.
+fn check_model_id(model_id: &str) -> Result<(), (u16, &'static str, String)> {
+    let plausible = model_id.starts_with("arn:aws")
+        || (model_id.contains('.')
+            && model_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.:_".contains(c)));
+    if plausible {
+        Ok(())
+    } else {
+        Err((400, "ValidationException", "The provided model identifier is invalid.".into()))
+    }
+}
+
+fn words(text: &str) -> i64 {
+    text.split_whitespace().count() as i64
+}
+
+fn converse_reply(model_id: &str, request: &Value, latency_ms: u64) -> Result<Value, (u16, &'static str, String)> {
+    let invalid = |msg: &str| (400, "ValidationException", msg.to_owned());
+    let messages = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| invalid("A conversation must start with a user message."))?;
+    let mut input_tokens = 0;
+    let mut last_user_text = String::new();
+    let mut expected_role = "user";
+    for message in messages {
+        let role = message.get("role").and_then(Value::as_str).unwrap_or_default();
+        if role != expected_role {
+            return Err(invalid(
+                "A conversation must alternate between user and assistant roles. Make sure the conversation alternates between user and assistant roles and try again.",
+            ));
+        }
+        expected_role = if role == "user" { "assistant" } else { "user" };
+        let content = message
+            .get("content")
+            .and_then(Value::as_array)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| invalid("The content field in the Message object is empty."))?;
+        let mut texts = Vec::new();
+        for block in content {
+            if let Some(text) = block.get("text").and_then(Value::as_str) {
+                input_tokens += words(text);
+                texts.push(text.to_owned());
+            } else if let Some(media) = block.get("image").or_else(|| block.get("document")) {
+                let bytes = media.pointer("/source/bytes").and_then(Value::as_str).unwrap_or_default();
+                input_tokens += (bytes.len() as i64 / 100).max(1);
+                texts.push(format!("[{} bytes of media]", bytes.len() * 3 / 4));
+            } else {
+                return Err(invalid("The content block has an unsupported type."));
+            }
+        }
+        if role == "user" {
+            last_user_text = texts.join(" ");
+        }
+    }
+    if let Some(system) = request.get("system").and_then(Value::as_array) {
+        for block in system {
+            input_tokens += words(block.get("text").and_then(Value::as_str).unwrap_or_default());
+        }
+    }
+    let config = request.get("inferenceConfig");
+    let max_tokens = config.and_then(|c| c.get("maxTokens")).and_then(Value::as_i64);
+    let stops: Vec<String> = config
+        .and_then(|c| c.get("stopSequences"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+
+    let full = format!("Echo from {model_id}: {last_user_text}");
+    let (text, stop_reason) = shape_output(&full, max_tokens, &stops);
+    let output_tokens = words(&text);
+    Ok(json!({
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "stopReason": stop_reason,
+        "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens},
+        "metrics": {"latencyMs": latency_ms}
+    }))
+}
+
+/// Cuts the reply at a stop sequence or at `max_tokens` words.
+fn shape_output(full: &str, max_tokens: Option<i64>, stops: &[String]) -> (String, &'static str) {
+    for stop in stops {
+        if let Some(at) = full.find(stop.as_str()) {
+            return (full[..at].trim_end().to_owned(), "stop_sequence");
+        }
+    }
+    match max_tokens {
+        Some(max) if words(full) > max => {
+            let cut: Vec<&str> = full.split_whitespace().take(max.max(0) as usize).collect();
+            (cut.join(" "), "max_tokens")
+        }
+        _ => (full.to_owned(), "end_turn"),
+    }
+}
+
+fn invoke_reply(model_id: &str, request: &Value) -> Result<Value, (u16, &'static str, String)> {
+    if request.is_null() {
+        return Err((400, "ValidationException", "Malformed input request, please reformat your input and try again.".into()));
+    }
+    if let Some(text) = request.get("inputText").and_then(Value::as_str) {
+        // Titan embeddings: a small deterministic vector from the text.
+        let embedding: Vec<f64> = (0..8)
+            .map(|i| ((text.len() + i * 31) % 97) as f64 / 97.0)
+            .collect();
+        return Ok(json!({"embedding": embedding, "inputTextTokenCount": words(text)}));
+    }
+    if let Some(messages) = request.get("messages").and_then(Value::as_array) {
+        // Anthropic messages API.
+        let last = messages
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .and_then(|m| m.get("content"))
+            .map(|c| match c {
+                Value::String(s) => s.clone(),
+                other => other
+                    .as_array()
+                    .map(|blocks| {
+                        blocks
+                            .iter()
+                            .filter_map(|b| b.get("text").and_then(Value::as_str))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default(),
+            })
+            .unwrap_or_default();
+        let text = format!("Echo from {model_id}: {last}");
+        return Ok(json!({
+            "id": "msg_lab", "type": "message", "role": "assistant", "model": model_id,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": words(&last), "output_tokens": words(&text)}
+        }));
+    }
+    Ok(json!({"outputText": format!("Echo from {model_id}: {request}")}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_echoes_the_last_user_message_and_counts_words() {
+        let reply = converse_reply(
+            "amazon.nova-lite-v1:0",
+            &json!({"messages": [{"role": "user", "content": [{"text": "hello there world"}]}], "system": [{"text": "be nice"}]}),
+            0,
+        )
+        .expect("reply");
+        assert_eq!(reply["output"]["message"]["content"][0]["text"], "Echo from amazon.nova-lite-v1:0: hello there world");
+        assert_eq!(reply["usage"]["inputTokens"], 5);
+        assert_eq!(reply["stopReason"], "end_turn");
+    }
+
+    #[test]
+    fn max_tokens_and_stop_sequences_cut_the_reply() {
+        assert_eq!(shape_output("a b c d", Some(2), &[]), ("a b".into(), "max_tokens"));
+        assert_eq!(shape_output("a b END c", None, &["END".into()]), ("a b".into(), "stop_sequence"));
+    }
+
+    #[test]
+    fn conversations_must_alternate_starting_with_user() {
+        let err = converse_reply("a.b", &json!({"messages": [{"role": "assistant", "content": [{"text": "x"}]}]}), 0)
+            .expect_err("invalid");
+        assert_eq!(err.1, "ValidationException");
+        assert!(check_model_id("not a model").is_err());
+        assert!(check_model_id("us.anthropic.claude-3-haiku-20240307-v1:0").is_ok());
+    }
+}

@@ -1,0 +1,246 @@
+//! moto: starting `moto_server` on a free loopback port, reading the STS
+//! sessions it issued, and the few admin calls the lab makes to it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::Credentials;
+use serde::Deserialize;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+use crate::sigv4::sign_headers;
+use crate::LabError;
+
+/// The region the lab uses.
+pub const REGION: &str = "us-east-1";
+
+/// A session moto issued through AssumeRole.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MotoSession {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret.
+    pub secret_access_key: String,
+    /// Session token.
+    pub session_token: String,
+    /// The account the session acts in.
+    pub account_id: String,
+    /// The assumed role.
+    pub role_arn: String,
+    /// `arn:aws:sts::<account>:assumed-role/<role>/<session>`.
+    pub arn: String,
+    /// The session name.
+    pub session_name: String,
+    /// The ExternalId given, if any.
+    pub external_id: Option<String>,
+}
+
+/// Reads moto's issued sessions (`/moto-api/data.json`), caching by access key.
+#[derive(Debug, Clone)]
+pub struct MotoSessions {
+    endpoint: String,
+    http: reqwest::Client,
+    cache: Arc<Mutex<HashMap<String, MotoSession>>>,
+}
+
+impl MotoSessions {
+    /// Sessions of the moto server at `endpoint`.
+    pub fn new(endpoint: &str) -> Self {
+        Self {
+            endpoint: endpoint.to_owned(),
+            http: reqwest::Client::new(),
+            cache: Arc::default(),
+        }
+    }
+
+    /// Every session moto has issued, in order.
+    pub async fn all(&self) -> Result<Vec<MotoSession>, LabError> {
+        let data: serde_json::Value = self
+            .http
+            .get(format!("{}/moto-api/data.json", self.endpoint))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let sessions = data
+            .pointer("/sts/AssumedRole")
+            .cloned()
+            .unwrap_or(serde_json::Value::Array(Vec::new()));
+        Ok(serde_json::from_value(sessions)?)
+    }
+
+    /// The session of an access key, asking moto again on a cache miss.
+    pub async fn lookup(&self, access_key_id: &str) -> Option<MotoSession> {
+        let mut cache = self.cache.lock().await;
+        if let Some(found) = cache.get(access_key_id) {
+            return Some(found.clone());
+        }
+        for session in self.all().await.ok()? {
+            cache.insert(session.access_key_id.clone(), session);
+        }
+        cache.get(access_key_id).cloned()
+    }
+}
+
+/// A running `moto_server`; killed when dropped.
+#[derive(Debug)]
+pub struct Moto {
+    endpoint: String,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl Moto {
+    /// Starts `moto_server` with `default_account` as the account of
+    /// credentials moto did not issue. The executable is `LAB_MOTO_SERVER`,
+    /// else `.venv/bin/moto_server` at the workspace root.
+    pub async fn start(default_account: &str) -> Result<Self, LabError> {
+        let exe = moto_server_path();
+        if !exe.exists() {
+            return Err(LabError::Setup(format!(
+                "{} not found: run scripts/setup to install the lab's Python tools (or set LAB_MOTO_SERVER)",
+                exe.display()
+            )));
+        }
+        let port = free_port()?;
+        let child = Command::new(&exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_ACCOUNT_ID", default_account)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| LabError::Setup(format!("cannot start {}: {e}", exe.display())))?;
+        let moto = Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child,
+            http: reqwest::Client::new(),
+        };
+        moto.wait_ready().await?;
+        Ok(moto)
+    }
+
+    async fn wait_ready(&self) -> Result<(), LabError> {
+        for _ in 0..300 {
+            let ready = self
+                .http
+                .get(format!("{}/moto-api/data.json", self.endpoint))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(LabError::Setup("moto_server did not answer within 15 s".into()))
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// A reader of the sessions this server issued.
+    pub fn sessions(&self) -> MotoSessions {
+        MotoSessions::new(&self.endpoint)
+    }
+
+    /// Stops the server (a later call to a client fails like an outage).
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Sends a signed AWS query-protocol call (IAM, STS) and returns the XML body.
+    pub async fn query(&self, credentials: &Credentials, service: &str, params: &[(&str, &str)]) -> Result<String, LabError> {
+        let body = serde_urlencoded::to_string(params).map_err(|e| LabError::Setup(e.to_string()))?;
+        let url = format!("{}/", self.endpoint);
+        let host = self.endpoint.trim_start_matches("http://").to_owned();
+        let base = [
+            ("host", host.as_str()),
+            ("content-type", "application/x-www-form-urlencoded; charset=utf-8"),
+        ];
+        let signed = sign_headers(credentials, REGION, service, "POST", &url, &base, body.as_bytes()).map_err(LabError::Setup)?;
+        let mut request = self.http.post(&url).body(body.clone());
+        for (name, value) in base.iter().filter(|(n, _)| *n != "host") {
+            request = request.header(*name, *value);
+        }
+        for (name, value) in signed {
+            request = request.header(name, value);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            return Err(LabError::Aws(format!("{service} {params:?} -> {status}: {text}")));
+        }
+        Ok(text)
+    }
+
+    /// Sends a signed AWS JSON-protocol call (EventBridge, SQS) and returns the JSON answer.
+    pub async fn json_call(
+        &self,
+        credentials: &Credentials,
+        service: &str,
+        target: &str,
+        content_type: &str,
+        payload: &serde_json::Value,
+    ) -> Result<serde_json::Value, LabError> {
+        let body = payload.to_string();
+        let url = format!("{}/", self.endpoint);
+        let host = self.endpoint.trim_start_matches("http://").to_owned();
+        let base = [("host", host.as_str()), ("content-type", content_type), ("x-amz-target", target)];
+        let signed = sign_headers(credentials, REGION, service, "POST", &url, &base, body.as_bytes()).map_err(LabError::Setup)?;
+        let mut request = self.http.post(&url).body(body);
+        for (name, value) in base.iter().filter(|(n, _)| *n != "host") {
+            request = request.header(*name, *value);
+        }
+        for (name, value) in signed {
+            request = request.header(name, value);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            return Err(LabError::Aws(format!("{target} -> {status}: {text}")));
+        }
+        if text.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// Picks the value of `<tag>` from an XML answer.
+pub fn xml_value(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&close)? + start;
+    Some(xml[start..end].to_owned())
+}
+
+/// The workspace root (the folder holding the function's `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn moto_server_path() -> PathBuf {
+    std::env::var_os("LAB_MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/moto_server"))
+}
+
+/// A free loopback port (bound then released; the lab starts its server at once).
+pub fn free_port() -> Result<u16, LabError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| LabError::Setup(e.to_string()))?;
+    Ok(listener.local_addr().map_err(|e| LabError::Setup(e.to_string()))?.port())
+}

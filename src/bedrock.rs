@@ -1,0 +1,378 @@
+//! Bedrock Runtime: the client signed with RoleA's credentials, the Converse
+//! call, and what its failures mean.
+//!
+//! Retries of throttling and 5xx answers are the SDK's own standard retry
+//! (exponential backoff with full jitter); this module only bounds the whole
+//! call, retries included, by the time left before the Lambda deadline, and
+//! classifies what is left when the SDK gives up.
+
+use std::time::{Duration, Instant};
+
+use aws_config::identity::IdentityCache;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::SdkConfig;
+use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
+use aws_sdk_bedrockruntime::primitives::Blob;
+use aws_sdk_bedrockruntime::types::{
+    self as bedrock, ContentBlock as BedrockBlock, ConversationRole, DocumentBlock, DocumentFormat, DocumentSource,
+    ImageBlock, ImageFormat, ImageSource, InferenceConfiguration, SystemContentBlock,
+};
+use aws_smithy_runtime_api::client::auth::AuthSchemeId;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::config::Target;
+use crate::credentials::{find_assume_role_error, AssumeRoleError, AssumeRoleProvider, REFRESH_BEFORE_EXPIRY};
+use crate::job::{decode_media, ContentBlock, MediaBlock, ResolvedJob, Role};
+
+/// A Bedrock call that did not produce an answer, with which side to fix.
+#[derive(Debug, Error)]
+pub enum BedrockError {
+    /// RoleA could not be assumed (the STS side).
+    #[error(transparent)]
+    AssumeRole(#[from] AssumeRoleError),
+    /// Bedrock refused RoleA (the account-A side).
+    #[error(
+        "bedrock:InvokeModel on `{model}` was denied to {role_arn} ({message}); fix it in account A: RoleA's policy must \
+         allow bedrock:InvokeModel on this model (for an inference profile, on the profile and on its foundation models \
+         in every region it routes to), and model access must be enabled for the model in account A"
+    )]
+    AccessDenied {
+        /// The model asked for.
+        model: String,
+        /// RoleA.
+        role_arn: String,
+        /// What Bedrock said.
+        message: String,
+    },
+    /// Still throttled when the retries ran out.
+    #[error("Bedrock throttled `{model}` and retries ran out ({message}); the model's quota in account A is exhausted for now")]
+    Throttled {
+        /// The model.
+        model: String,
+        /// What Bedrock said.
+        message: String,
+    },
+    /// 5xx, model not ready or model timeout when the retries ran out.
+    #[error("Bedrock could not serve `{model}` ({code}: {message}); this is usually transient")]
+    Unavailable {
+        /// The model.
+        model: String,
+        /// Bedrock's error code.
+        code: String,
+        /// What Bedrock said.
+        message: String,
+    },
+    /// The request itself is wrong for this model.
+    #[error("Bedrock rejected the request for `{model}` ({code}: {message}); fix the job")]
+    Rejected {
+        /// The model.
+        model: String,
+        /// Bedrock's error code.
+        code: String,
+        /// What Bedrock said.
+        message: String,
+    },
+    /// The model or profile does not exist where it was asked for.
+    #[error("`{model}` was not found in {region} ({message}); check the model ID, or use the inference profile ID for cross-region models")]
+    NotFound {
+        /// The model.
+        model: String,
+        /// The region called.
+        region: String,
+        /// What Bedrock said.
+        message: String,
+    },
+    /// Not enough time left before the Lambda deadline.
+    #[error("the Lambda deadline left {left_ms} ms, too little to call `{model}` and record the result; raise the function's timeout")]
+    Deadline {
+        /// The model.
+        model: String,
+        /// Time that was left when the call was given up.
+        left_ms: u128,
+    },
+    /// Bedrock could not be reached.
+    #[error("could not reach Bedrock for `{model}` ({message})")]
+    Unreachable {
+        /// The model.
+        model: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl BedrockError {
+    /// A stable name for the record and the Lambda error type.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::AssumeRole(AssumeRoleError::Denied { .. }) => "AssumeRoleDenied",
+            Self::AssumeRole(AssumeRoleError::Invalid { .. }) => "AssumeRoleInvalid",
+            Self::AssumeRole(AssumeRoleError::Unavailable { .. }) => "AssumeRoleUnavailable",
+            Self::AccessDenied { .. } => "BedrockAccessDenied",
+            Self::Throttled { .. } => "BedrockThrottled",
+            Self::Unavailable { .. } => "BedrockUnavailable",
+            Self::Rejected { .. } => "BedrockRejected",
+            Self::NotFound { .. } => "BedrockModelNotFound",
+            Self::Deadline { .. } => "DeadlineExceeded",
+            Self::Unreachable { .. } => "BedrockUnreachable",
+        }
+    }
+
+    /// Whether the same event may succeed when Lambda retries it.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::AssumeRole(inner) => inner.is_retryable(),
+            Self::Throttled { .. } | Self::Unavailable { .. } | Self::Deadline { .. } | Self::Unreachable { .. } => true,
+            Self::AccessDenied { .. } | Self::Rejected { .. } | Self::NotFound { .. } => false,
+        }
+    }
+}
+
+/// Token counts as Bedrock reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: i32,
+    /// Generated tokens.
+    pub output_tokens: i32,
+    /// Their sum.
+    pub total_tokens: i32,
+}
+
+/// What the model answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelReply {
+    /// The text blocks of the answer, joined.
+    pub text: String,
+    /// Why generation stopped (`end_turn`, `max_tokens`, ...).
+    pub stop_reason: String,
+    /// Token counts.
+    pub usage: Usage,
+    /// Bedrock's own latency figure.
+    pub model_latency_ms: Option<i64>,
+    /// Wall time of the call here, retries included.
+    pub call_latency_ms: u128,
+}
+
+/// The Bedrock Runtime client for one target, signed as RoleA.
+#[derive(Debug, Clone)]
+pub struct Bedrock {
+    client: aws_sdk_bedrockruntime::Client,
+    role_arn: String,
+    region: String,
+}
+
+impl Bedrock {
+    /// Builds the client once at cold start: RoleA credentials through
+    /// `provider`, held by a lazy identity cache, in the target's region.
+    pub fn new(base: &SdkConfig, sts: aws_sdk_sts::Client, target: &Target, max_attempts: u32) -> Self {
+        let provider = AssumeRoleProvider::new(sts, target.clone());
+        let config = aws_sdk_bedrockruntime::config::Builder::from(base)
+            .credentials_provider(provider)
+            .identity_cache(IdentityCache::lazy().buffer_time(REFRESH_BEFORE_EXPIRY).build())
+            .region(aws_config::Region::new(target.region.clone()))
+            // Sign with SigV4 even if a Bedrock API key is in the environment (config
+            // refuses one; this keeps a later change from silently re-enabling it).
+            .auth_scheme_preference([AuthSchemeId::new("sigv4")])
+            .retry_config(retry_config(max_attempts))
+            .build();
+        Self::from_client(aws_sdk_bedrockruntime::Client::from_conf(config), target)
+    }
+
+    /// Wraps an existing client (tests pass mocked ones).
+    pub fn from_client(client: aws_sdk_bedrockruntime::Client, target: &Target) -> Self {
+        Self {
+            client,
+            role_arn: target.role.arn.clone(),
+            region: target.region.clone(),
+        }
+    }
+
+    /// Runs `job` through Converse, giving up when `budget` runs out.
+    pub async fn converse(&self, job: &ResolvedJob, budget: Duration) -> Result<ModelReply, BedrockError> {
+        let started = Instant::now();
+        let timeout = TimeoutConfig::builder().operation_timeout(budget).build();
+        let result = self
+            .client
+            .converse()
+            .model_id(&job.model)
+            .set_messages(Some(to_bedrock_messages(job)))
+            .set_system(if job.system.is_empty() {
+                None
+            } else {
+                Some(job.system.iter().cloned().map(SystemContentBlock::Text).collect())
+            })
+            .set_inference_config(job.inference.as_ref().map(|i| {
+                InferenceConfiguration::builder()
+                    .set_max_tokens(i.max_tokens)
+                    .set_temperature(i.temperature)
+                    .set_top_p(i.top_p)
+                    .set_stop_sequences(i.stop_sequences.clone())
+                    .build()
+            }))
+            .customize()
+            .config_override(aws_sdk_bedrockruntime::config::Builder::default().timeout_config(timeout))
+            .send()
+            .await;
+        let call_latency_ms = started.elapsed().as_millis();
+        match result {
+            Ok(output) => Ok(reply_from(output, call_latency_ms)),
+            Err(err) => Err(self.classify(&job.model, err, budget)),
+        }
+    }
+
+    fn classify<E, R>(&self, model: &str, err: SdkError<E, R>, budget: Duration) -> BedrockError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + 'static,
+    {
+        if let Some(assume) = find_assume_role_error(&err) {
+            return match assume {
+                AssumeRoleError::Denied { role_arn, message } => AssumeRoleError::Denied {
+                    role_arn: role_arn.clone(),
+                    message: message.clone(),
+                },
+                AssumeRoleError::Invalid { role_arn, message } => AssumeRoleError::Invalid {
+                    role_arn: role_arn.clone(),
+                    message: message.clone(),
+                },
+                AssumeRoleError::Unavailable { role_arn, message } => AssumeRoleError::Unavailable {
+                    role_arn: role_arn.clone(),
+                    message: message.clone(),
+                },
+            }
+            .into();
+        }
+        let model = model.to_owned();
+        if let SdkError::TimeoutError(_) = &err {
+            return BedrockError::Deadline {
+                model,
+                left_ms: budget.as_millis(),
+            };
+        }
+        let code = err.code().unwrap_or_default().to_owned();
+        let message = err.message().unwrap_or("no message").to_owned();
+        match code.as_str() {
+            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" => BedrockError::AccessDenied {
+                model,
+                role_arn: self.role_arn.clone(),
+                message,
+            },
+            "ThrottlingException" | "TooManyRequestsException" | "ServiceQuotaExceededException" => {
+                BedrockError::Throttled { model, message }
+            }
+            "InternalServerException" | "ServiceUnavailableException" | "ModelNotReadyException" | "ModelTimeoutException" => {
+                BedrockError::Unavailable { model, code, message }
+            }
+            "ResourceNotFoundException" => BedrockError::NotFound {
+                model,
+                region: self.region.clone(),
+                message,
+            },
+            "ValidationException" | "ModelErrorException" => BedrockError::Rejected { model, code, message },
+            // No error code: the request never got a service answer.
+            "" => BedrockError::Unreachable {
+                model,
+                message: describe(&err_source_text(&err)),
+            },
+            _ => BedrockError::Unavailable { model, code, message },
+        }
+    }
+}
+
+/// The SDK's standard retry: exponential backoff with full jitter, for
+/// throttling, 5xx and transient transport errors.
+fn retry_config(max_attempts: u32) -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(max_attempts)
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(10))
+}
+
+fn err_source_text(err: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut current = err.source();
+    while let Some(e) = current {
+        parts.push(e.to_string());
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+fn describe(text: &str) -> String {
+    if text.is_empty() {
+        "no detail".into()
+    } else {
+        text.to_owned()
+    }
+}
+
+fn to_bedrock_messages(job: &ResolvedJob) -> Vec<bedrock::Message> {
+    job.messages
+        .iter()
+        .filter_map(|message| {
+            bedrock::Message::builder()
+                .role(match message.role {
+                    Role::User => ConversationRole::User,
+                    Role::Assistant => ConversationRole::Assistant,
+                })
+                .set_content(Some(message.content.iter().map(to_bedrock_block).collect()))
+                .build()
+                .ok()
+        })
+        .collect()
+}
+
+fn to_bedrock_block(block: &ContentBlock) -> BedrockBlock {
+    match block {
+        ContentBlock::Text(text) => BedrockBlock::Text(text.clone()),
+        ContentBlock::Image(media) => ImageBlock::builder()
+            .format(ImageFormat::from(media.format.as_str()))
+            .source(ImageSource::Bytes(media_bytes(media)))
+            .build()
+            .map(BedrockBlock::Image)
+            .unwrap_or_else(|_| BedrockBlock::Text(String::new())),
+        ContentBlock::Document(media) => DocumentBlock::builder()
+            .format(DocumentFormat::from(media.format.as_str()))
+            .name(media.name.clone().unwrap_or_default())
+            .source(DocumentSource::Bytes(media_bytes(media)))
+            .build()
+            .map(BedrockBlock::Document)
+            .unwrap_or_else(|_| BedrockBlock::Text(String::new())),
+    }
+}
+
+/// Job validation already decoded these bytes once, so this cannot fail here.
+fn media_bytes(media: &MediaBlock) -> Blob {
+    Blob::new(decode_media(media).unwrap_or_default())
+}
+
+fn reply_from(output: ConverseOutput, call_latency_ms: u128) -> ModelReply {
+    let text = match &output.output {
+        Some(aws_sdk_bedrockruntime::types::ConverseOutput::Message(message)) => message
+            .content
+            .iter()
+            .filter_map(|block| block.as_text().ok().cloned())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    };
+    let usage = output
+        .usage
+        .as_ref()
+        .map(|u| Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            total_tokens: u.total_tokens,
+        })
+        .unwrap_or_default();
+    ModelReply {
+        text,
+        stop_reason: output.stop_reason.as_str().to_owned(),
+        usage,
+        model_latency_ms: output.metrics.as_ref().map(|m| m.latency_ms),
+        call_latency_ms,
+    }
+}

@@ -1,0 +1,412 @@
+//! The function's configuration: every `RELAY_*` environment variable, read and
+//! validated once at cold start.
+//!
+//! Nothing here touches the network. A bad value fails init with a message that
+//! names the variable and says what would be accepted, so a deploy with a typo
+//! never reaches its first event.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::destination::S3Location;
+use crate::job::{Job, JobError};
+
+/// STS refuses chained sessions (Lambda execution role → RoleA) longer than an hour.
+const MAX_CHAINED_SESSION_SECS: u64 = 3600;
+/// STS's floor for any assumed-role session.
+const MIN_SESSION_SECS: u64 = 900;
+/// EventBridge's limit for one event entry; Lambda's async payload limit is no smaller.
+const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// A configuration problem found at cold start. Each names the variable to fix.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A required variable is absent or empty.
+    #[error("{var} is not set: {hint}")]
+    Missing {
+        /// The variable's name.
+        var: &'static str,
+        /// What to set it to.
+        hint: &'static str,
+    },
+    /// A variable is present but its value cannot be used.
+    #[error("{var} is invalid: {reason}")]
+    Invalid {
+        /// The variable's name.
+        var: &'static str,
+        /// Why, and what would be accepted.
+        reason: String,
+    },
+    /// `RELAY_DEFAULT_JOB` is not a valid job.
+    #[error("RELAY_DEFAULT_JOB is not a valid job: {0}")]
+    DefaultJob(#[source] JobError),
+}
+
+/// An IAM role ARN, split into the parts the relay reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleArn {
+    /// The full ARN, as STS takes it.
+    pub arn: String,
+    /// The 12-digit account that owns the role (account A).
+    pub account: String,
+}
+
+impl RoleArn {
+    /// Parses `arn:<partition>:iam::<account>:role/<path/>name`.
+    pub fn parse(arn: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let well_formed = parts.len() == 6
+            && parts[0] == "arn"
+            && !parts[1].is_empty()
+            && parts[2] == "iam"
+            && parts[3].is_empty()
+            && parts[4].len() == 12
+            && parts[4].bytes().all(|b| b.is_ascii_digit())
+            && parts[5].starts_with("role/")
+            && parts[5].len() > "role/".len();
+        if !well_formed {
+            return Err(format!(
+                "`{arn}` is not an IAM role ARN; expected arn:aws:iam::<12-digit account>:role/<name>"
+            ));
+        }
+        Ok(Self {
+            arn: arn.to_owned(),
+            account: parts[4].to_owned(),
+        })
+    }
+}
+
+/// Where the relay's Bedrock calls go: RoleA in account A, and how to assume it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// RoleA.
+    pub role: RoleArn,
+    /// The `sts:ExternalId` RoleA's trust policy asks for, if any.
+    pub external_id: Option<String>,
+    /// The region Bedrock is called in.
+    pub region: String,
+    /// How long each assumed session lasts (900–3600 s).
+    pub session_duration: Duration,
+    /// The `RoleSessionName`: shows as `assumed-role/RoleA/<name>` in account A.
+    pub session_name: String,
+    /// The `SourceIdentity`: survives into every CloudTrail event account A records.
+    pub source_identity: String,
+}
+
+/// Everything the function needs to know, read once at cold start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Lambda function's name (`AWS_LAMBDA_FUNCTION_NAME`).
+    pub function_name: String,
+    /// The cross-account target.
+    pub target: Target,
+    /// Where records are written (`RELAY_DESTINATION`).
+    pub destination: S3Location,
+    /// Address S3 by path rather than virtual host (`RELAY_S3_FORCE_PATH_STYLE`), for
+    /// S3-compatible endpoints and local emulators.
+    pub s3_force_path_style: bool,
+    /// Model for jobs that name none (`RELAY_DEFAULT_MODEL`).
+    pub default_model: Option<String>,
+    /// The job run for envelopes that carry none (`RELAY_DEFAULT_JOB`).
+    pub default_job: Option<Job>,
+    /// Attempts per Bedrock call, the first included (`RELAY_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// Time kept back from the Lambda deadline to write the record (`RELAY_DEADLINE_RESERVE_MS`).
+    pub deadline_reserve: Duration,
+    /// Largest accepted event, in bytes (`RELAY_MAX_EVENT_BYTES`).
+    pub max_event_bytes: usize,
+    /// Log prompt and output text (`RELAY_LOG_CONTENT`); off by default.
+    pub log_content: bool,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the
+    /// process environment. Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+
+        // The SDK would let this token replace RoleA's credentials for Bedrock, which
+        // silently moves the calls out of account A's role and its CloudTrail trail.
+        if get("AWS_BEARER_TOKEN_BEDROCK").is_some() {
+            return Err(ConfigError::Invalid {
+                var: "AWS_BEARER_TOKEN_BEDROCK",
+                reason: "bedrock-relay signs every Bedrock call with RoleA's assumed-role credentials; \
+                         a Bedrock API key would bypass RoleA and account A's CloudTrail attribution. \
+                         Remove the variable from the function's environment"
+                    .into(),
+            });
+        }
+
+        let function_name = get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "bedrock-relay".into());
+        let function_region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
+
+        let role_arn = get("RELAY_ROLE_ARN").ok_or(ConfigError::Missing {
+            var: "RELAY_ROLE_ARN",
+            hint: "set it to RoleA's ARN in the model account, e.g. arn:aws:iam::111111111111:role/BedrockRelayTarget",
+        })?;
+        let role = RoleArn::parse(role_arn.trim()).map_err(|reason| ConfigError::Invalid {
+            var: "RELAY_ROLE_ARN",
+            reason,
+        })?;
+
+        let external_id = get("RELAY_EXTERNAL_ID");
+        if let Some(id) = &external_id {
+            // STS: 2-1224 characters of [\w+=,.@:/-].
+            let ok = (2..=1224).contains(&id.len())
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    var: "RELAY_EXTERNAL_ID",
+                    reason: "an ExternalId is 2-1224 characters of letters, digits and _+=,.@:/-".into(),
+                });
+            }
+        }
+
+        let region = get("RELAY_BEDROCK_REGION")
+            .or(function_region)
+            .ok_or(ConfigError::Missing {
+                var: "RELAY_BEDROCK_REGION",
+                hint: "neither RELAY_BEDROCK_REGION nor AWS_REGION is set; set RELAY_BEDROCK_REGION to the region Bedrock is called in",
+            })?;
+
+        let session_duration = match get("RELAY_SESSION_DURATION") {
+            None => Duration::from_secs(MAX_CHAINED_SESSION_SECS),
+            Some(raw) => {
+                let secs: u64 = raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                    var: "RELAY_SESSION_DURATION",
+                    reason: format!("`{raw}` is not a whole number of seconds; use {MIN_SESSION_SECS}-{MAX_CHAINED_SESSION_SECS}"),
+                })?;
+                if !(MIN_SESSION_SECS..=MAX_CHAINED_SESSION_SECS).contains(&secs) {
+                    return Err(ConfigError::Invalid {
+                        var: "RELAY_SESSION_DURATION",
+                        reason: format!(
+                            "{secs} is outside {MIN_SESSION_SECS}-{MAX_CHAINED_SESSION_SECS} seconds: the Lambda execution role \
+                             chains into RoleA, and STS refuses chained sessions longer than one hour or shorter than 15 minutes"
+                        ),
+                    });
+                }
+                Duration::from_secs(secs)
+            }
+        };
+
+        let destination = get("RELAY_DESTINATION").ok_or(ConfigError::Missing {
+            var: "RELAY_DESTINATION",
+            hint: "set it to where records go, e.g. s3://my-bucket/bedrock-relay/",
+        })?;
+        let destination = S3Location::parse(destination.trim()).map_err(|reason| ConfigError::Invalid {
+            var: "RELAY_DESTINATION",
+            reason,
+        })?;
+
+        let default_model = get("RELAY_DEFAULT_MODEL").map(|m| m.trim().to_owned());
+        if let Some(model) = &default_model {
+            crate::job::check_model_id(model).map_err(|reason| ConfigError::Invalid {
+                var: "RELAY_DEFAULT_MODEL",
+                reason,
+            })?;
+        }
+
+        let default_job = match get("RELAY_DEFAULT_JOB") {
+            None => None,
+            Some(raw) => {
+                let job = Job::from_json(&raw).map_err(ConfigError::DefaultJob)?;
+                // Check now what can be checked without an event: shape and limits.
+                job.resolve(default_model.as_deref(), "default")
+                    .map_err(ConfigError::DefaultJob)?;
+                Some(job)
+            }
+        };
+
+        Ok(Self {
+            target: Target {
+                role,
+                external_id,
+                region,
+                session_duration,
+                session_name: sts_name(&format!("bedrock-relay-{function_name}")),
+                source_identity: match get("RELAY_SOURCE_IDENTITY") {
+                    Some(id) => {
+                        if id.len() < 2 || id.len() > 64 || sts_name(&id) != id {
+                            return Err(ConfigError::Invalid {
+                                var: "RELAY_SOURCE_IDENTITY",
+                                reason: "a SourceIdentity is 2-64 characters of letters, digits and _+=,.@-".into(),
+                            });
+                        }
+                        id
+                    }
+                    None => sts_name(&function_name),
+                },
+            },
+            function_name,
+            destination,
+            s3_force_path_style: parse_bool(get("RELAY_S3_FORCE_PATH_STYLE"), "RELAY_S3_FORCE_PATH_STYLE")?,
+            default_model,
+            default_job,
+            max_attempts: parse_number(get("RELAY_MAX_ATTEMPTS"), "RELAY_MAX_ATTEMPTS", 1..=20, 5)?,
+            deadline_reserve: Duration::from_millis(parse_number(
+                get("RELAY_DEADLINE_RESERVE_MS"),
+                "RELAY_DEADLINE_RESERVE_MS",
+                100..=60_000,
+                2_000,
+            )?),
+            max_event_bytes: parse_number(
+                get("RELAY_MAX_EVENT_BYTES"),
+                "RELAY_MAX_EVENT_BYTES",
+                1024..=6 * 1024 * 1024,
+                DEFAULT_MAX_EVENT_BYTES as u64,
+            )? as usize,
+            log_content: parse_bool(get("RELAY_LOG_CONTENT"), "RELAY_LOG_CONTENT")?,
+        })
+    }
+}
+
+/// Makes `raw` fit STS's `RoleSessionName`/`SourceIdentity` alphabet
+/// (`[\w+=,.@-]`, at most 64 characters) by replacing anything else with `-`.
+fn sts_name(raw: &str) -> String {
+    let mut name: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) { c } else { '-' })
+        .take(64)
+        .collect();
+    while name.len() < 2 {
+        name.push('-');
+    }
+    name
+}
+
+fn parse_bool(raw: Option<String>, var: &'static str) -> Result<bool, ConfigError> {
+    match raw.as_deref().map(str::trim) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(false),
+        Some(v) => Err(ConfigError::Invalid {
+            var,
+            reason: format!("`{v}` is not a boolean; use true or false"),
+        }),
+    }
+}
+
+fn parse_number<T>(
+    raw: Option<String>,
+    var: &'static str,
+    range: std::ops::RangeInclusive<T>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(raw) = raw else { return Ok(default) };
+    match raw.trim().parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            var,
+            reason: format!("`{raw}` is not a number from {} to {}", range.start(), range.end()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let mut map: HashMap<String, String> = [
+            ("AWS_LAMBDA_FUNCTION_NAME", "relay-fn"),
+            ("AWS_REGION", "eu-west-1"),
+            ("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:role/RoleA"),
+            ("RELAY_DESTINATION", "s3://results-bucket/relay/"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in pairs {
+            map.insert(k.to_string(), v.to_string());
+        }
+        move |name| map.get(name).cloned()
+    }
+
+    fn error_of(pairs: &[(&str, &str)]) -> String {
+        Config::from_lookup(env(pairs)).expect_err("config should be refused").to_string()
+    }
+
+    #[test]
+    fn minimal_config_takes_documented_defaults() {
+        let config = Config::from_lookup(env(&[])).expect("valid");
+        assert_eq!(config.target.role.account, "111111111111");
+        assert_eq!(config.target.region, "eu-west-1", "Bedrock region defaults to the function's");
+        assert_eq!(config.target.session_duration, Duration::from_secs(3600));
+        assert_eq!(config.target.session_name, "bedrock-relay-relay-fn");
+        assert_eq!(config.target.source_identity, "relay-fn");
+        assert_eq!(config.destination.bucket, "results-bucket");
+        assert_eq!(config.destination.prefix, "relay/");
+        assert!(config.default_job.is_none());
+        assert!(!config.log_content);
+    }
+
+    #[test]
+    fn session_duration_outside_chained_limits_is_refused_with_the_reason() {
+        for bad in ["7200", "600", "3601"] {
+            let msg = error_of(&[("RELAY_SESSION_DURATION", bad)]);
+            assert!(msg.starts_with("RELAY_SESSION_DURATION is invalid"), "{msg}");
+            assert!(msg.contains("chains into RoleA"), "{msg}");
+        }
+        let msg = error_of(&[("RELAY_SESSION_DURATION", "an hour")]);
+        assert!(msg.contains("not a whole number"), "{msg}");
+        let ok = Config::from_lookup(env(&[("RELAY_SESSION_DURATION", "900")])).expect("900 is allowed");
+        assert_eq!(ok.target.session_duration, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn each_bad_variable_is_named() {
+        assert!(error_of(&[("RELAY_ROLE_ARN", "")]).starts_with("RELAY_ROLE_ARN is not set"));
+        assert!(error_of(&[("RELAY_ROLE_ARN", "arn:aws:iam::1111:role/RoleA")]).starts_with("RELAY_ROLE_ARN is invalid"));
+        assert!(error_of(&[("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:user/bob")]).starts_with("RELAY_ROLE_ARN is invalid"));
+        assert!(error_of(&[("RELAY_DESTINATION", "")]).starts_with("RELAY_DESTINATION is not set"));
+        assert!(error_of(&[("RELAY_DESTINATION", "https://bucket/x")]).starts_with("RELAY_DESTINATION is invalid"));
+        assert!(error_of(&[("RELAY_EXTERNAL_ID", "has spaces in it")]).starts_with("RELAY_EXTERNAL_ID is invalid"));
+        assert!(error_of(&[("RELAY_DEFAULT_MODEL", "two words")]).starts_with("RELAY_DEFAULT_MODEL is invalid"));
+        assert!(error_of(&[("RELAY_MAX_ATTEMPTS", "0")]).starts_with("RELAY_MAX_ATTEMPTS is invalid"));
+        assert!(error_of(&[("RELAY_LOG_CONTENT", "yes please")]).starts_with("RELAY_LOG_CONTENT is invalid"));
+        assert!(error_of(&[("AWS_REGION", ""), ("RELAY_BEDROCK_REGION", "")]).starts_with("RELAY_BEDROCK_REGION is not set"));
+    }
+
+    #[test]
+    fn default_job_is_validated_at_init_naming_the_field() {
+        let msg = error_of(&[("RELAY_DEFAULT_JOB", r#"{"prompt": "hi", "modle": "x"}"#)]);
+        assert!(msg.starts_with("RELAY_DEFAULT_JOB is not a valid job"), "{msg}");
+        assert!(msg.contains("modle"), "{msg}");
+        let msg = error_of(&[("RELAY_DEFAULT_JOB", r#"{"prompt": "#)]);
+        assert!(msg.contains("not valid JSON"), "{msg}");
+        let msg = error_of(&[("RELAY_DEFAULT_JOB", r#"{"prompt": "hi"}"#)]);
+        assert!(msg.contains("RELAY_DEFAULT_MODEL"), "a job with no model and no default model is refused: {msg}");
+        let ok = Config::from_lookup(env(&[
+            ("RELAY_DEFAULT_JOB", r#"{"prompt": "hi"}"#),
+            ("RELAY_DEFAULT_MODEL", "amazon.nova-micro-v1:0"),
+        ]))
+        .expect("valid default job");
+        assert!(ok.default_job.is_some());
+    }
+
+    #[test]
+    fn a_bedrock_bearer_token_is_refused_loudly() {
+        let msg = error_of(&[("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-abc")]);
+        assert!(msg.starts_with("AWS_BEARER_TOKEN_BEDROCK is invalid"), "{msg}");
+        assert!(msg.contains("bypass RoleA"), "{msg}");
+        assert!(!msg.contains("bedrock-api-key-abc"), "the token itself is never echoed");
+    }
+
+    #[test]
+    fn session_names_fit_sts_alphabet_and_length() {
+        assert_eq!(sts_name("my fn/with:odd*chars"), "my-fn-with-odd-chars");
+        assert_eq!(sts_name(&"x".repeat(100)).len(), 64);
+        assert_eq!(sts_name("a"), "a-");
+    }
+}

@@ -1,0 +1,187 @@
+//! Where records go: an S3 prefix in account B, written with the function's
+//! own credentials (never RoleA's), one JSON object per job.
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use thiserror::Error;
+
+use crate::record::Record;
+
+/// A record that could not be written.
+#[derive(Debug, Error)]
+pub enum DestinationError {
+    /// S3 refused the execution role.
+    #[error("s3:PutObject to {uri} was denied ({message}); grant the execution role s3:PutObject on arn:aws:s3:::{bucket}/{prefix}*")]
+    Denied {
+        /// The object's URI.
+        uri: String,
+        /// The bucket.
+        bucket: String,
+        /// The configured prefix.
+        prefix: String,
+        /// What S3 said.
+        message: String,
+    },
+    /// The bucket does not exist.
+    #[error("cannot write {uri}: bucket `{bucket}` does not exist; check RELAY_DESTINATION")]
+    NoSuchBucket {
+        /// The object's URI.
+        uri: String,
+        /// The bucket.
+        bucket: String,
+    },
+    /// Anything else, assumed transient.
+    #[error("cannot write {uri} ({message}); the record is not saved and the event will be retried")]
+    Unavailable {
+        /// The object's URI.
+        uri: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl DestinationError {
+    /// A stable name for the Lambda error type.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Denied { .. } => "DestinationDenied",
+            Self::NoSuchBucket { .. } => "DestinationMissing",
+            Self::Unavailable { .. } => "DestinationUnavailable",
+        }
+    }
+
+    /// Whether retrying the event may write the record. Even a denied write is
+    /// worth retrying once the policy is fixed, and nothing else keeps the result.
+    pub fn is_retryable(&self) -> bool {
+        true
+    }
+}
+
+/// `s3://bucket/prefix/`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix: empty, or ending in `/`.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket[/prefix[/]]`; a prefix without a trailing `/` gets one.
+    pub fn parse(uri: &str) -> Result<Self, String> {
+        let rest = uri
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("`{uri}` is not an s3:// URI; expected s3://bucket/prefix/"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            && !bucket.starts_with(['.', '-'])
+            && !bucket.ends_with(['.', '-']);
+        if !bucket_ok {
+            return Err(format!(
+                "`{bucket}` is not an S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)"
+            ));
+        }
+        let mut prefix = prefix.to_owned();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            prefix,
+        })
+    }
+
+    /// The object key for a job.
+    pub fn key_for(&self, job_id: &str) -> String {
+        format!("{}{job_id}.json", self.prefix)
+    }
+
+    /// `s3://bucket/key`.
+    pub fn uri_for(&self, job_id: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.key_for(job_id))
+    }
+}
+
+/// Writes records to S3 with account B's credentials.
+#[derive(Debug, Clone)]
+pub struct S3Destination {
+    client: aws_sdk_s3::Client,
+    location: S3Location,
+}
+
+impl S3Destination {
+    /// `client` carries the execution role's credentials.
+    pub fn new(client: aws_sdk_s3::Client, location: S3Location) -> Self {
+        Self { client, location }
+    }
+
+    /// Writes `record` at the key of its job id; returns the object's URI. A
+    /// later record for the same job replaces an earlier one, so a retried event
+    /// that succeeds leaves its success record, not the error before it.
+    pub async fn write(&self, record: &Record) -> Result<String, DestinationError> {
+        let key = self.location.key_for(&record.job_id);
+        let uri = self.location.uri_for(&record.job_id);
+        let body = serde_json::to_vec_pretty(record).map_err(|err| DestinationError::Unavailable {
+            uri: uri.clone(),
+            message: format!("the record does not serialise: {err}"),
+        })?;
+        self.client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|err| self.classify(uri.clone(), err))?;
+        Ok(uri)
+    }
+
+    fn classify<E: ProvideErrorMetadata, R>(&self, uri: String, err: SdkError<E, R>) -> DestinationError {
+        let message = err.message().unwrap_or("no message").to_owned();
+        match err.code() {
+            Some("AccessDenied") | Some("AllAccessDisabled") => DestinationError::Denied {
+                uri,
+                bucket: self.location.bucket.clone(),
+                prefix: self.location.prefix.clone(),
+                message,
+            },
+            Some("NoSuchBucket") => DestinationError::NoSuchBucket {
+                uri,
+                bucket: self.location.bucket.clone(),
+            },
+            Some(code) => DestinationError::Unavailable {
+                uri,
+                message: format!("{code}: {message}"),
+            },
+            None => DestinationError::Unavailable {
+                uri,
+                message: match err {
+                    SdkError::TimeoutError(_) => "timed out".into(),
+                    SdkError::DispatchFailure(_) => "could not reach S3".into(),
+                    _ => "no answer from S3".into(),
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_uri_parses_bucket_and_prefix() {
+        let loc = S3Location::parse("s3://my-bucket/relay/out").expect("valid");
+        assert_eq!(loc.bucket, "my-bucket");
+        assert_eq!(loc.prefix, "relay/out/");
+        assert_eq!(loc.key_for("job-1"), "relay/out/job-1.json");
+        assert_eq!(loc.uri_for("job-1"), "s3://my-bucket/relay/out/job-1.json");
+        assert_eq!(S3Location::parse("s3://my-bucket").expect("no prefix").key_for("j"), "j.json");
+        assert!(S3Location::parse("s3://My_Bucket/x").is_err());
+        assert!(S3Location::parse("my-bucket/x").is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! The one error a relay invocation can end with, and how Lambda sees it.
+//!
+//! Every failure has a stable code (the record's `error.type`) and a class:
+//! retryable failures may succeed when Lambda retries the event; the rest will
+//! fail the same way until the event, job or configuration is fixed. Both are
+//! returned to Lambda as errors, so the event is retried and, when retries run
+//! out, kept by the on-failure destination; the class is in the Lambda error
+//! type (`Retryable.<code>` or `NonRetryable.<code>`) for alarms and redrive.
+
+use lambda_runtime::Diagnostic;
+use thiserror::Error;
+
+use crate::bedrock::BedrockError;
+use crate::destination::DestinationError;
+use crate::input::InputError;
+use crate::job::JobError;
+use crate::record::ErrorRecord;
+
+/// Why an invocation did not produce a success record.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    /// The event could not be read as one of the three shapes.
+    #[error("invalid event: {0}")]
+    Input(#[from] InputError),
+    /// The job is not runnable.
+    #[error("invalid job: {0}")]
+    Job(#[from] JobError),
+    /// Bedrock (or STS on its way) did not answer.
+    #[error(transparent)]
+    Bedrock(#[from] BedrockError),
+    /// The record could not be written.
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+}
+
+impl RelayError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Input(InputError::NoDefaultJob { .. }) => "NoDefaultJob",
+            Self::Input(InputError::TooLarge { .. }) => "EventTooLarge",
+            Self::Input(_) => "InvalidEvent",
+            Self::Job(_) => "InvalidJob",
+            Self::Bedrock(err) => err.code(),
+            Self::Destination(err) => err.code(),
+        }
+    }
+
+    /// Whether a Lambda retry of the same event may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Input(_) | Self::Job(_) => false,
+            Self::Bedrock(err) => err.is_retryable(),
+            Self::Destination(err) => err.is_retryable(),
+        }
+    }
+
+    /// The `error` part of a failure record.
+    pub fn to_record(&self) -> ErrorRecord {
+        ErrorRecord {
+            kind: self.code().to_owned(),
+            message: self.to_string(),
+            retryable: self.is_retryable(),
+        }
+    }
+}
+
+impl From<RelayError> for Diagnostic {
+    fn from(err: RelayError) -> Self {
+        let class = if err.is_retryable() { "Retryable" } else { "NonRetryable" };
+        Diagnostic {
+            error_type: format!("{class}.{}", err.code()),
+            error_message: err.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lambda_error_type_carries_class_and_code() {
+        let err = RelayError::Job(JobError::NoModel);
+        let diag = Diagnostic::from(err);
+        assert_eq!(diag.error_type, "NonRetryable.InvalidJob");
+        assert!(diag.error_message.contains("RELAY_DEFAULT_MODEL"));
+
+        let err = RelayError::Bedrock(BedrockError::Throttled {
+            model: "m".into(),
+            message: "slow down".into(),
+        });
+        assert!(err.is_retryable());
+        assert_eq!(Diagnostic::from(err).error_type, "Retryable.BedrockThrottled");
+    }
+}

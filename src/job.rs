@@ -1,0 +1,498 @@
+//! The job: what one event asks Bedrock to do, parsed strictly and checked
+//! before any credential or model call is made.
+//!
+//! A [`Job`] is the wire shape (what arrives in `detail`, a bare event or
+//! `RELAY_DEFAULT_JOB`); [`Job::resolve`] turns it into a [`ResolvedJob`] with
+//! the model, id and conversation settled. Unknown fields are errors: a typo
+//! like `modle` must fail loudly, not run the default model.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+/// Longest job id accepted: it becomes part of an S3 key (1024 bytes at most).
+const MAX_ID_LEN: usize = 512;
+/// Bedrock takes at most four stop sequences for most models; none takes more than this.
+const MAX_STOP_SEQUENCES: usize = 64;
+
+/// A job that cannot run, with the field to fix.
+#[derive(Debug, Error)]
+pub enum JobError {
+    /// The text is not JSON at all.
+    #[error("the job is not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// A field is unknown, missing or of the wrong type.
+    #[error("{path}: {message}")]
+    Field {
+        /// Where in the job, e.g. `messages[0].content[1]`.
+        path: String,
+        /// What is wrong there.
+        message: String,
+    },
+    /// No model in the job and no default configured.
+    #[error("model: the job names no `model` and RELAY_DEFAULT_MODEL is not set; add `model` to the job or set RELAY_DEFAULT_MODEL")]
+    NoModel,
+    /// Both `prompt` and `messages`.
+    #[error("prompt, messages: the job has both `prompt` and `messages`; give exactly one")]
+    PromptAndMessages,
+    /// Neither `prompt` nor `messages`.
+    #[error("prompt, messages: the job has neither `prompt` nor `messages`; give exactly one")]
+    NoPrompt,
+}
+
+impl JobError {
+    fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Field {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A job as it arrives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// The result's key; defaults to the envelope's id, else the Lambda request id.
+    pub id: Option<String>,
+    /// Model ID, inference-profile ID or ARN; defaults to `RELAY_DEFAULT_MODEL`.
+    pub model: Option<String>,
+    /// One user message (exclusive with `messages`).
+    pub prompt: Option<String>,
+    /// A Converse conversation (exclusive with `prompt`).
+    pub messages: Option<Vec<Message>>,
+    /// System prompt: a string or Converse system blocks.
+    pub system: Option<System>,
+    /// Inference parameters.
+    pub inference: Option<Inference>,
+    /// Copied unchanged into the result record.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// A Converse message, as Bedrock defines it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    /// Who speaks.
+    pub role: Role,
+    /// What is said.
+    pub content: Vec<ContentBlock>,
+}
+
+/// A message's speaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The caller.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// One block of a message's content.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ContentBlock {
+    /// Text.
+    Text(String),
+    /// An image, inline.
+    Image(MediaBlock),
+    /// A document, inline.
+    Document(MediaBlock),
+}
+
+/// An image or document block: `{format, name?, source: {bytes}}` with base64 bytes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaBlock {
+    /// `png`, `jpeg`, `gif`, `webp` for images; `pdf`, `csv`, `doc`, `docx`, `xls`,
+    /// `xlsx`, `html`, `txt`, `md` for documents.
+    pub format: String,
+    /// A document's name (required by Bedrock for documents).
+    pub name: Option<String>,
+    /// The content.
+    pub source: MediaSource,
+}
+
+/// Inline content, base64-encoded as in Bedrock's JSON.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSource {
+    /// Base64 of the raw bytes.
+    pub bytes: String,
+}
+
+/// A system prompt: one string, or Converse's `[{"text": ...}]` blocks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum System {
+    /// One text.
+    Text(String),
+    /// Several text blocks.
+    Blocks(Vec<SystemBlock>),
+}
+
+/// One Converse system block.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemBlock {
+    /// The text.
+    pub text: String,
+}
+
+/// Converse's `inferenceConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Inference {
+    /// Upper bound on generated tokens.
+    pub max_tokens: Option<i32>,
+    /// 0.0–1.0.
+    pub temperature: Option<f32>,
+    /// 0.0–1.0.
+    pub top_p: Option<f32>,
+    /// Texts that end generation.
+    pub stop_sequences: Option<Vec<String>>,
+}
+
+/// A job ready to run: model, id and conversation settled and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedJob {
+    /// The result's key.
+    pub id: String,
+    /// The model, inference profile or ARN to call.
+    pub model: String,
+    /// The conversation sent to Converse.
+    pub messages: Vec<Message>,
+    /// System prompt blocks.
+    pub system: Vec<String>,
+    /// Inference parameters, if any were given.
+    pub inference: Option<Inference>,
+    /// Copied into the record.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl Job {
+    /// Parses a job from JSON text.
+    pub fn from_json(text: &str) -> Result<Self, JobError> {
+        let value: Value = serde_json::from_str(text).map_err(JobError::NotJson)?;
+        Self::from_value(value)
+    }
+
+    /// Parses a job from a JSON value, naming the offending field on error.
+    pub fn from_value(value: Value) -> Result<Self, JobError> {
+        if !value.is_object() {
+            return Err(JobError::field(".", format!("a job is a JSON object, got {}", json_kind(&value))));
+        }
+        serde_path_to_error::deserialize(value).map_err(|err| {
+            let path = err.path().to_string();
+            JobError::field(if path.is_empty() { ".".into() } else { path }, err.into_inner().to_string())
+        })
+    }
+
+    /// Settles model and id and checks everything Bedrock would reject, so a bad
+    /// job fails before any STS or Bedrock call.
+    pub fn resolve(&self, default_model: Option<&str>, fallback_id: &str) -> Result<ResolvedJob, JobError> {
+        let model = match (&self.model, default_model) {
+            (Some(model), _) => {
+                check_model_id(model).map_err(|reason| JobError::field("model", reason))?;
+                model.clone()
+            }
+            (None, Some(default)) => default.to_owned(),
+            (None, None) => return Err(JobError::NoModel),
+        };
+
+        let id = match &self.id {
+            Some(id) => {
+                check_job_id(id).map_err(|reason| JobError::field("id", reason))?;
+                id.clone()
+            }
+            None => sanitize_id(fallback_id),
+        };
+
+        let messages = match (&self.prompt, &self.messages) {
+            (Some(_), Some(_)) => return Err(JobError::PromptAndMessages),
+            (None, None) => return Err(JobError::NoPrompt),
+            (Some(prompt), None) => {
+                if prompt.trim().is_empty() {
+                    return Err(JobError::field("prompt", "the prompt is empty"));
+                }
+                vec![Message {
+                    role: Role::User,
+                    content: vec![ContentBlock::Text(prompt.clone())],
+                }]
+            }
+            (None, Some(messages)) => {
+                check_messages(messages)?;
+                messages.clone()
+            }
+        };
+
+        let system = match &self.system {
+            None => Vec::new(),
+            Some(System::Text(text)) => vec![text.clone()],
+            Some(System::Blocks(blocks)) => blocks.iter().map(|b| b.text.clone()).collect(),
+        };
+        if system.iter().any(|s| s.trim().is_empty()) {
+            return Err(JobError::field("system", "a system prompt block is empty"));
+        }
+
+        if let Some(inference) = &self.inference {
+            check_inference(inference)?;
+        }
+
+        Ok(ResolvedJob {
+            id,
+            model,
+            messages,
+            system,
+            inference: self.inference.clone(),
+            metadata: self.metadata.clone(),
+        })
+    }
+}
+
+/// Checks a model ID, inference-profile ID or ARN for what is surely wrong
+/// (Bedrock decides the rest).
+pub fn check_model_id(model: &str) -> Result<(), String> {
+    if model.is_empty() || model.len() > 2048 {
+        return Err("a model ID is 1-2048 characters".into());
+    }
+    if model.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{model}` contains whitespace; expected a model ID, inference-profile ID or ARN"));
+    }
+    Ok(())
+}
+
+/// Job ids become S3 keys, so they keep to S3's safe characters.
+fn check_job_id(id: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "!_.*'()-/".contains(c);
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!("a job id is 1-{MAX_ID_LEN} characters"));
+    }
+    if !id.chars().all(allowed) {
+        return Err(format!("`{id}` has characters outside letters, digits and !_.*'()-/"));
+    }
+    if id.starts_with('/') || id.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return Err(format!("`{id}` has an empty, `.` or `..` path segment"));
+    }
+    Ok(())
+}
+
+/// Envelope and request ids come from AWS and are UUIDs; anything else is made safe
+/// rather than refused, since the caller cannot change them.
+pub(crate) fn sanitize_id(id: &str) -> String {
+    let cleaned: String = id
+        .chars()
+        .take(MAX_ID_LEN)
+        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' })
+        .collect();
+    if cleaned.is_empty() {
+        "unnamed".into()
+    } else {
+        cleaned
+    }
+}
+
+fn check_messages(messages: &[Message]) -> Result<(), JobError> {
+    if messages.is_empty() {
+        return Err(JobError::field("messages", "the conversation is empty"));
+    }
+    if messages[0].role != Role::User {
+        return Err(JobError::field("messages[0].role", "a conversation starts with a `user` message"));
+    }
+    for (i, pair) in messages.windows(2).enumerate() {
+        if pair[0].role == pair[1].role {
+            return Err(JobError::field(
+                format!("messages[{}].role", i + 1),
+                "roles must alternate between `user` and `assistant`",
+            ));
+        }
+    }
+    for (i, message) in messages.iter().enumerate() {
+        if message.content.is_empty() {
+            return Err(JobError::field(format!("messages[{i}].content"), "a message needs at least one block"));
+        }
+        for (j, block) in message.content.iter().enumerate() {
+            let path = format!("messages[{i}].content[{j}]");
+            match block {
+                ContentBlock::Text(text) if text.trim().is_empty() => {
+                    return Err(JobError::field(format!("{path}.text"), "the text is empty"));
+                }
+                ContentBlock::Text(_) => {}
+                ContentBlock::Image(media) => check_media(media, &path, "image", &["png", "jpeg", "gif", "webp"])?,
+                ContentBlock::Document(media) => {
+                    check_media(media, &path, "document", &["pdf", "csv", "doc", "docx", "xls", "xlsx", "html", "txt", "md"])?;
+                    if media.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+                        return Err(JobError::field(format!("{path}.document.name"), "a document needs a `name`"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_media(media: &MediaBlock, path: &str, kind: &str, formats: &[&str]) -> Result<(), JobError> {
+    if !formats.contains(&media.format.as_str()) {
+        return Err(JobError::field(
+            format!("{path}.{kind}.format"),
+            format!("`{}` is not a {kind} format Bedrock takes; use one of {}", media.format, formats.join(", ")),
+        ));
+    }
+    decode_media(media).map_err(|_| JobError::field(format!("{path}.{kind}.source.bytes"), "not valid base64"))?;
+    Ok(())
+}
+
+/// The raw bytes of an inline image or document.
+pub fn decode_media(media: &MediaBlock) -> Result<Vec<u8>, aws_smithy_types::base64::DecodeError> {
+    aws_smithy_types::base64::decode(&media.source.bytes)
+}
+
+fn check_inference(inference: &Inference) -> Result<(), JobError> {
+    if let Some(max) = inference.max_tokens {
+        if max < 1 {
+            return Err(JobError::field("inference.maxTokens", "must be at least 1"));
+        }
+    }
+    for (name, value) in [("temperature", inference.temperature), ("topP", inference.top_p)] {
+        if let Some(v) = value {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(JobError::field(format!("inference.{name}"), "must be between 0 and 1"));
+            }
+        }
+    }
+    if let Some(stops) = &inference.stop_sequences {
+        if stops.len() > MAX_STOP_SEQUENCES || stops.iter().any(|s| s.is_empty()) {
+            return Err(JobError::field(
+                "inference.stopSequences",
+                format!("give at most {MAX_STOP_SEQUENCES} non-empty sequences"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// "an object", "a string", ... for error messages.
+pub(crate) fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn resolve(job: Value) -> Result<ResolvedJob, JobError> {
+        Job::from_value(job)?.resolve(Some("default.model-v1:0"), "evt-1")
+    }
+
+    fn error(job: Value) -> String {
+        resolve(job).expect_err("job should be refused").to_string()
+    }
+
+    #[test]
+    fn prompt_job_becomes_one_user_message_with_defaults() {
+        let job = resolve(json!({"prompt": "Say hi"})).expect("valid");
+        assert_eq!(job.model, "default.model-v1:0");
+        assert_eq!(job.id, "evt-1");
+        assert_eq!(
+            job.messages,
+            vec![Message {
+                role: Role::User,
+                content: vec![ContentBlock::Text("Say hi".into())]
+            }]
+        );
+    }
+
+    #[test]
+    fn full_job_keeps_every_setting() {
+        let job = resolve(json!({
+            "id": "reports/2026-11-28",
+            "model": "arn:aws:bedrock:us-east-1:111111111111:inference-profile/us.amazon.nova-lite-v1:0",
+            "messages": [
+                {"role": "user", "content": [{"text": "Hi"}]},
+                {"role": "assistant", "content": [{"text": "Hello"}]},
+                {"role": "user", "content": [{"text": "Summarise"}, {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}}]}
+            ],
+            "system": [{"text": "Be brief"}, {"text": "Use English"}],
+            "inference": {"maxTokens": 50, "temperature": 0.2, "topP": 0.9, "stopSequences": ["END"]},
+            "metadata": {"team": "finance", "run": 7}
+        }))
+        .expect("valid");
+        assert_eq!(job.id, "reports/2026-11-28");
+        assert!(job.model.ends_with("us.amazon.nova-lite-v1:0"));
+        assert_eq!(job.messages.len(), 3);
+        assert_eq!(job.system, vec!["Be brief", "Use English"]);
+        assert_eq!(job.inference.as_ref().and_then(|i| i.max_tokens), Some(50));
+        assert_eq!(job.metadata.as_ref().map(|m| m["team"].clone()), Some(json!("finance")));
+    }
+
+    #[test]
+    fn unknown_fields_are_named_never_ignored() {
+        let msg = error(json!({"prompt": "hi", "modle": "x"}));
+        assert!(msg.contains("unknown field `modle`"), "{msg}");
+        let msg = error(json!({"prompt": "hi", "inference": {"max_tokens": 5}}));
+        assert!(msg.starts_with("inference"), "{msg}");
+        assert!(msg.contains("unknown field `max_tokens`"), "{msg}");
+        let msg = error(json!({"messages": [{"role": "user", "content": [{"toolUse": {}}]}]}));
+        assert!(msg.starts_with("messages[0].content[0]"), "{msg}");
+        assert!(msg.contains("unknown variant `toolUse`"), "{msg}");
+    }
+
+    #[test]
+    fn prompt_and_messages_are_exclusive() {
+        assert!(error(json!({"prompt": "a", "messages": [{"role": "user", "content": [{"text": "b"}]}]}))
+            .contains("both `prompt` and `messages`"));
+        assert!(error(json!({"system": "x"})).contains("neither `prompt` nor `messages`"));
+    }
+
+    #[test]
+    fn missing_model_without_default_names_both_fixes() {
+        let err = Job::from_value(json!({"prompt": "hi"}))
+            .expect("parses")
+            .resolve(None, "r")
+            .expect_err("no model");
+        assert!(matches!(err, JobError::NoModel));
+        assert!(err.to_string().contains("RELAY_DEFAULT_MODEL"));
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_name_the_field() {
+        assert!(error(json!({"prompt": 5})).starts_with("prompt: invalid type"));
+        assert!(error(json!({"prompt": "hi", "inference": {"temperature": 1.5}})).starts_with("inference.temperature"));
+        assert!(error(json!({"prompt": "hi", "inference": {"maxTokens": 0}})).starts_with("inference.maxTokens"));
+        assert!(error(json!({"prompt": "   "})).starts_with("prompt: the prompt is empty"));
+        assert!(error(json!({"prompt": "hi", "model": "a b"})).starts_with("model:"));
+        assert!(error(json!({"prompt": "hi", "id": "../etc/passwd"})).starts_with("id:"));
+        assert!(error(json!({"prompt": "hi", "id": "a b"})).starts_with("id:"));
+        assert!(error(json!({"messages": [{"role": "assistant", "content": [{"text": "x"}]}]})).starts_with("messages[0].role"));
+        assert!(error(json!({"messages": [
+            {"role": "user", "content": [{"text": "x"}]},
+            {"role": "user", "content": [{"text": "y"}]}
+        ]}))
+        .starts_with("messages[1].role"));
+        assert!(error(json!({"messages": [{"role": "user", "content": []}]})).starts_with("messages[0].content"));
+        assert!(error(json!({"messages": [{"role": "user", "content": [{"image": {"format": "bmp", "source": {"bytes": ""}}}]}]}))
+            .starts_with("messages[0].content[0].image.format"));
+        assert!(error(json!({"messages": [{"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": "!!"}}}]}]}))
+            .starts_with("messages[0].content[0].image.source.bytes"));
+        assert!(error(json!({"messages": [{"role": "user", "content": [{"document": {"format": "pdf", "source": {"bytes": ""}}}]}]}))
+            .starts_with("messages[0].content[0].document.name"));
+        assert!(error(json!(["not", "an", "object"])).contains("got an array"));
+    }
+
+    #[test]
+    fn fallback_ids_are_made_key_safe() {
+        assert_eq!(sanitize_id("a1b2-c3"), "a1b2-c3");
+        assert_eq!(sanitize_id("weird/../id with space"), "weird_.._id_with_space");
+        assert_eq!(sanitize_id(""), "unnamed");
+    }
+}

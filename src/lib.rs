@@ -1,0 +1,40 @@
+//! bedrock-relay: an AWS Lambda in account B that, for each EventBridge event,
+//! assumes a role in account A (RoleA), runs the Bedrock Converse call the
+//! event describes with RoleA's credentials, and writes a record of the result
+//! to S3 in account B.
+//!
+//! # Layout
+//!
+//! Data flows one way, one module a step:
+//!
+//! - [`config`]: `RELAY_*` environment → [`Config`], validated at cold start.
+//! - [`input`]: the three event shapes (job event, other envelope + default
+//!   job, bare job) → [`input::Input`]; the raw-payload guard.
+//! - [`job`]: the job format, strict parsing and validation.
+//! - [`credentials`]: AssumeRole into RoleA with SourceIdentity, as a
+//!   credentials provider under the SDK's identity cache.
+//! - [`bedrock`]: the RoleA-signed Bedrock client, Converse, error classes.
+//! - [`record`]: the result/error record.
+//! - [`destination`]: writing records to S3 with account B's credentials.
+//! - [`error`]: [`RelayError`] and its mapping to Lambda's error type.
+//! - [`relay`]: one invocation end to end; the Lambda runtime wiring.
+//!
+//! `main.rs` only starts tracing, reads the config and serves. The local lab
+//! (`lab/`, a separate crate) emulates Bedrock and the Lambda Runtime API for
+//! the end-to-end tests in `tests/`.
+
+#![warn(missing_docs)]
+
+pub mod bedrock;
+pub mod config;
+pub mod credentials;
+pub mod destination;
+pub mod error;
+pub mod input;
+pub mod job;
+pub mod record;
+pub mod relay;
+
+pub use config::Config;
+pub use error::RelayError;
+pub use relay::Relay;

@@ -1,0 +1,125 @@
+//! The result record: one JSON object per job, written whether the job
+//! succeeded or failed, so every event leaves a trace at the destination.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::bedrock::{ModelReply, Usage};
+use crate::input::{Envelope, Shape};
+
+/// `succeeded` or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The model answered.
+    Succeeded,
+    /// See `error`.
+    Failed,
+}
+
+/// Which account and role served the job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetRecord {
+    /// Account A.
+    pub account: String,
+    /// RoleA.
+    pub role_arn: String,
+    /// Where Bedrock was called.
+    pub region: String,
+}
+
+/// The model's answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputRecord {
+    /// Generated text.
+    pub text: String,
+    /// Why generation stopped.
+    pub stop_reason: String,
+}
+
+/// Timings in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencyRecord {
+    /// Bedrock's own figure.
+    pub model_ms: Option<i64>,
+    /// The call as seen from the function, retries included.
+    pub call_ms: u128,
+}
+
+/// What went wrong, for a failed job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorRecord {
+    /// A stable code, e.g. `BedrockThrottled`, `InvalidJob`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What happened and what to fix.
+    pub message: String,
+    /// Whether retrying the event may succeed.
+    pub retryable: bool,
+}
+
+/// One record per job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    /// The job id, which is also the object key.
+    pub job_id: String,
+    /// `succeeded` or `failed`.
+    pub status: Status,
+    /// The input shape, when the event could be read that far.
+    pub shape: Option<Shape>,
+    /// The EventBridge envelope's id, source, detail-type and time.
+    pub event: Option<Envelope>,
+    /// The Lambda request that handled it.
+    pub request_id: String,
+    /// Account A and RoleA.
+    pub target: TargetRecord,
+    /// The model, once known.
+    pub model: Option<String>,
+    /// The answer, on success.
+    pub output: Option<OutputRecord>,
+    /// Token counts, on success.
+    pub usage: Option<Usage>,
+    /// Timings, on success.
+    pub latency: Option<LatencyRecord>,
+    /// RFC 3339, when the invocation started.
+    pub started_at: String,
+    /// RFC 3339, when the record was made.
+    pub finished_at: String,
+    /// The job's `metadata`, unchanged.
+    pub metadata: Option<Map<String, Value>>,
+    /// On failure.
+    pub error: Option<ErrorRecord>,
+}
+
+impl Record {
+    /// Fills in a success from the model's reply.
+    pub fn succeed(mut self, reply: &ModelReply) -> Self {
+        self.status = Status::Succeeded;
+        self.output = Some(OutputRecord {
+            text: reply.text.clone(),
+            stop_reason: reply.stop_reason.clone(),
+        });
+        self.usage = Some(reply.usage);
+        self.latency = Some(LatencyRecord {
+            model_ms: reply.model_latency_ms,
+            call_ms: reply.call_latency_ms,
+        });
+        self.finished_at = now_rfc3339();
+        self
+    }
+
+    /// Marks the record failed.
+    pub fn fail(mut self, error: ErrorRecord) -> Self {
+        self.status = Status::Failed;
+        self.error = Some(error);
+        self.finished_at = now_rfc3339();
+        self
+    }
+}
+
+/// The current time as RFC 3339 with milliseconds.
+pub fn now_rfc3339() -> String {
+    aws_smithy_types::DateTime::from(std::time::SystemTime::now())
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_default()
+}
