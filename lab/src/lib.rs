@@ -18,6 +18,7 @@ pub mod emulator;
 pub mod moto;
 pub mod runtime_api;
 pub mod sigv4;
+pub mod stub;
 
 use std::time::Duration;
 
@@ -66,7 +67,7 @@ pub struct Lab {
     pub moto: Moto,
     /// The Bedrock Runtime emulator.
     pub bedrock: BedrockEmulator,
-    /// Credentials moto places in account B (an admin in B).
+    /// An administrator session in account B.
     pub admin_b: Credentials,
     /// The function's execution role in account B.
     pub exec_role_arn: String,
@@ -82,8 +83,12 @@ impl Lab {
     /// results bucket in B, RoleA (trusting the execution role, with an
     /// ExternalId condition) in A, and an execution-role session.
     pub async fn start() -> Result<Self, LabError> {
-        let moto = Moto::start(ACCOUNT_B).await?;
-        let admin_b = Credentials::new("AKIALABADMIN22222222", "lab-admin-secret", None, None, "lab");
+        let moto = Moto::start().await?;
+        // Keys moto did not issue act in its default account; administrator
+        // sessions in A and B are assumed from there.
+        let bootstrap = Credentials::new("AKIALABBOOTSTRAP0000", "lab-bootstrap-secret", None, None, "lab");
+        let (_, admin_b) = assume(&moto, &bootstrap, &format!("arn:aws:iam::{ACCOUNT_B}:role/LabAdmin"), "lab-admin", None).await?;
+        let (_, admin_a) = assume(&moto, &bootstrap, &format!("arn:aws:iam::{ACCOUNT_A}:role/LabAdmin"), "lab-admin", None).await?;
 
         let exec_role_arn = create_role(
             &moto,
@@ -94,11 +99,9 @@ impl Lab {
         )
         .await?;
 
-        // An administrator session in A, to create RoleA there.
-        let admin_a = assume(&moto, &admin_b, &format!("arn:aws:iam::{ACCOUNT_A}:role/OrganizationAccountAccessRole"), "lab-admin", None).await?;
         let role_a_arn = create_role(
             &moto,
-            &admin_a.1,
+            &admin_a,
             "BedrockRelayTarget",
             &json!({"Version": "2012-10-17", "Statement": [{
                 "Effect": "Allow", "Principal": {"AWS": exec_role_arn},
@@ -107,7 +110,7 @@ impl Lab {
         )
         .await?;
         moto.query(
-            &admin_a.1,
+            &admin_a,
             "iam",
             &[
                 ("Action", "PutRolePolicy"),

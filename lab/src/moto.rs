@@ -95,10 +95,13 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts `moto_server` with `default_account` as the account of
-    /// credentials moto did not issue. The executable is `LAB_MOTO_SERVER`,
-    /// else `.venv/bin/moto_server` at the workspace root.
-    pub async fn start(default_account: &str) -> Result<Self, LabError> {
+    /// Starts `moto_server`. The executable is `LAB_MOTO_SERVER`, else
+    /// `.venv/bin/moto_server` at the workspace root.
+    ///
+    /// `MOTO_ACCOUNT_ID` is removed from its environment: it would pin every
+    /// request to one account, where the lab needs each call to land in the
+    /// account of the session that signed it.
+    pub async fn start() -> Result<Self, LabError> {
         let exe = moto_server_path();
         if !exe.exists() {
             return Err(LabError::Setup(format!(
@@ -109,7 +112,7 @@ impl Moto {
         let port = free_port()?;
         let child = Command::new(&exe)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_ACCOUNT_ID", default_account)
+            .env_remove("MOTO_ACCOUNT_ID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

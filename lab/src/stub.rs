@@ -1,0 +1,70 @@
+//! A fixed-answer HTTP server: a stand-in for an AWS endpoint that fails in
+//! one specific way (an STS that denies, an S3 that is down), for fault tests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Router;
+
+use crate::LabError;
+
+/// A running stub; stops when dropped.
+pub struct FixedResponse {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FixedResponse {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FixedResponse {
+    /// Answers every request with `status`, `content_type` and `body`.
+    pub async fn start(status: u16, content_type: &'static str, body: &'static str) -> Result<Self, LabError> {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        let status = StatusCode::from_u16(status).map_err(|e| LabError::Setup(e.to_string()))?;
+        let app = Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { (status, [("content-type", content_type)], body).into_response() }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| LabError::Setup(e.to_string()))?;
+        let addr = listener.local_addr().map_err(|e| LabError::Setup(e.to_string()))?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, hits, task })
+    }
+
+    /// An STS that denies every AssumeRole, as STS does for a trust-policy or
+    /// ExternalId mismatch.
+    pub async fn denying_sts() -> Result<Self, LabError> {
+        Self::start(
+            403,
+            "text/xml",
+            "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>\
+             <Code>AccessDenied</Code><Message>User: arn:aws:sts::222222222222:assumed-role/bedrock-relay-exec/bedrock-relay \
+             is not authorized to perform: sts:AssumeRole on resource: arn:aws:iam::111111111111:role/BedrockRelayTarget\
+             </Message></Error><RequestId>lab</RequestId></ErrorResponse>",
+        )
+        .await
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}

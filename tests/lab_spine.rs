@@ -1,0 +1,437 @@
+//! End-to-end tests of the built function in the local two-account lab:
+//! moto (STS, IAM, S3, SQS, EventBridge) as accounts A and B, the Bedrock
+//! emulator, and the function binary driven through the Lambda Runtime API
+//! with the files in `events/`.
+//!
+//! Needs the lab's Python tools: `scripts/setup` (the test command runs it).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lab::emulator::{Fault, Knobs};
+use lab::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
+use lab::stub::FixedResponse;
+use lab::{Lab, ACCOUNT_A, ACCOUNT_B};
+use serde_json::{json, Value};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn event_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("events").join(name)
+}
+
+fn event_bytes(name: &str) -> Vec<u8> {
+    let path = event_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The lab, a Runtime API and the function process started against them.
+struct Bench {
+    lab: Lab,
+    runtime: RuntimeApi,
+    function: FunctionProcess,
+}
+
+impl Bench {
+    async fn start(extra_env: &[(&str, &str)]) -> Self {
+        let lab = Lab::start().await.expect("lab starts");
+        Self::start_in(lab, extra_env).await
+    }
+
+    async fn start_in(lab: Lab, extra_env: &[(&str, &str)]) -> Self {
+        let runtime = RuntimeApi::start().await.expect("runtime api");
+        let mut env = lab.function_env();
+        for (key, value) in extra_env {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_string(), value.to_string()));
+        }
+        let function = FunctionProcess::spawn(Path::new(env!("CARGO_BIN_EXE_bedrock-relay")), &runtime, &env)
+            .expect("function starts");
+        Self { lab, runtime, function }
+    }
+
+    async fn invoke(&self, name: &str) -> Outcome {
+        self.invoke_bytes(event_bytes(name), TIMEOUT).await
+    }
+
+    async fn invoke_bytes(&self, body: Vec<u8>, timeout: Duration) -> Outcome {
+        match self.runtime.invoke(body, timeout).await {
+            Ok(outcome) => outcome,
+            Err(err) => panic!("{err}; function logs:\n{}", self.function.logs().join("\n")),
+        }
+    }
+
+    async fn record(&self, job_id: &str) -> Value {
+        self.lab
+            .record(job_id)
+            .await
+            .expect("s3 readable")
+            .unwrap_or_else(|| panic!("no record for {job_id}; logs:\n{}", self.function.logs().join("\n")))
+    }
+}
+
+fn error_type(outcome: &Outcome) -> &str {
+    outcome.error_type().unwrap_or_else(|| panic!("expected an error, got {outcome:?}"))
+}
+
+/// A job event runs Converse as RoleA in account A and leaves a complete record
+/// in account B's bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_event_runs_as_role_a_and_lands_in_s3() {
+    let bench = Bench::start(&[]).await;
+    let outcome = bench.invoke("job-event.json").await;
+    let Outcome::Response { body } = &outcome else {
+        panic!("expected success, got {outcome:?}\n{}", bench.function.logs().join("\n"));
+    };
+    let envelope_id = "6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11";
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["record"], format!("s3://relay-results/results/{envelope_id}.json"));
+
+    let record = bench.record(envelope_id).await;
+    assert_eq!(record["job_id"], envelope_id);
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["shape"], "job-event");
+    assert_eq!(record["event"]["id"], envelope_id);
+    assert_eq!(record["event"]["source"], "com.example.reports");
+    assert_eq!(record["event"]["detail-type"], "Bedrock Relay Job");
+    assert_eq!(record["event"]["time"], "2026-11-28T09:15:00Z");
+    assert_eq!(record["target"]["account"], ACCOUNT_A);
+    assert_eq!(record["target"]["role_arn"], bench.lab.role_a_arn);
+    assert_eq!(record["model"], "amazon.nova-lite-v1:0");
+    assert_eq!(
+        record["output"]["text"],
+        "Echo from amazon.nova-lite-v1:0: Summarise this week's sales figures in three bullet points."
+    );
+    assert_eq!(record["output"]["stop_reason"], "end_turn");
+    // The emulator counts words: 9 prompt + 6 system in; "Echo from <model>:" + 9 out.
+    assert_eq!(record["usage"], json!({"input_tokens": 15, "output_tokens": 12, "total_tokens": 27}));
+    assert!(record["latency"]["call_ms"].as_u64().is_some());
+    assert!(record["started_at"].as_str().is_some_and(|t| t.starts_with("20")));
+    assert!(record["finished_at"].as_str().is_some_and(|t| t >= record["started_at"].as_str().unwrap_or("")));
+    assert_eq!(record["metadata"], json!({"team": "finance", "report": "weekly-sales"}));
+    assert_eq!(record["error"], Value::Null);
+
+    let calls = bench.lab.bedrock.calls();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.operation, "Converse");
+    assert_eq!(call.model_id, "amazon.nova-lite-v1:0");
+    assert_eq!(call.account.as_deref(), Some(ACCOUNT_A), "signed in account A");
+    assert_eq!(call.role_arn.as_deref(), Some(bench.lab.role_a_arn.as_str()), "signed as RoleA");
+    assert!(
+        call.principal_arn.as_deref().is_some_and(|a| a.ends_with("/BedrockRelayTarget/bedrock-relay-bedrock-relay")),
+        "session name identifies the function: {:?}",
+        call.principal_arn
+    );
+    assert_eq!(call.request["system"], json!([{"text": "You are a concise financial analyst."}]));
+    assert_eq!(call.request["inferenceConfig"], json!({"maxTokens": 256, "temperature": 0.2}));
+
+    let sessions = bench.lab.role_a_sessions().await.expect("sessions");
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].external_id.as_deref(), Some(lab::EXTERNAL_ID), "ExternalId sent");
+}
+
+/// All three input shapes through one warm process: one AssumeRole in all,
+/// every Bedrock call signed as RoleA, none with account-B credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_shapes_warm_invocations_make_no_sts_calls() {
+    let default_job = r#"{"prompt": "Write the nightly digest.", "metadata": {"kind": "nightly"}}"#;
+    let bench = Bench::start(&[
+        ("RELAY_DEFAULT_JOB", default_job),
+        ("RELAY_DEFAULT_MODEL", "amazon.nova-micro-v1:0"),
+    ])
+    .await;
+
+    for name in ["job-event.json", "messages-job-event.json", "scheduled-event.json", "scheduler-bare-job.json", "s3-object-created.json"] {
+        let outcome = bench.invoke(name).await;
+        assert!(matches!(outcome, Outcome::Response { .. }), "{name}: {outcome:?}");
+    }
+    // Warm repeats.
+    for _ in 0..3 {
+        assert!(matches!(bench.invoke("job-event.json").await, Outcome::Response { .. }));
+    }
+
+    let scheduled = bench.record("53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa").await;
+    assert_eq!(scheduled["shape"], "default-job");
+    assert_eq!(scheduled["event"]["detail-type"], "Scheduled Event");
+    assert_eq!(scheduled["model"], "amazon.nova-micro-v1:0", "default model");
+    assert_eq!(scheduled["metadata"], json!({"kind": "nightly"}));
+    assert_eq!(scheduled["output"]["text"], "Echo from amazon.nova-micro-v1:0: Write the nightly digest.");
+
+    let bare = bench.record("nightly/2026-11-28").await;
+    assert_eq!(bare["shape"], "bare-job");
+    assert_eq!(bare["event"], Value::Null);
+    assert_eq!(bare["job_id"], "nightly/2026-11-28");
+    assert!(bare["request_id"].as_str().is_some_and(|r| r.starts_with("00000000-")));
+
+    let convo = bench.record("tickets/T-1042").await;
+    assert_eq!(convo["model"], "anthropic.claude-3-haiku-20240307-v1:0");
+    assert_eq!(convo["output"]["stop_reason"], "end_turn");
+
+    let calls = bench.lab.bedrock.calls();
+    assert_eq!(calls.len(), 8);
+    let messages_call = calls
+        .iter()
+        .find(|c| c.model_id == "anthropic.claude-3-haiku-20240307-v1:0")
+        .expect("messages job called");
+    assert_eq!(messages_call.request["messages"].as_array().map(Vec::len), Some(3));
+    assert_eq!(messages_call.request["inferenceConfig"]["stopSequences"], json!(["END"]));
+    for call in &calls {
+        assert_eq!(call.account.as_deref(), Some(ACCOUNT_A), "{call:?}");
+        assert_eq!(call.role_arn.as_deref(), Some(bench.lab.role_a_arn.as_str()));
+        assert_ne!(call.account.as_deref(), Some(ACCOUNT_B));
+        assert_ne!(call.access_key_id.as_deref(), Some(bench.lab.exec_credentials.access_key_id()));
+    }
+    let sessions = bench.lab.role_a_sessions().await.expect("sessions");
+    assert_eq!(sessions.len(), 1, "one AssumeRole at the first event, none on warm ones");
+}
+
+/// Bad events end with an error record naming the problem and a
+/// non-retryable Lambda error, and never reach Bedrock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_leave_error_records_and_lambda_errors() {
+    let bench = Bench::start(&[("RELAY_MAX_EVENT_BYTES", "4096")]).await;
+
+    let outcome = bench.invoke("malformed-job-event.json").await;
+    assert_eq!(error_type(&outcome), "NonRetryable.InvalidEvent");
+    let record = bench.record("0b7e5d1c-8f3a-4e62-9c1d-77a2e4f6b9c0").await;
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["event"]["source"], "com.example.reports");
+    assert_eq!(record["error"]["type"], "InvalidEvent");
+    assert_eq!(record["error"]["retryable"], false);
+    let message = record["error"]["message"].as_str().expect("message");
+    assert!(message.contains("detail"), "{message}");
+    assert!(message.contains("max_tokens"), "names the unknown field: {message}");
+
+    let outcome = bench.invoke("not-json.txt").await;
+    assert_eq!(error_type(&outcome), "NonRetryable.InvalidEvent");
+    if let Outcome::Error { error_message, .. } = &outcome {
+        assert!(error_message.contains("not valid JSON"), "{error_message}");
+    }
+
+    let outcome = bench.invoke("scheduled-event.json").await;
+    assert_eq!(error_type(&outcome), "NonRetryable.NoDefaultJob");
+    let record = bench.record("53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa").await;
+    assert!(record["error"]["message"].as_str().is_some_and(|m| m.contains("RELAY_DEFAULT_JOB")));
+
+    let outcome = bench
+        .invoke_bytes(json!({"prompt": "hi", "model": "a.b"}).to_string().into_bytes(), TIMEOUT)
+        .await;
+    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
+
+    let outcome = bench
+        .invoke_bytes(json!({"prompt": "hi"}).to_string().into_bytes(), TIMEOUT)
+        .await;
+    assert_eq!(error_type(&outcome), "NonRetryable.InvalidJob", "no model, no default");
+
+    let big = json!({"prompt": "x".repeat(5000), "model": "a.b"}).to_string().into_bytes();
+    let outcome = bench.invoke_bytes(big, TIMEOUT).await;
+    assert_eq!(error_type(&outcome), "NonRetryable.EventTooLarge");
+
+    // Every failed invocation left a record, keyed by envelope id or request id.
+    let keys = bench.lab.record_keys().await.expect("list");
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    assert_eq!(bench.lab.bedrock.calls().len(), 1, "only the valid job reached Bedrock");
+}
+
+/// Throttling and 5xx answers are retried inside the invocation with backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_5xx_are_retried_inside_the_invocation() {
+    let bench = Bench::start(&[]).await;
+    bench.lab.bedrock.add_fault(Fault {
+        status: 429,
+        error_type: "ThrottlingException".into(),
+        count: 2,
+        model: None,
+    });
+    bench.lab.bedrock.add_fault(Fault {
+        status: 503,
+        error_type: "ServiceUnavailableException".into(),
+        count: 1,
+        model: None,
+    });
+    let outcome = bench.invoke("job-event.json").await;
+    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
+    let calls = bench.lab.bedrock.calls();
+    let statuses: Vec<u16> = calls.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, vec![429, 429, 503, 200]);
+    // Backoff: the attempts are spread out, not fired back to back.
+    let spread = calls[3].at_ms - calls[0].at_ms;
+    assert!(spread >= 50, "attempts {spread} ms apart in all");
+    let record = bench.record("6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11").await;
+    assert_eq!(record["status"], "succeeded");
+}
+
+/// When retries run out the record says so and Lambda gets a retryable error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_past_the_attempts_is_a_retryable_failure() {
+    let bench = Bench::start(&[("RELAY_MAX_ATTEMPTS", "2")]).await;
+    bench.lab.bedrock.add_fault(Fault {
+        status: 429,
+        error_type: "ThrottlingException".into(),
+        count: 10,
+        model: None,
+    });
+    let outcome = bench.invoke("job-event.json").await;
+    assert_eq!(error_type(&outcome), "Retryable.BedrockThrottled");
+    assert_eq!(bench.lab.bedrock.calls().len(), 2);
+    let record = bench.record("6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11").await;
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["error"]["type"], "BedrockThrottled");
+    assert_eq!(record["error"]["retryable"], true);
+}
+
+/// A model slower than the time left is cut off before the deadline, with
+/// time kept to record the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_calls_never_run_past_the_deadline() {
+    let bench = Bench::start(&[("RELAY_DEADLINE_RESERVE_MS", "1000")]).await;
+    bench.lab.bedrock.set_knobs(Knobs {
+        latency_ms: 10_000,
+        ..Knobs::default()
+    });
+    let started = std::time::Instant::now();
+    let outcome = bench.invoke_bytes(event_bytes("job-event.json"), Duration::from_secs(3)).await;
+    let took = started.elapsed();
+    assert_eq!(error_type(&outcome), "Retryable.DeadlineExceeded");
+    assert!(took < Duration::from_secs(3), "answered within the deadline: {took:?}");
+    let record = bench.record("6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11").await;
+    assert_eq!(record["error"]["type"], "DeadlineExceeded");
+
+    // With almost no time left, the model is not called at all.
+    let before = bench.lab.bedrock.calls().len();
+    let outcome = bench.invoke_bytes(event_bytes("job-event.json"), Duration::from_millis(900)).await;
+    assert_eq!(error_type(&outcome), "Retryable.DeadlineExceeded");
+    assert_eq!(bench.lab.bedrock.calls().len(), before);
+}
+
+/// Bedrock AccessDenied points at account A; STS AccessDenied at the trust
+/// policy, ExternalId and the execution role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_says_which_side_to_fix() {
+    let bench = Bench::start(&[]).await;
+    bench.lab.bedrock.set_knobs(Knobs {
+        model_access: Some(vec![ACCOUNT_B.into()]),
+        ..Knobs::default()
+    });
+    let outcome = bench.invoke("job-event.json").await;
+    assert_eq!(error_type(&outcome), "NonRetryable.BedrockAccessDenied");
+    let record = bench.record("6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11").await;
+    let message = record["error"]["message"].as_str().expect("message");
+    assert!(message.contains("fix it in account A"), "{message}");
+    assert!(message.contains("model access"), "{message}");
+    drop(bench);
+
+    let sts = FixedResponse::denying_sts().await.expect("stub");
+    let endpoint = sts.endpoint();
+    let bench = Bench::start(&[("AWS_ENDPOINT_URL_STS", endpoint.as_str())]).await;
+    let outcome = bench.invoke("job-event.json").await;
+    assert_eq!(error_type(&outcome), "NonRetryable.AssumeRoleDenied");
+    let record = bench.record("6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11").await;
+    let message = record["error"]["message"].as_str().expect("message");
+    assert!(message.contains("trust policy"), "{message}");
+    assert!(message.contains("RELAY_EXTERNAL_ID"), "{message}");
+    assert!(message.contains("execution role must be allowed sts:AssumeRole"), "{message}");
+    assert!(sts.hits() >= 1);
+    assert!(bench.lab.bedrock.calls().is_empty(), "no Bedrock call without RoleA");
+}
+
+/// Invalid configuration stops the function at init, naming the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_fails_init_naming_the_variable() {
+    let lab = Lab::start().await.expect("lab");
+    for (var, value, expect) in [
+        ("RELAY_SESSION_DURATION", "7200", "RELAY_SESSION_DURATION is invalid"),
+        ("RELAY_ROLE_ARN", "RoleA", "RELAY_ROLE_ARN is invalid"),
+        ("AWS_BEARER_TOKEN_BEDROCK", "ABSKbGFi", "AWS_BEARER_TOKEN_BEDROCK is invalid"),
+        ("RELAY_DEFAULT_JOB", r#"{"promt": "x"}"#, "RELAY_DEFAULT_JOB is not a valid job"),
+    ] {
+        let runtime = RuntimeApi::start().await.expect("runtime");
+        let mut env = lab.function_env();
+        env.push((var.to_owned(), value.to_owned()));
+        let mut function = FunctionProcess::spawn(Path::new(env!("CARGO_BIN_EXE_bedrock-relay")), &runtime, &env)
+            .expect("spawn");
+        let code = function.wait_exit(Duration::from_secs(10)).await;
+        assert!(matches!(code, Some(Some(c)) if c != 0), "{var}: the process stops: {code:?}");
+        let logs = function.logs().join("\n");
+        assert!(logs.contains(expect), "{var}: {logs}");
+        if var == "AWS_BEARER_TOKEN_BEDROCK" {
+            assert!(!logs.contains("ABSKbGFi"), "the token is not logged");
+        }
+    }
+}
+
+/// JSON logs carry request id, job id, target account and model, and never
+/// credentials or prompt/output text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_structured_and_hold_no_secrets_or_text() {
+    let bench = Bench::start(&[("AWS_LAMBDA_LOG_FORMAT", "JSON"), ("AWS_LAMBDA_LOG_LEVEL", "debug")]).await;
+    assert!(matches!(bench.invoke("job-event.json").await, Outcome::Response { .. }));
+    assert!(matches!(bench.invoke("malformed-job-event.json").await, Outcome::Error { .. }));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = bench.function.logs();
+    assert!(!logs.is_empty());
+    let parsed: Vec<Value> = logs
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let answered = parsed
+        .iter()
+        .find(|l| l["fields"]["message"] == "model answered")
+        .expect("a 'model answered' line");
+    let text = answered.to_string();
+    for expected in ["00000000-0000-4000-8000-000000000001", "6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11", ACCOUNT_A, "amazon.nova-lite-v1:0"] {
+        assert!(text.contains(expected), "{expected} missing from {text}");
+    }
+    let all = logs.join("\n");
+    let mut secrets = vec![
+        bench.lab.exec_credentials.secret_access_key().to_owned(),
+        bench.lab.exec_credentials.session_token().unwrap_or_default().to_owned(),
+    ];
+    for session in bench.lab.role_a_sessions().await.expect("sessions") {
+        secrets.push(session.secret_access_key);
+        secrets.push(session.session_token);
+    }
+    for secret in secrets {
+        assert!(!all.contains(&secret), "a credential leaked into the logs");
+    }
+    assert!(!all.contains("Summarise this week's sales"), "prompt text is not logged by default");
+    assert!(!all.contains("Echo from"), "output text is not logged by default");
+}
+
+/// The `EventBridgeRule` pattern in `template.yaml` matches the job events in
+/// `events/` and nothing else, by EventBridge's (moto's) own matcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_rule_pattern_matches_only_job_events() {
+    let template_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("template.yaml");
+    let text = std::fs::read_to_string(&template_path).expect("template.yaml");
+    let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("template parses");
+    let pattern = &template["Resources"]["RelayFunction"]["Properties"]["Events"]["JobEvents"]["Properties"]["Pattern"];
+    assert!(!pattern.is_null(), "JobEvents pattern present");
+    let pattern: Value = serde_json::to_value(pattern).expect("pattern as JSON");
+
+    let lab = Lab::start().await.expect("lab");
+    let mut envelopes = Vec::new();
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("events")).expect("events/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let event: Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+            if event.get("detail-type").is_some() {
+                envelopes.push(event);
+            }
+        }
+    }
+    let expected: Vec<String> = envelopes
+        .iter()
+        .filter(|e| e["detail-type"] == "Bedrock Relay Job")
+        .map(|e| e["detail"].to_string())
+        .collect();
+    assert!(expected.len() >= 2 && envelopes.len() > expected.len());
+    let received = lab.events_matching(&pattern, &envelopes).await.expect("round trip");
+    let mut got: Vec<String> = received.iter().map(|e| e["detail"].to_string()).collect();
+    let mut want = expected.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the rule delivers exactly the job events");
+    assert!(received.iter().all(|e| e["detail-type"] == "Bedrock Relay Job"));
+}
