@@ -124,7 +124,9 @@ async fn job_event_runs_as_role_a_and_lands_in_s3() {
         call.principal_arn
     );
     assert_eq!(call.request["system"], json!([{"text": "You are a concise financial analyst."}]));
-    assert_eq!(call.request["inferenceConfig"], json!({"maxTokens": 256, "temperature": 0.2}));
+    assert_eq!(call.request["inferenceConfig"]["maxTokens"], 256);
+    let temperature = call.request["inferenceConfig"]["temperature"].as_f64().expect("temperature sent");
+    assert!((temperature - 0.2).abs() < 1e-6, "{temperature}");
 
     let sessions = bench.lab.role_a_sessions().await.expect("sessions");
     assert_eq!(sessions.len(), 1);
