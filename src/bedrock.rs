@@ -16,15 +16,18 @@ use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::types::{
-    self as bedrock, ContentBlock as BedrockBlock, ConversationRole, DocumentBlock, DocumentFormat, DocumentSource,
-    ImageBlock, ImageFormat, ImageSource, InferenceConfiguration, SystemContentBlock,
+    self as bedrock, ContentBlock as BedrockBlock, ConversationRole, DocumentBlock, DocumentFormat,
+    DocumentSource, ImageBlock, ImageFormat, ImageSource, InferenceConfiguration,
+    SystemContentBlock,
 };
 use aws_smithy_runtime_api::client::auth::AuthSchemeId;
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::config::Target;
-use crate::credentials::{find_assume_role_error, AssumeRoleError, AssumeRoleProvider, REFRESH_BEFORE_EXPIRY};
+use crate::credentials::{
+    find_assume_role_error, AssumeRoleError, AssumeRoleProvider, REFRESH_BEFORE_EXPIRY,
+};
 use crate::job::{decode_media, ContentBlock, MediaBlock, ResolvedJob, Role};
 
 /// A Bedrock call that did not produce an answer, with which side to fix.
@@ -124,7 +127,10 @@ impl BedrockError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::AssumeRole(inner) => inner.is_retryable(),
-            Self::Throttled { .. } | Self::Unavailable { .. } | Self::Deadline { .. } | Self::Unreachable { .. } => true,
+            Self::Throttled { .. }
+            | Self::Unavailable { .. }
+            | Self::Deadline { .. }
+            | Self::Unreachable { .. } => true,
             Self::AccessDenied { .. } | Self::Rejected { .. } | Self::NotFound { .. } => false,
         }
     }
@@ -167,11 +173,20 @@ pub struct Bedrock {
 impl Bedrock {
     /// Builds the client once at cold start: RoleA credentials through
     /// `provider`, held by a lazy identity cache, in the target's region.
-    pub fn new(base: &SdkConfig, sts: aws_sdk_sts::Client, target: &Target, max_attempts: u32) -> Self {
+    pub fn new(
+        base: &SdkConfig,
+        sts: aws_sdk_sts::Client,
+        target: &Target,
+        max_attempts: u32,
+    ) -> Self {
         let provider = AssumeRoleProvider::new(sts, target.clone());
         let config = aws_sdk_bedrockruntime::config::Builder::from(base)
             .credentials_provider(provider)
-            .identity_cache(IdentityCache::lazy().buffer_time(REFRESH_BEFORE_EXPIRY).build())
+            .identity_cache(
+                IdentityCache::lazy()
+                    .buffer_time(REFRESH_BEFORE_EXPIRY)
+                    .build(),
+            )
             .region(aws_config::Region::new(target.region.clone()))
             // Sign with SigV4 even if a Bedrock API key is in the environment (config
             // refuses one; this keeps a later change from silently re-enabling it).
@@ -191,7 +206,11 @@ impl Bedrock {
     }
 
     /// Runs `job` through Converse, giving up when `budget` runs out.
-    pub async fn converse(&self, job: &ResolvedJob, budget: Duration) -> Result<ModelReply, BedrockError> {
+    pub async fn converse(
+        &self,
+        job: &ResolvedJob,
+        budget: Duration,
+    ) -> Result<ModelReply, BedrockError> {
         let started = Instant::now();
         let timeout = TimeoutConfig::builder().operation_timeout(budget).build();
         let result = self
@@ -202,7 +221,13 @@ impl Bedrock {
             .set_system(if job.system.is_empty() {
                 None
             } else {
-                Some(job.system.iter().cloned().map(SystemContentBlock::Text).collect())
+                Some(
+                    job.system
+                        .iter()
+                        .cloned()
+                        .map(SystemContentBlock::Text)
+                        .collect(),
+                )
             })
             .set_inference_config(job.inference.as_ref().map(|i| {
                 InferenceConfiguration::builder()
@@ -213,7 +238,9 @@ impl Bedrock {
                     .build()
             }))
             .customize()
-            .config_override(aws_sdk_bedrockruntime::config::Builder::default().timeout_config(timeout))
+            .config_override(
+                aws_sdk_bedrockruntime::config::Builder::default().timeout_config(timeout),
+            )
             .send()
             .await;
         let call_latency_ms = started.elapsed().as_millis();
@@ -238,10 +265,12 @@ impl Bedrock {
                     role_arn: role_arn.clone(),
                     message: message.clone(),
                 },
-                AssumeRoleError::Unavailable { role_arn, message } => AssumeRoleError::Unavailable {
-                    role_arn: role_arn.clone(),
-                    message: message.clone(),
-                },
+                AssumeRoleError::Unavailable { role_arn, message } => {
+                    AssumeRoleError::Unavailable {
+                        role_arn: role_arn.clone(),
+                        message: message.clone(),
+                    }
+                }
             }
             .into();
         }
@@ -255,29 +284,44 @@ impl Bedrock {
         let code = err.code().unwrap_or_default().to_owned();
         let message = err.message().unwrap_or("no message").to_owned();
         match code.as_str() {
-            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" => BedrockError::AccessDenied {
+            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" => {
+                BedrockError::AccessDenied {
+                    model,
+                    role_arn: self.role_arn.clone(),
+                    message,
+                }
+            }
+            "ThrottlingException"
+            | "TooManyRequestsException"
+            | "ServiceQuotaExceededException" => BedrockError::Throttled { model, message },
+            "InternalServerException"
+            | "ServiceUnavailableException"
+            | "ModelNotReadyException"
+            | "ModelTimeoutException" => BedrockError::Unavailable {
                 model,
-                role_arn: self.role_arn.clone(),
+                code,
                 message,
             },
-            "ThrottlingException" | "TooManyRequestsException" | "ServiceQuotaExceededException" => {
-                BedrockError::Throttled { model, message }
-            }
-            "InternalServerException" | "ServiceUnavailableException" | "ModelNotReadyException" | "ModelTimeoutException" => {
-                BedrockError::Unavailable { model, code, message }
-            }
             "ResourceNotFoundException" => BedrockError::NotFound {
                 model,
                 region: self.region.clone(),
                 message,
             },
-            "ValidationException" | "ModelErrorException" => BedrockError::Rejected { model, code, message },
+            "ValidationException" | "ModelErrorException" => BedrockError::Rejected {
+                model,
+                code,
+                message,
+            },
             // No error code: the request never got a service answer.
             "" => BedrockError::Unreachable {
                 model,
                 message: describe(&err_source_text(&err)),
             },
-            _ => BedrockError::Unavailable { model, code, message },
+            _ => BedrockError::Unavailable {
+                model,
+                code,
+                message,
+            },
         }
     }
 }

@@ -143,7 +143,8 @@ impl Config {
             });
         }
 
-        let function_name = get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "bedrock-relay".into());
+        let function_name =
+            get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "bedrock-relay".into());
         let function_region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
 
         let role_arn = get("RELAY_ROLE_ARN").ok_or(ConfigError::Missing {
@@ -159,11 +160,14 @@ impl Config {
         if let Some(id) = &external_id {
             // STS: 2-1224 characters of [\w+=,.@:/-].
             let ok = (2..=1224).contains(&id.len())
-                && id.chars().all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
             if !ok {
                 return Err(ConfigError::Invalid {
                     var: "RELAY_EXTERNAL_ID",
-                    reason: "an ExternalId is 2-1224 characters of letters, digits and _+=,.@:/-".into(),
+                    reason: "an ExternalId is 2-1224 characters of letters, digits and _+=,.@:/-"
+                        .into(),
                 });
             }
         }
@@ -199,10 +203,11 @@ impl Config {
             var: "RELAY_DESTINATION",
             hint: "set it to where records go, e.g. s3://my-bucket/bedrock-relay/",
         })?;
-        let destination = S3Location::parse(destination.trim()).map_err(|reason| ConfigError::Invalid {
-            var: "RELAY_DESTINATION",
-            reason,
-        })?;
+        let destination =
+            S3Location::parse(destination.trim()).map_err(|reason| ConfigError::Invalid {
+                var: "RELAY_DESTINATION",
+                reason,
+            })?;
 
         let default_model = get("RELAY_DEFAULT_MODEL").map(|m| m.trim().to_owned());
         if let Some(model) = &default_model {
@@ -245,7 +250,10 @@ impl Config {
             },
             function_name,
             destination,
-            s3_force_path_style: parse_bool(get("RELAY_S3_FORCE_PATH_STYLE"), "RELAY_S3_FORCE_PATH_STYLE")?,
+            s3_force_path_style: parse_bool(
+                get("RELAY_S3_FORCE_PATH_STYLE"),
+                "RELAY_S3_FORCE_PATH_STYLE",
+            )?,
             default_model,
             default_job,
             max_attempts: parse_number(get("RELAY_MAX_ATTEMPTS"), "RELAY_MAX_ATTEMPTS", 1..=20, 5)?,
@@ -271,7 +279,13 @@ impl Config {
 fn sts_name(raw: &str) -> String {
     let mut name: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(64)
         .collect();
     while name.len() < 2 {
@@ -306,7 +320,11 @@ where
         Ok(n) if range.contains(&n) => Ok(n),
         _ => Err(ConfigError::Invalid {
             var,
-            reason: format!("`{raw}` is not a number from {} to {}", range.start(), range.end()),
+            reason: format!(
+                "`{raw}` is not a number from {} to {}",
+                range.start(),
+                range.end()
+            ),
         }),
     }
 }
@@ -334,14 +352,19 @@ mod tests {
     }
 
     fn error_of(pairs: &[(&str, &str)]) -> String {
-        Config::from_lookup(env(pairs)).expect_err("config should be refused").to_string()
+        Config::from_lookup(env(pairs))
+            .expect_err("config should be refused")
+            .to_string()
     }
 
     #[test]
     fn minimal_config_takes_documented_defaults() {
         let config = Config::from_lookup(env(&[])).expect("valid");
         assert_eq!(config.target.role.account, "111111111111");
-        assert_eq!(config.target.region, "eu-west-1", "Bedrock region defaults to the function's");
+        assert_eq!(
+            config.target.region, "eu-west-1",
+            "Bedrock region defaults to the function's"
+        );
         assert_eq!(config.target.session_duration, Duration::from_secs(3600));
         assert_eq!(config.target.session_name, "bedrock-relay-relay-fn");
         assert_eq!(config.target.source_identity, "relay-fn");
@@ -355,38 +378,63 @@ mod tests {
     fn session_duration_outside_chained_limits_is_refused_with_the_reason() {
         for bad in ["7200", "600", "3601"] {
             let msg = error_of(&[("RELAY_SESSION_DURATION", bad)]);
-            assert!(msg.starts_with("RELAY_SESSION_DURATION is invalid"), "{msg}");
+            assert!(
+                msg.starts_with("RELAY_SESSION_DURATION is invalid"),
+                "{msg}"
+            );
             assert!(msg.contains("chains into RoleA"), "{msg}");
         }
         let msg = error_of(&[("RELAY_SESSION_DURATION", "an hour")]);
         assert!(msg.contains("not a whole number"), "{msg}");
-        let ok = Config::from_lookup(env(&[("RELAY_SESSION_DURATION", "900")])).expect("900 is allowed");
+        let ok =
+            Config::from_lookup(env(&[("RELAY_SESSION_DURATION", "900")])).expect("900 is allowed");
         assert_eq!(ok.target.session_duration, Duration::from_secs(900));
     }
 
     #[test]
     fn each_bad_variable_is_named() {
         assert!(error_of(&[("RELAY_ROLE_ARN", "")]).starts_with("RELAY_ROLE_ARN is not set"));
-        assert!(error_of(&[("RELAY_ROLE_ARN", "arn:aws:iam::1111:role/RoleA")]).starts_with("RELAY_ROLE_ARN is invalid"));
-        assert!(error_of(&[("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:user/bob")]).starts_with("RELAY_ROLE_ARN is invalid"));
+        assert!(
+            error_of(&[("RELAY_ROLE_ARN", "arn:aws:iam::1111:role/RoleA")])
+                .starts_with("RELAY_ROLE_ARN is invalid")
+        );
+        assert!(
+            error_of(&[("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:user/bob")])
+                .starts_with("RELAY_ROLE_ARN is invalid")
+        );
         assert!(error_of(&[("RELAY_DESTINATION", "")]).starts_with("RELAY_DESTINATION is not set"));
-        assert!(error_of(&[("RELAY_DESTINATION", "https://bucket/x")]).starts_with("RELAY_DESTINATION is invalid"));
-        assert!(error_of(&[("RELAY_EXTERNAL_ID", "has spaces in it")]).starts_with("RELAY_EXTERNAL_ID is invalid"));
-        assert!(error_of(&[("RELAY_DEFAULT_MODEL", "two words")]).starts_with("RELAY_DEFAULT_MODEL is invalid"));
-        assert!(error_of(&[("RELAY_MAX_ATTEMPTS", "0")]).starts_with("RELAY_MAX_ATTEMPTS is invalid"));
-        assert!(error_of(&[("RELAY_LOG_CONTENT", "yes please")]).starts_with("RELAY_LOG_CONTENT is invalid"));
-        assert!(error_of(&[("AWS_REGION", ""), ("RELAY_BEDROCK_REGION", "")]).starts_with("RELAY_BEDROCK_REGION is not set"));
+        assert!(error_of(&[("RELAY_DESTINATION", "https://bucket/x")])
+            .starts_with("RELAY_DESTINATION is invalid"));
+        assert!(error_of(&[("RELAY_EXTERNAL_ID", "has spaces in it")])
+            .starts_with("RELAY_EXTERNAL_ID is invalid"));
+        assert!(error_of(&[("RELAY_DEFAULT_MODEL", "two words")])
+            .starts_with("RELAY_DEFAULT_MODEL is invalid"));
+        assert!(
+            error_of(&[("RELAY_MAX_ATTEMPTS", "0")]).starts_with("RELAY_MAX_ATTEMPTS is invalid")
+        );
+        assert!(error_of(&[("RELAY_LOG_CONTENT", "yes please")])
+            .starts_with("RELAY_LOG_CONTENT is invalid"));
+        assert!(
+            error_of(&[("AWS_REGION", ""), ("RELAY_BEDROCK_REGION", "")])
+                .starts_with("RELAY_BEDROCK_REGION is not set")
+        );
     }
 
     #[test]
     fn default_job_is_validated_at_init_naming_the_field() {
         let msg = error_of(&[("RELAY_DEFAULT_JOB", r#"{"prompt": "hi", "modle": "x"}"#)]);
-        assert!(msg.starts_with("RELAY_DEFAULT_JOB is not a valid job"), "{msg}");
+        assert!(
+            msg.starts_with("RELAY_DEFAULT_JOB is not a valid job"),
+            "{msg}"
+        );
         assert!(msg.contains("modle"), "{msg}");
         let msg = error_of(&[("RELAY_DEFAULT_JOB", r#"{"prompt": "#)]);
         assert!(msg.contains("not valid JSON"), "{msg}");
         let msg = error_of(&[("RELAY_DEFAULT_JOB", r#"{"prompt": "hi"}"#)]);
-        assert!(msg.contains("RELAY_DEFAULT_MODEL"), "a job with no model and no default model is refused: {msg}");
+        assert!(
+            msg.contains("RELAY_DEFAULT_MODEL"),
+            "a job with no model and no default model is refused: {msg}"
+        );
         let ok = Config::from_lookup(env(&[
             ("RELAY_DEFAULT_JOB", r#"{"prompt": "hi"}"#),
             ("RELAY_DEFAULT_MODEL", "amazon.nova-micro-v1:0"),
@@ -398,9 +446,15 @@ mod tests {
     #[test]
     fn a_bedrock_bearer_token_is_refused_loudly() {
         let msg = error_of(&[("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-abc")]);
-        assert!(msg.starts_with("AWS_BEARER_TOKEN_BEDROCK is invalid"), "{msg}");
+        assert!(
+            msg.starts_with("AWS_BEARER_TOKEN_BEDROCK is invalid"),
+            "{msg}"
+        );
         assert!(msg.contains("bypass RoleA"), "{msg}");
-        assert!(!msg.contains("bedrock-api-key-abc"), "the token itself is never echoed");
+        assert!(
+            !msg.contains("bedrock-api-key-abc"),
+            "the token itself is never echoed"
+        );
     }
 
     #[test]

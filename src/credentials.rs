@@ -130,7 +130,10 @@ impl ProvideCredentials for AssumeRoleProvider {
 
 fn classify(
     role_arn: &str,
-    err: SdkError<aws_sdk_sts::operation::assume_role::AssumeRoleError, aws_smithy_runtime_api::http::Response>,
+    err: SdkError<
+        aws_sdk_sts::operation::assume_role::AssumeRoleError,
+        aws_smithy_runtime_api::http::Response,
+    >,
 ) -> AssumeRoleError {
     let role_arn = role_arn.to_owned();
     let code = err.code().unwrap_or_default().to_owned();
@@ -146,13 +149,18 @@ fn classify(
     let status = err.raw_response().map(|r| r.status().as_u16());
     match code.as_str() {
         "AccessDenied" | "AccessDeniedException" => AssumeRoleError::Denied { role_arn, message },
-        "ValidationError" | "MalformedPolicyDocument" | "PackedPolicyTooLarge" | "RegionDisabledException" => {
-            AssumeRoleError::Invalid { role_arn, message }
+        "ValidationError"
+        | "MalformedPolicyDocument"
+        | "PackedPolicyTooLarge"
+        | "RegionDisabledException" => AssumeRoleError::Invalid { role_arn, message },
+        "ExpiredTokenException" | "InvalidClientTokenId" | "SignatureDoesNotMatch" => {
+            AssumeRoleError::Denied {
+                role_arn,
+                message: format!(
+                    "{message}; the execution role's own credentials were not accepted"
+                ),
+            }
         }
-        "ExpiredTokenException" | "InvalidClientTokenId" | "SignatureDoesNotMatch" => AssumeRoleError::Denied {
-            role_arn,
-            message: format!("{message}; the execution role's own credentials were not accepted"),
-        },
         _ if status == Some(403) => AssumeRoleError::Denied { role_arn, message },
         _ => AssumeRoleError::Unavailable { role_arn, message },
     }
@@ -160,7 +168,9 @@ fn classify(
 
 /// Finds an [`AssumeRoleError`] anywhere in an error's source chain: the SDK
 /// wraps the provider's error in its own layers.
-pub fn find_assume_role_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a AssumeRoleError> {
+pub fn find_assume_role_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a AssumeRoleError> {
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(found) = e.downcast_ref::<AssumeRoleError>() {
@@ -173,7 +183,9 @@ pub fn find_assume_role_error<'a>(err: &'a (dyn std::error::Error + 'static)) ->
 
 #[cfg(test)]
 mod tests {
-    use aws_sdk_sts::operation::assume_role::{AssumeRoleError as StsAssumeRoleError, AssumeRoleOutput};
+    use aws_sdk_sts::operation::assume_role::{
+        AssumeRoleError as StsAssumeRoleError, AssumeRoleOutput,
+    };
     use aws_sdk_sts::types::Credentials as StsCredentials;
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
     use aws_smithy_types::error::ErrorMetadata;
@@ -222,7 +234,10 @@ mod tests {
             .expect("credentials");
         assert_eq!(creds.access_key_id(), "ASIAA");
         assert_eq!(creds.session_token(), Some("tokenA"));
-        assert_eq!(creds.expiry(), Some(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000)));
+        assert_eq!(
+            creds.expiry(),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000))
+        );
         assert_eq!(rule.num_calls(), 1);
     }
 
@@ -252,13 +267,20 @@ mod tests {
     #[tokio::test]
     async fn throttled_sts_is_retryable() {
         let rule = mock!(aws_sdk_sts::Client::assume_role).then_error(|| {
-            StsAssumeRoleError::generic(ErrorMetadata::builder().code("Throttling").message("Rate exceeded").build())
+            StsAssumeRoleError::generic(
+                ErrorMetadata::builder()
+                    .code("Throttling")
+                    .message("Rate exceeded")
+                    .build(),
+            )
         });
         let sts = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
         let err = AssumeRoleProvider::new(sts, target())
             .provide_credentials()
             .await
             .expect_err("throttled");
-        assert!(find_assume_role_error(&err).expect("in chain").is_retryable());
+        assert!(find_assume_role_error(&err)
+            .expect("in chain")
+            .is_retryable());
     }
 }

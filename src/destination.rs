@@ -31,7 +31,9 @@ pub enum DestinationError {
         bucket: String,
     },
     /// Anything else, assumed transient.
-    #[error("cannot write {uri} ({message}); the record is not saved and the event will be retried")]
+    #[error(
+        "cannot write {uri} ({message}); the record is not saved and the event will be retried"
+    )]
     Unavailable {
         /// The object's URI.
         uri: String,
@@ -124,10 +126,11 @@ impl S3Destination {
     pub async fn write(&self, record: &Record) -> Result<String, DestinationError> {
         let key = self.location.key_for(&record.job_id);
         let uri = self.location.uri_for(&record.job_id);
-        let body = serde_json::to_vec_pretty(record).map_err(|err| DestinationError::Unavailable {
-            uri: uri.clone(),
-            message: format!("the record does not serialise: {err}"),
-        })?;
+        let body =
+            serde_json::to_vec_pretty(record).map_err(|err| DestinationError::Unavailable {
+                uri: uri.clone(),
+                message: format!("the record does not serialise: {err}"),
+            })?;
         self.client
             .put_object()
             .bucket(&self.location.bucket)
@@ -140,7 +143,11 @@ impl S3Destination {
         Ok(uri)
     }
 
-    fn classify<E: ProvideErrorMetadata, R>(&self, uri: String, err: SdkError<E, R>) -> DestinationError {
+    fn classify<E: ProvideErrorMetadata, R>(
+        &self,
+        uri: String,
+        err: SdkError<E, R>,
+    ) -> DestinationError {
         let message = err.message().unwrap_or("no message").to_owned();
         match err.code() {
             Some("AccessDenied") | Some("AllAccessDisabled") => DestinationError::Denied {
@@ -180,7 +187,12 @@ mod tests {
         assert_eq!(loc.prefix, "relay/out/");
         assert_eq!(loc.key_for("job-1"), "relay/out/job-1.json");
         assert_eq!(loc.uri_for("job-1"), "s3://my-bucket/relay/out/job-1.json");
-        assert_eq!(S3Location::parse("s3://my-bucket").expect("no prefix").key_for("j"), "j.json");
+        assert_eq!(
+            S3Location::parse("s3://my-bucket")
+                .expect("no prefix")
+                .key_for("j"),
+            "j.json"
+        );
         assert!(S3Location::parse("s3://My_Bucket/x").is_err());
         assert!(S3Location::parse("my-bucket/x").is_err());
     }

@@ -67,7 +67,11 @@ impl RelayError {
 
 impl From<RelayError> for Diagnostic {
     fn from(err: RelayError) -> Self {
-        let class = if err.is_retryable() { "Retryable" } else { "NonRetryable" };
+        let class = if err.is_retryable() {
+            "Retryable"
+        } else {
+            "NonRetryable"
+        };
         Diagnostic {
             error_type: format!("{class}.{}", err.code()),
             error_message: err.to_string(),
@@ -91,6 +95,9 @@ mod tests {
             message: "slow down".into(),
         });
         assert!(err.is_retryable());
-        assert_eq!(Diagnostic::from(err).error_type, "Retryable.BedrockThrottled");
+        assert_eq!(
+            Diagnostic::from(err).error_type,
+            "Retryable.BedrockThrottled"
+        );
     }
 }

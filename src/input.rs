@@ -173,7 +173,9 @@ impl<'de> Deserialize<'de> for Payload {
 impl Envelope {
     /// The envelope of `payload`, if it is one; used to label error records.
     pub fn peek(payload: &Payload) -> Option<Self> {
-        let Payload::Json(value) = payload else { return None };
+        let Payload::Json(value) = payload else {
+            return None;
+        };
         let map = value.as_object()?;
         if !ENVELOPE_KEYS.iter().all(|k| map.contains_key(*k)) {
             return None;
@@ -195,7 +197,9 @@ impl Input {
         let value = match payload {
             Payload::Json(value) => value,
             Payload::Unreadable(Unreadable::NotJson { error }) => {
-                return Err(InputError::NotJson { reason: error.clone() })
+                return Err(InputError::NotJson {
+                    reason: error.clone(),
+                })
             }
             Payload::Unreadable(Unreadable::TooLarge { bytes, limit }) => {
                 return Err(InputError::TooLarge {
@@ -205,10 +209,16 @@ impl Input {
             }
         };
         let Value::Object(map) = value else {
-            return Err(InputError::NotAnObject { kind: json_kind(value) });
+            return Err(InputError::NotAnObject {
+                kind: json_kind(value),
+            });
         };
 
-        let present: Vec<&str> = ENVELOPE_KEYS.iter().copied().filter(|k| map.contains_key(*k)).collect();
+        let present: Vec<&str> = ENVELOPE_KEYS
+            .iter()
+            .copied()
+            .filter(|k| map.contains_key(*k))
+            .collect();
         if present.is_empty() {
             let job = Job::from_value(value.clone()).map_err(InputError::BareJob)?;
             return Ok(Self {
@@ -224,7 +234,11 @@ impl Input {
                 .map(|k| format!("`{k}`"))
                 .collect();
             return Err(InputError::PartialEnvelope {
-                present: present.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+                present: present
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 missing: missing.join(", "),
             });
         }
@@ -327,7 +341,9 @@ fn screen(body: &[u8], max_bytes: usize) -> Option<Unreadable> {
     }
     match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
         Ok(_) => None,
-        Err(err) => Some(Unreadable::NotJson { error: err.to_string() }),
+        Err(err) => Some(Unreadable::NotJson {
+            error: err.to_string(),
+        }),
     }
 }
 
@@ -371,7 +387,8 @@ mod tests {
 
     #[test]
     fn scheduled_event_without_default_job_says_what_to_set() {
-        let err = Input::from_payload(&fixture("scheduled-event.json"), None).expect_err("no default job");
+        let err = Input::from_payload(&fixture("scheduled-event.json"), None)
+            .expect_err("no default job");
         let msg = err.to_string();
         assert!(msg.contains("RELAY_DEFAULT_JOB is not set"), "{msg}");
         assert!(msg.contains("aws.events"), "{msg}");
@@ -389,37 +406,60 @@ mod tests {
         let msg = Input::from_payload(&fixture("malformed-job-event.json"), None)
             .expect_err("malformed")
             .to_string();
-        assert!(msg.starts_with("detail (of a `Bedrock Relay Job` event)"), "{msg}");
-        assert!(msg.contains("both `prompt` and `messages`") || msg.contains("unknown field"), "{msg}");
+        assert!(
+            msg.starts_with("detail (of a `Bedrock Relay Job` event)"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("both `prompt` and `messages`") || msg.contains("unknown field"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn shape_is_told_by_envelope_keys_not_job_fields() {
         // A job field named like an envelope key does not make an envelope.
-        let err = Input::from_payload(&Payload::Json(json!({"source": "x", "prompt": "hi"})), None).expect_err("partial");
+        let err = Input::from_payload(&Payload::Json(json!({"source": "x", "prompt": "hi"})), None)
+            .expect_err("partial");
         let msg = err.to_string();
-        assert!(msg.contains("has `source` but not `detail-type`, `detail`"), "{msg}");
+        assert!(
+            msg.contains("has `source` but not `detail-type`, `detail`"),
+            "{msg}"
+        );
         let msg = Input::from_payload(&Payload::Json(json!({"promt": "hi"})), None)
             .expect_err("typo")
             .to_string();
         assert!(msg.starts_with("bare job"), "{msg}");
         assert!(msg.contains("unknown field `promt`"), "{msg}");
-        let msg = Input::from_payload(&Payload::Json(json!("hello")), None).expect_err("string").to_string();
-        assert!(msg.contains("the event is a string; expected an EventBridge event"), "{msg}");
+        let msg = Input::from_payload(&Payload::Json(json!("hello")), None)
+            .expect_err("string")
+            .to_string();
+        assert!(
+            msg.contains("the event is a string; expected an EventBridge event"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn guard_marks_non_json_and_oversize_bytes() {
         assert_eq!(screen(br#"{"prompt":"hi"}"#, 1024), None);
-        assert!(matches!(screen(b"{not json", 1024), Some(Unreadable::NotJson { .. })));
+        assert!(matches!(
+            screen(b"{not json", 1024),
+            Some(Unreadable::NotJson { .. })
+        ));
         assert_eq!(
             screen(&[b' '; 2048], 1024),
-            Some(Unreadable::TooLarge { bytes: 2048, limit: 1024 })
+            Some(Unreadable::TooLarge {
+                bytes: 2048,
+                limit: 1024
+            })
         );
         // The marker round-trips into the handler's payload type.
         let marker = json!({ UNREADABLE_KEY: Unreadable::TooLarge { bytes: 9, limit: 1 } });
         let payload: Payload = serde_json::from_value(marker).expect("payload");
         let err = Input::from_payload(&payload, None).expect_err("too large");
-        assert!(err.to_string().starts_with("the event is 9 bytes, over the 1-byte limit"));
+        assert!(err
+            .to_string()
+            .starts_with("the event is 9 bytes, over the 1-byte limit"));
     }
 }

@@ -181,17 +181,27 @@ impl Job {
     /// Parses a job from a JSON value, naming the offending field on error.
     pub fn from_value(value: Value) -> Result<Self, JobError> {
         if !value.is_object() {
-            return Err(JobError::field(".", format!("a job is a JSON object, got {}", json_kind(&value))));
+            return Err(JobError::field(
+                ".",
+                format!("a job is a JSON object, got {}", json_kind(&value)),
+            ));
         }
         serde_path_to_error::deserialize(value).map_err(|err| {
             let path = err.path().to_string();
-            JobError::field(if path.is_empty() { ".".into() } else { path }, err.into_inner().to_string())
+            JobError::field(
+                if path.is_empty() { ".".into() } else { path },
+                err.into_inner().to_string(),
+            )
         })
     }
 
     /// Settles model and id and checks everything Bedrock would reject, so a bad
     /// job fails before any STS or Bedrock call.
-    pub fn resolve(&self, default_model: Option<&str>, fallback_id: &str) -> Result<ResolvedJob, JobError> {
+    pub fn resolve(
+        &self,
+        default_model: Option<&str>,
+        fallback_id: &str,
+    ) -> Result<ResolvedJob, JobError> {
         let model = match (&self.model, default_model) {
             (Some(model), _) => {
                 check_model_id(model).map_err(|reason| JobError::field("model", reason))?;
@@ -258,7 +268,9 @@ pub fn check_model_id(model: &str) -> Result<(), String> {
         return Err("a model ID is 1-2048 characters".into());
     }
     if model.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("`{model}` contains whitespace; expected a model ID, inference-profile ID or ARN"));
+        return Err(format!(
+            "`{model}` contains whitespace; expected a model ID, inference-profile ID or ARN"
+        ));
     }
     Ok(())
 }
@@ -270,9 +282,15 @@ fn check_job_id(id: &str) -> Result<(), String> {
         return Err(format!("a job id is 1-{MAX_ID_LEN} characters"));
     }
     if !id.chars().all(allowed) {
-        return Err(format!("`{id}` has characters outside letters, digits and !_.*'()-/"));
+        return Err(format!(
+            "`{id}` has characters outside letters, digits and !_.*'()-/"
+        ));
     }
-    if id.starts_with('/') || id.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if id.starts_with('/')
+        || id
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(format!("`{id}` has an empty, `.` or `..` path segment"));
     }
     Ok(())
@@ -284,7 +302,13 @@ pub(crate) fn sanitize_id(id: &str) -> String {
     let cleaned: String = id
         .chars()
         .take(MAX_ID_LEN)
-        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if cleaned.is_empty() {
         "unnamed".into()
@@ -298,7 +322,10 @@ fn check_messages(messages: &[Message]) -> Result<(), JobError> {
         return Err(JobError::field("messages", "the conversation is empty"));
     }
     if messages[0].role != Role::User {
-        return Err(JobError::field("messages[0].role", "a conversation starts with a `user` message"));
+        return Err(JobError::field(
+            "messages[0].role",
+            "a conversation starts with a `user` message",
+        ));
     }
     for (i, pair) in messages.windows(2).enumerate() {
         if pair[0].role == pair[1].role {
@@ -310,7 +337,10 @@ fn check_messages(messages: &[Message]) -> Result<(), JobError> {
     }
     for (i, message) in messages.iter().enumerate() {
         if message.content.is_empty() {
-            return Err(JobError::field(format!("messages[{i}].content"), "a message needs at least one block"));
+            return Err(JobError::field(
+                format!("messages[{i}].content"),
+                "a message needs at least one block",
+            ));
         }
         for (j, block) in message.content.iter().enumerate() {
             let path = format!("messages[{i}].content[{j}]");
@@ -319,11 +349,23 @@ fn check_messages(messages: &[Message]) -> Result<(), JobError> {
                     return Err(JobError::field(format!("{path}.text"), "the text is empty"));
                 }
                 ContentBlock::Text(_) => {}
-                ContentBlock::Image(media) => check_media(media, &path, "image", &["png", "jpeg", "gif", "webp"])?,
+                ContentBlock::Image(media) => {
+                    check_media(media, &path, "image", &["png", "jpeg", "gif", "webp"])?
+                }
                 ContentBlock::Document(media) => {
-                    check_media(media, &path, "document", &["pdf", "csv", "doc", "docx", "xls", "xlsx", "html", "txt", "md"])?;
+                    check_media(
+                        media,
+                        &path,
+                        "document",
+                        &[
+                            "pdf", "csv", "doc", "docx", "xls", "xlsx", "html", "txt", "md",
+                        ],
+                    )?;
                     if media.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
-                        return Err(JobError::field(format!("{path}.document.name"), "a document needs a `name`"));
+                        return Err(JobError::field(
+                            format!("{path}.document.name"),
+                            "a document needs a `name`",
+                        ));
                     }
                 }
             }
@@ -332,14 +374,24 @@ fn check_messages(messages: &[Message]) -> Result<(), JobError> {
     Ok(())
 }
 
-fn check_media(media: &MediaBlock, path: &str, kind: &str, formats: &[&str]) -> Result<(), JobError> {
+fn check_media(
+    media: &MediaBlock,
+    path: &str,
+    kind: &str,
+    formats: &[&str],
+) -> Result<(), JobError> {
     if !formats.contains(&media.format.as_str()) {
         return Err(JobError::field(
             format!("{path}.{kind}.format"),
-            format!("`{}` is not a {kind} format Bedrock takes; use one of {}", media.format, formats.join(", ")),
+            format!(
+                "`{}` is not a {kind} format Bedrock takes; use one of {}",
+                media.format,
+                formats.join(", ")
+            ),
         ));
     }
-    decode_media(media).map_err(|_| JobError::field(format!("{path}.{kind}.source.bytes"), "not valid base64"))?;
+    decode_media(media)
+        .map_err(|_| JobError::field(format!("{path}.{kind}.source.bytes"), "not valid base64"))?;
     Ok(())
 }
 
@@ -354,10 +406,16 @@ fn check_inference(inference: &Inference) -> Result<(), JobError> {
             return Err(JobError::field("inference.maxTokens", "must be at least 1"));
         }
     }
-    for (name, value) in [("temperature", inference.temperature), ("topP", inference.top_p)] {
+    for (name, value) in [
+        ("temperature", inference.temperature),
+        ("topP", inference.top_p),
+    ] {
         if let Some(v) = value {
             if !(0.0..=1.0).contains(&v) {
-                return Err(JobError::field(format!("inference.{name}"), "must be between 0 and 1"));
+                return Err(JobError::field(
+                    format!("inference.{name}"),
+                    "must be between 0 and 1",
+                ));
             }
         }
     }
@@ -432,7 +490,10 @@ mod tests {
         assert_eq!(job.messages.len(), 3);
         assert_eq!(job.system, vec!["Be brief", "Use English"]);
         assert_eq!(job.inference.as_ref().and_then(|i| i.max_tokens), Some(50));
-        assert_eq!(job.metadata.as_ref().map(|m| m["team"].clone()), Some(json!("finance")));
+        assert_eq!(
+            job.metadata.as_ref().map(|m| m["team"].clone()),
+            Some(json!("finance"))
+        );
     }
 
     #[test]
@@ -449,8 +510,10 @@ mod tests {
 
     #[test]
     fn prompt_and_messages_are_exclusive() {
-        assert!(error(json!({"prompt": "a", "messages": [{"role": "user", "content": [{"text": "b"}]}]}))
-            .contains("both `prompt` and `messages`"));
+        assert!(error(
+            json!({"prompt": "a", "messages": [{"role": "user", "content": [{"text": "b"}]}]})
+        )
+        .contains("both `prompt` and `messages`"));
         assert!(error(json!({"system": "x"})).contains("neither `prompt` nor `messages`"));
     }
 
@@ -467,19 +530,31 @@ mod tests {
     #[test]
     fn wrong_types_and_ranges_name_the_field() {
         assert!(error(json!({"prompt": 5})).starts_with("prompt: invalid type"));
-        assert!(error(json!({"prompt": "hi", "inference": {"temperature": 1.5}})).starts_with("inference.temperature"));
-        assert!(error(json!({"prompt": "hi", "inference": {"maxTokens": 0}})).starts_with("inference.maxTokens"));
+        assert!(
+            error(json!({"prompt": "hi", "inference": {"temperature": 1.5}}))
+                .starts_with("inference.temperature")
+        );
+        assert!(
+            error(json!({"prompt": "hi", "inference": {"maxTokens": 0}}))
+                .starts_with("inference.maxTokens")
+        );
         assert!(error(json!({"prompt": "   "})).starts_with("prompt: the prompt is empty"));
         assert!(error(json!({"prompt": "hi", "model": "a b"})).starts_with("model:"));
         assert!(error(json!({"prompt": "hi", "id": "../etc/passwd"})).starts_with("id:"));
         assert!(error(json!({"prompt": "hi", "id": "a b"})).starts_with("id:"));
-        assert!(error(json!({"messages": [{"role": "assistant", "content": [{"text": "x"}]}]})).starts_with("messages[0].role"));
+        assert!(
+            error(json!({"messages": [{"role": "assistant", "content": [{"text": "x"}]}]}))
+                .starts_with("messages[0].role")
+        );
         assert!(error(json!({"messages": [
             {"role": "user", "content": [{"text": "x"}]},
             {"role": "user", "content": [{"text": "y"}]}
         ]}))
         .starts_with("messages[1].role"));
-        assert!(error(json!({"messages": [{"role": "user", "content": []}]})).starts_with("messages[0].content"));
+        assert!(
+            error(json!({"messages": [{"role": "user", "content": []}]}))
+                .starts_with("messages[0].content")
+        );
         assert!(error(json!({"messages": [{"role": "user", "content": [{"image": {"format": "bmp", "source": {"bytes": ""}}}]}]}))
             .starts_with("messages[0].content[0].image.format"));
         assert!(error(json!({"messages": [{"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": "!!"}}}]}]}))
@@ -492,7 +567,10 @@ mod tests {
     #[test]
     fn fallback_ids_are_made_key_safe() {
         assert_eq!(sanitize_id("a1b2-c3"), "a1b2-c3");
-        assert_eq!(sanitize_id("weird/../id with space"), "weird_.._id_with_space");
+        assert_eq!(
+            sanitize_id("weird/../id with space"),
+            "weird_.._id_with_space"
+        );
         assert_eq!(sanitize_id(""), "unnamed");
     }
 }

@@ -40,7 +40,10 @@ impl Relay {
         let s3 = aws_sdk_s3::config::Builder::from(&base)
             .force_path_style(config.s3_force_path_style)
             .build();
-        let destination = S3Destination::new(aws_sdk_s3::Client::from_conf(s3), config.destination.clone());
+        let destination = S3Destination::new(
+            aws_sdk_s3::Client::from_conf(s3),
+            config.destination.clone(),
+        );
         Self::new(config, bedrock, destination)
     }
 
@@ -70,7 +73,9 @@ impl Relay {
 
     /// Handles one event; the Lambda error type says whether a retry may help.
     pub async fn handle(&self, event: LambdaEvent<Payload>) -> Result<Value, Diagnostic> {
-        self.run(&event.payload, &event.context).await.map_err(Diagnostic::from)
+        self.run(&event.payload, &event.context)
+            .await
+            .map_err(Diagnostic::from)
     }
 
     async fn run(&self, payload: &Payload, ctx: &Context) -> Result<Value, RelayError> {
@@ -113,11 +118,19 @@ impl Relay {
             .as_ref()
             .and_then(|e| e.id.as_deref())
             .unwrap_or(&ctx.request_id);
-        let job = match input.job.resolve(self.config.default_model.as_deref(), fallback_id) {
+        let job = match input
+            .job
+            .resolve(self.config.default_model.as_deref(), fallback_id)
+        {
             Ok(job) => job,
             Err(err) => {
-                record.job_id = crate::job::sanitize_id(input.job.id.as_deref().unwrap_or(fallback_id));
-                record.model = input.job.model.clone().or_else(|| self.config.default_model.clone());
+                record.job_id =
+                    crate::job::sanitize_id(input.job.id.as_deref().unwrap_or(fallback_id));
+                record.model = input
+                    .job
+                    .model
+                    .clone()
+                    .or_else(|| self.config.default_model.clone());
                 record.metadata = input.job.metadata.clone();
                 return self.fail(record, err.into()).await;
             }

@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn event_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("events").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("events")
+        .join(name)
 }
 
 fn event_bytes(name: &str) -> Vec<u8> {
@@ -45,9 +47,17 @@ impl Bench {
             env.retain(|(k, _)| k != key);
             env.push((key.to_string(), value.to_string()));
         }
-        let function = FunctionProcess::spawn(Path::new(env!("CARGO_BIN_EXE_bedrock-relay")), &runtime, &env)
-            .expect("function starts");
-        Self { lab, runtime, function }
+        let function = FunctionProcess::spawn(
+            Path::new(env!("CARGO_BIN_EXE_bedrock-relay")),
+            &runtime,
+            &env,
+        )
+        .expect("function starts");
+        Self {
+            lab,
+            runtime,
+            function,
+        }
     }
 
     async fn invoke(&self, name: &str) -> Outcome {
@@ -66,12 +76,19 @@ impl Bench {
             .record(job_id)
             .await
             .expect("s3 readable")
-            .unwrap_or_else(|| panic!("no record for {job_id}; logs:\n{}", self.function.logs().join("\n")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no record for {job_id}; logs:\n{}",
+                    self.function.logs().join("\n")
+                )
+            })
     }
 }
 
 fn error_type(outcome: &Outcome) -> &str {
-    outcome.error_type().unwrap_or_else(|| panic!("expected an error, got {outcome:?}"))
+    outcome
+        .error_type()
+        .unwrap_or_else(|| panic!("expected an error, got {outcome:?}"))
 }
 
 /// A job event runs Converse as RoleA in account A and leaves a complete record
@@ -81,11 +98,17 @@ async fn job_event_runs_as_role_a_and_lands_in_s3() {
     let bench = Bench::start(&[]).await;
     let outcome = bench.invoke("job-event.json").await;
     let Outcome::Response { body } = &outcome else {
-        panic!("expected success, got {outcome:?}\n{}", bench.function.logs().join("\n"));
+        panic!(
+            "expected success, got {outcome:?}\n{}",
+            bench.function.logs().join("\n")
+        );
     };
     let envelope_id = "6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11";
     assert_eq!(body["status"], "succeeded");
-    assert_eq!(body["record"], format!("s3://relay-results/results/{envelope_id}.json"));
+    assert_eq!(
+        body["record"],
+        format!("s3://relay-results/results/{envelope_id}.json")
+    );
 
     let record = bench.record(envelope_id).await;
     assert_eq!(record["job_id"], envelope_id);
@@ -104,11 +127,21 @@ async fn job_event_runs_as_role_a_and_lands_in_s3() {
     );
     assert_eq!(record["output"]["stop_reason"], "end_turn");
     // The emulator counts words: 9 prompt + 6 system in; "Echo from <model>:" + 9 out.
-    assert_eq!(record["usage"], json!({"input_tokens": 15, "output_tokens": 12, "total_tokens": 27}));
+    assert_eq!(
+        record["usage"],
+        json!({"input_tokens": 15, "output_tokens": 12, "total_tokens": 27})
+    );
     assert!(record["latency"]["call_ms"].as_u64().is_some());
-    assert!(record["started_at"].as_str().is_some_and(|t| t.starts_with("20")));
-    assert!(record["finished_at"].as_str().is_some_and(|t| t >= record["started_at"].as_str().unwrap_or("")));
-    assert_eq!(record["metadata"], json!({"team": "finance", "report": "weekly-sales"}));
+    assert!(record["started_at"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("20")));
+    assert!(record["finished_at"]
+        .as_str()
+        .is_some_and(|t| t >= record["started_at"].as_str().unwrap_or("")));
+    assert_eq!(
+        record["metadata"],
+        json!({"team": "finance", "report": "weekly-sales"})
+    );
     assert_eq!(record["error"], Value::Null);
 
     let calls = bench.lab.bedrock.calls();
@@ -116,21 +149,40 @@ async fn job_event_runs_as_role_a_and_lands_in_s3() {
     let call = &calls[0];
     assert_eq!(call.operation, "Converse");
     assert_eq!(call.model_id, "amazon.nova-lite-v1:0");
-    assert_eq!(call.account.as_deref(), Some(ACCOUNT_A), "signed in account A");
-    assert_eq!(call.role_arn.as_deref(), Some(bench.lab.role_a_arn.as_str()), "signed as RoleA");
+    assert_eq!(
+        call.account.as_deref(),
+        Some(ACCOUNT_A),
+        "signed in account A"
+    );
+    assert_eq!(
+        call.role_arn.as_deref(),
+        Some(bench.lab.role_a_arn.as_str()),
+        "signed as RoleA"
+    );
     assert!(
-        call.principal_arn.as_deref().is_some_and(|a| a.ends_with("/BedrockRelayTarget/bedrock-relay-bedrock-relay")),
+        call.principal_arn
+            .as_deref()
+            .is_some_and(|a| a.ends_with("/BedrockRelayTarget/bedrock-relay-bedrock-relay")),
         "session name identifies the function: {:?}",
         call.principal_arn
     );
-    assert_eq!(call.request["system"], json!([{"text": "You are a concise financial analyst."}]));
+    assert_eq!(
+        call.request["system"],
+        json!([{"text": "You are a concise financial analyst."}])
+    );
     assert_eq!(call.request["inferenceConfig"]["maxTokens"], 256);
-    let temperature = call.request["inferenceConfig"]["temperature"].as_f64().expect("temperature sent");
+    let temperature = call.request["inferenceConfig"]["temperature"]
+        .as_f64()
+        .expect("temperature sent");
     assert!((temperature - 0.2).abs() < 1e-6, "{temperature}");
 
     let sessions = bench.lab.role_a_sessions().await.expect("sessions");
     assert_eq!(sessions.len(), 1);
-    assert_eq!(sessions[0].external_id.as_deref(), Some(lab::EXTERNAL_ID), "ExternalId sent");
+    assert_eq!(
+        sessions[0].external_id.as_deref(),
+        Some(lab::EXTERNAL_ID),
+        "ExternalId sent"
+    );
 }
 
 /// All three input shapes through one warm process: one AssumeRole in all,
@@ -144,27 +196,47 @@ async fn three_shapes_warm_invocations_make_no_sts_calls() {
     ])
     .await;
 
-    for name in ["job-event.json", "messages-job-event.json", "scheduled-event.json", "scheduler-bare-job.json", "s3-object-created.json"] {
+    for name in [
+        "job-event.json",
+        "messages-job-event.json",
+        "scheduled-event.json",
+        "scheduler-bare-job.json",
+        "s3-object-created.json",
+    ] {
         let outcome = bench.invoke(name).await;
-        assert!(matches!(outcome, Outcome::Response { .. }), "{name}: {outcome:?}");
+        assert!(
+            matches!(outcome, Outcome::Response { .. }),
+            "{name}: {outcome:?}"
+        );
     }
     // Warm repeats.
     for _ in 0..3 {
-        assert!(matches!(bench.invoke("job-event.json").await, Outcome::Response { .. }));
+        assert!(matches!(
+            bench.invoke("job-event.json").await,
+            Outcome::Response { .. }
+        ));
     }
 
     let scheduled = bench.record("53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa").await;
     assert_eq!(scheduled["shape"], "default-job");
     assert_eq!(scheduled["event"]["detail-type"], "Scheduled Event");
-    assert_eq!(scheduled["model"], "amazon.nova-micro-v1:0", "default model");
+    assert_eq!(
+        scheduled["model"], "amazon.nova-micro-v1:0",
+        "default model"
+    );
     assert_eq!(scheduled["metadata"], json!({"kind": "nightly"}));
-    assert_eq!(scheduled["output"]["text"], "Echo from amazon.nova-micro-v1:0: Write the nightly digest.");
+    assert_eq!(
+        scheduled["output"]["text"],
+        "Echo from amazon.nova-micro-v1:0: Write the nightly digest."
+    );
 
     let bare = bench.record("nightly/2026-11-28").await;
     assert_eq!(bare["shape"], "bare-job");
     assert_eq!(bare["event"], Value::Null);
     assert_eq!(bare["job_id"], "nightly/2026-11-28");
-    assert!(bare["request_id"].as_str().is_some_and(|r| r.starts_with("00000000-")));
+    assert!(bare["request_id"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("00000000-")));
 
     let convo = bench.record("tickets/T-1042").await;
     assert_eq!(convo["model"], "anthropic.claude-3-haiku-20240307-v1:0");
@@ -176,16 +248,32 @@ async fn three_shapes_warm_invocations_make_no_sts_calls() {
         .iter()
         .find(|c| c.model_id == "anthropic.claude-3-haiku-20240307-v1:0")
         .expect("messages job called");
-    assert_eq!(messages_call.request["messages"].as_array().map(Vec::len), Some(3));
-    assert_eq!(messages_call.request["inferenceConfig"]["stopSequences"], json!(["END"]));
+    assert_eq!(
+        messages_call.request["messages"].as_array().map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(
+        messages_call.request["inferenceConfig"]["stopSequences"],
+        json!(["END"])
+    );
     for call in &calls {
         assert_eq!(call.account.as_deref(), Some(ACCOUNT_A), "{call:?}");
-        assert_eq!(call.role_arn.as_deref(), Some(bench.lab.role_a_arn.as_str()));
+        assert_eq!(
+            call.role_arn.as_deref(),
+            Some(bench.lab.role_a_arn.as_str())
+        );
         assert_ne!(call.account.as_deref(), Some(ACCOUNT_B));
-        assert_ne!(call.access_key_id.as_deref(), Some(bench.lab.exec_credentials.access_key_id()));
+        assert_ne!(
+            call.access_key_id.as_deref(),
+            Some(bench.lab.exec_credentials.access_key_id())
+        );
     }
     let sessions = bench.lab.role_a_sessions().await.expect("sessions");
-    assert_eq!(sessions.len(), 1, "one AssumeRole at the first event, none on warm ones");
+    assert_eq!(
+        sessions.len(),
+        1,
+        "one AssumeRole at the first event, none on warm ones"
+    );
 }
 
 /// Bad events end with an error record naming the problem and a
@@ -203,7 +291,10 @@ async fn bad_events_leave_error_records_and_lambda_errors() {
     assert_eq!(record["error"]["retryable"], false);
     let message = record["error"]["message"].as_str().expect("message");
     assert!(message.contains("detail"), "{message}");
-    assert!(message.contains("max_tokens"), "names the unknown field: {message}");
+    assert!(
+        message.contains("max_tokens"),
+        "names the unknown field: {message}"
+    );
 
     let outcome = bench.invoke("not-json.txt").await;
     assert_eq!(error_type(&outcome), "NonRetryable.InvalidEvent");
@@ -214,26 +305,43 @@ async fn bad_events_leave_error_records_and_lambda_errors() {
     let outcome = bench.invoke("scheduled-event.json").await;
     assert_eq!(error_type(&outcome), "NonRetryable.NoDefaultJob");
     let record = bench.record("53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa").await;
-    assert!(record["error"]["message"].as_str().is_some_and(|m| m.contains("RELAY_DEFAULT_JOB")));
+    assert!(record["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("RELAY_DEFAULT_JOB")));
 
     let outcome = bench
-        .invoke_bytes(json!({"prompt": "hi", "model": "a.b"}).to_string().into_bytes(), TIMEOUT)
+        .invoke_bytes(
+            json!({"prompt": "hi", "model": "a.b"})
+                .to_string()
+                .into_bytes(),
+            TIMEOUT,
+        )
         .await;
     assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
 
     let outcome = bench
         .invoke_bytes(json!({"prompt": "hi"}).to_string().into_bytes(), TIMEOUT)
         .await;
-    assert_eq!(error_type(&outcome), "NonRetryable.InvalidJob", "no model, no default");
+    assert_eq!(
+        error_type(&outcome),
+        "NonRetryable.InvalidJob",
+        "no model, no default"
+    );
 
-    let big = json!({"prompt": "x".repeat(5000), "model": "a.b"}).to_string().into_bytes();
+    let big = json!({"prompt": "x".repeat(5000), "model": "a.b"})
+        .to_string()
+        .into_bytes();
     let outcome = bench.invoke_bytes(big, TIMEOUT).await;
     assert_eq!(error_type(&outcome), "NonRetryable.EventTooLarge");
 
     // Every failed invocation left a record, keyed by envelope id or request id.
     let keys = bench.lab.record_keys().await.expect("list");
     assert_eq!(keys.len(), 6, "{keys:?}");
-    assert_eq!(bench.lab.bedrock.calls().len(), 1, "only the valid job reached Bedrock");
+    assert_eq!(
+        bench.lab.bedrock.calls().len(),
+        1,
+        "only the valid job reached Bedrock"
+    );
 }
 
 /// Throttling and 5xx answers are retried inside the invocation with backoff.
@@ -293,16 +401,23 @@ async fn model_calls_never_run_past_the_deadline() {
         ..Knobs::default()
     });
     let started = std::time::Instant::now();
-    let outcome = bench.invoke_bytes(event_bytes("job-event.json"), Duration::from_secs(3)).await;
+    let outcome = bench
+        .invoke_bytes(event_bytes("job-event.json"), Duration::from_secs(3))
+        .await;
     let took = started.elapsed();
     assert_eq!(error_type(&outcome), "Retryable.DeadlineExceeded");
-    assert!(took < Duration::from_secs(3), "answered within the deadline: {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "answered within the deadline: {took:?}"
+    );
     let record = bench.record("6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11").await;
     assert_eq!(record["error"]["type"], "DeadlineExceeded");
 
     // With almost no time left, the model is not called at all.
     let before = bench.lab.bedrock.calls().len();
-    let outcome = bench.invoke_bytes(event_bytes("job-event.json"), Duration::from_millis(900)).await;
+    let outcome = bench
+        .invoke_bytes(event_bytes("job-event.json"), Duration::from_millis(900))
+        .await;
     assert_eq!(error_type(&outcome), "Retryable.DeadlineExceeded");
     assert_eq!(bench.lab.bedrock.calls().len(), before);
 }
@@ -333,9 +448,15 @@ async fn access_denied_says_which_side_to_fix() {
     let message = record["error"]["message"].as_str().expect("message");
     assert!(message.contains("trust policy"), "{message}");
     assert!(message.contains("RELAY_EXTERNAL_ID"), "{message}");
-    assert!(message.contains("execution role must be allowed sts:AssumeRole"), "{message}");
+    assert!(
+        message.contains("execution role must be allowed sts:AssumeRole"),
+        "{message}"
+    );
     assert!(sts.hits() >= 1);
-    assert!(bench.lab.bedrock.calls().is_empty(), "no Bedrock call without RoleA");
+    assert!(
+        bench.lab.bedrock.calls().is_empty(),
+        "no Bedrock call without RoleA"
+    );
 }
 
 /// Invalid configuration stops the function at init, naming the variable.
@@ -343,18 +464,37 @@ async fn access_denied_says_which_side_to_fix() {
 async fn invalid_config_fails_init_naming_the_variable() {
     let lab = Lab::start().await.expect("lab");
     for (var, value, expect) in [
-        ("RELAY_SESSION_DURATION", "7200", "RELAY_SESSION_DURATION is invalid"),
+        (
+            "RELAY_SESSION_DURATION",
+            "7200",
+            "RELAY_SESSION_DURATION is invalid",
+        ),
         ("RELAY_ROLE_ARN", "RoleA", "RELAY_ROLE_ARN is invalid"),
-        ("AWS_BEARER_TOKEN_BEDROCK", "ABSKbGFi", "AWS_BEARER_TOKEN_BEDROCK is invalid"),
-        ("RELAY_DEFAULT_JOB", r#"{"promt": "x"}"#, "RELAY_DEFAULT_JOB is not a valid job"),
+        (
+            "AWS_BEARER_TOKEN_BEDROCK",
+            "ABSKbGFi",
+            "AWS_BEARER_TOKEN_BEDROCK is invalid",
+        ),
+        (
+            "RELAY_DEFAULT_JOB",
+            r#"{"promt": "x"}"#,
+            "RELAY_DEFAULT_JOB is not a valid job",
+        ),
     ] {
         let runtime = RuntimeApi::start().await.expect("runtime");
         let mut env = lab.function_env();
         env.push((var.to_owned(), value.to_owned()));
-        let mut function = FunctionProcess::spawn(Path::new(env!("CARGO_BIN_EXE_bedrock-relay")), &runtime, &env)
-            .expect("spawn");
+        let mut function = FunctionProcess::spawn(
+            Path::new(env!("CARGO_BIN_EXE_bedrock-relay")),
+            &runtime,
+            &env,
+        )
+        .expect("spawn");
         let code = function.wait_exit(Duration::from_secs(10)).await;
-        assert!(matches!(code, Some(Some(c)) if c != 0), "{var}: the process stops: {code:?}");
+        assert!(
+            matches!(code, Some(Some(c)) if c != 0),
+            "{var}: the process stops: {code:?}"
+        );
         let logs = function.logs().join("\n");
         assert!(logs.contains(expect), "{var}: {logs}");
         if var == "AWS_BEARER_TOKEN_BEDROCK" {
@@ -367,9 +507,19 @@ async fn invalid_config_fails_init_naming_the_variable() {
 /// credentials or prompt/output text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_structured_and_hold_no_secrets_or_text() {
-    let bench = Bench::start(&[("AWS_LAMBDA_LOG_FORMAT", "JSON"), ("AWS_LAMBDA_LOG_LEVEL", "debug")]).await;
-    assert!(matches!(bench.invoke("job-event.json").await, Outcome::Response { .. }));
-    assert!(matches!(bench.invoke("malformed-job-event.json").await, Outcome::Error { .. }));
+    let bench = Bench::start(&[
+        ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+        ("AWS_LAMBDA_LOG_LEVEL", "debug"),
+    ])
+    .await;
+    assert!(matches!(
+        bench.invoke("job-event.json").await,
+        Outcome::Response { .. }
+    ));
+    assert!(matches!(
+        bench.invoke("malformed-job-event.json").await,
+        Outcome::Error { .. }
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = bench.function.logs();
     assert!(!logs.is_empty());
@@ -382,13 +532,23 @@ async fn logs_are_structured_and_hold_no_secrets_or_text() {
         .find(|l| l["fields"]["message"] == "model answered")
         .expect("a 'model answered' line");
     let text = answered.to_string();
-    for expected in ["00000000-0000-4000-8000-000000000001", "6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11", ACCOUNT_A, "amazon.nova-lite-v1:0"] {
+    for expected in [
+        "00000000-0000-4000-8000-000000000001",
+        "6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11",
+        ACCOUNT_A,
+        "amazon.nova-lite-v1:0",
+    ] {
         assert!(text.contains(expected), "{expected} missing from {text}");
     }
     let all = logs.join("\n");
     let mut secrets = vec![
         bench.lab.exec_credentials.secret_access_key().to_owned(),
-        bench.lab.exec_credentials.session_token().unwrap_or_default().to_owned(),
+        bench
+            .lab
+            .exec_credentials
+            .session_token()
+            .unwrap_or_default()
+            .to_owned(),
     ];
     for session in bench.lab.role_a_sessions().await.expect("sessions") {
         secrets.push(session.secret_access_key);
@@ -397,8 +557,14 @@ async fn logs_are_structured_and_hold_no_secrets_or_text() {
     for secret in secrets {
         assert!(!all.contains(&secret), "a credential leaked into the logs");
     }
-    assert!(!all.contains("Summarise this week's sales"), "prompt text is not logged by default");
-    assert!(!all.contains("Echo from"), "output text is not logged by default");
+    assert!(
+        !all.contains("Summarise this week's sales"),
+        "prompt text is not logged by default"
+    );
+    assert!(
+        !all.contains("Echo from"),
+        "output text is not logged by default"
+    );
 }
 
 /// The `EventBridgeRule` pattern in `template.yaml` matches the job events in
@@ -408,16 +574,20 @@ async fn template_rule_pattern_matches_only_job_events() {
     let template_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("template.yaml");
     let text = std::fs::read_to_string(&template_path).expect("template.yaml");
     let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("template parses");
-    let pattern = &template["Resources"]["RelayFunction"]["Properties"]["Events"]["JobEvents"]["Properties"]["Pattern"];
+    let pattern = &template["Resources"]["RelayFunction"]["Properties"]["Events"]["JobEvents"]
+        ["Properties"]["Pattern"];
     assert!(!pattern.is_null(), "JobEvents pattern present");
     let pattern: Value = serde_json::to_value(pattern).expect("pattern as JSON");
 
     let lab = Lab::start().await.expect("lab");
     let mut envelopes = Vec::new();
-    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("events")).expect("events/") {
+    for entry in
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("events")).expect("events/")
+    {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "json") {
-            let event: Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+            let event: Value =
+                serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
             if event.get("detail-type").is_some() {
                 envelopes.push(event);
             }
@@ -429,11 +599,16 @@ async fn template_rule_pattern_matches_only_job_events() {
         .map(|e| e["detail"].to_string())
         .collect();
     assert!(expected.len() >= 2 && envelopes.len() > expected.len());
-    let received = lab.events_matching(&pattern, &envelopes).await.expect("round trip");
+    let received = lab
+        .events_matching(&pattern, &envelopes)
+        .await
+        .expect("round trip");
     let mut got: Vec<String> = received.iter().map(|e| e["detail"].to_string()).collect();
     let mut want = expected.clone();
     got.sort();
     want.sort();
     assert_eq!(got, want, "the rule delivers exactly the job events");
-    assert!(received.iter().all(|e| e["detail-type"] == "Bedrock Relay Job"));
+    assert!(received
+        .iter()
+        .all(|e| e["detail-type"] == "Bedrock Relay Job"));
 }

@@ -203,7 +203,10 @@ async fn set_knobs(State(shared): State<Arc<Shared>>, Json(knobs): Json<Knobs>) 
     StatusCode::NO_CONTENT
 }
 
-async fn add_faults(State(shared): State<Arc<Shared>>, Json(faults): Json<Vec<Fault>>) -> StatusCode {
+async fn add_faults(
+    State(shared): State<Arc<Shared>>,
+    Json(faults): Json<Vec<Fault>>,
+) -> StatusCode {
     lock(&shared.faults).extend(faults);
     StatusCode::NO_CONTENT
 }
@@ -222,7 +225,10 @@ fn aws_error(status: u16, error_type: &str, message: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
-        [("x-amzn-ErrorType", error_type), ("content-type", "application/json")],
+        [
+            ("x-amzn-ErrorType", error_type),
+            ("content-type", "application/json"),
+        ],
         Json(json!({ "message": message })),
     )
         .into_response()
@@ -251,13 +257,19 @@ async fn authenticate(
             session: None,
         });
     };
-    let auth = auth.ok_or((403, "AccessDeniedException", "Missing Authentication Token".to_owned()))?;
+    let auth = auth.ok_or((
+        403,
+        "AccessDeniedException",
+        "Missing Authentication Token".to_owned(),
+    ))?;
     let session = sessions.lookup(&auth.access_key_id).await.ok_or((
         403,
         "UnrecognizedClientException",
         "The security token included in the request is invalid.".to_owned(),
     ))?;
-    let token = headers.get("x-amz-security-token").and_then(|v| v.to_str().ok());
+    let token = headers
+        .get("x-amz-security-token")
+        .and_then(|v| v.to_str().ok());
     if token != Some(session.session_token.as_str()) {
         return Err((
             403,
@@ -284,7 +296,8 @@ async fn authenticate(
         return Err((
             403,
             "InvalidSignatureException",
-            "The request signature we calculated does not match the signature you provided.".to_owned(),
+            "The request signature we calculated does not match the signature you provided."
+                .to_owned(),
         ));
     }
     Ok(Caller {
@@ -315,7 +328,16 @@ async fn converse(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(shared, Operation::Converse, model_id, method, uri, headers, body).await
+    handle(
+        shared,
+        Operation::Converse,
+        model_id,
+        method,
+        uri,
+        headers,
+        body,
+    )
+    .await
 }
 
 async fn invoke(
@@ -326,7 +348,16 @@ async fn invoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(shared, Operation::InvokeModel, model_id, method, uri, headers, body).await
+    handle(
+        shared,
+        Operation::InvokeModel,
+        model_id,
+        method,
+        uri,
+        headers,
+        body,
+    )
+    .await
 }
 
 async fn handle(
@@ -341,7 +372,10 @@ async fn handle(
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let _in_flight = InFlight(&shared.in_flight);
-    let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
 
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut call = Call {
@@ -362,7 +396,10 @@ async fn handle(
         at_ms,
     };
 
-    let outcome = answer(&shared, &operation, &model_id, &method, &uri, &headers, &body, &request, &mut call).await;
+    let outcome = answer(
+        &shared, &operation, &model_id, &method, &uri, &headers, &body, &request, &mut call,
+    )
+    .await;
     let response = match outcome {
         Ok(reply) => Json(reply).into_response(),
         Err((status, error_type, message)) => {
@@ -412,11 +449,18 @@ async fn answer(
         let mut quota = lock(&shared.quota);
         let window = quota.entry(account.clone()).or_default();
         let now = Instant::now();
-        while window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
             window.pop_front();
         }
         if window.len() >= rpm as usize {
-            return Err((429, "ThrottlingException", "Too many requests, please wait before trying again.".into()));
+            return Err((
+                429,
+                "ThrottlingException",
+                "Too many requests, please wait before trying again.".into(),
+            ));
         }
         window.push_back(now);
     }
@@ -469,7 +513,11 @@ fn check_model_id(model_id: &str) -> Result<(), (u16, &'static str, String)> {
     if plausible {
         Ok(())
     } else {
-        Err((400, "ValidationException", "The provided model identifier is invalid.".into()))
+        Err((
+            400,
+            "ValidationException",
+            "The provided model identifier is invalid.".into(),
+        ))
     }
 }
 
@@ -477,7 +525,11 @@ fn words(text: &str) -> i64 {
     text.split_whitespace().count() as i64
 }
 
-fn converse_reply(model_id: &str, request: &Value, latency_ms: u64) -> Result<Value, (u16, &'static str, String)> {
+fn converse_reply(
+    model_id: &str,
+    request: &Value,
+    latency_ms: u64,
+) -> Result<Value, (u16, &'static str, String)> {
     let invalid = |msg: &str| (400, "ValidationException", msg.to_owned());
     let messages = request
         .get("messages")
@@ -488,7 +540,10 @@ fn converse_reply(model_id: &str, request: &Value, latency_ms: u64) -> Result<Va
     let mut last_user_text = String::new();
     let mut expected_role = "user";
     for message in messages {
-        let role = message.get("role").and_then(Value::as_str).unwrap_or_default();
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if role != expected_role {
             return Err(invalid(
                 "A conversation must alternate between user and assistant roles. Make sure the conversation alternates between user and assistant roles and try again.",
@@ -506,7 +561,10 @@ fn converse_reply(model_id: &str, request: &Value, latency_ms: u64) -> Result<Va
                 input_tokens += words(text);
                 texts.push(text.to_owned());
             } else if let Some(media) = block.get("image").or_else(|| block.get("document")) {
-                let bytes = media.pointer("/source/bytes").and_then(Value::as_str).unwrap_or_default();
+                let bytes = media
+                    .pointer("/source/bytes")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 input_tokens += (bytes.len() as i64 / 100).max(1);
                 texts.push(format!("[{} bytes of media]", bytes.len() * 3 / 4));
             } else {
@@ -519,15 +577,26 @@ fn converse_reply(model_id: &str, request: &Value, latency_ms: u64) -> Result<Va
     }
     if let Some(system) = request.get("system").and_then(Value::as_array) {
         for block in system {
-            input_tokens += words(block.get("text").and_then(Value::as_str).unwrap_or_default());
+            input_tokens += words(
+                block
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+            );
         }
     }
     let config = request.get("inferenceConfig");
-    let max_tokens = config.and_then(|c| c.get("maxTokens")).and_then(Value::as_i64);
+    let max_tokens = config
+        .and_then(|c| c.get("maxTokens"))
+        .and_then(Value::as_i64);
     let stops: Vec<String> = config
         .and_then(|c| c.get("stopSequences"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
 
     let full = format!("Echo from {model_id}: {last_user_text}");
@@ -559,7 +628,11 @@ fn shape_output(full: &str, max_tokens: Option<i64>, stops: &[String]) -> (Strin
 
 fn invoke_reply(model_id: &str, request: &Value) -> Result<Value, (u16, &'static str, String)> {
     if request.is_null() {
-        return Err((400, "ValidationException", "Malformed input request, please reformat your input and try again.".into()));
+        return Err((
+            400,
+            "ValidationException",
+            "Malformed input request, please reformat your input and try again.".into(),
+        ));
     }
     if let Some(text) = request.get("inputText").and_then(Value::as_str) {
         // Titan embeddings: a small deterministic vector from the text.
@@ -612,21 +685,34 @@ mod tests {
             0,
         )
         .expect("reply");
-        assert_eq!(reply["output"]["message"]["content"][0]["text"], "Echo from amazon.nova-lite-v1:0: hello there world");
+        assert_eq!(
+            reply["output"]["message"]["content"][0]["text"],
+            "Echo from amazon.nova-lite-v1:0: hello there world"
+        );
         assert_eq!(reply["usage"]["inputTokens"], 5);
         assert_eq!(reply["stopReason"], "end_turn");
     }
 
     #[test]
     fn max_tokens_and_stop_sequences_cut_the_reply() {
-        assert_eq!(shape_output("a b c d", Some(2), &[]), ("a b".into(), "max_tokens"));
-        assert_eq!(shape_output("a b END c", None, &["END".into()]), ("a b".into(), "stop_sequence"));
+        assert_eq!(
+            shape_output("a b c d", Some(2), &[]),
+            ("a b".into(), "max_tokens")
+        );
+        assert_eq!(
+            shape_output("a b END c", None, &["END".into()]),
+            ("a b".into(), "stop_sequence")
+        );
     }
 
     #[test]
     fn conversations_must_alternate_starting_with_user() {
-        let err = converse_reply("a.b", &json!({"messages": [{"role": "assistant", "content": [{"text": "x"}]}]}), 0)
-            .expect_err("invalid");
+        let err = converse_reply(
+            "a.b",
+            &json!({"messages": [{"role": "assistant", "content": [{"text": "x"}]}]}),
+            0,
+        )
+        .expect_err("invalid");
         assert_eq!(err.1, "ValidationException");
         assert!(check_model_id("not a model").is_err());
         assert!(check_model_id("us.anthropic.claude-3-haiku-20240307-v1:0").is_ok());

@@ -86,9 +86,29 @@ impl Lab {
         let moto = Moto::start().await?;
         // Keys moto did not issue act in its default account; administrator
         // sessions in A and B are assumed from there.
-        let bootstrap = Credentials::new("AKIALABBOOTSTRAP0000", "lab-bootstrap-secret", None, None, "lab");
-        let (_, admin_b) = assume(&moto, &bootstrap, &format!("arn:aws:iam::{ACCOUNT_B}:role/LabAdmin"), "lab-admin", None).await?;
-        let (_, admin_a) = assume(&moto, &bootstrap, &format!("arn:aws:iam::{ACCOUNT_A}:role/LabAdmin"), "lab-admin", None).await?;
+        let bootstrap = Credentials::new(
+            "AKIALABBOOTSTRAP0000",
+            "lab-bootstrap-secret",
+            None,
+            None,
+            "lab",
+        );
+        let (_, admin_b) = assume(
+            &moto,
+            &bootstrap,
+            &format!("arn:aws:iam::{ACCOUNT_B}:role/LabAdmin"),
+            "lab-admin",
+            None,
+        )
+        .await?;
+        let (_, admin_a) = assume(
+            &moto,
+            &bootstrap,
+            &format!("arn:aws:iam::{ACCOUNT_A}:role/LabAdmin"),
+            "lab-admin",
+            None,
+        )
+        .await?;
 
         let exec_role_arn = create_role(
             &moto,
@@ -136,7 +156,8 @@ impl Lab {
             .map_err(|e| LabError::Aws(format!("create bucket: {e:?}")))?;
 
         // What Lambda does for the function: a session of the execution role.
-        let (_, exec_credentials) = assume(&moto, &admin_b, &exec_role_arn, "bedrock-relay", None).await?;
+        let (_, exec_credentials) =
+            assume(&moto, &admin_b, &exec_role_arn, "bedrock-relay", None).await?;
 
         let bedrock = BedrockEmulator::start(Some(moto.sessions()))
             .await
@@ -159,7 +180,10 @@ impl Lab {
         [
             ("AWS_ACCESS_KEY_ID", c.access_key_id().to_owned()),
             ("AWS_SECRET_ACCESS_KEY", c.secret_access_key().to_owned()),
-            ("AWS_SESSION_TOKEN", c.session_token().unwrap_or_default().to_owned()),
+            (
+                "AWS_SESSION_TOKEN",
+                c.session_token().unwrap_or_default().to_owned(),
+            ),
             ("AWS_ENDPOINT_URL", self.moto.endpoint().to_owned()),
             ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", self.bedrock.endpoint()),
             ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
@@ -201,7 +225,11 @@ impl Lab {
             .send()
             .await
             .map_err(|e| LabError::Aws(format!("list: {e:?}")))?;
-        Ok(output.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect())
+        Ok(output
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect())
     }
 
     /// The RoleA sessions STS has issued so far (one per AssumeRole call).
@@ -219,12 +247,22 @@ impl Lab {
     /// Puts `events` on account B's default bus with a rule of `pattern` that
     /// targets an SQS queue, and returns the events the queue received: which
     /// events the pattern matches, by EventBridge's own (moto's) matcher.
-    pub async fn events_matching(&self, pattern: &Value, events: &[Value]) -> Result<Vec<Value>, LabError> {
+    pub async fn events_matching(
+        &self,
+        pattern: &Value,
+        events: &[Value],
+    ) -> Result<Vec<Value>, LabError> {
         let sqs = |target: &str, body: Value| {
             let target = format!("AmazonSQS.{target}");
             async move {
                 self.moto
-                    .json_call(&self.admin_b, "sqs", &target, "application/x-amz-json-1.0", &body)
+                    .json_call(
+                        &self.admin_b,
+                        "sqs",
+                        &target,
+                        "application/x-amz-json-1.0",
+                        &body,
+                    )
                     .await
             }
         };
@@ -232,7 +270,13 @@ impl Lab {
             let target = format!("AWSEvents.{target}");
             async move {
                 self.moto
-                    .json_call(&self.admin_b, "events", &target, "application/x-amz-json-1.1", &body)
+                    .json_call(
+                        &self.admin_b,
+                        "events",
+                        &target,
+                        "application/x-amz-json-1.1",
+                        &body,
+                    )
                     .await
             }
         };
@@ -244,8 +288,16 @@ impl Lab {
             .map(str::to_owned)
             .ok_or_else(|| LabError::Aws("CreateQueue returned no QueueUrl".into()))?;
         let queue_arn = format!("arn:aws:sqs:{REGION}:{ACCOUNT_B}:{name}");
-        events_call("PutRule", json!({"Name": name, "EventPattern": pattern.to_string(), "State": "ENABLED"})).await?;
-        events_call("PutTargets", json!({"Rule": name, "Targets": [{"Id": "queue", "Arn": queue_arn}]})).await?;
+        events_call(
+            "PutRule",
+            json!({"Name": name, "EventPattern": pattern.to_string(), "State": "ENABLED"}),
+        )
+        .await?;
+        events_call(
+            "PutTargets",
+            json!({"Rule": name, "Targets": [{"Id": "queue", "Arn": queue_arn}]}),
+        )
+        .await?;
         for event in events {
             let entry = json!({
                 "Source": event.get("source").cloned().unwrap_or(Value::Null),
@@ -263,7 +315,11 @@ impl Lab {
                 json!({"QueueUrl": queue_url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1}),
             )
             .await?;
-            let messages = answer.get("Messages").and_then(Value::as_array).cloned().unwrap_or_default();
+            let messages = answer
+                .get("Messages")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             for message in messages {
                 if let Some(body) = message.get("Body").and_then(Value::as_str) {
                     received.push(serde_json::from_str(body)?);
@@ -291,7 +347,12 @@ pub fn s3_client(endpoint: &str, credentials: &Credentials) -> aws_sdk_s3::Clien
     aws_sdk_s3::Client::from_conf(config)
 }
 
-async fn create_role(moto: &Moto, credentials: &Credentials, name: &str, trust: &Value) -> Result<String, LabError> {
+async fn create_role(
+    moto: &Moto,
+    credentials: &Credentials,
+    name: &str,
+    trust: &Value,
+) -> Result<String, LabError> {
     let xml = moto
         .query(
             credentials,
@@ -304,7 +365,8 @@ async fn create_role(moto: &Moto, credentials: &Credentials, name: &str, trust: 
             ],
         )
         .await?;
-    xml_value(&xml, "Arn").ok_or_else(|| LabError::Aws(format!("CreateRole {name}: no Arn in {xml}")))
+    xml_value(&xml, "Arn")
+        .ok_or_else(|| LabError::Aws(format!("CreateRole {name}: no Arn in {xml}")))
 }
 
 /// AssumeRole through moto; returns the session's ARN and credentials.
@@ -325,7 +387,10 @@ pub async fn assume(
         params.push(("ExternalId", id));
     }
     let xml = moto.query(credentials, "sts", &params).await?;
-    let field = |tag: &str| xml_value(&xml, tag).ok_or_else(|| LabError::Aws(format!("AssumeRole {role_arn}: no {tag}")));
+    let field = |tag: &str| {
+        xml_value(&xml, tag)
+            .ok_or_else(|| LabError::Aws(format!("AssumeRole {role_arn}: no {tag}")))
+    };
     let credentials = Credentials::new(
         field("AccessKeyId")?,
         field("SecretAccessKey")?,

@@ -141,7 +141,9 @@ impl Moto {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(LabError::Setup("moto_server did not answer within 15 s".into()))
+        Err(LabError::Setup(
+            "moto_server did not answer within 15 s".into(),
+        ))
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -160,15 +162,33 @@ impl Moto {
     }
 
     /// Sends a signed AWS query-protocol call (IAM, STS) and returns the XML body.
-    pub async fn query(&self, credentials: &Credentials, service: &str, params: &[(&str, &str)]) -> Result<String, LabError> {
-        let body = serde_urlencoded::to_string(params).map_err(|e| LabError::Setup(e.to_string()))?;
+    pub async fn query(
+        &self,
+        credentials: &Credentials,
+        service: &str,
+        params: &[(&str, &str)],
+    ) -> Result<String, LabError> {
+        let body =
+            serde_urlencoded::to_string(params).map_err(|e| LabError::Setup(e.to_string()))?;
         let url = format!("{}/", self.endpoint);
         let host = self.endpoint.trim_start_matches("http://").to_owned();
         let base = [
             ("host", host.as_str()),
-            ("content-type", "application/x-www-form-urlencoded; charset=utf-8"),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            ),
         ];
-        let signed = sign_headers(credentials, REGION, service, "POST", &url, &base, body.as_bytes()).map_err(LabError::Setup)?;
+        let signed = sign_headers(
+            credentials,
+            REGION,
+            service,
+            "POST",
+            &url,
+            &base,
+            body.as_bytes(),
+        )
+        .map_err(LabError::Setup)?;
         let mut request = self.http.post(&url).body(body.clone());
         for (name, value) in base.iter().filter(|(n, _)| *n != "host") {
             request = request.header(*name, *value);
@@ -180,7 +200,9 @@ impl Moto {
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {
-            return Err(LabError::Aws(format!("{service} {params:?} -> {status}: {text}")));
+            return Err(LabError::Aws(format!(
+                "{service} {params:?} -> {status}: {text}"
+            )));
         }
         Ok(text)
     }
@@ -197,8 +219,21 @@ impl Moto {
         let body = payload.to_string();
         let url = format!("{}/", self.endpoint);
         let host = self.endpoint.trim_start_matches("http://").to_owned();
-        let base = [("host", host.as_str()), ("content-type", content_type), ("x-amz-target", target)];
-        let signed = sign_headers(credentials, REGION, service, "POST", &url, &base, body.as_bytes()).map_err(LabError::Setup)?;
+        let base = [
+            ("host", host.as_str()),
+            ("content-type", content_type),
+            ("x-amz-target", target),
+        ];
+        let signed = sign_headers(
+            credentials,
+            REGION,
+            service,
+            "POST",
+            &url,
+            &base,
+            body.as_bytes(),
+        )
+        .map_err(LabError::Setup)?;
         let mut request = self.http.post(&url).body(body);
         for (name, value) in base.iter().filter(|(n, _)| *n != "host") {
             request = request.header(*name, *value);
@@ -244,6 +279,10 @@ fn moto_server_path() -> PathBuf {
 
 /// A free loopback port (bound then released; the lab starts its server at once).
 pub fn free_port() -> Result<u16, LabError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| LabError::Setup(e.to_string()))?;
-    Ok(listener.local_addr().map_err(|e| LabError::Setup(e.to_string()))?.port())
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| LabError::Setup(e.to_string()))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| LabError::Setup(e.to_string()))?
+        .port())
 }

@@ -96,14 +96,19 @@ impl RuntimeApi {
         });
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(response),
+            )
             .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| LabError::Setup(e.to_string()))?;
-        let addr = listener.local_addr().map_err(|e| LabError::Setup(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| LabError::Setup(e.to_string()))?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -128,7 +133,11 @@ impl RuntimeApi {
 
     /// Sends one event with `timeout` as the function's remaining time, and
     /// waits (a little past the deadline) for its outcome.
-    pub async fn invoke(&self, body: impl Into<Bytes>, timeout: Duration) -> Result<Outcome, LabError> {
+    pub async fn invoke(
+        &self,
+        body: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Outcome, LabError> {
         let request_id = format!(
             "00000000-0000-4000-8000-{:012}",
             self.next_id.fetch_add(1, Ordering::SeqCst)
@@ -137,7 +146,12 @@ impl RuntimeApi {
     }
 
     /// [`RuntimeApi::invoke`] with a chosen request id.
-    pub async fn invoke_as(&self, request_id: &str, body: impl Into<Bytes>, timeout: Duration) -> Result<Outcome, LabError> {
+    pub async fn invoke_as(
+        &self,
+        request_id: &str,
+        body: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Outcome, LabError> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut waiting) = self.shared.waiting.lock() {
             waiting.insert(request_id.to_owned(), tx);
@@ -160,7 +174,9 @@ impl RuntimeApi {
         match tokio::time::timeout(timeout + Duration::from_secs(5), rx).await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(_)) => Err(LabError::Function("the invocation was dropped".into())),
-            Err(_) => Err(LabError::Function(format!("no answer for {request_id} within its deadline"))),
+            Err(_) => Err(LabError::Function(format!(
+                "no answer for {request_id} within its deadline"
+            ))),
         }
     }
 }
@@ -173,8 +189,14 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
     let mut headers = HeaderMap::new();
     let pairs = [
         ("lambda-runtime-aws-request-id", pending.request_id.clone()),
-        ("lambda-runtime-deadline-ms", pending.deadline_ms.to_string()),
-        ("lambda-runtime-invoked-function-arn", FUNCTION_ARN.to_owned()),
+        (
+            "lambda-runtime-deadline-ms",
+            pending.deadline_ms.to_string(),
+        ),
+        (
+            "lambda-runtime-invoked-function-arn",
+            FUNCTION_ARN.to_owned(),
+        ),
         (
             "lambda-runtime-trace-id",
             "Root=1-674800aa-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=0".to_owned(),
@@ -199,8 +221,13 @@ fn complete(shared: &Shared, id: &str, outcome: Outcome) -> StatusCode {
     }
 }
 
-async fn response(State(shared): State<Arc<Shared>>, UrlPath(id): UrlPath<String>, body: Bytes) -> StatusCode {
-    let body = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+async fn response(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> StatusCode {
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
     complete(&shared, &id, Outcome::Response { body })
 }
 
@@ -211,7 +238,11 @@ struct ErrorBody {
     error_message: Option<String>,
 }
 
-async fn error(State(shared): State<Arc<Shared>>, UrlPath(id): UrlPath<String>, body: Bytes) -> StatusCode {
+async fn error(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> StatusCode {
     let parsed: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
         error_type: None,
         error_message: Some(String::from_utf8_lossy(&body).into()),
@@ -240,7 +271,11 @@ pub struct FunctionProcess {
 impl FunctionProcess {
     /// Starts `binary` against `runtime`, with only the variables Lambda sets and
     /// those in `env` (nothing is inherited from the test's environment).
-    pub fn spawn(binary: &Path, runtime: &RuntimeApi, env: &[(String, String)]) -> Result<Self, LabError> {
+    pub fn spawn(
+        binary: &Path,
+        runtime: &RuntimeApi,
+        env: &[(String, String)],
+    ) -> Result<Self, LabError> {
         let mut command = Command::new(binary);
         command
             .env_clear()

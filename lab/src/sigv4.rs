@@ -144,9 +144,16 @@ pub fn sign_headers(
         .build()
         .map_err(|e| e.to_string())?
         .into();
-    let request = SignableRequest::new(method, uri, headers.iter().copied(), SignableBody::Bytes(body))
-        .map_err(|e| e.to_string())?;
-    let (instructions, _) = sign(request, &params).map_err(|e| e.to_string())?.into_parts();
+    let request = SignableRequest::new(
+        method,
+        uri,
+        headers.iter().copied(),
+        SignableBody::Bytes(body),
+    )
+    .map_err(|e| e.to_string())?;
+    let (instructions, _) = sign(request, &params)
+        .map_err(|e| e.to_string())?
+        .into_parts();
     Ok(instructions
         .headers()
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
@@ -166,7 +173,10 @@ mod tests {
         .expect("sigv4");
         assert_eq!(auth.access_key_id, "ASIAX");
         assert_eq!(auth.service, "bedrock");
-        assert_eq!(auth.signed_headers, vec!["content-type", "host", "x-amz-date"]);
+        assert_eq!(
+            auth.signed_headers,
+            vec!["content-type", "host", "x-amz-date"]
+        );
         assert_eq!(auth.signature, "abc123");
         assert!(Authorization::parse("Bearer token").is_none());
     }
@@ -182,20 +192,42 @@ mod tests {
     #[test]
     fn a_request_signed_here_verifies_and_a_changed_one_does_not() {
         let creds = Credentials::new("ASIAX", "secret", Some("token".into()), None, "t");
-        let base = [("host", "127.0.0.1:1"), ("content-type", "application/json")];
+        let base = [
+            ("host", "127.0.0.1:1"),
+            ("content-type", "application/json"),
+        ];
         let body = br#"{"a":1}"#;
-        let added = sign_headers(&creds, "us-east-1", "bedrock", "POST", "http://127.0.0.1:1/model/m%3A0/converse", &base, body)
-            .expect("signed");
-        let mut headers: Vec<(String, String)> = base.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let added = sign_headers(
+            &creds,
+            "us-east-1",
+            "bedrock",
+            "POST",
+            "http://127.0.0.1:1/model/m%3A0/converse",
+            &base,
+            body,
+        )
+        .expect("signed");
+        let mut headers: Vec<(String, String)> = base
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         headers.extend(added.iter().filter(|(n, _)| n != "authorization").cloned());
-        let auth_value = &added.iter().find(|(n, _)| n == "authorization").expect("auth").1;
+        let auth_value = &added
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .expect("auth")
+            .1;
         let auth = Authorization::parse(auth_value).expect("parse");
         let uri = "/model/m%3A0/converse";
-        let good = expected_signature(&auth, "secret", Some("token"), "POST", uri, &headers, body).expect("sig");
+        let good = expected_signature(&auth, "secret", Some("token"), "POST", uri, &headers, body)
+            .expect("sig");
         assert_eq!(good, auth.signature);
-        let bad = expected_signature(&auth, "other", Some("token"), "POST", uri, &headers, body).expect("sig");
+        let bad = expected_signature(&auth, "other", Some("token"), "POST", uri, &headers, body)
+            .expect("sig");
         assert_ne!(bad, auth.signature);
-        let tampered = expected_signature(&auth, "secret", Some("token"), "POST", uri, &headers, b"{}").expect("sig");
+        let tampered =
+            expected_signature(&auth, "secret", Some("token"), "POST", uri, &headers, b"{}")
+                .expect("sig");
         assert_ne!(tampered, auth.signature);
     }
 }

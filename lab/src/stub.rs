@@ -26,7 +26,11 @@ impl Drop for FixedResponse {
 
 impl FixedResponse {
     /// Answers every request with `status`, `content_type` and `body`.
-    pub async fn start(status: u16, content_type: &'static str, body: &'static str) -> Result<Self, LabError> {
+    pub async fn start(
+        status: u16,
+        content_type: &'static str,
+        body: &'static str,
+    ) -> Result<Self, LabError> {
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&hits);
         let status = StatusCode::from_u16(status).map_err(|e| LabError::Setup(e.to_string()))?;
@@ -37,7 +41,9 @@ impl FixedResponse {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| LabError::Setup(e.to_string()))?;
-        let addr = listener.local_addr().map_err(|e| LabError::Setup(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| LabError::Setup(e.to_string()))?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -1,0 +1,205 @@
+//! The lab from the command line.
+//!
+//! - `lab demo --function PATH`: start the two-account lab, run the function
+//!   binary through the Lambda Runtime API with the sample events, print what
+//!   landed where, and stop everything.
+//! - `lab up`: start the lab and keep it running for `cargo lambda watch`;
+//!   writes the function's environment to `.lab/function.env`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lab::moto::workspace_root;
+use lab::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
+use lab::{Lab, LabError, BUCKET};
+use serde_json::Value;
+
+const DEMO_EVENTS: [(&str, &str); 6] = [
+    (
+        "job-event.json",
+        "an application event carrying a job (detail-type: Bedrock Relay Job)",
+    ),
+    (
+        "messages-job-event.json",
+        "a job event with a Converse conversation",
+    ),
+    (
+        "scheduled-event.json",
+        "a scheduled rule's event, running RELAY_DEFAULT_JOB",
+    ),
+    (
+        "scheduler-bare-job.json",
+        "a bare job, as EventBridge Scheduler delivers it",
+    ),
+    (
+        "s3-object-created.json",
+        "an S3 Object Created event, running RELAY_DEFAULT_JOB",
+    ),
+    (
+        "malformed-job-event.json",
+        "a malformed job event (both prompt and messages, an unknown field)",
+    ),
+];
+
+const DEMO_DEFAULT_JOB: &str =
+    r#"{"prompt": "Write the nightly platform digest.", "metadata": {"kind": "default-job"}}"#;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo(function_path(&args)).await,
+        Some("up") => up().await,
+        _ => {
+            eprintln!("usage: lab demo [--function PATH] | lab up");
+            std::process::exit(2);
+        }
+    };
+    if let Err(err) = result {
+        eprintln!("lab: {err}");
+        std::process::exit(1);
+    }
+}
+
+fn function_path(args: &[String]) -> PathBuf {
+    args.windows(2)
+        .find(|w| w[0] == "--function")
+        .map(|w| PathBuf::from(&w[1]))
+        .unwrap_or_else(|| workspace_root().join("target/debug/bedrock-relay"))
+}
+
+async fn demo(function: PathBuf) -> Result<(), LabError> {
+    if !function.exists() {
+        return Err(LabError::Setup(format!(
+            "{} not found: build it first (cargo build)",
+            function.display()
+        )));
+    }
+    println!(
+        "== starting the lab: moto (accounts A=111111111111, B=222222222222) + Bedrock emulator"
+    );
+    let lab = Lab::start().await?;
+    println!("   moto            {}", lab.moto.endpoint());
+    println!("   bedrock         {}", lab.bedrock.endpoint());
+    println!("   RoleA           {}", lab.role_a_arn);
+    println!("   execution role  {}", lab.exec_role_arn);
+
+    let runtime = RuntimeApi::start().await?;
+    let mut env = lab.function_env();
+    env.push(("RELAY_DEFAULT_JOB".into(), DEMO_DEFAULT_JOB.into()));
+    env.push((
+        "RELAY_DEFAULT_MODEL".into(),
+        "amazon.nova-micro-v1:0".into(),
+    ));
+    let function_process = FunctionProcess::spawn(&function, &runtime, &env)?;
+    println!(
+        "== function started through the Lambda Runtime API at {}",
+        runtime.address()
+    );
+
+    let events_dir = workspace_root().join("events");
+    for (name, what) in DEMO_EVENTS {
+        let body = std::fs::read(events_dir.join(name))
+            .map_err(|e| LabError::Setup(format!("events/{name}: {e}")))?;
+        println!("\n-- events/{name}: {what}");
+        let outcome = runtime.invoke(body, Duration::from_secs(30)).await?;
+        match &outcome {
+            Outcome::Response { body } => println!(
+                "   lambda: ok -> {}",
+                body["record"].as_str().unwrap_or("?")
+            ),
+            Outcome::Error {
+                error_type,
+                error_message,
+            } => {
+                println!("   lambda: error {error_type}");
+                println!("           {error_message}");
+            }
+        }
+        if let Some(id) = job_id(name, &outcome, &events_dir) {
+            if let Some(record) = lab.record(&id).await? {
+                print_record(&id, &record);
+            }
+        }
+    }
+
+    println!("\n== Bedrock calls, by signer (seen by the emulator's SigV4 check)");
+    for call in lab.bedrock.calls() {
+        println!(
+            "   {} {:<40} {} as {}",
+            call.status,
+            call.model_id,
+            call.account.as_deref().unwrap_or("?"),
+            call.principal_arn.as_deref().unwrap_or("?")
+        );
+    }
+    let sessions = lab.role_a_sessions().await?;
+    println!(
+        "   AssumeRole calls into RoleA: {} (cold start only)",
+        sessions.len()
+    );
+    println!("\n== records in s3://{BUCKET}/");
+    for key in lab.record_keys().await? {
+        println!("   {key}");
+    }
+    drop(function_process);
+    println!("\n== lab stopped");
+    Ok(())
+}
+
+/// The record key for an event: the job id, the envelope id, or (for a bare
+/// job without id) the one in the Lambda response.
+fn job_id(name: &str, outcome: &Outcome, events_dir: &Path) -> Option<String> {
+    if let Outcome::Response { body } = outcome {
+        return body["job_id"].as_str().map(str::to_owned);
+    }
+    let event: Value = serde_json::from_slice(&std::fs::read(events_dir.join(name)).ok()?).ok()?;
+    event["id"].as_str().map(str::to_owned)
+}
+
+fn print_record(id: &str, record: &Value) {
+    println!(
+        "   record {id}.json: status={} shape={} model={}",
+        record["status"], record["shape"], record["model"]
+    );
+    if let Some(text) = record["output"]["text"].as_str() {
+        println!("     output: {text}");
+        println!(
+            "     usage:  {}  stop_reason: {}",
+            record["usage"], record["output"]["stop_reason"]
+        );
+    }
+    if !record["error"].is_null() {
+        println!(
+            "     error:  {} (retryable: {})",
+            record["error"]["type"], record["error"]["retryable"]
+        );
+    }
+}
+
+async fn up() -> Result<(), LabError> {
+    let lab = Lab::start().await?;
+    let dir = workspace_root().join(".lab");
+    std::fs::create_dir_all(&dir).map_err(|e| LabError::Setup(e.to_string()))?;
+    let env_file = dir.join("function.env");
+    let mut text = String::new();
+    for (key, value) in lab.function_env() {
+        text.push_str(&format!("{key}={value}\n"));
+    }
+    text.push_str("AWS_REGION=us-east-1\n");
+    std::fs::write(&env_file, text).map_err(|e| LabError::Setup(e.to_string()))?;
+    println!(
+        "lab up: moto {} , bedrock {}",
+        lab.moto.endpoint(),
+        lab.bedrock.endpoint()
+    );
+    println!("function environment written to {}", env_file.display());
+    println!("in another shell:");
+    println!("  .venv/bin/cargo-lambda lambda watch --env-file .lab/function.env");
+    println!(
+        "  .venv/bin/cargo-lambda lambda invoke bedrock-relay --data-file events/job-event.json"
+    );
+    println!("Ctrl-C stops the lab.");
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(())
+}
