@@ -171,17 +171,30 @@ pub struct Bedrock {
 }
 
 impl Bedrock {
-    /// Builds the client once at cold start: RoleA credentials through
-    /// `provider`, held by a lazy identity cache, in the target's region.
+    /// Builds the client once at cold start from the function's base config.
     pub fn new(
         base: &SdkConfig,
         sts: aws_sdk_sts::Client,
         target: &Target,
         max_attempts: u32,
     ) -> Self {
-        let provider = AssumeRoleProvider::new(sts, target.clone());
-        let config = aws_sdk_bedrockruntime::config::Builder::from(base)
-            .credentials_provider(provider)
+        let builder = aws_sdk_bedrockruntime::config::Builder::from(base);
+        let config = Self::configure(builder, sts, target, max_attempts).build();
+        Self::from_client(aws_sdk_bedrockruntime::Client::from_conf(config), target)
+    }
+
+    /// Applies the relay's settings to a client config: RoleA credentials
+    /// through the provider, held by a lazy identity cache that refreshes them
+    /// [`REFRESH_BEFORE_EXPIRY`] early; the target's region; SigV4 only; the
+    /// standard retry.
+    pub fn configure(
+        builder: aws_sdk_bedrockruntime::config::Builder,
+        sts: aws_sdk_sts::Client,
+        target: &Target,
+        max_attempts: u32,
+    ) -> aws_sdk_bedrockruntime::config::Builder {
+        builder
+            .credentials_provider(AssumeRoleProvider::new(sts, target.clone()))
             .identity_cache(
                 IdentityCache::lazy()
                     .buffer_time(REFRESH_BEFORE_EXPIRY)
@@ -192,8 +205,6 @@ impl Bedrock {
             // refuses one; this keeps a later change from silently re-enabling it).
             .auth_scheme_preference([AuthSchemeId::new("sigv4")])
             .retry_config(retry_config(max_attempts))
-            .build();
-        Self::from_client(aws_sdk_bedrockruntime::Client::from_conf(config), target)
     }
 
     /// Wraps an existing client (tests pass mocked ones).
@@ -418,5 +429,206 @@ fn reply_from(output: ConverseOutput, call_latency_ms: u128) -> ModelReply {
         usage,
         model_latency_ms: output.metrics.as_ref().map(|m| m.latency_ms),
         call_latency_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use aws_sdk_bedrockruntime::operation::converse::{
+        ConverseError, ConverseOutput as ConverseOperationOutput,
+    };
+    use aws_sdk_bedrockruntime::types::{
+        ConverseOutput as Output, Message, StopReason, TokenUsage,
+    };
+    use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
+    use aws_smithy_async::time::SystemTimeSource;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use aws_smithy_types::error::ErrorMetadata;
+
+    use super::*;
+    use crate::config::RoleArn;
+    use crate::job::Job;
+
+    fn target() -> Target {
+        Target {
+            role: RoleArn::parse("arn:aws:iam::111111111111:role/RoleA").expect("arn"),
+            external_id: None,
+            region: "us-west-2".into(),
+            session_duration: Duration::from_secs(3600),
+            session_name: "bedrock-relay-fn".into(),
+            source_identity: "fn".into(),
+        }
+    }
+
+    /// STS answering with credentials that expire `lifetime` from the moment of the call.
+    fn sts_issuing(lifetime: Duration) -> (Rule, aws_sdk_sts::Client) {
+        let rule = mock!(aws_sdk_sts::Client::assume_role).then_output(move || {
+            AssumeRoleOutput::builder()
+                .credentials(
+                    aws_sdk_sts::types::Credentials::builder()
+                        .access_key_id("ASIAROLEA")
+                        .secret_access_key("secret")
+                        .session_token("token")
+                        .expiration(aws_smithy_types::DateTime::from(
+                            SystemTime::now() + lifetime,
+                        ))
+                        .build()
+                        .expect("credentials"),
+                )
+                .build()
+        });
+        let client = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
+        (rule, client)
+    }
+
+    fn converse_ok() -> Rule {
+        mock!(aws_sdk_bedrockruntime::Client::converse).then_output(|| {
+            ConverseOperationOutput::builder()
+                .output(Output::Message(
+                    Message::builder()
+                        .role(ConversationRole::Assistant)
+                        .content(BedrockBlock::Text("hello".into()))
+                        .build()
+                        .expect("message"),
+                ))
+                .stop_reason(StopReason::EndTurn)
+                .usage(
+                    TokenUsage::builder()
+                        .input_tokens(3)
+                        .output_tokens(1)
+                        .total_tokens(4)
+                        .build()
+                        .expect("usage"),
+                )
+                .build()
+                .expect("output")
+        })
+    }
+
+    fn relay_bedrock(sts: aws_sdk_sts::Client, converse: &Rule, max_attempts: u32) -> Bedrock {
+        let client = mock_client!(
+            aws_sdk_bedrockruntime,
+            RuleMode::MatchAny,
+            [converse],
+            |builder| {
+                // The test defaults freeze the clock; the identity cache must see real time.
+                Bedrock::configure(builder, sts.clone(), &target(), max_attempts)
+                    .time_source(SystemTimeSource::new())
+            }
+        );
+        Bedrock::from_client(client, &target())
+    }
+
+    fn job() -> ResolvedJob {
+        Job::from_value(serde_json::json!({"prompt": "hi", "model": "amazon.nova-lite-v1:0"}))
+            .expect("job")
+            .resolve(None, "id")
+            .expect("resolved")
+    }
+
+    #[tokio::test]
+    async fn warm_calls_reuse_cached_role_credentials() {
+        let (sts_rule, sts) = sts_issuing(Duration::from_secs(3600));
+        let converse = converse_ok();
+        let bedrock = relay_bedrock(sts, &converse, 1);
+        for _ in 0..3 {
+            let reply = bedrock
+                .converse(&job(), Duration::from_secs(10))
+                .await
+                .expect("reply");
+            assert_eq!(reply.text, "hello");
+            assert_eq!(
+                reply.usage,
+                Usage {
+                    input_tokens: 3,
+                    output_tokens: 1,
+                    total_tokens: 4
+                }
+            );
+        }
+        assert_eq!(converse.num_calls(), 3);
+        assert_eq!(sts_rule.num_calls(), 1, "one AssumeRole for three calls");
+    }
+
+    #[tokio::test]
+    async fn credentials_are_refreshed_before_they_expire() {
+        // Credentials that expire inside the refresh window are fetched again
+        // before the next call, never used until they lapse. (The cache adds up to
+        // half the window as jitter, so the window is 150-300 s before expiry.)
+        let (sts_rule, sts) = sts_issuing(Duration::from_secs(100));
+        let converse = converse_ok();
+        let bedrock = relay_bedrock(sts, &converse, 1);
+        bedrock
+            .converse(&job(), Duration::from_secs(10))
+            .await
+            .expect("first");
+        bedrock
+            .converse(&job(), Duration::from_secs(10))
+            .await
+            .expect("second");
+        assert_eq!(sts_rule.num_calls(), 2);
+    }
+
+    fn converse_error(code: &'static str) -> Rule {
+        mock!(aws_sdk_bedrockruntime::Client::converse).then_error(move || {
+            ConverseError::generic(
+                ErrorMetadata::builder()
+                    .code(code)
+                    .message("from bedrock")
+                    .build(),
+            )
+        })
+    }
+
+    #[tokio::test]
+    async fn errors_are_classified_by_side_and_retryability() {
+        for (code, expected, retryable) in [
+            ("AccessDeniedException", "BedrockAccessDenied", false),
+            ("ThrottlingException", "BedrockThrottled", true),
+            ("ServiceUnavailableException", "BedrockUnavailable", true),
+            ("ModelNotReadyException", "BedrockUnavailable", true),
+            ("ValidationException", "BedrockRejected", false),
+            ("ResourceNotFoundException", "BedrockModelNotFound", false),
+        ] {
+            let (_, sts) = sts_issuing(Duration::from_secs(3600));
+            let rule = converse_error(code);
+            let err = relay_bedrock(sts, &rule, 1)
+                .converse(&job(), Duration::from_secs(10))
+                .await
+                .expect_err(code);
+            assert_eq!(err.code(), expected, "{code}");
+            assert_eq!(err.is_retryable(), retryable, "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sts_denial_surfaces_through_the_bedrock_call() {
+        let sts_rule = mock!(aws_sdk_sts::Client::assume_role).then_error(|| {
+            aws_sdk_sts::operation::assume_role::AssumeRoleError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("not authorized")
+                    .build(),
+            )
+        });
+        let sts = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&sts_rule]);
+        // No Bedrock rule: a modeled answer would mask the failed identity resolution,
+        // and without credentials the request is never sent anyway.
+        let config = aws_sdk_bedrockruntime::Config::builder()
+            .with_test_defaults_v2()
+            .http_client(aws_smithy_mocks::create_mock_http_client());
+        let client = aws_sdk_bedrockruntime::Client::from_conf(
+            Bedrock::configure(config, sts, &target(), 1).build(),
+        );
+        let err = Bedrock::from_client(client, &target())
+            .converse(&job(), Duration::from_secs(10))
+            .await
+            .expect_err("denied");
+        assert_eq!(err.code(), "AssumeRoleDenied", "{err}");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("trust policy"));
+        assert_eq!(sts_rule.num_calls(), 1);
     }
 }

@@ -18,7 +18,9 @@ use thiserror::Error;
 use crate::config::Target;
 
 /// How long before expiry the identity cache fetches new credentials. Longer than
-/// the SDK's 10 s default so a refresh never races a slow STS call.
+/// the SDK's 10 s default so a refresh never races a slow STS call or a long model
+/// call. (The cache subtracts up to half of it as jitter: refreshes happen 150-300 s
+/// before expiry.)
 pub const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 
 /// Why RoleA could not be assumed. Carried inside the SDK's credentials error, and

@@ -227,3 +227,235 @@ fn remaining(ctx: &Context) -> Duration {
         .unwrap_or(0);
     Duration::from_millis(ctx.deadline.saturating_sub(now_ms))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use aws_sdk_bedrockruntime::operation::converse::{ConverseError, ConverseOutput};
+    use aws_sdk_bedrockruntime::types::{
+        ContentBlock, ConversationRole, Message, StopReason, TokenUsage,
+    };
+    use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use aws_smithy_types::error::ErrorMetadata;
+
+    use super::*;
+
+    fn config() -> Config {
+        let vars = [
+            ("AWS_REGION", "us-east-1"),
+            ("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:role/RoleA"),
+            ("RELAY_DESTINATION", "s3://results/relay/"),
+        ];
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("config")
+    }
+
+    fn context() -> Context {
+        let mut ctx = Context::default();
+        ctx.request_id = "req-1".into();
+        ctx.deadline = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            + 30_000;
+        ctx
+    }
+
+    /// S3 mock that keeps each written record.
+    fn s3_capturing(written: &Arc<Mutex<Vec<(String, Value)>>>) -> Rule {
+        let written = Arc::clone(written);
+        mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(move |req| {
+                let body = req
+                    .body()
+                    .bytes()
+                    .and_then(|b| serde_json::from_slice(b).ok());
+                if let (Some(key), Some(body)) = (req.key(), body) {
+                    written.lock().expect("lock").push((key.to_owned(), body));
+                }
+                req.bucket() == Some("results")
+            })
+            .then_output(|| PutObjectOutput::builder().build())
+    }
+
+    fn relay(converse: &Rule, put: &Rule) -> Relay {
+        let config = config();
+        let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [converse]);
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [put]);
+        let destination = S3Destination::new(s3, config.destination.clone());
+        Relay::new(
+            config.clone(),
+            Bedrock::from_client(bedrock, &config.target),
+            destination,
+        )
+    }
+
+    fn event(payload: Value) -> LambdaEvent<Payload> {
+        LambdaEvent::new(Payload::Json(payload), context())
+    }
+
+    #[tokio::test]
+    async fn a_bare_job_is_answered_and_recorded_under_its_id() {
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
+            .match_requests(|req| req.model_id() == Some("amazon.nova-lite-v1:0"))
+            .then_output(|| {
+                ConverseOutput::builder()
+                    .output(aws_sdk_bedrockruntime::types::ConverseOutput::Message(
+                        Message::builder()
+                            .role(ConversationRole::Assistant)
+                            .content(ContentBlock::Text("four".into()))
+                            .build()
+                            .expect("message"),
+                    ))
+                    .stop_reason(StopReason::EndTurn)
+                    .usage(
+                        TokenUsage::builder()
+                            .input_tokens(5)
+                            .output_tokens(1)
+                            .total_tokens(6)
+                            .build()
+                            .expect("usage"),
+                    )
+                    .build()
+                    .expect("output")
+            });
+        let written = Arc::default();
+        let put = s3_capturing(&written);
+        let answer = relay(&converse, &put)
+            .handle(event(json!({"id": "sums/1", "model": "amazon.nova-lite-v1:0", "prompt": "2+2?", "metadata": {"k": 1}})))
+            .await
+            .expect("success");
+        assert_eq!(answer["record"], "s3://results/relay/sums/1.json");
+        let written = written.lock().expect("lock");
+        assert_eq!(written.len(), 1);
+        let (key, record) = &written[0];
+        assert_eq!(key, "relay/sums/1.json");
+        assert_eq!(record["status"], "succeeded");
+        assert_eq!(record["shape"], "bare-job");
+        assert_eq!(record["request_id"], "req-1");
+        assert_eq!(
+            record["output"],
+            json!({"text": "four", "stop_reason": "end_turn"})
+        );
+        assert_eq!(record["usage"]["total_tokens"], 6);
+        assert_eq!(record["metadata"], json!({"k": 1}));
+        assert_eq!(record["target"]["account"], "111111111111");
+    }
+
+    #[tokio::test]
+    async fn a_refused_model_call_leaves_an_error_record_and_a_non_retryable_error() {
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse).then_error(|| {
+            ConverseError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("no access")
+                    .build(),
+            )
+        });
+        let written = Arc::default();
+        let put = s3_capturing(&written);
+        let err = relay(&converse, &put)
+            .handle(event(
+                json!({"model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
+            ))
+            .await
+            .expect_err("denied");
+        assert_eq!(err.error_type, "NonRetryable.BedrockAccessDenied");
+        let written = written.lock().expect("lock");
+        let (key, record) = &written[0];
+        assert_eq!(key, "relay/req-1.json", "no envelope: keyed by request id");
+        assert_eq!(record["status"], "failed");
+        assert_eq!(record["error"]["type"], "BedrockAccessDenied");
+        assert_eq!(record["error"]["retryable"], false);
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_destination_is_a_retryable_error() {
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse).then_error(|| {
+            ConverseError::generic(
+                ErrorMetadata::builder()
+                    .code("ValidationException")
+                    .message("bad")
+                    .build(),
+            )
+        });
+        let put = mock!(aws_sdk_s3::Client::put_object).then_error(|| {
+            PutObjectError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("denied")
+                    .build(),
+            )
+        });
+        let relay_with = relay;
+        let relay = relay_with(&converse, &put);
+        // The model failed and its error record could not be written: Lambda still
+        // gets the model's error.
+        let err = relay
+            .handle(event(
+                json!({"model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
+            ))
+            .await
+            .expect_err("fails");
+        assert_eq!(err.error_type, "NonRetryable.BedrockRejected");
+
+        // A success whose record cannot be written is retryable.
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse).then_output(|| {
+            ConverseOutput::builder()
+                .stop_reason(StopReason::EndTurn)
+                .build()
+                .expect("output")
+        });
+        let put = mock!(aws_sdk_s3::Client::put_object).then_error(|| {
+            PutObjectError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("denied")
+                    .build(),
+            )
+        });
+        let err = relay_with(&converse, &put)
+            .handle(event(
+                json!({"model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
+            ))
+            .await
+            .expect_err("unwritable");
+        assert_eq!(err.error_type, "Retryable.DestinationDenied");
+        assert!(err
+            .error_message
+            .contains("grant the execution role s3:PutObject on arn:aws:s3:::results/relay/*"));
+    }
+
+    #[tokio::test]
+    async fn an_expired_deadline_stops_before_the_model_call() {
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse).then_output(|| {
+            ConverseOutput::builder()
+                .stop_reason(StopReason::EndTurn)
+                .build()
+                .expect("output")
+        });
+        let written = Arc::default();
+        let put = s3_capturing(&written);
+        let mut ctx = context();
+        ctx.deadline -= 29_000; // one second left, under the 2 s reserve
+        let err = relay(&converse, &put)
+            .handle(LambdaEvent::new(
+                Payload::Json(json!({"model": "amazon.nova-lite-v1:0", "prompt": "hi"})),
+                ctx,
+            ))
+            .await
+            .expect_err("deadline");
+        assert_eq!(err.error_type, "Retryable.DeadlineExceeded");
+        assert_eq!(converse.num_calls(), 0);
+        assert_eq!(
+            written.lock().expect("lock")[0].1["error"]["type"],
+            "DeadlineExceeded"
+        );
+    }
+}
