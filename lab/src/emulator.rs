@@ -705,6 +705,104 @@ mod tests {
         );
     }
 
+    async fn post(endpoint: &str, model_path: &str, body: Value) -> (u16, Option<String>, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{endpoint}/model/{model_path}/converse"))
+            .json(&body)
+            .send()
+            .await
+            .expect("emulator answers");
+        let status = response.status().as_u16();
+        let error_type = response
+            .headers()
+            .get("x-amzn-ErrorType")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (
+            status,
+            error_type,
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn quota_throttles_per_account_with_the_wire_error_shape() {
+        let emulator = BedrockEmulator::start(None).await.expect("starts");
+        emulator.set_knobs(Knobs {
+            quota_rpm: Some(2),
+            ..Knobs::default()
+        });
+        let body = json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]});
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(
+                post(
+                    &emulator.endpoint(),
+                    "amazon.nova-lite-v1%3A0",
+                    body.clone(),
+                )
+                .await,
+            );
+        }
+        assert_eq!(statuses[0].0, 200);
+        assert_eq!(statuses[1].0, 200);
+        assert_eq!(statuses[2].0, 429);
+        assert_eq!(statuses[2].1.as_deref(), Some("ThrottlingException"));
+        assert!(statuses[2].2["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Too many requests")));
+        let calls = emulator.calls();
+        assert_eq!(
+            calls[0].model_id, "amazon.nova-lite-v1:0",
+            "model id decoded from the path"
+        );
+        assert_eq!(calls[2].error_type.as_deref(), Some("ThrottlingException"));
+    }
+
+    #[tokio::test]
+    async fn injected_faults_are_served_in_order_then_cleared() {
+        let emulator = BedrockEmulator::start(None).await.expect("starts");
+        emulator.add_fault(Fault {
+            status: 503,
+            error_type: "ServiceUnavailableException".into(),
+            count: 1,
+            model: Some("other.model-v1".into()),
+        });
+        emulator.add_fault(Fault {
+            status: 500,
+            error_type: "InternalServerException".into(),
+            count: 1,
+            model: None,
+        });
+        let body = json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]});
+        let endpoint = emulator.endpoint();
+        assert_eq!(
+            post(&endpoint, "a.model-v1", body.clone())
+                .await
+                .1
+                .as_deref(),
+            Some("InternalServerException")
+        );
+        assert_eq!(
+            post(&endpoint, "a.model-v1", body.clone()).await.0,
+            200,
+            "the other fault is for another model"
+        );
+        assert_eq!(post(&endpoint, "other.model-v1", body.clone()).await.0, 503);
+        assert_eq!(post(&endpoint, "other.model-v1", body).await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn unsigned_requests_are_refused_when_signatures_are_checked() {
+        let emulator = BedrockEmulator::start(Some(MotoSessions::new("http://127.0.0.1:9")))
+            .await
+            .expect("starts");
+        let body = json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]});
+        let (status, error_type, _) = post(&emulator.endpoint(), "a.model-v1", body).await;
+        assert_eq!(status, 403);
+        assert_eq!(error_type.as_deref(), Some("AccessDeniedException"));
+    }
+
     #[test]
     fn conversations_must_alternate_starting_with_user() {
         let err = converse_reply(
