@@ -433,7 +433,7 @@ fn reply_from(output: ConverseOutput, call_latency_ms: u128) -> ModelReply {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::SystemTime;
 
     use aws_sdk_bedrockruntime::operation::converse::{
@@ -483,28 +483,36 @@ mod tests {
         (rule, client)
     }
 
+    /// A Converse answer of `text` with the given token counts.
+    pub(crate) fn converse_output(
+        text: &str,
+        input_tokens: i32,
+        output_tokens: i32,
+    ) -> ConverseOperationOutput {
+        ConverseOperationOutput::builder()
+            .output(Output::Message(
+                Message::builder()
+                    .role(ConversationRole::Assistant)
+                    .content(BedrockBlock::Text(text.into()))
+                    .build()
+                    .expect("message"),
+            ))
+            .stop_reason(StopReason::EndTurn)
+            .usage(
+                TokenUsage::builder()
+                    .input_tokens(input_tokens)
+                    .output_tokens(output_tokens)
+                    .total_tokens(input_tokens + output_tokens)
+                    .build()
+                    .expect("usage"),
+            )
+            .build()
+            .expect("output")
+    }
+
     fn converse_ok() -> Rule {
-        mock!(aws_sdk_bedrockruntime::Client::converse).then_output(|| {
-            ConverseOperationOutput::builder()
-                .output(Output::Message(
-                    Message::builder()
-                        .role(ConversationRole::Assistant)
-                        .content(BedrockBlock::Text("hello".into()))
-                        .build()
-                        .expect("message"),
-                ))
-                .stop_reason(StopReason::EndTurn)
-                .usage(
-                    TokenUsage::builder()
-                        .input_tokens(3)
-                        .output_tokens(1)
-                        .total_tokens(4)
-                        .build()
-                        .expect("usage"),
-                )
-                .build()
-                .expect("output")
-        })
+        mock!(aws_sdk_bedrockruntime::Client::converse)
+            .then_output(|| converse_output("hello", 3, 1))
     }
 
     fn relay_bedrock(sts: aws_sdk_sts::Client, converse: &Rule, max_attempts: u32) -> Bedrock {

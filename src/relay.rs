@@ -233,14 +233,13 @@ mod tests {
     use std::sync::Mutex;
 
     use aws_sdk_bedrockruntime::operation::converse::{ConverseError, ConverseOutput};
-    use aws_sdk_bedrockruntime::types::{
-        ContentBlock, ConversationRole, Message, StopReason, TokenUsage,
-    };
+    use aws_sdk_bedrockruntime::types::StopReason;
     use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
     use aws_smithy_types::error::ErrorMetadata;
 
     use super::*;
+    use crate::bedrock::tests::converse_output;
 
     fn config() -> Config {
         let vars = [
@@ -304,27 +303,7 @@ mod tests {
     async fn a_bare_job_is_answered_and_recorded_under_its_id() {
         let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
             .match_requests(|req| req.model_id() == Some("amazon.nova-lite-v1:0"))
-            .then_output(|| {
-                ConverseOutput::builder()
-                    .output(aws_sdk_bedrockruntime::types::ConverseOutput::Message(
-                        Message::builder()
-                            .role(ConversationRole::Assistant)
-                            .content(ContentBlock::Text("four".into()))
-                            .build()
-                            .expect("message"),
-                    ))
-                    .stop_reason(StopReason::EndTurn)
-                    .usage(
-                        TokenUsage::builder()
-                            .input_tokens(5)
-                            .output_tokens(1)
-                            .total_tokens(6)
-                            .build()
-                            .expect("usage"),
-                    )
-                    .build()
-                    .expect("output")
-            });
+            .then_output(|| converse_output("four", 5, 1));
         let written = Arc::default();
         let put = s3_capturing(&written);
         let answer = relay(&converse, &put)

@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 
 use crate::moto::{MotoSession, MotoSessions};
 use crate::sigv4::{expected_signature, Authorization};
+use crate::LabError;
 
 /// One request the emulator answered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,12 +123,12 @@ impl Drop for BedrockEmulator {
 impl BedrockEmulator {
     /// Starts on a free loopback port. With `sessions`, every request must be
     /// signed by a session moto issued; without, signatures are not checked.
-    pub async fn start(sessions: Option<MotoSessions>) -> std::io::Result<Self> {
+    pub async fn start(sessions: Option<MotoSessions>) -> Result<Self, LabError> {
         Self::start_on(sessions, "127.0.0.1:0").await
     }
 
     /// Starts on a given address.
-    pub async fn start_on(sessions: Option<MotoSessions>, bind: &str) -> std::io::Result<Self> {
+    pub async fn start_on(sessions: Option<MotoSessions>, bind: &str) -> Result<Self, LabError> {
         let shared = Arc::new(Shared {
             sessions,
             calls: Mutex::default(),
@@ -138,19 +139,14 @@ impl BedrockEmulator {
             max_in_flight: AtomicUsize::new(0),
         });
         let app = Router::new()
-            .route("/model/{model_id}/converse", post(converse))
-            .route("/model/{model_id}/invoke", post(invoke))
+            .route("/model/{model_id}/{operation}", post(model_operation))
             .route("/_lab/calls", get(calls))
             .route("/_lab/stats", get(stats))
             .route("/_lab/knobs", put(set_knobs))
             .route("/_lab/faults", post(add_faults))
             .route("/_lab/reset", post(reset))
             .with_state(Arc::clone(&shared));
-        let listener = tokio::net::TcpListener::bind(bind).await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::serve(app, bind).await?;
         Ok(Self { addr, shared, task })
     }
 
@@ -320,44 +316,27 @@ enum Operation {
     InvokeModel,
 }
 
-async fn converse(
+/// `POST /model/{modelId}/converse` and `POST /model/{modelId}/invoke`.
+async fn model_operation(
     State(shared): State<Arc<Shared>>,
-    Path(model_id): Path<String>,
+    Path((model_id, operation)): Path<(String, String)>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(
-        shared,
-        Operation::Converse,
-        model_id,
-        method,
-        uri,
-        headers,
-        body,
-    )
-    .await
-}
-
-async fn invoke(
-    State(shared): State<Arc<Shared>>,
-    Path(model_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(
-        shared,
-        Operation::InvokeModel,
-        model_id,
-        method,
-        uri,
-        headers,
-        body,
-    )
-    .await
+    let operation = match operation.as_str() {
+        "converse" => Operation::Converse,
+        "invoke" => Operation::InvokeModel,
+        other => {
+            return aws_error(
+                404,
+                "UnknownOperationException",
+                &format!("unknown operation `{other}`"),
+            )
+        }
+    };
+    handle(shared, operation, model_id, method, uri, headers, body).await
 }
 
 async fn handle(

@@ -159,9 +159,7 @@ impl Lab {
         let (_, exec_credentials) =
             assume(&moto, &admin_b, &exec_role_arn, "bedrock-relay", None).await?;
 
-        let bedrock = BedrockEmulator::start(Some(moto.sessions()))
-            .await
-            .map_err(|e| LabError::Setup(format!("bedrock emulator: {e}")))?;
+        let bedrock = BedrockEmulator::start(Some(moto.sessions())).await?;
         Ok(Self {
             moto,
             bedrock,
@@ -328,6 +326,24 @@ impl Lab {
         }
         Ok(received)
     }
+}
+
+/// Serves `app` on `bind` (e.g. `127.0.0.1:0`) in a background task; the
+/// bound address and the task, which the caller aborts to stop it.
+pub(crate) async fn serve(
+    app: axum::Router,
+    bind: &str,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), LabError> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| LabError::Setup(format!("bind {bind}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| LabError::Setup(e.to_string()))?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
 }
 
 /// An S3 client for the lab's moto, path-style.

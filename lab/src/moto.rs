@@ -170,41 +170,13 @@ impl Moto {
     ) -> Result<String, LabError> {
         let body =
             serde_urlencoded::to_string(params).map_err(|e| LabError::Setup(e.to_string()))?;
-        let url = format!("{}/", self.endpoint);
-        let host = self.endpoint.trim_start_matches("http://").to_owned();
-        let base = [
-            ("host", host.as_str()),
-            (
-                "content-type",
-                "application/x-www-form-urlencoded; charset=utf-8",
-            ),
-        ];
-        let signed = sign_headers(
-            credentials,
-            REGION,
-            service,
-            "POST",
-            &url,
-            &base,
-            body.as_bytes(),
-        )
-        .map_err(LabError::Setup)?;
-        let mut request = self.http.post(&url).body(body.clone());
-        for (name, value) in base.iter().filter(|(n, _)| *n != "host") {
-            request = request.header(*name, *value);
-        }
-        for (name, value) in signed {
-            request = request.header(name, value);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            return Err(LabError::Aws(format!(
-                "{service} {params:?} -> {status}: {text}"
-            )));
-        }
-        Ok(text)
+        let headers = [(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )];
+        self.signed_post(credentials, service, &headers, body)
+            .await
+            .map_err(|e| LabError::Aws(format!("{service} {params:?}: {e}")))
     }
 
     /// Sends a signed AWS JSON-protocol call (EventBridge, SQS) and returns the JSON answer.
@@ -216,41 +188,53 @@ impl Moto {
         content_type: &str,
         payload: &serde_json::Value,
     ) -> Result<serde_json::Value, LabError> {
-        let body = payload.to_string();
+        let headers = [("content-type", content_type), ("x-amz-target", target)];
+        let text = self
+            .signed_post(credentials, service, &headers, payload.to_string())
+            .await
+            .map_err(|e| LabError::Aws(format!("{target}: {e}")))?;
+        if text.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// POSTs `body` to moto signed with `credentials`; the answer's text, or
+    /// an error holding the status and body.
+    async fn signed_post(
+        &self,
+        credentials: &Credentials,
+        service: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<String, String> {
         let url = format!("{}/", self.endpoint);
         let host = self.endpoint.trim_start_matches("http://").to_owned();
-        let base = [
-            ("host", host.as_str()),
-            ("content-type", content_type),
-            ("x-amz-target", target),
-        ];
+        let mut to_sign = vec![("host", host.as_str())];
+        to_sign.extend_from_slice(headers);
         let signed = sign_headers(
             credentials,
             REGION,
             service,
             "POST",
             &url,
-            &base,
+            &to_sign,
             body.as_bytes(),
-        )
-        .map_err(LabError::Setup)?;
+        )?;
         let mut request = self.http.post(&url).body(body);
-        for (name, value) in base.iter().filter(|(n, _)| *n != "host") {
+        for (name, value) in headers {
             request = request.header(*name, *value);
         }
         for (name, value) in signed {
             request = request.header(name, value);
         }
-        let response = request.send().await?;
+        let response = request.send().await.map_err(|e| e.to_string())?;
         let status = response.status();
-        let text = response.text().await?;
+        let text = response.text().await.map_err(|e| e.to_string())?;
         if !status.is_success() {
-            return Err(LabError::Aws(format!("{target} -> {status}: {text}")));
+            return Err(format!("{status}: {text}"));
         }
-        if text.trim().is_empty() {
-            return Ok(serde_json::Value::Null);
-        }
-        Ok(serde_json::from_str(&text)?)
+        Ok(text)
     }
 }
 

@@ -103,15 +103,7 @@ impl RuntimeApi {
             .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .with_state(Arc::clone(&shared));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| LabError::Setup(e.to_string()))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| LabError::Setup(e.to_string()))?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::serve(app, "127.0.0.1:0").await?;
         Ok(Self {
             addr,
             sender,

@@ -38,15 +38,7 @@ impl FixedResponse {
             counter.fetch_add(1, Ordering::SeqCst);
             async move { (status, [("content-type", content_type)], body).into_response() }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| LabError::Setup(e.to_string()))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| LabError::Setup(e.to_string()))?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::serve(app, "127.0.0.1:0").await?;
         Ok(Self { addr, hits, task })
     }
 
