@@ -220,7 +220,16 @@ impl Relay {
     }
 }
 
+/// Lambda sends the deadline as epoch milliseconds. Local runtimes may not:
+/// `cargo lambda watch` sends a bare `600000` (ten minutes). A value that cannot
+/// be an epoch time of this century is read as milliseconds from now, so local
+/// runs get the budget they were given instead of none.
+const EPOCH_MS_2001: u64 = 1_000_000_000_000;
+
 fn remaining(ctx: &Context) -> Duration {
+    if ctx.deadline < EPOCH_MS_2001 {
+        return Duration::from_millis(ctx.deadline);
+    }
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -409,6 +418,16 @@ mod tests {
         assert!(err
             .error_message
             .contains("grant the execution role s3:PutObject on arn:aws:s3:::results/relay/*"));
+    }
+
+    #[test]
+    fn relative_deadlines_from_local_runtimes_are_read_as_budgets() {
+        let mut ctx = context();
+        assert!(remaining(&ctx) > Duration::from_secs(29));
+        ctx.deadline = 600_000;
+        assert_eq!(remaining(&ctx), Duration::from_secs(600));
+        ctx.deadline = EPOCH_MS_2001 + 1;
+        assert_eq!(remaining(&ctx), Duration::ZERO, "a real epoch deadline in the past leaves nothing");
     }
 
     #[tokio::test]

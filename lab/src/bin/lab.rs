@@ -183,10 +183,11 @@ async fn up() -> Result<(), LabError> {
     std::fs::create_dir_all(&dir).map_err(|e| LabError::Setup(e.to_string()))?;
     let env_file = dir.join("function.env");
     let mut text = String::new();
+    // Quoted: session tokens hold `+`, `/` and `=`, which dotenv parsers reject bare.
     for (key, value) in lab.function_env() {
-        text.push_str(&format!("{key}={value}\n"));
+        text.push_str(&format!("{key}=\"{value}\"\n"));
     }
-    text.push_str("AWS_REGION=us-east-1\n");
+    text.push_str("AWS_REGION=\"us-east-1\"\n");
     std::fs::write(&env_file, text).map_err(|e| LabError::Setup(e.to_string()))?;
     println!(
         "lab up: moto {} , bedrock {}",
