@@ -12,6 +12,7 @@ use aws_config::identity::IdentityCache;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::SdkConfig;
+use aws_sdk_bedrockruntime::config::retry::{RetryPartition, TokenBucket};
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
 use aws_sdk_bedrockruntime::primitives::Blob;
@@ -205,6 +206,15 @@ impl Bedrock {
             // refuses one; this keeps a later change from silently re-enabling it).
             .auth_scheme_preference([AuthSchemeId::new("sigv4")])
             .retry_config(retry_config(max_attempts))
+            // The SDK's default retry token bucket is shared by the whole process and,
+            // once a throttling storm drains it, stops retrying for every later
+            // invocation of a warm function. Here each call is already bounded by
+            // RELAY_MAX_ATTEMPTS and the Lambda deadline, so retries stay per call.
+            .retry_partition(
+                RetryPartition::custom("bedrock-relay")
+                    .token_bucket(TokenBucket::unlimited())
+                    .build(),
+            )
     }
 
     /// Wraps an existing client (tests pass mocked ones).
@@ -609,6 +619,44 @@ pub(crate) mod tests {
             assert_eq!(err.code(), expected, "{code}");
             assert_eq!(err.is_retryable(), retryable, "{code}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_warm_client_keeps_retrying_throttling_after_a_storm() {
+        // 150 throttled calls would drain the SDK's default retry bucket (500
+        // tokens, 5 a throttle retry); each call must still get its retries.
+        let (_, sts) = sts_issuing(Duration::from_secs(3600));
+        let throttled = mock!(aws_sdk_bedrockruntime::Client::converse)
+            .sequence()
+            .error(|| {
+                ConverseError::generic(ErrorMetadata::builder().code("ThrottlingException").build())
+            })
+            .times(300)
+            .output(|| converse_output("finally", 1, 1))
+            .build();
+        let client = mock_client!(
+            aws_sdk_bedrockruntime,
+            RuleMode::Sequential,
+            [&throttled],
+            |builder| {
+                Bedrock::configure(builder, sts.clone(), &target(), 2)
+                    .time_source(SystemTimeSource::new())
+                    .retry_config(retry_config(2).with_initial_backoff(Duration::from_millis(1)))
+            }
+        );
+        let bedrock = Bedrock::from_client(client, &target());
+        for _ in 0..150 {
+            let err = bedrock
+                .converse(&job(), Duration::from_secs(10))
+                .await
+                .expect_err("throttled");
+            assert_eq!(err.code(), "BedrockThrottled");
+        }
+        assert_eq!(
+            throttled.num_calls(),
+            300,
+            "every call made both of its attempts"
+        );
     }
 
     #[tokio::test]

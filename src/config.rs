@@ -253,7 +253,9 @@ impl Config {
             s3_force_path_style: parse_bool(
                 get("RELAY_S3_FORCE_PATH_STYLE"),
                 "RELAY_S3_FORCE_PATH_STYLE",
-            )?,
+            )? || get("AWS_ENDPOINT_URL_S3")
+                .or_else(|| get("AWS_ENDPOINT_URL"))
+                .is_some_and(|url| endpoint_needs_path_style(&url)),
             default_model,
             default_job,
             max_attempts: parse_number(get("RELAY_MAX_ATTEMPTS"), "RELAY_MAX_ATTEMPTS", 1..=20, 5)?,
@@ -272,6 +274,21 @@ impl Config {
             log_content: parse_bool(get("RELAY_LOG_CONTENT"), "RELAY_LOG_CONTENT")?,
         })
     }
+}
+
+/// Virtual-hosted S3 addressing puts the bucket in the host name, which cannot
+/// work for an endpoint on `localhost` or an IP address (local emulators).
+fn endpoint_needs_path_style(url: &str) -> bool {
+    let authority = url.split("://").nth(1).unwrap_or(url);
+    let host_port = authority.split('/').next().unwrap_or_default();
+    let host = if let Some(rest) = host_port.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host_port
+            .rsplit_once(':')
+            .map_or(host_port, |(host, _)| host)
+    };
+    host == "localhost" || host.ends_with(".localhost") || host.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Makes `raw` fit STS's `RoleSessionName`/`SourceIdentity` alphabet
@@ -454,6 +471,28 @@ mod tests {
         assert!(
             !msg.contains("bedrock-api-key-abc"),
             "the token itself is never echoed"
+        );
+    }
+
+    #[test]
+    fn local_s3_endpoints_get_path_style() {
+        for local in [
+            "http://localhost:4566",
+            "http://127.0.0.1:5000",
+            "http://[::1]:9000/",
+            "http://s3.localhost:80",
+        ] {
+            assert!(endpoint_needs_path_style(local), "{local}");
+            let config = Config::from_lookup(env(&[("AWS_ENDPOINT_URL", local)])).expect("valid");
+            assert!(config.s3_force_path_style, "{local}");
+        }
+        assert!(!endpoint_needs_path_style(
+            "https://s3.eu-west-1.amazonaws.com"
+        ));
+        assert!(
+            !Config::from_lookup(env(&[]))
+                .expect("valid")
+                .s3_force_path_style
         );
     }
 

@@ -427,7 +427,11 @@ mod tests {
         ctx.deadline = 600_000;
         assert_eq!(remaining(&ctx), Duration::from_secs(600));
         ctx.deadline = EPOCH_MS_2001 + 1;
-        assert_eq!(remaining(&ctx), Duration::ZERO, "a real epoch deadline in the past leaves nothing");
+        assert_eq!(
+            remaining(&ctx),
+            Duration::ZERO,
+            "a real epoch deadline in the past leaves nothing"
+        );
     }
 
     #[tokio::test]

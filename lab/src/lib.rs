@@ -188,7 +188,6 @@ impl Lab {
             ("RELAY_ROLE_ARN", self.role_a_arn.clone()),
             ("RELAY_EXTERNAL_ID", EXTERNAL_ID.to_owned()),
             ("RELAY_DESTINATION", format!("s3://{BUCKET}/{PREFIX}")),
-            ("RELAY_S3_FORCE_PATH_STYLE", "true".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
