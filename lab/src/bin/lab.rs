@@ -5,6 +5,9 @@
 //!   landed where, and stop everything.
 //! - `lab up`: start the lab and keep it running for `cargo lambda watch`;
 //!   writes the function's environment to `.lab/function.env`.
+//! - `lab emulator [--moto URL] [--port N]`: only the Bedrock emulator, checking
+//!   signatures against the moto at URL (none given: signatures not checked).
+//!   Knobs over HTTP: `PUT /_lab/knobs`, `POST /_lab/faults`, `GET /_lab/calls`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,8 +53,11 @@ async fn main() {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(function_path(&args)).await,
         Some("up") => up().await,
+        Some("emulator") => emulator(&args).await,
         _ => {
-            eprintln!("usage: lab demo [--function PATH] | lab up");
+            eprintln!(
+                "usage: lab demo [--function PATH] | lab up | lab emulator [--moto URL] [--port N]"
+            );
             std::process::exit(2);
         }
     };
@@ -61,11 +67,28 @@ async fn main() {
     }
 }
 
-fn function_path(args: &[String]) -> PathBuf {
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.windows(2)
-        .find(|w| w[0] == "--function")
-        .map(|w| PathBuf::from(&w[1]))
+        .find(|w| w[0] == name)
+        .map(|w| w[1].as_str())
+}
+
+fn function_path(args: &[String]) -> PathBuf {
+    flag(args, "--function")
+        .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/debug/bedrock-relay"))
+}
+
+async fn emulator(args: &[String]) -> Result<(), LabError> {
+    let sessions = flag(args, "--moto").map(lab::moto::MotoSessions::new);
+    let bind = format!("127.0.0.1:{}", flag(args, "--port").unwrap_or("0"));
+    let emulator = lab::emulator::BedrockEmulator::start_on(sessions, &bind).await?;
+    println!(
+        "bedrock emulator on {} (AWS_ENDPOINT_URL_BEDROCK_RUNTIME); Ctrl-C stops it",
+        emulator.endpoint()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(())
 }
 
 async fn demo(function: PathBuf) -> Result<(), LabError> {
