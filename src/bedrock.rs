@@ -25,11 +25,11 @@ use aws_smithy_runtime_api::client::auth::AuthSchemeId;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::config::Target;
 use crate::credentials::{
     find_assume_role_error, AssumeRoleError, AssumeRoleProvider, REFRESH_BEFORE_EXPIRY,
 };
 use crate::job::{decode_media, ContentBlock, MediaBlock, ResolvedJob, Role};
+use crate::target::Target;
 
 /// A Bedrock call that did not produce an answer, with which side to fix.
 #[derive(Debug, Error)]
@@ -458,11 +458,13 @@ pub(crate) mod tests {
     use aws_smithy_types::error::ErrorMetadata;
 
     use super::*;
-    use crate::config::RoleArn;
     use crate::job::Job;
+    use crate::target::RoleArn;
 
     fn target() -> Target {
         Target {
+            alias: "default".into(),
+            allowed_models: None,
             role: RoleArn::parse("arn:aws:iam::111111111111:role/RoleA").expect("arn"),
             external_id: None,
             region: "us-west-2".into(),

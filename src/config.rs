@@ -9,8 +9,13 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
 use crate::destination::S3Location;
 use crate::job::{Job, JobError};
+use crate::target::{RoleArn, Target, Targets, DEFAULT_ALIAS};
 
 /// STS refuses chained sessions (Lambda execution role → RoleA) longer than an hour.
 const MAX_CHAINED_SESSION_SECS: u64 = 3600;
@@ -43,64 +48,13 @@ pub enum ConfigError {
     DefaultJob(#[source] JobError),
 }
 
-/// An IAM role ARN, split into the parts the relay reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleArn {
-    /// The full ARN, as STS takes it.
-    pub arn: String,
-    /// The 12-digit account that owns the role (account A).
-    pub account: String,
-}
-
-impl RoleArn {
-    /// Parses `arn:<partition>:iam::<account>:role/<path/>name`.
-    pub fn parse(arn: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = arn.splitn(6, ':').collect();
-        let well_formed = parts.len() == 6
-            && parts[0] == "arn"
-            && !parts[1].is_empty()
-            && parts[2] == "iam"
-            && parts[3].is_empty()
-            && parts[4].len() == 12
-            && parts[4].bytes().all(|b| b.is_ascii_digit())
-            && parts[5].starts_with("role/")
-            && parts[5].len() > "role/".len();
-        if !well_formed {
-            return Err(format!(
-                "`{arn}` is not an IAM role ARN; expected arn:aws:iam::<12-digit account>:role/<name>"
-            ));
-        }
-        Ok(Self {
-            arn: arn.to_owned(),
-            account: parts[4].to_owned(),
-        })
-    }
-}
-
-/// Where the relay's Bedrock calls go: RoleA in account A, and how to assume it.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// RoleA.
-    pub role: RoleArn,
-    /// The `sts:ExternalId` RoleA's trust policy asks for, if any.
-    pub external_id: Option<String>,
-    /// The region Bedrock is called in.
-    pub region: String,
-    /// How long each assumed session lasts (900–3600 s).
-    pub session_duration: Duration,
-    /// The `RoleSessionName`: shows as `assumed-role/RoleA/<name>` in account A.
-    pub session_name: String,
-    /// The `SourceIdentity`: survives into every CloudTrail event account A records.
-    pub source_identity: String,
-}
-
 /// Everything the function needs to know, read once at cold start.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The Lambda function's name (`AWS_LAMBDA_FUNCTION_NAME`).
     pub function_name: String,
-    /// The cross-account target.
-    pub target: Target,
+    /// The model accounts, by alias (`RELAY_TARGETS`, or `RELAY_ROLE_ARN` as `default`).
+    pub targets: Targets,
     /// Where records are written (`RELAY_DESTINATION`).
     pub destination: S3Location,
     /// Address S3 by path rather than virtual host (`RELAY_S3_FORCE_PATH_STYLE`), for
@@ -147,57 +101,127 @@ impl Config {
             get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "bedrock-relay".into());
         let function_region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
 
-        let role_arn = get("RELAY_ROLE_ARN").ok_or(ConfigError::Missing {
-            var: "RELAY_ROLE_ARN",
-            hint: "set it to RoleA's ARN in the model account, e.g. arn:aws:iam::111111111111:role/BedrockRelayTarget",
-        })?;
-        let role = RoleArn::parse(role_arn.trim()).map_err(|reason| ConfigError::Invalid {
-            var: "RELAY_ROLE_ARN",
-            reason,
-        })?;
-
-        let external_id = get("RELAY_EXTERNAL_ID");
-        if let Some(id) = &external_id {
-            // STS: 2-1224 characters of [\w+=,.@:/-].
-            let ok = (2..=1224).contains(&id.len())
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
-            if !ok {
-                return Err(ConfigError::Invalid {
-                    var: "RELAY_EXTERNAL_ID",
-                    reason: "an ExternalId is 2-1224 characters of letters, digits and _+=,.@:/-"
-                        .into(),
-                });
-            }
-        }
-
-        let region = get("RELAY_BEDROCK_REGION")
-            .or(function_region)
-            .ok_or(ConfigError::Missing {
-                var: "RELAY_BEDROCK_REGION",
-                hint: "neither RELAY_BEDROCK_REGION nor AWS_REGION is set; set RELAY_BEDROCK_REGION to the region Bedrock is called in",
-            })?;
-
-        let session_duration = match get("RELAY_SESSION_DURATION") {
-            None => Duration::from_secs(MAX_CHAINED_SESSION_SECS),
-            Some(raw) => {
-                let secs: u64 = raw.trim().parse().map_err(|_| ConfigError::Invalid {
-                    var: "RELAY_SESSION_DURATION",
-                    reason: format!("`{raw}` is not a whole number of seconds; use {MIN_SESSION_SECS}-{MAX_CHAINED_SESSION_SECS}"),
-                })?;
-                if !(MIN_SESSION_SECS..=MAX_CHAINED_SESSION_SECS).contains(&secs) {
+        let source_identity = match get("RELAY_SOURCE_IDENTITY") {
+            Some(id) => {
+                if id.len() < 2 || id.len() > 64 || sts_name(&id) != id {
                     return Err(ConfigError::Invalid {
-                        var: "RELAY_SESSION_DURATION",
-                        reason: format!(
-                            "{secs} is outside {MIN_SESSION_SECS}-{MAX_CHAINED_SESSION_SECS} seconds: the Lambda execution role \
-                             chains into RoleA, and STS refuses chained sessions longer than one hour or shorter than 15 minutes"
-                        ),
+                        var: "RELAY_SOURCE_IDENTITY",
+                        reason:
+                            "a SourceIdentity is 2-64 characters of letters, digits and _+=,.@-"
+                                .into(),
                     });
                 }
-                Duration::from_secs(secs)
+                id
             }
+            None => sts_name(&function_name),
         };
+        let session_name = sts_name(&format!("bedrock-relay-{function_name}"));
+        let default_region = get("RELAY_BEDROCK_REGION").or(function_region);
+        let target = |alias: &str,
+                      spec: TargetSpec,
+                      var: &'static str|
+         -> Result<Target, ConfigError> {
+            let invalid = |reason: String| ConfigError::Invalid {
+                var,
+                reason: if var == "RELAY_TARGETS" {
+                    format!("target `{alias}`: {reason}")
+                } else {
+                    reason
+                },
+            };
+            let role = RoleArn::parse(spec.role_arn.trim()).map_err(invalid)?;
+            if let Some(id) = &spec.external_id {
+                check_external_id(id).map_err(invalid)?;
+            }
+            let session_duration =
+                check_session_duration(spec.session_duration.unwrap_or(MAX_CHAINED_SESSION_SECS))
+                    .map_err(invalid)?;
+            let region = spec.region.or_else(|| default_region.clone()).ok_or(ConfigError::Missing {
+                var: "RELAY_BEDROCK_REGION",
+                hint: "neither a target region, RELAY_BEDROCK_REGION nor AWS_REGION is set; set the region Bedrock is called in",
+            })?;
+            Ok(Target {
+                alias: alias.to_owned(),
+                role,
+                external_id: spec.external_id,
+                region,
+                session_duration,
+                session_name: session_name.clone(),
+                source_identity: source_identity.clone(),
+                allowed_models: None,
+            })
+        };
+
+        let mut targets = BTreeMap::new();
+        if let Some(raw) = get("RELAY_TARGETS") {
+            let specs: BTreeMap<String, TargetSpec> = serde_json::from_str(&raw).map_err(|err| ConfigError::Invalid {
+                var: "RELAY_TARGETS",
+                reason: format!(
+                    "{err}; expected {{\"alias\": {{\"role_arn\": \"arn:aws:iam::111111111111:role/RoleA\", \"region\": \"us-east-1\", \"external_id\": \"...\", \"session_duration\": 3600}}}}"
+                ),
+            })?;
+            for (alias, spec) in specs {
+                if alias.is_empty()
+                    || !alias
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+                {
+                    return Err(ConfigError::Invalid {
+                        var: "RELAY_TARGETS",
+                        reason: format!("alias `{alias}`: use letters, digits, `_` and `-`"),
+                    });
+                }
+                let built = target(&alias, spec, "RELAY_TARGETS")?;
+                targets.insert(alias, built);
+            }
+        }
+        if let Some(role_arn) = get("RELAY_ROLE_ARN") {
+            if targets.contains_key(DEFAULT_ALIAS) {
+                return Err(ConfigError::Invalid {
+                    var: "RELAY_ROLE_ARN",
+                    reason: "RELAY_TARGETS also defines `default`; set one or the other".into(),
+                });
+            }
+            let duration = match get("RELAY_SESSION_DURATION") {
+                None => None,
+                Some(raw) => Some(raw.trim().parse::<u64>().map_err(|_| ConfigError::Invalid {
+                    var: "RELAY_SESSION_DURATION",
+                    reason: format!("`{raw}` is not a whole number of seconds; use {MIN_SESSION_SECS}-{MAX_CHAINED_SESSION_SECS}"),
+                })?),
+            };
+            if let Some(secs) = duration {
+                check_session_duration(secs).map_err(|reason| ConfigError::Invalid {
+                    var: "RELAY_SESSION_DURATION",
+                    reason,
+                })?;
+            }
+            let external_id = get("RELAY_EXTERNAL_ID");
+            if let Some(id) = &external_id {
+                check_external_id(id).map_err(|reason| ConfigError::Invalid {
+                    var: "RELAY_EXTERNAL_ID",
+                    reason,
+                })?;
+            }
+            let spec = TargetSpec {
+                role_arn,
+                region: None,
+                external_id,
+                session_duration: duration,
+            };
+            targets.insert(
+                DEFAULT_ALIAS.to_owned(),
+                target(DEFAULT_ALIAS, spec, "RELAY_ROLE_ARN")?,
+            );
+        }
+        if targets.is_empty() {
+            return Err(ConfigError::Missing {
+                var: "RELAY_ROLE_ARN",
+                hint: "set it to RoleA's ARN in the model account (e.g. arn:aws:iam::111111111111:role/BedrockRelayTarget), or define several targets in RELAY_TARGETS",
+            });
+        }
+        if let Some(raw) = get("RELAY_ALLOWED_MODELS") {
+            apply_allowlist(&raw, &mut targets)?;
+        }
 
         let destination = get("RELAY_DESTINATION").ok_or(ConfigError::Missing {
             var: "RELAY_DESTINATION",
@@ -229,25 +253,7 @@ impl Config {
         };
 
         Ok(Self {
-            target: Target {
-                role,
-                external_id,
-                region,
-                session_duration,
-                session_name: sts_name(&format!("bedrock-relay-{function_name}")),
-                source_identity: match get("RELAY_SOURCE_IDENTITY") {
-                    Some(id) => {
-                        if id.len() < 2 || id.len() > 64 || sts_name(&id) != id {
-                            return Err(ConfigError::Invalid {
-                                var: "RELAY_SOURCE_IDENTITY",
-                                reason: "a SourceIdentity is 2-64 characters of letters, digits and _+=,.@-".into(),
-                            });
-                        }
-                        id
-                    }
-                    None => sts_name(&function_name),
-                },
-            },
+            targets: Targets::new(targets),
             function_name,
             destination,
             s3_force_path_style: parse_bool(
@@ -274,6 +280,81 @@ impl Config {
             log_content: parse_bool(get("RELAY_LOG_CONTENT"), "RELAY_LOG_CONTENT")?,
         })
     }
+}
+
+/// One entry of `RELAY_TARGETS`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetSpec {
+    role_arn: String,
+    region: Option<String>,
+    external_id: Option<String>,
+    session_duration: Option<u64>,
+}
+
+/// STS: 2-1224 characters of `[\w+=,.@:/-]`.
+fn check_external_id(id: &str) -> Result<(), String> {
+    let ok = (2..=1224).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err("an ExternalId is 2-1224 characters of letters, digits and _+=,.@:/-".into())
+    }
+}
+
+fn check_session_duration(secs: u64) -> Result<Duration, String> {
+    if (MIN_SESSION_SECS..=MAX_CHAINED_SESSION_SECS).contains(&secs) {
+        Ok(Duration::from_secs(secs))
+    } else {
+        Err(format!(
+            "{secs} is outside {MIN_SESSION_SECS}-{MAX_CHAINED_SESSION_SECS} seconds: the Lambda execution role \
+             chains into RoleA, and STS refuses chained sessions longer than one hour or shorter than 15 minutes"
+        ))
+    }
+}
+
+/// `RELAY_ALLOWED_MODELS`: comma-separated patterns for every target, or a
+/// JSON object of alias → patterns, where `*` applies to every target.
+fn apply_allowlist(raw: &str, targets: &mut BTreeMap<String, Target>) -> Result<(), ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: "RELAY_ALLOWED_MODELS",
+        reason,
+    };
+    let by_alias: BTreeMap<String, Vec<String>> = if raw.trim_start().starts_with('{') {
+        serde_json::from_str(raw).map_err(|e| {
+            invalid(format!(
+                "{e}; expected {{\"alias\": [\"model-or-pattern\", ...], \"*\": [...]}}"
+            ))
+        })?
+    } else {
+        let all: Vec<String> = raw
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        [("*".to_owned(), all)].into_iter().collect()
+    };
+    for (alias, patterns) in &by_alias {
+        if patterns.is_empty() {
+            return Err(invalid(format!(
+                "`{alias}` has an empty list; it would allow no model"
+            )));
+        }
+        if alias != "*" && !targets.contains_key(alias) {
+            return Err(invalid(format!("`{alias}` is not a configured target")));
+        }
+    }
+    for (alias, target) in targets.iter_mut() {
+        let mut patterns: Vec<String> = by_alias.get("*").cloned().unwrap_or_default();
+        patterns.extend(by_alias.get(alias).cloned().unwrap_or_default());
+        if by_alias.contains_key("*") || by_alias.contains_key(alias) {
+            target.allowed_models = Some(patterns);
+        }
+    }
+    Ok(())
 }
 
 /// Virtual-hosted S3 addressing puts the bucket in the host name, which cannot
@@ -368,6 +449,10 @@ mod tests {
         move |name| map.get(name).cloned()
     }
 
+    fn only(config: &Config) -> &Target {
+        config.targets.iter().next().expect("a target")
+    }
+
     fn error_of(pairs: &[(&str, &str)]) -> String {
         Config::from_lookup(env(pairs))
             .expect_err("config should be refused")
@@ -377,14 +462,15 @@ mod tests {
     #[test]
     fn minimal_config_takes_documented_defaults() {
         let config = Config::from_lookup(env(&[])).expect("valid");
-        assert_eq!(config.target.role.account, "111111111111");
+        assert_eq!(only(&config).role.account, "111111111111");
         assert_eq!(
-            config.target.region, "eu-west-1",
+            only(&config).region,
+            "eu-west-1",
             "Bedrock region defaults to the function's"
         );
-        assert_eq!(config.target.session_duration, Duration::from_secs(3600));
-        assert_eq!(config.target.session_name, "bedrock-relay-relay-fn");
-        assert_eq!(config.target.source_identity, "relay-fn");
+        assert_eq!(only(&config).session_duration, Duration::from_secs(3600));
+        assert_eq!(only(&config).session_name, "bedrock-relay-relay-fn");
+        assert_eq!(only(&config).source_identity, "relay-fn");
         assert_eq!(config.destination.bucket, "results-bucket");
         assert_eq!(config.destination.prefix, "relay/");
         assert!(config.default_job.is_none());
@@ -405,12 +491,13 @@ mod tests {
         assert!(msg.contains("not a whole number"), "{msg}");
         let ok =
             Config::from_lookup(env(&[("RELAY_SESSION_DURATION", "900")])).expect("900 is allowed");
-        assert_eq!(ok.target.session_duration, Duration::from_secs(900));
+        assert_eq!(only(&ok).session_duration, Duration::from_secs(900));
     }
 
     #[test]
     fn each_bad_variable_is_named() {
         assert!(error_of(&[("RELAY_ROLE_ARN", "")]).starts_with("RELAY_ROLE_ARN is not set"));
+        assert!(error_of(&[("RELAY_ROLE_ARN", "")]).contains("RELAY_TARGETS"));
         assert!(
             error_of(&[("RELAY_ROLE_ARN", "arn:aws:iam::1111:role/RoleA")])
                 .starts_with("RELAY_ROLE_ARN is invalid")
@@ -471,6 +558,102 @@ mod tests {
         assert!(
             !msg.contains("bedrock-api-key-abc"),
             "the token itself is never echoed"
+        );
+    }
+
+    #[test]
+    fn relay_targets_defines_several_accounts_beside_the_shorthand() {
+        let targets = r#"{
+            "research": {"role_arn": "arn:aws:iam::333333333333:role/RoleA", "region": "us-west-2", "external_id": "ext-r", "session_duration": 900},
+            "eu": {"role_arn": "arn:aws:iam::444444444444:role/RoleA"}
+        }"#;
+        let config = Config::from_lookup(env(&[("RELAY_TARGETS", targets)])).expect("valid");
+        let aliases: Vec<&str> = config.targets.iter().map(|t| t.alias.as_str()).collect();
+        assert_eq!(aliases, vec!["default", "eu", "research"]);
+        let research = config
+            .targets
+            .select(Some("research"), "m")
+            .expect("research");
+        assert_eq!(research.role.account, "333333333333");
+        assert_eq!(research.region, "us-west-2");
+        assert_eq!(research.external_id.as_deref(), Some("ext-r"));
+        assert_eq!(research.session_duration, Duration::from_secs(900));
+        let eu = config.targets.select(Some("eu"), "m").expect("eu");
+        assert_eq!(eu.region, "eu-west-1", "region defaults to the function's");
+
+        let only_targets =
+            Config::from_lookup(env(&[("RELAY_ROLE_ARN", ""), ("RELAY_TARGETS", targets)]))
+                .expect("valid");
+        assert_eq!(only_targets.targets.iter().count(), 2);
+
+        let msg = error_of(&[(
+            "RELAY_TARGETS",
+            r#"{"x": {"role_arn": "arn:aws:iam::333333333333:role/R", "duration": 5}}"#,
+        )]);
+        assert!(
+            msg.starts_with("RELAY_TARGETS is invalid") && msg.contains("unknown field `duration`"),
+            "{msg}"
+        );
+        let msg = error_of(&[(
+            "RELAY_TARGETS",
+            r#"{"x": {"role_arn": "arn:aws:iam::333333333333:role/R", "session_duration": 7200}}"#,
+        )]);
+        assert!(
+            msg.contains("target `x`") && msg.contains("chains into RoleA"),
+            "{msg}"
+        );
+        let msg = error_of(&[(
+            "RELAY_TARGETS",
+            r#"{"default": {"role_arn": "arn:aws:iam::333333333333:role/R"}}"#,
+        )]);
+        assert!(msg.starts_with("RELAY_ROLE_ARN is invalid"), "{msg}");
+        let msg = error_of(&[(
+            "RELAY_TARGETS",
+            r#"{"bad alias": {"role_arn": "arn:aws:iam::333333333333:role/R"}}"#,
+        )]);
+        assert!(msg.contains("alias `bad alias`"), "{msg}");
+    }
+
+    #[test]
+    fn allowed_models_apply_to_all_targets_or_per_alias() {
+        let config = Config::from_lookup(env(&[(
+            "RELAY_ALLOWED_MODELS",
+            "amazon.nova-*, anthropic.claude-3-haiku-*",
+        )]))
+        .expect("valid");
+        assert!(config.targets.select(None, "amazon.nova-lite-v1:0").is_ok());
+        assert!(config
+            .targets
+            .select(None, "meta.llama3-8b-instruct-v1:0")
+            .is_err());
+
+        let targets = r#"{"research": {"role_arn": "arn:aws:iam::333333333333:role/RoleA"}}"#;
+        let allowed = r#"{"*": ["amazon.nova-micro-v1:0"], "research": ["anthropic.*"]}"#;
+        let config = Config::from_lookup(env(&[
+            ("RELAY_TARGETS", targets),
+            ("RELAY_ALLOWED_MODELS", allowed),
+        ]))
+        .expect("valid");
+        assert!(config
+            .targets
+            .select(Some("research"), "anthropic.claude-v2")
+            .is_ok());
+        assert!(
+            config
+                .targets
+                .select(Some("research"), "amazon.nova-micro-v1:0")
+                .is_ok(),
+            "`*` applies too"
+        );
+        assert!(
+            config.targets.select(None, "anthropic.claude-v2").is_err(),
+            "only research may use anthropic"
+        );
+
+        let msg = error_of(&[("RELAY_ALLOWED_MODELS", r#"{"nope": ["x"]}"#)]);
+        assert!(
+            msg.starts_with("RELAY_ALLOWED_MODELS is invalid") && msg.contains("`nope`"),
+            "{msg}"
         );
     }
 

@@ -15,7 +15,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use thiserror::Error;
 
-use crate::config::Target;
+use crate::target::Target;
 
 /// How long before expiry the identity cache fetches new credentials. Longer than
 /// the SDK's 10 s default so a refresh never races a slow STS call or a long model
@@ -193,10 +193,12 @@ mod tests {
     use aws_smithy_types::error::ErrorMetadata;
 
     use super::*;
-    use crate::config::RoleArn;
+    use crate::target::RoleArn;
 
     pub(crate) fn target() -> Target {
         Target {
+            alias: "default".into(),
+            allowed_models: None,
             role: RoleArn::parse("arn:aws:iam::111111111111:role/RoleA").expect("arn"),
             external_id: Some("ext-123".into()),
             region: "us-east-1".into(),

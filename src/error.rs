@@ -15,6 +15,7 @@ use crate::destination::DestinationError;
 use crate::input::InputError;
 use crate::job::JobError;
 use crate::record::ErrorRecord;
+use crate::target::TargetError;
 
 /// Why an invocation did not produce a success record.
 #[derive(Debug, Error)]
@@ -25,6 +26,9 @@ pub enum RelayError {
     /// The job is not runnable.
     #[error("invalid job: {0}")]
     Job(#[from] JobError),
+    /// The job's target or model is not allowed.
+    #[error("job not allowed: {0}")]
+    Target(#[from] TargetError),
     /// Bedrock (or STS on its way) did not answer.
     #[error(transparent)]
     Bedrock(#[from] BedrockError),
@@ -41,6 +45,7 @@ impl RelayError {
             Self::Input(InputError::TooLarge { .. }) => "EventTooLarge",
             Self::Input(_) => "InvalidEvent",
             Self::Job(_) => "InvalidJob",
+            Self::Target(err) => err.code(),
             Self::Bedrock(err) => err.code(),
             Self::Destination(err) => err.code(),
         }
@@ -49,7 +54,7 @@ impl RelayError {
     /// Whether a Lambda retry of the same event may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Input(_) | Self::Job(_) => false,
+            Self::Input(_) | Self::Job(_) | Self::Target(_) => false,
             Self::Bedrock(err) => err.is_retryable(),
             Self::Destination(err) => err.is_retryable(),
         }

@@ -57,6 +57,8 @@ pub struct Job {
     pub id: Option<String>,
     /// Model ID, inference-profile ID or ARN; defaults to `RELAY_DEFAULT_MODEL`.
     pub model: Option<String>,
+    /// The target alias (from `RELAY_TARGETS`); defaults to `default`.
+    pub target: Option<String>,
     /// One user message (exclusive with `messages`).
     pub prompt: Option<String>,
     /// A Converse conversation (exclusive with `prompt`).
@@ -161,6 +163,8 @@ pub struct ResolvedJob {
     pub id: String,
     /// The model, inference profile or ARN to call.
     pub model: String,
+    /// The target alias asked for, if any.
+    pub target: Option<String>,
     /// The conversation sent to Converse.
     pub messages: Vec<Message>,
     /// System prompt blocks.
@@ -253,6 +257,7 @@ impl Job {
         Ok(ResolvedJob {
             id,
             model,
+            target: self.target.clone(),
             messages,
             system,
             inference: self.inference.clone(),

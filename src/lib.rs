@@ -11,6 +11,8 @@
 //! - [`input`]: the three event shapes (job event, other envelope + default
 //!   job, bare job) → [`input::Input`]; the raw-payload guard.
 //! - [`job`]: the job format, strict parsing and validation.
+//! - [`target`]: the model accounts (aliases → RoleA, region, allowlist) and
+//!   the choice of one for a job.
 //! - [`credentials`]: AssumeRole into RoleA with SourceIdentity, as a
 //!   credentials provider under the SDK's identity cache.
 //! - [`bedrock`]: the RoleA-signed Bedrock client, Converse, error classes.
@@ -34,6 +36,7 @@ pub mod input;
 pub mod job;
 pub mod record;
 pub mod relay;
+pub mod target;
 
 pub use config::Config;
 pub use error::RelayError;

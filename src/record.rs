@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::bedrock::{ModelReply, Usage};
 use crate::input::{Envelope, Shape};
+use crate::target::TargetRecord;
 
 /// `succeeded` or `failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -15,17 +16,6 @@ pub enum Status {
     Succeeded,
     /// See `error`.
     Failed,
-}
-
-/// Which account and role served the job.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TargetRecord {
-    /// Account A.
-    pub account: String,
-    /// RoleA.
-    pub role_arn: String,
-    /// Where Bedrock was called.
-    pub region: String,
 }
 
 /// The model's answer.
@@ -71,8 +61,8 @@ pub struct Record {
     pub event: Option<Envelope>,
     /// The Lambda request that handled it.
     pub request_id: String,
-    /// Account A and RoleA.
-    pub target: TargetRecord,
+    /// The target (alias, account A, RoleA, region), once chosen.
+    pub target: Option<TargetRecord>,
     /// The model, once known.
     pub model: Option<String>,
     /// The answer, on success.

@@ -3,6 +3,7 @@
 //! [`Relay`] is built once at cold start and shared by every invocation; it
 //! owns the clients, so credentials and connections stay warm between events.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +18,7 @@ use crate::config::Config;
 use crate::destination::S3Destination;
 use crate::error::RelayError;
 use crate::input::{Envelope, Input, Payload, PayloadGuardLayer};
-use crate::record::{now_rfc3339, Record, Status, TargetRecord};
+use crate::record::{now_rfc3339, Record, Status};
 
 /// Below this, a model call cannot be worth starting.
 const MIN_MODEL_BUDGET: Duration = Duration::from_millis(250);
@@ -26,7 +27,8 @@ const MIN_MODEL_BUDGET: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone)]
 pub struct Relay {
     config: Arc<Config>,
-    bedrock: Bedrock,
+    /// One RoleA-signed client per target alias, each with its own credentials cache.
+    bedrock: HashMap<String, Bedrock>,
     destination: S3Destination,
 }
 
@@ -36,7 +38,16 @@ impl Relay {
     pub async fn from_config(config: Config) -> Self {
         let base = aws_config::load_defaults(BehaviorVersion::latest()).await;
         let sts = aws_sdk_sts::Client::new(&base);
-        let bedrock = Bedrock::new(&base, sts, &config.target, config.max_attempts);
+        let bedrock = config
+            .targets
+            .iter()
+            .map(|target| {
+                (
+                    target.alias.clone(),
+                    Bedrock::new(&base, sts.clone(), target, config.max_attempts),
+                )
+            })
+            .collect();
         let s3 = aws_sdk_s3::config::Builder::from(&base)
             .force_path_style(config.s3_force_path_style)
             .build();
@@ -47,8 +58,13 @@ impl Relay {
         Self::new(config, bedrock, destination)
     }
 
-    /// Assembles a relay from parts (tests pass mocked clients).
-    pub fn new(config: Config, bedrock: Bedrock, destination: S3Destination) -> Self {
+    /// Assembles a relay from parts (tests pass mocked clients): `bedrock` holds
+    /// a client for each target alias.
+    pub fn new(
+        config: Config,
+        bedrock: HashMap<String, Bedrock>,
+        destination: S3Destination,
+    ) -> Self {
         Self {
             config: Arc::new(config),
             bedrock,
@@ -79,18 +95,13 @@ impl Relay {
     }
 
     async fn run(&self, payload: &Payload, ctx: &Context) -> Result<Value, RelayError> {
-        let target = &self.config.target;
         let mut record = Record {
             job_id: ctx.request_id.clone(),
             status: Status::Failed,
             shape: None,
             event: None,
             request_id: ctx.request_id.clone(),
-            target: TargetRecord {
-                account: target.role.account.clone(),
-                role_arn: target.role.arn.clone(),
-                region: target.region.clone(),
-            },
+            target: None,
             model: None,
             output: None,
             usage: None,
@@ -139,10 +150,28 @@ impl Relay {
         record.model = Some(job.model.clone());
         record.metadata = job.metadata.clone();
 
+        // The target and model are checked before any STS or Bedrock call.
+        let target = match self
+            .config
+            .targets
+            .select(job.target.as_deref(), &job.model)
+        {
+            Ok(target) => target,
+            Err(err) => return self.fail(record, err.into()).await,
+        };
+        record.target = Some(target.to_record());
+        let Some(bedrock) = self.bedrock.get(&target.alias) else {
+            // Built from the same configuration at cold start; cannot be missing.
+            let err =
+                crate::target::TargetError::Unknown(target.alias.clone(), "none built".into());
+            return self.fail(record, err.into()).await;
+        };
+
         let span = tracing::info_span!(
             "job",
             job_id = %job.id,
             model = %job.model,
+            target = %target.alias,
             target_account = %target.role.account,
             shape = ?input.shape,
         );
@@ -159,7 +188,7 @@ impl Relay {
                 };
                 return self.fail(record, err.into()).await;
             };
-            let reply = match self.bedrock.converse(&job, budget).await {
+            let reply = match bedrock.converse(&job, budget).await {
                 Ok(reply) => reply,
                 Err(err) => return self.fail(record, err.into()).await,
             };
@@ -299,7 +328,16 @@ mod tests {
         let destination = S3Destination::new(s3, config.destination.clone());
         Relay::new(
             config.clone(),
-            Bedrock::from_client(bedrock, &config.target),
+            config
+                .targets
+                .iter()
+                .map(|target| {
+                    (
+                        target.alias.clone(),
+                        Bedrock::from_client(bedrock.clone(), target),
+                    )
+                })
+                .collect(),
             destination,
         )
     }

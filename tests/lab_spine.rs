@@ -612,3 +612,107 @@ async fn template_rule_pattern_matches_only_job_events() {
         .iter()
         .all(|e| e["detail-type"] == "Bedrock Relay Job"));
 }
+
+/// Jobs reach the account of the target alias they name, each signed by that
+/// account's RoleA; an unknown alias, a raw role ARN or a model outside the
+/// allowlist fails before any STS or Bedrock call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_route_jobs_by_alias_and_refuse_anything_else() {
+    let lab = Lab::start().await.expect("lab");
+    let research_role = lab
+        .add_target_account("333333333333")
+        .await
+        .expect("second account");
+    let targets = json!({"research": {"role_arn": research_role, "external_id": lab::EXTERNAL_ID}})
+        .to_string();
+    let allowed = json!({"*": ["amazon.nova-*"], "research": ["anthropic.*"]}).to_string();
+    let bench = Bench::start_in(
+        lab,
+        &[
+            ("RELAY_TARGETS", targets.as_str()),
+            ("RELAY_ALLOWED_MODELS", allowed.as_str()),
+        ],
+    )
+    .await;
+
+    assert!(matches!(
+        bench.invoke("job-event.json").await,
+        Outcome::Response { .. }
+    ));
+    let research_job = json!({"id": "r-1", "target": "research", "model": "anthropic.claude-3-haiku-20240307-v1:0", "prompt": "hi"});
+    let outcome = bench
+        .invoke_bytes(research_job.to_string().into_bytes(), TIMEOUT)
+        .await;
+    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
+    let record = bench.record("r-1").await;
+    assert_eq!(record["target"]["alias"], "research");
+    assert_eq!(record["target"]["account"], "333333333333");
+    assert_eq!(record["target"]["role_arn"], research_role);
+    let default_record = bench.record("6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11").await;
+    assert_eq!(default_record["target"]["alias"], "default");
+
+    let calls = bench.lab.bedrock.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].account.as_deref(), Some(ACCOUNT_A));
+    assert_eq!(calls[1].account.as_deref(), Some("333333333333"));
+    assert_eq!(calls[1].role_arn.as_deref(), Some(research_role.as_str()));
+    let sessions_before = moto_session_count(&bench).await;
+
+    for (job, expected) in [
+        (
+            json!({"id": "x-1", "target": "prod", "model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
+            "NonRetryable.TargetNotAllowed",
+        ),
+        (
+            json!({"id": "x-2", "target": research_role, "model": "anthropic.claude-3-haiku-20240307-v1:0", "prompt": "hi"}),
+            "NonRetryable.TargetNotAllowed",
+        ),
+        (
+            json!({"id": "x-3", "model": "meta.llama3-8b-instruct-v1:0", "prompt": "hi"}),
+            "NonRetryable.ModelNotAllowed",
+        ),
+        (
+            json!({"id": "x-4", "target": "research", "model": "cohere.command-r-v1:0", "prompt": "hi"}),
+            "NonRetryable.ModelNotAllowed",
+        ),
+    ] {
+        let outcome = bench
+            .invoke_bytes(job.to_string().into_bytes(), TIMEOUT)
+            .await;
+        assert_eq!(error_type(&outcome), expected, "{job}");
+        let id = job["id"].as_str().expect("id");
+        let record = bench.record(id).await;
+        assert_eq!(record["status"], "failed");
+        assert_eq!(record["target"], Value::Null, "no target served it");
+    }
+    assert_eq!(
+        bench.lab.bedrock.calls().len(),
+        2,
+        "no Bedrock call for refused jobs"
+    );
+    assert_eq!(
+        moto_session_count(&bench).await,
+        sessions_before,
+        "no STS call for refused jobs"
+    );
+    assert_eq!(
+        bench
+            .lab
+            .sessions_of(&research_role)
+            .await
+            .expect("sessions")
+            .len(),
+        1
+    );
+}
+
+async fn moto_session_count(bench: &Bench) -> usize {
+    bench
+        .lab
+        .moto
+        .sessions()
+        .all()
+        .await
+        .expect("sessions")
+        .len()
+}

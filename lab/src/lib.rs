@@ -119,34 +119,7 @@ impl Lab {
         )
         .await?;
 
-        let role_a_arn = create_role(
-            &moto,
-            &admin_a,
-            "BedrockRelayTarget",
-            &json!({"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Principal": {"AWS": exec_role_arn},
-                "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"],
-                "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}}}]}),
-        )
-        .await?;
-        moto.query(
-            &admin_a,
-            "iam",
-            &[
-                ("Action", "PutRolePolicy"),
-                ("Version", "2010-05-08"),
-                ("RoleName", "BedrockRelayTarget"),
-                ("PolicyName", "invoke-models"),
-                (
-                    "PolicyDocument",
-                    &json!({"Version": "2012-10-17", "Statement": [{
-                        "Effect": "Allow", "Action": "bedrock:InvokeModel",
-                        "Resource": "arn:aws:bedrock:*::foundation-model/*"}]})
-                    .to_string(),
-                ),
-            ],
-        )
-        .await?;
+        let role_a_arn = create_target_role(&moto, &admin_a, &exec_role_arn).await?;
 
         let s3 = s3_client(moto.endpoint(), &admin_b);
         s3.create_bucket()
@@ -231,14 +204,40 @@ impl Lab {
 
     /// The RoleA sessions STS has issued so far (one per AssumeRole call).
     pub async fn role_a_sessions(&self) -> Result<Vec<MotoSession>, LabError> {
+        self.sessions_of(&self.role_a_arn).await
+    }
+
+    /// The sessions STS has issued for `role_arn` so far.
+    pub async fn sessions_of(&self, role_arn: &str) -> Result<Vec<MotoSession>, LabError> {
         Ok(self
             .moto
             .sessions()
             .all()
             .await?
             .into_iter()
-            .filter(|s| s.role_arn == self.role_a_arn)
+            .filter(|s| s.role_arn == role_arn)
             .collect())
+    }
+
+    /// Adds another model account: RoleA in `account`, trusting the same
+    /// execution role with the same ExternalId. Returns its ARN.
+    pub async fn add_target_account(&self, account: &str) -> Result<String, LabError> {
+        let bootstrap = Credentials::new(
+            "AKIALABBOOTSTRAP0000",
+            "lab-bootstrap-secret",
+            None,
+            None,
+            "lab",
+        );
+        let (_, admin) = assume(
+            &self.moto,
+            &bootstrap,
+            &format!("arn:aws:iam::{account}:role/LabAdmin"),
+            "lab-admin",
+            None,
+        )
+        .await?;
+        create_target_role(&self.moto, &admin, &self.exec_role_arn).await
     }
 
     /// Puts `events` on account B's default bus with a rule of `pattern` that
@@ -343,6 +342,45 @@ pub(crate) async fn serve(
         let _ = axum::serve(listener, app).await;
     });
     Ok((addr, task))
+}
+
+/// Creates RoleA (`BedrockRelayTarget`) with `admin`'s credentials in its
+/// account: trusting `exec_role_arn` with the lab's ExternalId, allowed to
+/// invoke foundation models.
+async fn create_target_role(
+    moto: &Moto,
+    admin: &Credentials,
+    exec_role_arn: &str,
+) -> Result<String, LabError> {
+    let role_arn = create_role(
+        moto,
+        admin,
+        "BedrockRelayTarget",
+        &json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"AWS": exec_role_arn},
+            "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"],
+            "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}}}]}),
+    )
+    .await?;
+    moto.query(
+        admin,
+        "iam",
+        &[
+            ("Action", "PutRolePolicy"),
+            ("Version", "2010-05-08"),
+            ("RoleName", "BedrockRelayTarget"),
+            ("PolicyName", "invoke-models"),
+            (
+                "PolicyDocument",
+                &json!({"Version": "2012-10-17", "Statement": [{
+                    "Effect": "Allow", "Action": "bedrock:InvokeModel",
+                    "Resource": "arn:aws:bedrock:*::foundation-model/*"}]})
+                .to_string(),
+            ),
+        ],
+    )
+    .await?;
+    Ok(role_arn)
 }
 
 /// An S3 client for the lab's moto, path-style.
