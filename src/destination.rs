@@ -143,6 +143,24 @@ impl S3Destination {
         Ok(uri)
     }
 
+    /// Writes a small probe object under the prefix (`_doctor/probe.json`), as the
+    /// doctor's check that records can be written.
+    pub async fn probe(&self) -> Result<String, DestinationError> {
+        let key = format!("{}_doctor/probe.json", self.location.prefix);
+        let uri = format!("s3://{}/{key}", self.location.bucket);
+        let body = serde_json::json!({"written_by": "bedrock-relay doctor", "at": crate::record::now_rfc3339()});
+        self.client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(body.to_string().into_bytes()))
+            .send()
+            .await
+            .map_err(|err| self.classify(uri.clone(), err))?;
+        Ok(uri)
+    }
+
     fn classify<E: ProvideErrorMetadata, R>(
         &self,
         uri: String,

@@ -191,6 +191,21 @@ impl Envelope {
     }
 }
 
+impl Payload {
+    /// The payload the handler gets for raw bytes, exactly as the Lambda path
+    /// (guard, then the runtime's JSON parsing) produces it.
+    pub fn from_bytes(body: &[u8], max_bytes: usize) -> Self {
+        if let Some(unreadable) = screen(body, max_bytes) {
+            return Self::Unreadable(unreadable);
+        }
+        serde_json::from_slice(body).unwrap_or_else(|err| {
+            Self::Unreadable(Unreadable::NotJson {
+                error: err.to_string(),
+            })
+        })
+    }
+}
+
 impl Input {
     /// Tells the shape and extracts the job. `default_job` is `RELAY_DEFAULT_JOB`.
     pub fn from_payload(payload: &Payload, default_job: Option<&Job>) -> Result<Self, InputError> {

@@ -20,6 +20,7 @@
 //! - [`destination`]: writing records to S3 with account B's credentials.
 //! - [`error`]: [`RelayError`] and its mapping to Lambda's error type.
 //! - [`relay`]: one invocation end to end; the Lambda runtime wiring.
+//! - [`cli`]: the same binary outside Lambda: `invoke` and `doctor`.
 //!
 //! `main.rs` only starts tracing, reads the config and serves. The local lab
 //! (`lab/`, a separate crate) emulates Bedrock and the Lambda Runtime API for
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod bedrock;
+pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod destination;

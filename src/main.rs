@@ -1,10 +1,17 @@
-//! The Lambda entry point: start tracing, read the configuration, build the
-//! clients once, serve events. Everything else lives in the library.
+//! The entry point: start tracing, then either serve Lambda events (started
+//! by the Lambda service, no arguments) or run the operator command line
+//! (`invoke`, `doctor`). Everything else lives in the library.
 
-use bedrock_relay::{Config, Relay};
+use bedrock_relay::{cli, Config, Relay};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !cli::under_lambda(&args) {
+        // Logs go to stderr so the command's own output (and `--json`) stays clean.
+        lambda_runtime::tracing::init_default_subscriber_with_writer(std::io::stderr);
+        std::process::exit(cli::run(&args).await);
+    }
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env().inspect_err(|err| {
         tracing::error!("invalid configuration, the function cannot start: {err}");

@@ -37,6 +37,12 @@ impl Relay {
     /// for STS and S3, RoleA's (through the identity cache) for Bedrock.
     pub async fn from_config(config: Config) -> Self {
         let base = aws_config::load_defaults(BehaviorVersion::latest()).await;
+        Self::from_sdk_config(config, &base)
+    }
+
+    /// [`Relay::from_config`] with an already loaded base configuration.
+    pub fn from_sdk_config(config: Config, base: &aws_config::SdkConfig) -> Self {
+        let base = base.clone();
         let sts = aws_sdk_sts::Client::new(&base);
         let bedrock = config
             .targets
@@ -70,6 +76,11 @@ impl Relay {
             bedrock,
             destination,
         }
+    }
+
+    /// Where records go.
+    pub fn destination(&self) -> &S3Destination {
+        &self.destination
     }
 
     /// Serves invocations from the Lambda Runtime API until the process ends.
