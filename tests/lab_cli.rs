@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use lab::stub::FixedResponse;
 use lab::{Lab, ACCOUNT_A};
 use serde_json::Value;
 
@@ -89,36 +88,35 @@ async fn doctor_passes_every_link_of_a_healthy_chain() {
     );
 }
 
-/// A role that may not be assumed and a destination that refuses writes each
-/// fail with the fix, and the exit code says so.
+/// With moto enforcing IAM, an execution role with no permissions can neither
+/// assume RoleA nor write the destination; the doctor fails both links with the
+/// fix, and the exit code says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_names_the_fix_for_each_broken_link() {
     let lab = Lab::start().await.expect("lab");
-    let sts = FixedResponse::denying_sts().await.expect("sts stub");
-    let s3 = FixedResponse::start(
-        403,
-        "application/xml",
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
-    )
-    .await
-    .expect("s3 stub");
-    let (sts_url, s3_url) = (sts.endpoint(), s3.endpoint());
+    lab.enforce_iam().await.expect("iam enforced");
     let (code, stdout) = run(
         &lab,
         &["doctor", "--json", "--model", "amazon.nova-lite-v1:0"],
-        &[
-            ("AWS_ENDPOINT_URL_STS", sts_url.as_str()),
-            ("AWS_ENDPOINT_URL_S3", s3_url.as_str()),
-        ],
+        &[],
     )
     .await;
     assert_eq!(code, 1, "{stdout}");
     let checks = checks(&stdout);
+    assert_eq!(
+        check(&checks, "identity")["ok"],
+        true,
+        "GetCallerIdentity needs no permission"
+    );
     let assume = check(&checks, "assume-role");
     assert_eq!(assume["ok"], false);
     let detail = assume["detail"].as_str().unwrap_or_default();
     assert!(
-        detail.contains("trust policy") && detail.contains("sts:AssumeRole"),
+        detail.contains("was denied") && detail.contains("trust policy"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("execution role must be allowed sts:AssumeRole"),
         "{detail}"
     );
     let destination = check(&checks, "destination");
@@ -131,6 +129,117 @@ async fn doctor_names_the_fix_for_each_broken_link() {
         "{detail}"
     );
     assert!(lab.bedrock.calls().is_empty());
+}
+
+/// With moto enforcing IAM and the execution role holding exactly the policy
+/// `template.yaml` gives it, every link passes: the template's least-privilege
+/// policy is enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_execution_role_policy_is_enough_for_the_whole_chain() {
+    let lab = Lab::start().await.expect("lab");
+    let policy = template_policy(
+        &lab.role_a_arn,
+        lab::BUCKET,
+        lab::PREFIX,
+        &["AssumeTargetRole", "WriteRecords"],
+    );
+    lab.grant_exec_role("from-template", &policy)
+        .await
+        .expect("granted");
+    lab.enforce_iam().await.expect("iam enforced");
+    let (code, stdout) = run(
+        &lab,
+        &["doctor", "--json", "--model", "amazon.nova-lite-v1:0"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}");
+    let event = Path::new(env!("CARGO_MANIFEST_DIR")).join("events/job-event.json");
+    let (code, stdout) = run(
+        &lab,
+        &[
+            "invoke",
+            "--event",
+            event.to_str().expect("utf-8"),
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}");
+
+    // A prefix outside the grant is refused.
+    let (code, stdout) = run(
+        &lab,
+        &["doctor", "--json", "--model", "amazon.nova-lite-v1:0"],
+        &[("RELAY_DESTINATION", "s3://relay-results/elsewhere/")],
+    )
+    .await;
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(check(&checks(&stdout), "destination")["ok"], false);
+}
+
+/// The statements `sids` of `template.yaml`'s execution-role policy, with the
+/// template's parameters filled in.
+fn template_policy(role_arn: &str, bucket: &str, prefix: &str, sids: &[&str]) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("template.yaml");
+    let template: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).expect("template")).expect("yaml");
+    let statements = template["Resources"]["ExecutionRole"]["Properties"]["Policies"][0]
+        ["PolicyDocument"]["Statement"]
+        .as_sequence()
+        .expect("statements")
+        .clone();
+    let params = [
+        ("TargetRoleArn", role_arn),
+        ("DestinationBucket", bucket),
+        ("DestinationPrefix", prefix),
+        ("AWS::Partition", "aws"),
+    ];
+    let resolve = |value: &serde_yaml::Value| -> Value {
+        match value {
+            serde_yaml::Value::Tagged(tagged) => {
+                let inner = tagged.value.as_str().expect("string argument");
+                match tagged.tag.to_string().as_str() {
+                    "!Ref" => Value::String(
+                        params
+                            .iter()
+                            .find(|(k, _)| *k == inner)
+                            .expect("known parameter")
+                            .1
+                            .to_owned(),
+                    ),
+                    "!Sub" => {
+                        let mut text = inner.to_owned();
+                        for (key, val) in params {
+                            text = text.replace(&format!("${{{key}}}"), val);
+                        }
+                        Value::String(text)
+                    }
+                    other => panic!("unexpected {other} in a statement the test uses"),
+                }
+            }
+            other => serde_json::to_value(other).expect("plain value"),
+        }
+    };
+    let chosen: Vec<Value> = statements
+        .iter()
+        .filter(|s| sids.iter().any(|sid| s["Sid"].as_str() == Some(sid)))
+        .map(|s| {
+            serde_json::json!({
+                "Sid": s["Sid"].as_str(),
+                "Effect": s["Effect"].as_str(),
+                "Action": serde_json::to_value(&s["Action"]).expect("actions"),
+                "Resource": resolve(&s["Resource"]),
+            })
+        })
+        .collect();
+    assert_eq!(
+        chosen.len(),
+        sids.len(),
+        "statements {sids:?} in template.yaml"
+    );
+    serde_json::json!({"Version": "2012-10-17", "Statement": chosen})
 }
 
 /// `invoke` runs an event file through the Lambda code path: same records,

@@ -219,6 +219,48 @@ impl Lab {
             .collect())
     }
 
+    /// Attaches an inline policy to the execution role (as account B's admin).
+    pub async fn grant_exec_role(&self, name: &str, policy: &Value) -> Result<(), LabError> {
+        let role_name = self
+            .exec_role_arn
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        self.moto
+            .query(
+                &self.admin_b,
+                "iam",
+                &[
+                    ("Action", "PutRolePolicy"),
+                    ("Version", "2010-05-08"),
+                    ("RoleName", &role_name),
+                    ("PolicyName", name),
+                    ("PolicyDocument", &policy.to_string()),
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Turns on moto's IAM enforcement (`INITIAL_NO_AUTH_ACTION_COUNT=0`): from
+    /// now on every call is checked against the caller's own identity policies
+    /// (the execution role's `sts:AssumeRole`, `s3:PutObject`, ...). Cross-account
+    /// trust policies are still not evaluated by moto. The lab's admin sessions
+    /// stop working too, so set everything up first.
+    pub async fn enforce_iam(&self) -> Result<(), LabError> {
+        let response = reqwest::Client::new()
+            .post(format!("{}/moto-api/reset-auth", self.moto.endpoint()))
+            .header("content-type", "text/plain")
+            .body("0")
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Err(LabError::Aws(format!("reset-auth: {}", response.status())));
+        }
+        Ok(())
+    }
+
     /// Adds another model account: RoleA in `account`, trusting the same
     /// execution role with the same ExternalId. Returns its ARN.
     pub async fn add_target_account(&self, account: &str) -> Result<String, LabError> {
