@@ -196,32 +196,6 @@ fn template_policy(role_arn: &str, bucket: &str, prefix: &str, sids: &[&str]) ->
         ("DestinationPrefix", prefix),
         ("AWS::Partition", "aws"),
     ];
-    let resolve = |value: &serde_yaml::Value| -> Value {
-        match value {
-            serde_yaml::Value::Tagged(tagged) => {
-                let inner = tagged.value.as_str().expect("string argument");
-                match tagged.tag.to_string().as_str() {
-                    "!Ref" => Value::String(
-                        params
-                            .iter()
-                            .find(|(k, _)| *k == inner)
-                            .expect("known parameter")
-                            .1
-                            .to_owned(),
-                    ),
-                    "!Sub" => {
-                        let mut text = inner.to_owned();
-                        for (key, val) in params {
-                            text = text.replace(&format!("${{{key}}}"), val);
-                        }
-                        Value::String(text)
-                    }
-                    other => panic!("unexpected {other} in a statement the test uses"),
-                }
-            }
-            other => serde_json::to_value(other).expect("plain value"),
-        }
-    };
     let chosen: Vec<Value> = statements
         .iter()
         .filter(|s| sids.iter().any(|sid| s["Sid"].as_str() == Some(sid)))
@@ -230,7 +204,7 @@ fn template_policy(role_arn: &str, bucket: &str, prefix: &str, sids: &[&str]) ->
                 "Sid": s["Sid"].as_str(),
                 "Effect": s["Effect"].as_str(),
                 "Action": serde_json::to_value(&s["Action"]).expect("actions"),
-                "Resource": resolve(&s["Resource"]),
+                "Resource": resolve(&s["Resource"], &params),
             })
         })
         .collect();
@@ -240,6 +214,36 @@ fn template_policy(role_arn: &str, bucket: &str, prefix: &str, sids: &[&str]) ->
         "statements {sids:?} in template.yaml"
     );
     serde_json::json!({"Version": "2012-10-17", "Statement": chosen})
+}
+
+/// Evaluates the intrinsics the policy statements use, with every condition
+/// false (no optional parameters given).
+fn resolve(value: &serde_yaml::Value, params: &[(&str, &str)]) -> Value {
+    let serde_yaml::Value::Tagged(tagged) = value else {
+        return serde_json::to_value(value).expect("plain value");
+    };
+    match tagged.tag.to_string().as_str() {
+        "!Ref" => {
+            let name = tagged.value.as_str().expect("parameter name");
+            Value::String(
+                params
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .expect("known parameter")
+                    .1
+                    .to_owned(),
+            )
+        }
+        "!Sub" => {
+            let mut text = tagged.value.as_str().expect("template").to_owned();
+            for (key, val) in params {
+                text = text.replace(&format!("${{{key}}}"), val);
+            }
+            Value::String(text)
+        }
+        "!If" => resolve(&tagged.value[2], params),
+        other => panic!("unexpected {other} in a statement the test uses"),
+    }
 }
 
 /// `invoke` runs an event file through the Lambda code path: same records,

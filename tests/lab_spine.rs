@@ -716,3 +716,37 @@ async fn moto_session_count(bench: &Bench) -> usize {
         .expect("sessions")
         .len()
 }
+
+/// Cross-region inference-profile IDs and ARNs reach Bedrock as given (ARNs
+/// percent-encoded in the path), and allowlists can name them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_profile_ids_and_arns_are_accepted() {
+    let allowed = "us.amazon.nova-*,arn:aws:bedrock:us-east-1:111111111111:inference-profile/*";
+    let bench = Bench::start(&[("RELAY_ALLOWED_MODELS", allowed)]).await;
+    let arn = "arn:aws:bedrock:us-east-1:111111111111:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0";
+    for (id, model) in [
+        ("profile-id", "us.amazon.nova-lite-v1:0"),
+        ("profile-arn", arn),
+    ] {
+        let job = json!({"id": id, "model": model, "prompt": "hi"});
+        let outcome = bench
+            .invoke_bytes(job.to_string().into_bytes(), TIMEOUT)
+            .await;
+        assert!(
+            matches!(outcome, Outcome::Response { .. }),
+            "{model}: {outcome:?}"
+        );
+        assert_eq!(bench.record(id).await["model"], model);
+    }
+    let models: Vec<String> = bench
+        .lab
+        .bedrock
+        .calls()
+        .iter()
+        .map(|c| c.model_id.clone())
+        .collect();
+    assert_eq!(
+        models,
+        vec!["us.amazon.nova-lite-v1:0".to_owned(), arn.to_owned()]
+    );
+}
