@@ -232,8 +232,37 @@ impl Bedrock {
         job: &ResolvedJob,
         budget: Duration,
     ) -> Result<ModelReply, BedrockError> {
+        self.converse_with(job, budget, None).await
+    }
+
+    /// One attempt only: for pools, where a throttled or failing member hands
+    /// the work to the next one instead of backing off.
+    pub async fn converse_once(
+        &self,
+        job: &ResolvedJob,
+        budget: Duration,
+    ) -> Result<ModelReply, BedrockError> {
+        self.converse_with(
+            job,
+            budget,
+            Some(RetryConfig::standard().with_max_attempts(1)),
+        )
+        .await
+    }
+
+    async fn converse_with(
+        &self,
+        job: &ResolvedJob,
+        budget: Duration,
+        retry: Option<RetryConfig>,
+    ) -> Result<ModelReply, BedrockError> {
         let started = Instant::now();
         let timeout = TimeoutConfig::builder().operation_timeout(budget).build();
+        let mut overrides =
+            aws_sdk_bedrockruntime::config::Builder::default().timeout_config(timeout);
+        if let Some(retry) = retry {
+            overrides = overrides.retry_config(retry);
+        }
         let result = self
             .client
             .converse()
@@ -259,9 +288,7 @@ impl Bedrock {
                     .build()
             }))
             .customize()
-            .config_override(
-                aws_sdk_bedrockruntime::config::Builder::default().timeout_config(timeout),
-            )
+            .config_override(overrides)
             .send()
             .await;
         let call_latency_ms = started.elapsed().as_millis();

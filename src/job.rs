@@ -57,8 +57,9 @@ pub struct Job {
     pub id: Option<String>,
     /// Model ID, inference-profile ID or ARN; defaults to `RELAY_DEFAULT_MODEL`.
     pub model: Option<String>,
-    /// The target alias (from `RELAY_TARGETS`); defaults to `default`.
-    pub target: Option<String>,
+    /// The target alias (from `RELAY_TARGETS`), or a list of aliases to pool;
+    /// defaults to `default`.
+    pub target: Option<TargetChoice>,
     /// One user message (exclusive with `messages`).
     pub prompt: Option<String>,
     /// A Converse conversation (exclusive with `prompt`).
@@ -69,6 +70,16 @@ pub struct Job {
     pub inference: Option<Inference>,
     /// Copied unchanged into the result record.
     pub metadata: Option<Map<String, Value>>,
+}
+
+/// A job's `target`: one alias, or several to spread work over.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum TargetChoice {
+    /// One target alias.
+    One(String),
+    /// A pool of target aliases.
+    Pool(Vec<String>),
 }
 
 /// A Converse message, as Bedrock defines it.
@@ -163,8 +174,8 @@ pub struct ResolvedJob {
     pub id: String,
     /// The model, inference profile or ARN to call.
     pub model: String,
-    /// The target alias asked for, if any.
-    pub target: Option<String>,
+    /// The target aliases asked for, in order: one, a pool, or none (the default).
+    pub targets: Vec<String>,
     /// The conversation sent to Converse.
     pub messages: Vec<Message>,
     /// System prompt blocks.
@@ -257,7 +268,16 @@ impl Job {
         Ok(ResolvedJob {
             id,
             model,
-            target: self.target.clone(),
+            targets: match &self.target {
+                None => Vec::new(),
+                Some(TargetChoice::One(alias)) => vec![alias.clone()],
+                Some(TargetChoice::Pool(aliases)) => {
+                    if aliases.is_empty() {
+                        return Err(JobError::field("target", "an empty list names no target"));
+                    }
+                    aliases.clone()
+                }
+            },
             messages,
             system,
             inference: self.inference.clone(),

@@ -4,8 +4,9 @@
 //! owns the clients, so credentials and connections stay warm between events.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_config::BehaviorVersion;
 use lambda_runtime::layers::TracingLayer;
@@ -13,15 +14,53 @@ use lambda_runtime::{service_fn, Context, Diagnostic, LambdaEvent, Runtime};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use crate::bedrock::{Bedrock, BedrockError};
+use crate::bedrock::{Bedrock, BedrockError, ModelReply};
 use crate::config::Config;
 use crate::destination::S3Destination;
 use crate::error::RelayError;
 use crate::input::{Envelope, Input, Payload, PayloadGuardLayer};
+use crate::job::ResolvedJob;
 use crate::record::{now_rfc3339, Record, Status};
+use crate::target::Target;
 
 /// Below this, a model call cannot be worth starting.
 const MIN_MODEL_BUDGET: Duration = Duration::from_millis(250);
+/// First wait when every pool member is throttled; doubles up to the max.
+const POOL_INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const POOL_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a throttled member is tried after the others.
+const POOL_COOL_DOWN: Duration = Duration::from_secs(2);
+
+/// Which pool members were throttled lately, shared by the invocations of a
+/// warm function so the next job starts on an account with headroom.
+#[derive(Debug, Default)]
+struct PoolState {
+    next: AtomicUsize,
+    cooling_until: Mutex<HashMap<String, Instant>>,
+}
+
+impl PoolState {
+    fn cool(&self, alias: &str) {
+        if let Ok(mut cooling) = self.cooling_until.lock() {
+            cooling.insert(alias.to_owned(), Instant::now() + POOL_COOL_DOWN);
+        }
+    }
+
+    fn clear(&self, alias: &str) {
+        if let Ok(mut cooling) = self.cooling_until.lock() {
+            cooling.remove(alias);
+        }
+    }
+
+    /// Members not cooling keep their order and come first.
+    fn sort_coolest_first(&self, order: &mut [&Target]) {
+        let now = Instant::now();
+        let Ok(cooling) = self.cooling_until.lock() else {
+            return;
+        };
+        order.sort_by_key(|t| cooling.get(&t.alias).is_some_and(|until| *until > now));
+    }
+}
 
 /// The function's state across invocations.
 #[derive(Debug, Clone)]
@@ -30,6 +69,7 @@ pub struct Relay {
     /// One RoleA-signed client per target alias, each with its own credentials cache.
     bedrock: HashMap<String, Bedrock>,
     destination: S3Destination,
+    pool: Arc<PoolState>,
 }
 
 impl Relay {
@@ -75,6 +115,7 @@ impl Relay {
             config: Arc::new(config),
             bedrock,
             destination,
+            pool: Arc::default(),
         }
     }
 
@@ -161,29 +202,18 @@ impl Relay {
         record.model = Some(job.model.clone());
         record.metadata = job.metadata.clone();
 
-        // The target and model are checked before any STS or Bedrock call.
-        let target = match self
-            .config
-            .targets
-            .select(job.target.as_deref(), &job.model)
-        {
-            Ok(target) => target,
+        // The targets and model are checked before any STS or Bedrock call.
+        let pool = match self.config.targets.select_pool(&job.targets, &job.model) {
+            Ok(pool) => pool,
             Err(err) => return self.fail(record, err.into()).await,
         };
-        record.target = Some(target.to_record());
-        let Some(bedrock) = self.bedrock.get(&target.alias) else {
-            // Built from the same configuration at cold start; cannot be missing.
-            let err =
-                crate::target::TargetError::Unknown(target.alias.clone(), "none built".into());
-            return self.fail(record, err.into()).await;
-        };
-
+        let aliases: Vec<&str> = pool.iter().map(|t| t.alias.as_str()).collect();
         let span = tracing::info_span!(
             "job",
             job_id = %job.id,
             model = %job.model,
-            target = %target.alias,
-            target_account = %target.role.account,
+            target = %aliases.join(","),
+            target_account = %pool.iter().map(|t| t.role.account.as_str()).collect::<Vec<_>>().join(","),
             shape = ?input.shape,
         );
         async move {
@@ -191,15 +221,9 @@ impl Relay {
             if self.config.log_content {
                 tracing::info!(messages = ?job.messages, system = ?job.system, "job content (RELAY_LOG_CONTENT)");
             }
-            let Some(budget) = self.model_budget(ctx) else {
-                let left_ms = remaining(ctx).as_millis();
-                let err = BedrockError::Deadline {
-                    model: job.model.clone(),
-                    left_ms,
-                };
-                return self.fail(record, err.into()).await;
-            };
-            let reply = match bedrock.converse(&job, budget).await {
+            let (served_by, result) = self.call_pool(&job, &pool, ctx).await;
+            record.target = Some(served_by.to_record());
+            let reply = match result {
                 Ok(reply) => reply,
                 Err(err) => return self.fail(record, err.into()).await,
             };
@@ -226,6 +250,80 @@ impl Relay {
         }
         .instrument(span)
         .await
+    }
+
+    /// Runs the job on its target, or spreads it over a pool: members are tried
+    /// in turn (starting at a rotating member, those recently throttled last),
+    /// one attempt each, so a throttled or failing account hands the work to the
+    /// next at once instead of backing off. Only when every member is throttled
+    /// does it wait (full jitter, doubling) and go round again, within the
+    /// deadline. Returns the target that served (or last failed) with the result.
+    async fn call_pool<'t>(
+        &self,
+        job: &ResolvedJob,
+        pool: &[&'t Target],
+        ctx: &Context,
+    ) -> (&'t Target, Result<ModelReply, BedrockError>) {
+        let deadline = |target: &'t Target| {
+            let left_ms = remaining(ctx).as_millis();
+            (
+                target,
+                Err(BedrockError::Deadline {
+                    model: job.model.clone(),
+                    left_ms,
+                }),
+            )
+        };
+        let first = pool[0];
+        if pool.len() == 1 {
+            let Some(budget) = self.model_budget(ctx) else {
+                return deadline(first);
+            };
+            return (first, self.bedrock_for(first).converse(job, budget).await);
+        }
+        let mut order: Vec<&'t Target> = pool.to_vec();
+        order.rotate_left(self.pool.next.fetch_add(1, Ordering::Relaxed) % pool.len());
+        let mut backoff = POOL_INITIAL_BACKOFF;
+        loop {
+            self.pool.sort_coolest_first(&mut order);
+            let mut last = None;
+            for target in &order {
+                let Some(budget) = self.model_budget(ctx) else {
+                    return deadline(target);
+                };
+                match self.bedrock_for(target).converse_once(job, budget).await {
+                    Ok(reply) => {
+                        self.pool.clear(&target.alias);
+                        return (target, Ok(reply));
+                    }
+                    Err(
+                        err @ (BedrockError::Throttled { .. } | BedrockError::Unavailable { .. }),
+                    ) => {
+                        tracing::warn!(target = %target.alias, error = %err, "pool member could not serve; trying the next");
+                        self.pool.cool(&target.alias);
+                        last = Some((*target, err));
+                    }
+                    Err(err) => return (target, Err(err)),
+                }
+            }
+            let Some((target, err)) = last else {
+                return deadline(first);
+            };
+            let wait = backoff.mul_f64(fastrand::f64());
+            let enough_time = self
+                .model_budget(ctx)
+                .is_some_and(|budget| budget > wait + MIN_MODEL_BUDGET);
+            if !enough_time {
+                return (target, Err(err));
+            }
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(POOL_MAX_BACKOFF);
+        }
+    }
+
+    fn bedrock_for(&self, target: &Target) -> &Bedrock {
+        // One client per configured target is built at cold start.
+        &self.bedrock[&target.alias]
     }
 
     /// Time for the model call: what is left before the deadline, less the

@@ -196,6 +196,28 @@ impl Targets {
     }
 }
 
+impl Targets {
+    /// The targets of a job: its aliases in order (duplicates dropped), or the
+    /// default when it names none. Every one must exist and allow `model`.
+    pub fn select_pool(
+        &self,
+        requested: &[String],
+        model: &str,
+    ) -> Result<Vec<&Target>, TargetError> {
+        if requested.is_empty() {
+            return Ok(vec![self.select(None, model)?]);
+        }
+        let mut pool: Vec<&Target> = Vec::with_capacity(requested.len());
+        for alias in requested {
+            let target = self.select(Some(alias), model)?;
+            if !pool.iter().any(|t| t.alias == target.alias) {
+                pool.push(target);
+            }
+        }
+        Ok(pool)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +303,27 @@ mod tests {
             msg.contains("RELAY_ALLOWED_MODELS") && msg.contains("anthropic.*"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn pools_keep_order_drop_duplicates_and_check_every_member() {
+        let t = targets();
+        let pool = t
+            .select_pool(
+                &["research".into(), "default".into(), "research".into()],
+                "anthropic.claude-v2",
+            )
+            .expect("pool");
+        let aliases: Vec<&str> = pool.iter().map(|t| t.alias.as_str()).collect();
+        assert_eq!(aliases, vec!["research", "default"]);
+        assert_eq!(t.select_pool(&[], "m").expect("default").len(), 1);
+        let err = t
+            .select_pool(
+                &["default".into(), "research".into()],
+                "amazon.nova-lite-v1:0",
+            )
+            .expect_err("research refuses");
+        assert_eq!(err.code(), "ModelNotAllowed");
     }
 
     #[test]

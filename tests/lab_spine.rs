@@ -750,3 +750,89 @@ async fn inference_profile_ids_and_arns_are_accepted() {
         vec!["us.amazon.nova-lite-v1:0".to_owned(), arn.to_owned()]
     );
 }
+
+/// Jobs naming a pool of targets spread over the accounts, and a throttled
+/// account hands work to the other at once: with a per-account quota, a pool
+/// of two serves twice what one account serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_spread_work_and_move_off_throttled_accounts() {
+    const QUOTA: u32 = 4;
+    const JOBS: usize = 8;
+    async fn run(pool: bool) -> (usize, Vec<Option<String>>, Duration) {
+        let lab = Lab::start().await.expect("lab");
+        let research_role = lab
+            .add_target_account("333333333333")
+            .await
+            .expect("second account");
+        let targets =
+            json!({"research": {"role_arn": research_role, "external_id": lab::EXTERNAL_ID}})
+                .to_string();
+        let bench = Bench::start_in(
+            lab,
+            &[
+                ("RELAY_TARGETS", targets.as_str()),
+                ("RELAY_MAX_ATTEMPTS", "2"),
+            ],
+        )
+        .await;
+        bench.lab.bedrock.set_knobs(Knobs {
+            quota_rpm: Some(QUOTA),
+            ..Knobs::default()
+        });
+        let target = if pool {
+            json!(["default", "research"])
+        } else {
+            json!("default")
+        };
+        let started = std::time::Instant::now();
+        let mut served = 0;
+        for i in 0..JOBS {
+            let job = json!({"id": format!("p-{i}"), "target": target, "model": "amazon.nova-lite-v1:0", "prompt": "hi"});
+            if let Outcome::Response { .. } = bench
+                .invoke_bytes(job.to_string().into_bytes(), TIMEOUT)
+                .await
+            {
+                served += 1;
+            }
+        }
+        let elapsed = started.elapsed();
+        let accounts = bench
+            .lab
+            .bedrock
+            .calls()
+            .into_iter()
+            .filter(|c| c.status == 200)
+            .map(|c| c.account)
+            .collect();
+        (served, accounts, elapsed)
+    }
+
+    let (single, single_accounts, single_time) = run(false).await;
+    let (pooled, pooled_accounts, pooled_time) = run(true).await;
+    println!(
+        "quota {QUOTA}/min per account, {JOBS} jobs: one account served {single} in {single_time:?}, \
+         a pool of two served {pooled} in {pooled_time:?}; ratio {:.2}",
+        pooled as f64 / single as f64
+    );
+    assert_eq!(
+        single, QUOTA as usize,
+        "one account serves its quota, the rest are throttled"
+    );
+    assert!(single_accounts
+        .iter()
+        .all(|a| a.as_deref() == Some(ACCOUNT_A)));
+    assert_eq!(pooled, JOBS, "the pool serves every job");
+    let in_a = pooled_accounts
+        .iter()
+        .filter(|a| a.as_deref() == Some(ACCOUNT_A))
+        .count();
+    let in_c = pooled_accounts
+        .iter()
+        .filter(|a| a.as_deref() == Some("333333333333"))
+        .count();
+    assert_eq!(
+        (in_a, in_c),
+        (QUOTA as usize, QUOTA as usize),
+        "work spread over both accounts"
+    );
+}
