@@ -3,6 +3,8 @@
 //! - `bedrock-relay invoke --event FILE [--timeout SECS] [--json]` runs one
 //!   event through exactly the Lambda code path (payload guard, handler,
 //!   record) with the caller's credentials.
+//! - `bedrock-relay trail [--since 1h] [--json]` pairs account B's
+//!   `AssumeRole` events with each target account's Bedrock events.
 //! - `bedrock-relay doctor [--target ALIAS] [--model ID] [--json]` walks the
 //!   chain link by link and prints each with pass/fail and the fix: identity in
 //!   account B, AssumeRole into each target, identity in account A, a 1-token
@@ -35,6 +37,7 @@ pub const EXIT_USAGE: i32 = 2;
 const USAGE: &str = "usage:
   bedrock-relay invoke --event FILE [--timeout SECS] [--json]
   bedrock-relay doctor [--target ALIAS] [--model MODEL_ID] [--json]
+  bedrock-relay trail [--since 1h] [--json]
 Reads the same RELAY_* environment as the Lambda function.";
 
 /// Runs the command line; returns the process exit code.
@@ -58,6 +61,14 @@ pub async fn run(args: &[String]) -> i32 {
             invoke(&file, timeout, json_output).await
         }
         Some("doctor") => doctor(flag("--target"), flag("--model"), json_output).await,
+        Some("trail") => {
+            let since = flag("--since").unwrap_or_else(|| "1h".into());
+            let Some(seconds) = crate::trail::parse_since(&since) else {
+                eprintln!("--since takes minutes, hours or days: 30m, 1h, 2d");
+                return EXIT_USAGE;
+            };
+            trail(seconds, json_output).await
+        }
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
             EXIT_OK
@@ -285,6 +296,77 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
         EXIT_FAILED
     }
 }
+
+async fn trail(seconds: u64, json_output: bool) -> i32 {
+    use aws_sdk_cloudtrail::types::LookupAttributeKey;
+
+    let config = match load_config() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let base = aws_config::load_defaults(BehaviorVersion::latest()).await;
+    let start = aws_smithy_types::DateTime::from(SystemTime::now() - Duration::from_secs(seconds));
+    let trail_b = aws_sdk_cloudtrail::Client::new(&base);
+    let assume_events = match crate::trail::lookup(
+        &trail_b,
+        LookupAttributeKey::EventName,
+        "AssumeRole",
+        start,
+        MAX_TRAIL_PAGES,
+    )
+    .await
+    {
+        Ok(events) => events,
+        Err(err) => {
+            eprintln!("account B: {err}");
+            return EXIT_FAILED;
+        }
+    };
+    let sts = aws_sdk_sts::Client::new(&base);
+    let mut model_events = Vec::new();
+    let mut problems = Vec::new();
+    for target in config.targets.iter() {
+        // Each target's trail is read with RoleA's credentials, in its region.
+        let provider = AssumeRoleProvider::new(sts.clone(), target.clone());
+        let client = aws_sdk_cloudtrail::Client::from_conf(
+            aws_sdk_cloudtrail::config::Builder::from(&base)
+                .credentials_provider(provider)
+                .region(aws_config::Region::new(target.region.clone()))
+                .build(),
+        );
+        match crate::trail::lookup(
+            &client,
+            LookupAttributeKey::EventSource,
+            "bedrock.amazonaws.com",
+            start,
+            MAX_TRAIL_PAGES,
+        )
+        .await
+        {
+            Ok(events) => model_events.extend(events),
+            Err(err) => problems.push(format!("target `{}`: {err}", target.alias)),
+        }
+    }
+    let roles: Vec<String> = config.targets.iter().map(|t| t.role.arn.clone()).collect();
+    let report = crate::trail::pair(&assume_events, &model_events, &roles);
+    if json_output {
+        println!("{}", json!({"report": report, "problems": problems}));
+    } else {
+        print!("{}", crate::trail::render(&report));
+        for problem in &problems {
+            println!("could not read: {problem}");
+        }
+    }
+    if problems.is_empty() && report.failures == 0 {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
+}
+
+/// LookupEvents serves 50 events a page at 2 requests a second: enough for an
+/// hour of a busy relay without running for minutes.
+const MAX_TRAIL_PAGES: usize = 40;
 
 async fn identity_in_b(base: &SdkConfig) -> Check {
     match aws_sdk_sts::Client::new(base).get_caller_identity().send().await {

@@ -20,7 +20,9 @@
 //! - [`destination`]: writing records to S3 with account B's credentials.
 //! - [`error`]: [`RelayError`] and its mapping to Lambda's error type.
 //! - [`relay`]: one invocation end to end; the Lambda runtime wiring.
-//! - [`cli`]: the same binary outside Lambda: `invoke` and `doctor`.
+//! - [`cli`]: the same binary outside Lambda: `invoke`, `doctor`, `trail`.
+//! - [`trail`]: pairing account B's AssumeRole events with the target
+//!   accounts' Bedrock events from CloudTrail.
 //!
 //! `main.rs` only starts tracing, reads the config and serves. The local lab
 //! (`lab/`, a separate crate) emulates Bedrock and the Lambda Runtime API for
@@ -39,6 +41,7 @@ pub mod job;
 pub mod record;
 pub mod relay;
 pub mod target;
+pub mod trail;
 
 pub use config::Config;
 pub use error::RelayError;
