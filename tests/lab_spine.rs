@@ -507,13 +507,31 @@ async fn invalid_config_fails_init_naming_the_variable() {
 /// credentials or prompt/output text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_structured_and_hold_no_secrets_or_text() {
-    let bench = Bench::start(&[
-        ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
-        ("AWS_LAMBDA_LOG_LEVEL", "debug"),
-    ])
+    let lab = Lab::start().await.expect("lab");
+    let research_role = lab
+        .add_target_account("333333333333")
+        .await
+        .expect("second account");
+    let targets = json!({"research": {"role_arn": research_role, "external_id": lab::EXTERNAL_ID}})
+        .to_string();
+    let bench = Bench::start_in(
+        lab,
+        &[
+            ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+            ("AWS_LAMBDA_LOG_LEVEL", "debug"),
+            ("RELAY_TARGETS", targets.as_str()),
+        ],
+    )
     .await;
     assert!(matches!(
         bench.invoke("job-event.json").await,
+        Outcome::Response { .. }
+    ));
+    let research_job = json!({"id": "r-logs", "target": ["research", "default"], "model": "amazon.nova-lite-v1:0", "prompt": "secret plans"});
+    assert!(matches!(
+        bench
+            .invoke_bytes(research_job.to_string().into_bytes(), TIMEOUT)
+            .await,
         Outcome::Response { .. }
     ));
     assert!(matches!(
@@ -550,7 +568,12 @@ async fn logs_are_structured_and_hold_no_secrets_or_text() {
             .unwrap_or_default()
             .to_owned(),
     ];
-    for session in bench.lab.role_a_sessions().await.expect("sessions") {
+    let sessions = bench.lab.moto.sessions().all().await.expect("sessions");
+    assert!(
+        sessions.iter().any(|s| s.role_arn == research_role),
+        "the second target was assumed"
+    );
+    for session in sessions {
         secrets.push(session.secret_access_key);
         secrets.push(session.session_token);
     }
