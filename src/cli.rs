@@ -145,6 +145,9 @@ struct Check {
     check: String,
     target: Option<String>,
     ok: bool,
+    /// Not run (nothing to run it with); does not fail the doctor.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    skipped: bool,
     detail: String,
 }
 
@@ -179,6 +182,7 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
                     check: "assume-role".into(),
                     target: alias.clone(),
                     ok: true,
+                    skipped: false,
                     detail: format!(
                         "assumed {} (ExternalId {}, SourceIdentity {}, {} s)",
                         target.role.arn,
@@ -200,6 +204,7 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
                     check: "assume-role".into(),
                     target: alias,
                     ok: false,
+                    skipped: false,
                     detail,
                 });
                 continue;
@@ -216,12 +221,14 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
                 check: "identity-in-target".into(),
                 target: alias.clone(),
                 ok: true,
+                skipped: false,
                 detail: format!("acting as {}", identity.arn().unwrap_or("?")),
             },
             Ok(identity) => Check {
                 check: "identity-in-target".into(),
                 target: alias.clone(),
                 ok: false,
+                skipped: false,
                 detail: format!(
                     "the assumed session acts in account {}, not {}: check RELAY_ROLE_ARN / RELAY_TARGETS",
                     identity.account().unwrap_or("?"),
@@ -232,6 +239,7 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
                 check: "identity-in-target".into(),
                 target: alias.clone(),
                 ok: false,
+                skipped: false,
                 detail: format!("sts:GetCallerIdentity with RoleA's credentials failed: {}", describe(&err)),
             },
         });
@@ -249,8 +257,9 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
             None => Check {
                 check: "model".into(),
                 target: alias.clone(),
-                ok: false,
-                detail: "no model to try: pass --model or set RELAY_DEFAULT_MODEL".into(),
+                ok: true,
+                skipped: true,
+                detail: "skipped: no model to try; pass --model or set RELAY_DEFAULT_MODEL".into(),
             },
             Some(model_id) => model_check(&base, &sts, target, &config, &model_id).await,
         });
@@ -262,12 +271,14 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
             check: "destination".into(),
             target: None,
             ok: true,
+            skipped: false,
             detail: format!("wrote {uri}"),
         },
         Err(err) => Check {
             check: "destination".into(),
             target: None,
             ok: false,
+            skipped: false,
             detail: err.to_string(),
         },
     });
@@ -284,7 +295,11 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
                 .unwrap_or_default();
             println!(
                 "{} {}{target}: {}",
-                if check.ok { "PASS" } else { "FAIL" },
+                match (check.ok, check.skipped) {
+                    (_, true) => "SKIP",
+                    (true, false) => "PASS",
+                    (false, false) => "FAIL",
+                },
                 check.check,
                 check.detail
             );
@@ -374,12 +389,14 @@ async fn identity_in_b(base: &SdkConfig) -> Check {
             check: "identity".into(),
             target: None,
             ok: true,
+            skipped: false,
             detail: format!("calling as {} in account {}", identity.arn().unwrap_or("?"), identity.account().unwrap_or("?")),
         },
         Err(err) => Check {
             check: "identity".into(),
             target: None,
             ok: false,
+            skipped: false,
             detail: format!(
                 "no usable credentials in account B ({}): run with the execution role's or an admin's credentials",
                 describe(&err)
@@ -401,6 +418,7 @@ async fn model_check(
             check: "model".into(),
             target: alias,
             ok: false,
+            skipped: false,
             detail: format!("`{model_id}` is not in RELAY_ALLOWED_MODELS for this target"),
         };
     }
@@ -413,6 +431,7 @@ async fn model_check(
                 check: "model".into(),
                 target: alias,
                 ok: false,
+                skipped: false,
                 detail: err.to_string(),
             }
         }
@@ -427,6 +446,7 @@ async fn model_check(
             check: "model".into(),
             target: alias,
             ok: true,
+            skipped: false,
             detail: format!(
                 "`{model_id}` answered in {} ms ({} output token)",
                 reply.call_latency_ms, reply.usage.output_tokens
@@ -436,6 +456,7 @@ async fn model_check(
             check: "model".into(),
             target: alias,
             ok: false,
+            skipped: false,
             detail: err.to_string(),
         },
     }
