@@ -6,6 +6,7 @@
 //! call, retries included, by the time left before the Lambda deadline, and
 //! classifies what is left when the SDK gives up.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_config::identity::IdentityCache;
@@ -29,6 +30,7 @@ use crate::credentials::{
     find_assume_role_error, AssumeRoleError, AssumeRoleProvider, REFRESH_BEFORE_EXPIRY,
 };
 use crate::job::{decode_media, ContentBlock, MediaBlock, ResolvedJob, Role};
+use crate::metrics::{AttemptCounter, CallStats};
 use crate::target::Target;
 
 /// A Bedrock call that did not produce an answer, with which side to fix.
@@ -232,7 +234,8 @@ impl Bedrock {
         job: &ResolvedJob,
         budget: Duration,
     ) -> Result<ModelReply, BedrockError> {
-        self.converse_with(job, budget, None).await
+        self.converse_counted(job, budget, false, &Arc::default())
+            .await
     }
 
     /// One attempt only: for pools, where a throttled or failing member hands
@@ -242,24 +245,25 @@ impl Bedrock {
         job: &ResolvedJob,
         budget: Duration,
     ) -> Result<ModelReply, BedrockError> {
-        self.converse_with(
-            job,
-            budget,
-            Some(RetryConfig::standard().with_max_attempts(1)),
-        )
-        .await
+        self.converse_counted(job, budget, true, &Arc::default())
+            .await
     }
 
-    async fn converse_with(
+    /// [`Bedrock::converse`] (or, with `once`, [`Bedrock::converse_once`]) that
+    /// adds its attempts and throttled attempts to `stats`.
+    pub async fn converse_counted(
         &self,
         job: &ResolvedJob,
         budget: Duration,
-        retry: Option<RetryConfig>,
+        once: bool,
+        stats: &Arc<CallStats>,
     ) -> Result<ModelReply, BedrockError> {
         let started = Instant::now();
         let timeout = TimeoutConfig::builder().operation_timeout(budget).build();
-        let mut overrides =
-            aws_sdk_bedrockruntime::config::Builder::default().timeout_config(timeout);
+        let mut overrides = aws_sdk_bedrockruntime::config::Builder::default()
+            .timeout_config(timeout)
+            .interceptor(AttemptCounter(Arc::clone(stats)));
+        let retry = once.then(|| RetryConfig::standard().with_max_attempts(1));
         if let Some(retry) = retry {
             overrides = overrides.retry_config(retry);
         }

@@ -100,7 +100,7 @@ async fn invoke(file: &str, timeout: Duration, json_output: bool) -> i32 {
         }
     };
     let payload = Payload::from_bytes(&body, config.max_event_bytes);
-    let relay = Relay::from_config(config).await;
+    let relay = Relay::from_config(config).await.without_metrics();
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

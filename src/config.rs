@@ -72,6 +72,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// Log prompt and output text (`RELAY_LOG_CONTENT`); off by default.
     pub log_content: bool,
+    /// CloudWatch EMF namespace (`RELAY_METRICS_NAMESPACE`).
+    pub metrics_namespace: String,
 }
 
 impl Config {
@@ -278,6 +280,8 @@ impl Config {
                 DEFAULT_MAX_EVENT_BYTES as u64,
             )? as usize,
             log_content: parse_bool(get("RELAY_LOG_CONTENT"), "RELAY_LOG_CONTENT")?,
+            metrics_namespace: get("RELAY_METRICS_NAMESPACE")
+                .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
         })
     }
 }

@@ -17,6 +17,7 @@
 //!   credentials provider under the SDK's identity cache.
 //! - [`bedrock`]: the RoleA-signed Bedrock client, Converse, error classes.
 //! - [`record`]: the result/error record.
+//! - [`metrics`]: CloudWatch EMF metrics, one line per job.
 //! - [`destination`]: writing records to S3 with account B's credentials.
 //! - [`error`]: [`RelayError`] and its mapping to Lambda's error type.
 //! - [`relay`]: one invocation end to end; the Lambda runtime wiring.
@@ -38,6 +39,7 @@ pub mod destination;
 pub mod error;
 pub mod input;
 pub mod job;
+pub mod metrics;
 pub mod record;
 pub mod relay;
 pub mod target;

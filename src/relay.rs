@@ -20,6 +20,7 @@ use crate::destination::S3Destination;
 use crate::error::RelayError;
 use crate::input::{Envelope, Input, Payload, PayloadGuardLayer};
 use crate::job::ResolvedJob;
+use crate::metrics::{self, CallStats, JobMetrics};
 use crate::record::{now_rfc3339, Record, Status};
 use crate::target::Target;
 
@@ -70,6 +71,8 @@ pub struct Relay {
     bedrock: HashMap<String, Bedrock>,
     destination: S3Destination,
     pool: Arc<PoolState>,
+    /// EMF namespace; `None` writes no metrics.
+    metrics_namespace: Option<String>,
 }
 
 impl Relay {
@@ -112,11 +115,46 @@ impl Relay {
         destination: S3Destination,
     ) -> Self {
         Self {
+            metrics_namespace: Some(config.metrics_namespace.clone()),
             config: Arc::new(config),
             bedrock,
             destination,
             pool: Arc::default(),
         }
+    }
+
+    /// Stops the relay writing EMF metric lines to stdout (the CLI's stdout is
+    /// its own output).
+    pub fn without_metrics(mut self) -> Self {
+        self.metrics_namespace = None;
+        self
+    }
+
+    fn emit_metrics(
+        &self,
+        record: &Record,
+        error_type: Option<&str>,
+        reply: Option<&ModelReply>,
+        stats: &CallStats,
+    ) {
+        let Some(namespace) = &self.metrics_namespace else {
+            return;
+        };
+        metrics::emit(
+            namespace,
+            &JobMetrics {
+                target: record
+                    .target
+                    .as_ref()
+                    .map_or_else(|| "none".into(), |t| t.alias.clone()),
+                model: record.model.clone().unwrap_or_else(|| "none".into()),
+                error_type: error_type.map(str::to_owned),
+                usage: reply.map(|r| r.usage),
+                model_latency_ms: reply.and_then(|r| r.model_latency_ms),
+                attempts: stats.attempts(),
+                throttled: stats.throttled(),
+            },
+        );
     }
 
     /// Where records go.
@@ -221,12 +259,14 @@ impl Relay {
             if self.config.log_content {
                 tracing::info!(messages = ?job.messages, system = ?job.system, "job content (RELAY_LOG_CONTENT)");
             }
-            let (served_by, result) = self.call_pool(&job, &pool, ctx).await;
+            let stats = Arc::new(CallStats::default());
+            let (served_by, result) = self.call_pool(&job, &pool, ctx, &stats).await;
             record.target = Some(served_by.to_record());
             let reply = match result {
                 Ok(reply) => reply,
-                Err(err) => return self.fail(record, err.into()).await,
+                Err(err) => return self.fail_counted(record, err.into(), &stats).await,
             };
+            self.emit_metrics(&record, None, Some(&reply), &stats);
             tracing::info!(
                 input_tokens = reply.usage.input_tokens,
                 output_tokens = reply.usage.output_tokens,
@@ -263,6 +303,7 @@ impl Relay {
         job: &ResolvedJob,
         pool: &[&'t Target],
         ctx: &Context,
+        stats: &Arc<CallStats>,
     ) -> (&'t Target, Result<ModelReply, BedrockError>) {
         let deadline = |target: &'t Target| {
             let left_ms = remaining(ctx).as_millis();
@@ -279,7 +320,12 @@ impl Relay {
             let Some(budget) = self.model_budget(ctx) else {
                 return deadline(first);
             };
-            return (first, self.bedrock_for(first).converse(job, budget).await);
+            return (
+                first,
+                self.bedrock_for(first)
+                    .converse_counted(job, budget, false, stats)
+                    .await,
+            );
         }
         let mut order: Vec<&'t Target> = pool.to_vec();
         order.rotate_left(self.pool.next.fetch_add(1, Ordering::Relaxed) % pool.len());
@@ -291,7 +337,11 @@ impl Relay {
                 let Some(budget) = self.model_budget(ctx) else {
                     return deadline(target);
                 };
-                match self.bedrock_for(target).converse_once(job, budget).await {
+                match self
+                    .bedrock_for(target)
+                    .converse_counted(job, budget, true, stats)
+                    .await
+                {
                     Ok(reply) => {
                         self.pool.clear(&target.alias);
                         return (target, Ok(reply));
@@ -338,6 +388,17 @@ impl Relay {
     /// record cannot be written, the error still reaches Lambda, whose retries and
     /// on-failure destination keep the event.
     async fn fail(&self, record: Record, err: RelayError) -> Result<Value, RelayError> {
+        self.fail_counted(record, err, &CallStats::default()).await
+    }
+
+    /// [`Relay::fail`] for a job whose Bedrock attempts were counted in `stats`.
+    async fn fail_counted(
+        &self,
+        record: Record,
+        err: RelayError,
+        stats: &CallStats,
+    ) -> Result<Value, RelayError> {
+        self.emit_metrics(&record, Some(err.code()), None, stats);
         let record = record.fail(err.to_record());
         match self.destination.write(&record).await {
             Ok(uri) => tracing::error!(

@@ -370,6 +370,37 @@ async fn throttling_and_5xx_are_retried_inside_the_invocation() {
     assert!(spread >= 50, "attempts {spread} ms apart in all");
     let record = bench.record("6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11").await;
     assert_eq!(record["status"], "succeeded");
+
+    let metrics = emf_lines(&bench);
+    assert_eq!(metrics.len(), 1, "one EMF line per job");
+    let m = &metrics[0];
+    assert_eq!(
+        m["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "BedrockRelay"
+    );
+    assert_eq!(
+        (m["target"].as_str(), m["model"].as_str()),
+        (Some("default"), Some("amazon.nova-lite-v1:0"))
+    );
+    assert_eq!(
+        (m["Retries"].as_u64(), m["Throttles"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(
+        (m["InputTokens"].as_u64(), m["Errors"].as_u64()),
+        (Some(15), Some(0))
+    );
+}
+
+/// The CloudWatch EMF lines the function wrote.
+fn emf_lines(bench: &Bench) -> Vec<Value> {
+    bench
+        .function
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|v| v.get("_aws").is_some())
+        .collect()
 }
 
 /// When retries run out the record says so and Lambda gets a retryable error.
@@ -389,6 +420,13 @@ async fn throttling_past_the_attempts_is_a_retryable_failure() {
     assert_eq!(record["status"], "failed");
     assert_eq!(record["error"]["type"], "BedrockThrottled");
     assert_eq!(record["error"]["retryable"], true);
+    let metrics = emf_lines(&bench);
+    let m = metrics.last().expect("an EMF line");
+    assert_eq!(
+        (m["Errors"].as_u64(), m["error_type"].as_str()),
+        (Some(1), Some("BedrockThrottled"))
+    );
+    assert_eq!(m["Throttles"].as_u64(), Some(2));
 }
 
 /// A model slower than the time left is cut off before the deadline, with

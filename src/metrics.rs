@@ -1,0 +1,212 @@
+//! Metrics: one CloudWatch Embedded Metric Format (EMF) line per job, written
+//! to stdout, which Lambda ships to CloudWatch Logs and CloudWatch turns into
+//! metrics with no API call from the function.
+//!
+//! Namespace `BedrockRelay` (`RELAY_METRICS_NAMESPACE`), dimensions `target`
+//! and `model` (and `target`, `model`, `error_type` for errors). Metrics:
+//! `Jobs`, `Errors`, `Throttles` (throttled attempts), `Retries` (attempts
+//! after the first), `InputTokens`, `OutputTokens`, `ModelLatency` (ms).
+//! Attempts are counted by [`AttemptCounter`], an SDK interceptor attached to
+//! each Bedrock call.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_bedrockruntime::config::interceptors::FinalizerInterceptorContextRef;
+use aws_sdk_bedrockruntime::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_runtime_api::box_error::BoxError;
+use serde_json::{json, Map, Value};
+
+use crate::bedrock::Usage;
+
+/// The default namespace.
+pub const DEFAULT_NAMESPACE: &str = "BedrockRelay";
+
+/// Attempts and throttled attempts of one Bedrock call.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    attempts: AtomicU32,
+    throttled: AtomicU32,
+}
+
+impl CallStats {
+    /// HTTP attempts made.
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Attempts answered with throttling (HTTP 429 or a throttling error type).
+    pub fn throttled(&self) -> u32 {
+        self.throttled.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a call's attempts as the SDK makes them (retries included).
+#[derive(Debug, Clone)]
+pub struct AttemptCounter(pub Arc<CallStats>);
+
+impl Intercept for AttemptCounter {
+    fn name(&self) -> &'static str {
+        "BedrockRelayAttemptCounter"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.attempts.fetch_add(1, Ordering::Relaxed);
+        if let Some(response) = context.response() {
+            let error_type = response
+                .headers()
+                .get("x-amzn-errortype")
+                .unwrap_or_default();
+            if response.status().as_u16() == 429 || error_type.starts_with("ThrottlingException") {
+                self.0.throttled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one job contributes to the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct JobMetrics {
+    /// The target alias that served (or last failed).
+    pub target: String,
+    /// The model.
+    pub model: String,
+    /// The error code, for a failed job.
+    pub error_type: Option<String>,
+    /// Token counts, on success.
+    pub usage: Option<Usage>,
+    /// Bedrock's latency, on success.
+    pub model_latency_ms: Option<i64>,
+    /// HTTP attempts to Bedrock.
+    pub attempts: u32,
+    /// Throttled attempts.
+    pub throttled: u32,
+}
+
+/// The EMF document for one job.
+pub fn emf_document(namespace: &str, job: &JobMetrics, timestamp_ms: u128) -> Value {
+    let mut metrics = vec![
+        json!({"Name": "Jobs", "Unit": "Count"}),
+        json!({"Name": "Throttles", "Unit": "Count"}),
+        json!({"Name": "Retries", "Unit": "Count"}),
+    ];
+    let mut fields = Map::new();
+    fields.insert("target".into(), json!(job.target));
+    fields.insert("model".into(), json!(job.model));
+    fields.insert("Jobs".into(), json!(1));
+    fields.insert("Throttles".into(), json!(job.throttled));
+    fields.insert("Retries".into(), json!(job.attempts.saturating_sub(1)));
+    let mut dimensions = vec![json!(["target", "model"])];
+    if let Some(usage) = job.usage {
+        metrics.push(json!({"Name": "InputTokens", "Unit": "Count"}));
+        metrics.push(json!({"Name": "OutputTokens", "Unit": "Count"}));
+        fields.insert("InputTokens".into(), json!(usage.input_tokens));
+        fields.insert("OutputTokens".into(), json!(usage.output_tokens));
+    }
+    if let Some(latency) = job.model_latency_ms {
+        metrics.push(json!({"Name": "ModelLatency", "Unit": "Milliseconds"}));
+        fields.insert("ModelLatency".into(), json!(latency));
+    }
+    metrics.push(json!({"Name": "Errors", "Unit": "Count"}));
+    fields.insert("Errors".into(), json!(u8::from(job.error_type.is_some())));
+    if let Some(error_type) = &job.error_type {
+        fields.insert("error_type".into(), json!(error_type));
+        dimensions.push(json!(["target", "model", "error_type"]));
+    }
+    fields.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{"Namespace": namespace, "Dimensions": dimensions, "Metrics": metrics}]
+        }),
+    );
+    Value::Object(fields)
+}
+
+/// Writes the job's EMF line to stdout (one write, so lines never interleave).
+pub fn emit(namespace: &str, job: &JobMetrics) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let line = format!("{}\n", emf_document(namespace, job, now));
+    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_successful_job_reports_tokens_latency_and_retries_by_target_and_model() {
+        let doc = emf_document(
+            "BedrockRelay",
+            &JobMetrics {
+                target: "default".into(),
+                model: "amazon.nova-lite-v1:0".into(),
+                usage: Some(Usage {
+                    input_tokens: 15,
+                    output_tokens: 12,
+                    total_tokens: 27,
+                }),
+                model_latency_ms: Some(400),
+                attempts: 3,
+                throttled: 2,
+                ..JobMetrics::default()
+            },
+            1,
+        );
+        assert_eq!(
+            doc["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "BedrockRelay"
+        );
+        assert_eq!(
+            doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["target", "model"]])
+        );
+        assert_eq!(doc["InputTokens"], 15);
+        assert_eq!(doc["OutputTokens"], 12);
+        assert_eq!(doc["Retries"], 2);
+        assert_eq!(doc["Throttles"], 2);
+        assert_eq!(doc["Errors"], 0);
+        // Every declared metric has a value in the document.
+        for metric in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .expect("metrics")
+        {
+            let name = metric["Name"].as_str().expect("name");
+            assert!(doc.get(name).is_some(), "{name} declared but missing");
+        }
+    }
+
+    #[test]
+    fn a_failed_job_adds_an_error_type_dimension() {
+        let doc = emf_document(
+            "BedrockRelay",
+            &JobMetrics {
+                target: "research".into(),
+                model: "m".into(),
+                error_type: Some("BedrockThrottled".into()),
+                attempts: 5,
+                throttled: 5,
+                ..JobMetrics::default()
+            },
+            1,
+        );
+        assert_eq!(doc["Errors"], 1);
+        assert_eq!(doc["error_type"], "BedrockThrottled");
+        assert_eq!(
+            doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["target", "model"], ["target", "model", "error_type"]])
+        );
+        assert!(doc.get("InputTokens").is_none());
+    }
+}
