@@ -26,6 +26,32 @@ async fn run(lab: &Lab, args: &[&str], extra: &[(&str, &str)]) -> (i32, String) 
     (code, stdout)
 }
 
+/// `invoke --json` with `events/job-event.json`.
+async fn invoke_job_event(lab: &Lab) -> (i32, String) {
+    let event = Path::new(env!("CARGO_MANIFEST_DIR")).join("events/job-event.json");
+    run(
+        lab,
+        &[
+            "invoke",
+            "--event",
+            event.to_str().expect("utf-8"),
+            "--json",
+        ],
+        &[],
+    )
+    .await
+}
+
+/// `doctor --json --model amazon.nova-lite-v1:0` with `extra` environment.
+async fn doctor(lab: &Lab, extra: &[(&str, &str)]) -> (i32, String) {
+    run(
+        lab,
+        &["doctor", "--json", "--model", "amazon.nova-lite-v1:0"],
+        extra,
+    )
+    .await
+}
+
 fn checks(stdout: &str) -> Vec<Value> {
     let report: Value =
         serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
@@ -44,12 +70,7 @@ fn check<'a>(checks: &'a [Value], name: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_passes_every_link_of_a_healthy_chain() {
     let lab = Lab::start().await.expect("lab");
-    let (code, stdout) = run(
-        &lab,
-        &["doctor", "--json", "--model", "amazon.nova-lite-v1:0"],
-        &[],
-    )
-    .await;
+    let (code, stdout) = doctor(&lab, &[]).await;
     assert_eq!(code, 0, "{stdout}");
     let checks = checks(&stdout);
     for name in [
@@ -95,12 +116,7 @@ async fn doctor_passes_every_link_of_a_healthy_chain() {
 async fn doctor_names_the_fix_for_each_broken_link() {
     let lab = Lab::start().await.expect("lab");
     lab.enforce_iam().await.expect("iam enforced");
-    let (code, stdout) = run(
-        &lab,
-        &["doctor", "--json", "--model", "amazon.nova-lite-v1:0"],
-        &[],
-    )
-    .await;
+    let (code, stdout) = doctor(&lab, &[]).await;
     assert_eq!(code, 1, "{stdout}");
     let checks = checks(&stdout);
     assert_eq!(
@@ -147,31 +163,14 @@ async fn template_execution_role_policy_is_enough_for_the_whole_chain() {
         .await
         .expect("granted");
     lab.enforce_iam().await.expect("iam enforced");
-    let (code, stdout) = run(
-        &lab,
-        &["doctor", "--json", "--model", "amazon.nova-lite-v1:0"],
-        &[],
-    )
-    .await;
+    let (code, stdout) = doctor(&lab, &[]).await;
     assert_eq!(code, 0, "{stdout}");
-    let event = Path::new(env!("CARGO_MANIFEST_DIR")).join("events/job-event.json");
-    let (code, stdout) = run(
-        &lab,
-        &[
-            "invoke",
-            "--event",
-            event.to_str().expect("utf-8"),
-            "--json",
-        ],
-        &[],
-    )
-    .await;
+    let (code, stdout) = invoke_job_event(&lab).await;
     assert_eq!(code, 0, "{stdout}");
 
     // A prefix outside the grant is refused.
-    let (code, stdout) = run(
+    let (code, stdout) = doctor(
         &lab,
-        &["doctor", "--json", "--model", "amazon.nova-lite-v1:0"],
         &[("RELAY_DESTINATION", "s3://relay-results/elsewhere/")],
     )
     .await;
@@ -251,18 +250,7 @@ fn resolve(value: &serde_yaml::Value, params: &[(&str, &str)]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invoke_runs_one_event_through_the_lambda_path() {
     let lab = Lab::start().await.expect("lab");
-    let event = Path::new(env!("CARGO_MANIFEST_DIR")).join("events/job-event.json");
-    let (code, stdout) = run(
-        &lab,
-        &[
-            "invoke",
-            "--event",
-            event.to_str().expect("utf-8"),
-            "--json",
-        ],
-        &[],
-    )
-    .await;
+    let (code, stdout) = invoke_job_event(&lab).await;
     assert_eq!(code, 0, "{stdout}");
     let answer: Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(answer["status"], "succeeded");

@@ -392,6 +392,19 @@ async fn throttling_and_5xx_are_retried_inside_the_invocation() {
     );
 }
 
+/// A lab with a second model account, `333333333333`: its RoleA ARN and the
+/// `RELAY_TARGETS` naming it `research`.
+async fn lab_with_research() -> (Lab, String, String) {
+    let lab = Lab::start().await.expect("lab");
+    let role = lab
+        .add_target_account("333333333333")
+        .await
+        .expect("second account");
+    let targets =
+        json!({"research": {"role_arn": role, "external_id": lab::EXTERNAL_ID}}).to_string();
+    (lab, role, targets)
+}
+
 /// The CloudWatch EMF lines the function wrote.
 fn emf_lines(bench: &Bench) -> Vec<Value> {
     bench
@@ -545,13 +558,7 @@ async fn invalid_config_fails_init_naming_the_variable() {
 /// credentials or prompt/output text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_structured_and_hold_no_secrets_or_text() {
-    let lab = Lab::start().await.expect("lab");
-    let research_role = lab
-        .add_target_account("333333333333")
-        .await
-        .expect("second account");
-    let targets = json!({"research": {"role_arn": research_role, "external_id": lab::EXTERNAL_ID}})
-        .to_string();
+    let (lab, research_role, targets) = lab_with_research().await;
     let bench = Bench::start_in(
         lab,
         &[
@@ -679,13 +686,7 @@ async fn template_rule_pattern_matches_only_job_events() {
 /// allowlist fails before any STS or Bedrock call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_route_jobs_by_alias_and_refuse_anything_else() {
-    let lab = Lab::start().await.expect("lab");
-    let research_role = lab
-        .add_target_account("333333333333")
-        .await
-        .expect("second account");
-    let targets = json!({"research": {"role_arn": research_role, "external_id": lab::EXTERNAL_ID}})
-        .to_string();
+    let (lab, research_role, targets) = lab_with_research().await;
     let allowed = json!({"*": ["amazon.nova-*"], "research": ["anthropic.*"]}).to_string();
     let bench = Bench::start_in(
         lab,

@@ -15,16 +15,27 @@ fn template() -> serde_yaml::Value {
 #[test]
 fn dashboard_charts_the_metrics_the_function_emits() {
     let template = template();
-    let serde_yaml::Value::Tagged(body) = &template["Resources"]["Dashboard"]["Properties"]["DashboardBody"] else {
+    let serde_yaml::Value::Tagged(body) =
+        &template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]
+    else {
         panic!("DashboardBody is a !Sub");
     };
-    let text = body.value.as_str().expect("string").replace("${AWS::Region}", "us-east-1");
+    let text = body
+        .value
+        .as_str()
+        .expect("string")
+        .replace("${AWS::Region}", "us-east-1");
     let dashboard: Value = serde_json::from_str(&text).expect("dashboard JSON");
     let expressions: Vec<String> = dashboard["widgets"]
         .as_array()
         .expect("widgets")
         .iter()
-        .flat_map(|w| w["properties"]["metrics"].as_array().cloned().unwrap_or_default())
+        .flat_map(|w| {
+            w["properties"]["metrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter_map(|m| m[0]["expression"].as_str().map(str::to_owned))
         .collect();
     assert!(!expressions.is_empty());
@@ -49,18 +60,27 @@ fn dashboard_charts_the_metrics_the_function_emits() {
         .filter_map(|m| m["Name"].as_str())
         .collect();
     for expression in &expressions {
-        assert!(expression.contains("{BedrockRelay,target,model"), "{expression}");
+        assert!(
+            expression.contains("{BedrockRelay,target,model"),
+            "{expression}"
+        );
         let name = expression
             .split("MetricName=\"")
             .nth(1)
             .and_then(|rest| rest.split('"').next())
             .expect("a metric name");
-        assert!(names.contains(&name), "dashboard charts `{name}`, which the function does not emit");
+        assert!(
+            names.contains(&name),
+            "dashboard charts `{name}`, which the function does not emit"
+        );
     }
 }
 
 /// Active tracing is on for every function.
 #[test]
 fn xray_tracing_is_active() {
-    assert_eq!(template()["Globals"]["Function"]["Tracing"].as_str(), Some("Active"));
+    assert_eq!(
+        template()["Globals"]["Function"]["Tracing"].as_str(),
+        Some("Active")
+    );
 }

@@ -84,31 +84,8 @@ impl Lab {
     /// ExternalId condition) in A, and an execution-role session.
     pub async fn start() -> Result<Self, LabError> {
         let moto = Moto::start().await?;
-        // Keys moto did not issue act in its default account; administrator
-        // sessions in A and B are assumed from there.
-        let bootstrap = Credentials::new(
-            "AKIALABBOOTSTRAP0000",
-            "lab-bootstrap-secret",
-            None,
-            None,
-            "lab",
-        );
-        let (_, admin_b) = assume(
-            &moto,
-            &bootstrap,
-            &format!("arn:aws:iam::{ACCOUNT_B}:role/LabAdmin"),
-            "lab-admin",
-            None,
-        )
-        .await?;
-        let (_, admin_a) = assume(
-            &moto,
-            &bootstrap,
-            &format!("arn:aws:iam::{ACCOUNT_A}:role/LabAdmin"),
-            "lab-admin",
-            None,
-        )
-        .await?;
+        let admin_b = admin_session(&moto, ACCOUNT_B).await?;
+        let admin_a = admin_session(&moto, ACCOUNT_A).await?;
 
         let exec_role_arn = create_role(
             &moto,
@@ -264,21 +241,7 @@ impl Lab {
     /// Adds another model account: RoleA in `account`, trusting the same
     /// execution role with the same ExternalId. Returns its ARN.
     pub async fn add_target_account(&self, account: &str) -> Result<String, LabError> {
-        let bootstrap = Credentials::new(
-            "AKIALABBOOTSTRAP0000",
-            "lab-bootstrap-secret",
-            None,
-            None,
-            "lab",
-        );
-        let (_, admin) = assume(
-            &self.moto,
-            &bootstrap,
-            &format!("arn:aws:iam::{account}:role/LabAdmin"),
-            "lab-admin",
-            None,
-        )
-        .await?;
+        let admin = admin_session(&self.moto, account).await?;
         create_target_role(&self.moto, &admin, &self.exec_role_arn).await
     }
 
@@ -384,6 +347,20 @@ pub(crate) async fn serve(
         let _ = axum::serve(listener, app).await;
     });
     Ok((addr, task))
+}
+
+/// An administrator session in `account`. Keys moto did not issue act in its
+/// default account; sessions of a role in any account can be assumed from there.
+async fn admin_session(moto: &Moto, account: &str) -> Result<Credentials, LabError> {
+    let bootstrap = Credentials::new(
+        "AKIALABBOOTSTRAP0000",
+        "lab-bootstrap-secret",
+        None,
+        None,
+        "lab",
+    );
+    let role = format!("arn:aws:iam::{account}:role/LabAdmin");
+    Ok(assume(moto, &bootstrap, &role, "lab-admin", None).await?.1)
 }
 
 /// Creates RoleA (`BedrockRelayTarget`) with `admin`'s credentials in its
