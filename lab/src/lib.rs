@@ -9,11 +9,13 @@
 //!   checks SigV4 against moto's sessions and records who called.
 //! - [`runtime_api`]: a minimal Lambda Runtime API and the function process.
 //! - [`sigv4`]: signature checking and signing.
+//! - [`bench`]: the benchmark against the Python baselines.
 //! - [`Lab`]: all of it wired as account B (`222222222222`, the function, the
 //!   results bucket) and account A (`111111111111`, RoleA and the models).
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod emulator;
 pub mod moto;
 pub mod runtime_api;

@@ -65,6 +65,7 @@ struct Pending {
 }
 
 struct Shared {
+    first_poll: Mutex<Option<Instant>>,
     queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
     waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
     init_error: Mutex<Option<String>>,
@@ -90,6 +91,7 @@ impl RuntimeApi {
     pub async fn start() -> Result<Self, LabError> {
         let (sender, receiver) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
+            first_poll: Mutex::default(),
             queue: tokio::sync::Mutex::new(receiver),
             waiting: Mutex::default(),
             init_error: Mutex::default(),
@@ -116,6 +118,11 @@ impl RuntimeApi {
     /// `127.0.0.1:<port>`, the value of `AWS_LAMBDA_RUNTIME_API`.
     pub fn address(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// When the function first asked for an event: the end of its init.
+    pub fn first_poll(&self) -> Option<Instant> {
+        *self.shared.first_poll.lock().ok()?
     }
 
     /// What the function posted to `/init/error`, if anything.
@@ -174,12 +181,17 @@ impl RuntimeApi {
 }
 
 async fn next(State(shared): State<Arc<Shared>>) -> Response {
+    if let Ok(mut first) = shared.first_poll.lock() {
+        first.get_or_insert_with(Instant::now);
+    }
     let pending = shared.queue.lock().await.recv().await;
     let Some(pending) = pending else {
         return StatusCode::GONE.into_response();
     };
     let mut headers = HeaderMap::new();
     let pairs = [
+        // Lambda always sends JSON; runtime clients (awslambdaric) decode by this header.
+        ("content-type", "application/json".to_owned()),
         ("lambda-runtime-aws-request-id", pending.request_id.clone()),
         (
             "lambda-runtime-deadline-ms",
@@ -268,7 +280,21 @@ impl FunctionProcess {
         runtime: &RuntimeApi,
         env: &[(String, String)],
     ) -> Result<Self, LabError> {
-        let mut command = Command::new(binary);
+        Self::spawn_command(Command::new(binary), runtime, env)
+    }
+
+    /// [`FunctionProcess::spawn`] for any command (an interpreter and its
+    /// runtime client, say).
+    pub fn spawn_command(
+        mut command: Command,
+        runtime: &RuntimeApi,
+        env: &[(String, String)],
+    ) -> Result<Self, LabError> {
+        let program = command
+            .as_std()
+            .get_program()
+            .to_string_lossy()
+            .into_owned();
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -287,7 +313,7 @@ impl FunctionProcess {
             .kill_on_drop(true);
         let mut child = command
             .spawn()
-            .map_err(|e| LabError::Function(format!("cannot start {}: {e}", binary.display())))?;
+            .map_err(|e| LabError::Function(format!("cannot start {program}: {e}")))?;
         let logs: Arc<Mutex<Vec<String>>> = Arc::default();
         if let Some(out) = child.stdout.take() {
             tokio::spawn(collect(out, Arc::clone(&logs)));

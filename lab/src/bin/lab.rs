@@ -5,6 +5,8 @@
 //!   landed where, and stop everything.
 //! - `lab up`: start the lab and keep it running for `cargo lambda watch`;
 //!   writes the function's environment to `.lab/function.env`.
+//! - `lab bench --function PATH [--hello PATH] [--events N] [--zip PATH]`: the
+//!   benchmark (see `scripts/bench`).
 //! - `lab emulator [--moto URL] [--port N]`: only the Bedrock emulator, checking
 //!   signatures against the moto at URL (none given: signatures not checked).
 //!   Knobs over HTTP: `PUT /_lab/knobs`, `POST /_lab/faults`, `GET /_lab/calls`.
@@ -54,6 +56,7 @@ async fn main() {
         Some("demo") => demo(function_path(&args)).await,
         Some("up") => up().await,
         Some("emulator") => emulator(&args).await,
+        Some("bench") => bench(&args).await,
         _ => {
             eprintln!(
                 "usage: lab demo [--function PATH] | lab up | lab emulator [--moto URL] [--port N]"
@@ -65,6 +68,54 @@ async fn main() {
         eprintln!("lab: {err}");
         std::process::exit(1);
     }
+}
+
+/// `lab bench --function PATH [--hello PATH] [--events N]`: the release binary
+/// against the naive and careful Python baselines.
+async fn bench(args: &[String]) -> Result<(), LabError> {
+    use lab::bench::{chart, measure, table, Program};
+
+    let function = function_path(args);
+    let events: usize = flag(args, "--events")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let python = workspace_root().join(".venv/bin/python");
+    let zip = flag(args, "--zip").map(PathBuf::from);
+    let package = zip.clone().unwrap_or_else(|| function.clone());
+    let mut rows = Vec::new();
+    println!("bench: {events} warm events per variant");
+    rows.push(
+        measure(
+            "rust",
+            &Program::Binary(function.clone()),
+            events,
+            Some(&package),
+        )
+        .await?,
+    );
+    for module in ["careful", "naive"] {
+        let program = Program::Python {
+            interpreter: python.clone(),
+            module: module.into(),
+        };
+        rows.push(measure(&format!("python-{module}"), &program, events, None).await?);
+    }
+    let hello = match flag(args, "--hello") {
+        Some(path) => Some(
+            measure("hello", &Program::Binary(PathBuf::from(path)), 20, None)
+                .await?
+                .init_ms,
+        ),
+        None => None,
+    };
+    let text = table(&rows, hello);
+    println!("{text}");
+    let dir = workspace_root().join("bench");
+    std::fs::write(dir.join("chart.svg"), chart(&rows))
+        .map_err(|e| LabError::Setup(e.to_string()))?;
+    std::fs::write(dir.join("results.md"), &text).map_err(|e| LabError::Setup(e.to_string()))?;
+    println!("wrote bench/chart.svg and bench/results.md");
+    Ok(())
 }
 
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {

@@ -1,0 +1,52 @@
+"""The careful Python variant: the assumed-role credentials and the
+bedrock-runtime client are cached across invocations and refreshed five
+minutes before the credentials expire."""
+
+import datetime
+import json
+import os
+import time
+
+import boto3
+
+sts = boto3.client("sts")
+s3 = boto3.client("s3")
+_cached = {"client": None, "expires": None}
+
+
+def bedrock_client():
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if _cached["client"] is None or _cached["expires"] - now < datetime.timedelta(minutes=5):
+        credentials = sts.assume_role(
+            RoleArn=os.environ["RELAY_ROLE_ARN"],
+            RoleSessionName="bedrock-relay-python",
+            ExternalId=os.environ.get("RELAY_EXTERNAL_ID") or None,
+            SourceIdentity="bedrock-relay-python",
+        )["Credentials"]
+        _cached["client"] = boto3.client(
+            "bedrock-runtime",
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+        )
+        _cached["expires"] = credentials["Expiration"]
+    return _cached["client"]
+
+
+def handler(event, context):
+    job = event["detail"]
+    started = time.time()
+    reply = bedrock_client().converse(
+        modelId=job["model"],
+        messages=[{"role": "user", "content": [{"text": job["prompt"]}]}],
+    )
+    record = {
+        "job_id": event["id"],
+        "status": "succeeded",
+        "output": reply["output"]["message"]["content"][0]["text"],
+        "usage": reply["usage"],
+        "latency_ms": int((time.time() - started) * 1000),
+    }
+    bucket, _, prefix = os.environ["RELAY_DESTINATION"][len("s3://"):].partition("/")
+    s3.put_object(Bucket=bucket, Key=f"{prefix}{event['id']}.json", Body=json.dumps(record))
+    return {"job_id": event["id"], "status": "succeeded"}

@@ -1,0 +1,43 @@
+"""The cross-account pattern as the AWS knowledge-center snippet writes it:
+on every invocation, sts.assume_role, then a new bedrock-runtime client with
+the temporary credentials, then the S3 put. The benchmark's Python baseline."""
+
+import json
+import os
+import time
+
+import boto3
+
+sts = boto3.client("sts")
+s3 = boto3.client("s3")
+
+
+def handler(event, context):
+    job = event["detail"]
+    credentials = sts.assume_role(
+        RoleArn=os.environ["RELAY_ROLE_ARN"],
+        RoleSessionName="bedrock-relay-python",
+        ExternalId=os.environ.get("RELAY_EXTERNAL_ID") or None,
+        SourceIdentity="bedrock-relay-python",
+    )["Credentials"]
+    bedrock = boto3.client(
+        "bedrock-runtime",
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+    )
+    started = time.time()
+    reply = bedrock.converse(
+        modelId=job["model"],
+        messages=[{"role": "user", "content": [{"text": job["prompt"]}]}],
+    )
+    record = {
+        "job_id": event["id"],
+        "status": "succeeded",
+        "output": reply["output"]["message"]["content"][0]["text"],
+        "usage": reply["usage"],
+        "latency_ms": int((time.time() - started) * 1000),
+    }
+    bucket, _, prefix = os.environ["RELAY_DESTINATION"][len("s3://"):].partition("/")
+    s3.put_object(Bucket=bucket, Key=f"{prefix}{event['id']}.json", Body=json.dumps(record))
+    return {"job_id": event["id"], "status": "succeeded"}

@@ -1,0 +1,292 @@
+//! The benchmark: the release binary and two Python baselines, each driven
+//! through the same Runtime API against the same lab, measured from outside
+//! the process so every variant is measured the same way.
+//!
+//! Figures per variant: init (process start → first `/next`), first
+//! invocation, warm wall time per event, CPU (user + sys of the process) per
+//! warm event, peak RSS, AssumeRole calls per 100 warm events, package size.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::process::Command;
+
+use crate::moto::workspace_root;
+use crate::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
+use crate::{Lab, LabError};
+
+/// How a variant is started.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// A native binary.
+    Binary(PathBuf),
+    /// `python -m awslambdaric <module>.handler`, run in `bench/python`.
+    Python {
+        /// The interpreter (the lab's venv).
+        interpreter: PathBuf,
+        /// The handler module.
+        module: String,
+    },
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    /// The variant's name.
+    pub name: String,
+    /// Process start → first `/next`, ms.
+    pub init_ms: f64,
+    /// Wall time of the first event, ms.
+    pub first_ms: f64,
+    /// Median wall time of a warm event, ms.
+    pub warm_p50_ms: f64,
+    /// User + sys CPU per warm event, ms.
+    pub cpu_per_event_ms: f64,
+    /// Peak resident set, MB.
+    pub peak_rss_mb: f64,
+    /// AssumeRole calls per 100 warm events.
+    pub sts_per_100: f64,
+    /// Package size, MB (binary or zip); `None` when not applicable.
+    pub package_mb: Option<f64>,
+    /// Warm events that failed.
+    pub failures: usize,
+}
+
+/// Runs one variant for `warm_events` warm events.
+pub async fn measure(
+    name: &str,
+    program: &Program,
+    warm_events: usize,
+    package: Option<&Path>,
+) -> Result<Figures, LabError> {
+    let lab = Lab::start().await?;
+    let runtime = RuntimeApi::start().await?;
+    let mut env = lab.function_env();
+    env.push(("AWS_LAMBDA_LOG_LEVEL".into(), "warn".into()));
+    let command = match program {
+        Program::Binary(path) => Command::new(path),
+        Program::Python {
+            interpreter,
+            module,
+        } => {
+            let mut command = Command::new(interpreter);
+            command
+                .args(["-m", "awslambdaric", &format!("{module}.handler")])
+                .current_dir(workspace_root().join("bench/python"));
+            command
+        }
+    };
+    let started = Instant::now();
+    let function = FunctionProcess::spawn_command(command, &runtime, &env)?;
+    let pid = function
+        .pid()
+        .ok_or_else(|| LabError::Function("no pid".into()))?;
+    let event = std::fs::read(workspace_root().join("events/job-event.json"))
+        .map_err(|e| LabError::Setup(e.to_string()))?;
+
+    // The first event waits for init; init ends at the first poll.
+    let first_started = Instant::now();
+    let first = runtime
+        .invoke(event.clone(), Duration::from_secs(60))
+        .await?;
+    let first_ms = ms(first_started.elapsed());
+    if let Outcome::Error {
+        error_type,
+        error_message,
+    } = &first
+    {
+        return Err(LabError::Function(format!(
+            "{name}: first event failed: {error_type}: {error_message}"
+        )));
+    }
+    let init_ms = runtime
+        .first_poll()
+        .map_or(f64::NAN, |t| ms(t.duration_since(started)));
+
+    let sessions_before = lab.role_a_sessions().await?.len();
+    let cpu_before = cpu_ticks(pid)?;
+    let mut walls = Vec::with_capacity(warm_events);
+    let mut failures = 0;
+    for _ in 0..warm_events {
+        let t = Instant::now();
+        if runtime
+            .invoke(event.clone(), Duration::from_secs(30))
+            .await?
+            .error_type()
+            .is_some()
+        {
+            failures += 1;
+        }
+        walls.push(ms(t.elapsed()));
+    }
+    let cpu_after = cpu_ticks(pid)?;
+    let sessions_after = lab.role_a_sessions().await?.len();
+    let peak_rss_mb = peak_rss_kb(pid)? / 1024.0;
+    drop(function);
+
+    walls.sort_by(f64::total_cmp);
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    Ok(Figures {
+        name: name.to_owned(),
+        init_ms,
+        first_ms,
+        warm_p50_ms: walls.get(walls.len() / 2).copied().unwrap_or(f64::NAN),
+        cpu_per_event_ms: (cpu_after - cpu_before) as f64 / ticks_per_second * 1000.0
+            / warm_events as f64,
+        peak_rss_mb,
+        sts_per_100: (sessions_after - sessions_before) as f64 * 100.0 / warm_events as f64,
+        package_mb: package
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len() as f64 / 1_048_576.0),
+        failures,
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64, LabError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| LabError::Function(e.to_string()))?;
+    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(field(14) + field(15))
+}
+
+fn peak_rss_kb(pid: u32) -> Result<f64, LabError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| LabError::Function(e.to_string()))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN))
+}
+
+/// The figures as a Markdown table, with Rust/Python ratios.
+pub fn table(rows: &[Figures], hello_init_ms: Option<f64>) -> String {
+    let mut out = String::from("| | ");
+    out.push_str(
+        &rows
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
+    out.push_str(" |\n|---|");
+    out.push_str(&"---|".repeat(rows.len()));
+    out.push('\n');
+    let line = |label: &str, value: &dyn Fn(&Figures) -> String| {
+        let cells: Vec<String> = rows.iter().map(value).collect();
+        format!("| {label} | {} |\n", cells.join(" | "))
+    };
+    out.push_str(&line("init (process start → first /next)", &|r| {
+        format!("{:.1} ms", r.init_ms)
+    }));
+    out.push_str(&line("first invocation", &|r| {
+        format!("{:.1} ms", r.first_ms)
+    }));
+    out.push_str(&line("warm wall per event (p50)", &|r| {
+        format!("{:.2} ms", r.warm_p50_ms)
+    }));
+    out.push_str(&line("CPU per warm event (user+sys)", &|r| {
+        format!("{:.3} ms", r.cpu_per_event_ms)
+    }));
+    out.push_str(&line("peak RSS", &|r| format!("{:.1} MB", r.peak_rss_mb)));
+    out.push_str(&line("AssumeRole per 100 warm events", &|r| {
+        format!("{:.0}", r.sts_per_100)
+    }));
+    out.push_str(&line("package", &|r| {
+        r.package_mb
+            .map_or("n/a".into(), |mb| format!("{mb:.2} MB"))
+    }));
+    out.push_str(&line("failed warm events", &|r| r.failures.to_string()));
+    if let Some(rust) = rows.first() {
+        for other in &rows[1..] {
+            out.push_str(&format!(
+                "\n{} / {}: init {:.1}x faster, CPU per event {:.1}x less, peak RSS {:.1}x less\n",
+                rust.name,
+                other.name,
+                other.init_ms / rust.init_ms,
+                other.cpu_per_event_ms / rust.cpu_per_event_ms.max(0.001),
+                other.peak_rss_mb / rust.peak_rss_mb
+            ));
+        }
+        if let Some(hello) = hello_init_ms {
+            out.push_str(&format!(
+                "\nhello-world lambda_runtime init: {hello:.1} ms; {} init is {:.2}x that\n",
+                rust.name,
+                rust.init_ms / hello
+            ));
+        }
+    }
+    out
+}
+
+/// A bar chart (SVG) of init and CPU per warm event, log scale.
+pub fn chart(rows: &[Figures]) -> String {
+    let width = 720.0;
+    let bar_height = 22.0;
+    let mut y = 40.0;
+    let mut body = String::new();
+    let max_log = rows
+        .iter()
+        .flat_map(|r| [r.init_ms, r.cpu_per_event_ms])
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map(|v| (v * 1000.0).log10())
+        .fold(1.0_f64, f64::max);
+    for (title, value, color) in [
+        (
+            "init (ms)",
+            &(|r: &Figures| r.init_ms) as &dyn Fn(&Figures) -> f64,
+            "#2f6db5",
+        ),
+        (
+            "CPU per warm event (ms)",
+            &(|r: &Figures| r.cpu_per_event_ms),
+            "#d9822b",
+        ),
+    ] {
+        body.push_str(&format!(
+            "<text x=\"10\" y=\"{y}\" font-weight=\"bold\">{title}</text>\n"
+        ));
+        y += 10.0;
+        for row in rows {
+            let v = value(row);
+            let len = if v > 0.0 && v.is_finite() {
+                (v * 1000.0).log10() / max_log * (width - 260.0)
+            } else {
+                0.0
+            };
+            body.push_str(&format!(
+                "<text x=\"10\" y=\"{:.0}\">{}</text><rect x=\"170\" y=\"{:.0}\" width=\"{len:.0}\" height=\"{}\" fill=\"{color}\"/><text x=\"{:.0}\" y=\"{:.0}\">{v:.2}</text>\n",
+                y + 15.0,
+                row.name,
+                y,
+                bar_height - 4.0,
+                175.0 + len,
+                y + 15.0
+            ));
+            y += bar_height;
+        }
+        y += 20.0;
+    }
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{y}\" font-family=\"sans-serif\" font-size=\"13\">\n\
+         <text x=\"10\" y=\"20\" font-size=\"15\">bedrock-relay vs Python (log scale, same lab and Runtime API)</text>\n{body}</svg>\n"
+    )
+}
