@@ -4,7 +4,9 @@
 
 use bedrock_relay::{cli, Config, Relay};
 
-#[tokio::main]
+// One event at a time per execution environment: a single-threaded runtime saves
+// the worker threads' wake-ups and memory (blocking work, like DNS, still has its pool).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !cli::under_lambda(&args) {
