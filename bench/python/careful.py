@@ -3,14 +3,14 @@ bedrock-runtime client are cached across invocations and refreshed five
 minutes before the credentials expire."""
 
 import datetime
-import json
 import os
 import time
 
 import boto3
 
+from record import write_record
+
 sts = boto3.client("sts")
-s3 = boto3.client("s3")
 _cached = {"client": None, "expires": None}
 
 
@@ -40,13 +40,4 @@ def handler(event, context):
         modelId=job["model"],
         messages=[{"role": "user", "content": [{"text": job["prompt"]}]}],
     )
-    record = {
-        "job_id": event["id"],
-        "status": "succeeded",
-        "output": reply["output"]["message"]["content"][0]["text"],
-        "usage": reply["usage"],
-        "latency_ms": int((time.time() - started) * 1000),
-    }
-    bucket, _, prefix = os.environ["RELAY_DESTINATION"][len("s3://"):].partition("/")
-    s3.put_object(Bucket=bucket, Key=f"{prefix}{event['id']}.json", Body=json.dumps(record))
-    return {"job_id": event["id"], "status": "succeeded"}
+    return write_record(event, reply, started)

@@ -2,14 +2,14 @@
 on every invocation, sts.assume_role, then a new bedrock-runtime client with
 the temporary credentials, then the S3 put. The benchmark's Python baseline."""
 
-import json
 import os
 import time
 
 import boto3
 
+from record import write_record
+
 sts = boto3.client("sts")
-s3 = boto3.client("s3")
 
 
 def handler(event, context):
@@ -31,13 +31,4 @@ def handler(event, context):
         modelId=job["model"],
         messages=[{"role": "user", "content": [{"text": job["prompt"]}]}],
     )
-    record = {
-        "job_id": event["id"],
-        "status": "succeeded",
-        "output": reply["output"]["message"]["content"][0]["text"],
-        "usage": reply["usage"],
-        "latency_ms": int((time.time() - started) * 1000),
-    }
-    bucket, _, prefix = os.environ["RELAY_DESTINATION"][len("s3://"):].partition("/")
-    s3.put_object(Bucket=bucket, Key=f"{prefix}{event['id']}.json", Body=json.dumps(record))
-    return {"job_id": event["id"], "status": "succeeded"}
+    return write_record(event, reply, started)
