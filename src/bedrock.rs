@@ -157,12 +157,14 @@ pub struct ModelReply {
     pub text: String,
     /// Why generation stopped (`end_turn`, `max_tokens`, ...).
     pub stop_reason: String,
-    /// Token counts.
-    pub usage: Usage,
+    /// Token counts, when the model reports them.
+    pub usage: Option<Usage>,
     /// Bedrock's own latency figure.
     pub model_latency_ms: Option<i64>,
     /// Wall time of the call here, retries included.
     pub call_latency_ms: u128,
+    /// The parsed response body, for InvokeModel jobs.
+    pub body: Option<serde_json::Value>,
 }
 
 /// The Bedrock Runtime client for one target, signed as RoleA.
@@ -250,7 +252,8 @@ impl Bedrock {
     }
 
     /// [`Bedrock::converse`] (or, with `once`, [`Bedrock::converse_once`]) that
-    /// adds its attempts and throttled attempts to `stats`.
+    /// adds its attempts and throttled attempts to `stats`. A job with `invoke`
+    /// goes to InvokeModel instead, its answer kept as parsed JSON.
     pub async fn converse_counted(
         &self,
         job: &ResolvedJob,
@@ -264,6 +267,43 @@ impl Bedrock {
             .timeout_config(timeout)
             .interceptor(AttemptCounter(Arc::clone(stats)));
         let retry = once.then(|| RetryConfig::standard().with_max_attempts(1));
+        if let Some(invoke) = &job.invoke {
+            if let Some(retry) = retry {
+                overrides = overrides.retry_config(retry);
+            }
+            let result = self
+                .client
+                .invoke_model()
+                .model_id(&job.model)
+                .body(Blob::new(
+                    serde_json::to_vec(&invoke.body).unwrap_or_default(),
+                ))
+                .content_type(invoke.content_type.as_deref().unwrap_or("application/json"))
+                .accept(invoke.accept.as_deref().unwrap_or("application/json"))
+                .customize()
+                .config_override(overrides)
+                .send()
+                .await;
+            let call_latency_ms = started.elapsed().as_millis();
+            return match result {
+                Ok(output) => {
+                    let bytes = output.body.into_inner();
+                    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                    });
+                    let (text, stop_reason, usage) = read_invoke_body(&body);
+                    Ok(ModelReply {
+                        text,
+                        stop_reason,
+                        usage,
+                        model_latency_ms: None,
+                        call_latency_ms,
+                        body: Some(body),
+                    })
+                }
+                Err(err) => Err(self.classify(&job.model, err, budget)),
+            };
+        }
         if let Some(retry) = retry {
             overrides = overrides.retry_config(retry);
         }
@@ -455,22 +495,113 @@ fn reply_from(output: ConverseOutput, call_latency_ms: u128) -> ModelReply {
             .join(""),
         _ => String::new(),
     };
-    let usage = output
-        .usage
-        .as_ref()
-        .map(|u| Usage {
-            input_tokens: u.input_tokens,
-            output_tokens: u.output_tokens,
-            total_tokens: u.total_tokens,
-        })
-        .unwrap_or_default();
+    let usage = output.usage.as_ref().map(|u| Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        total_tokens: u.total_tokens,
+    });
     ModelReply {
         text,
         stop_reason: output.stop_reason.as_str().to_owned(),
         usage,
         model_latency_ms: output.metrics.as_ref().map(|m| m.latency_ms),
         call_latency_ms,
+        body: None,
     }
+}
+
+/// Reads text, stop reason and token usage out of an InvokeModel answer, for
+/// the families whose shapes are known (Anthropic messages, Amazon Nova and
+/// Titan, Meta Llama, Mistral, Cohere); anything else keeps only the body.
+pub fn read_invoke_body(body: &serde_json::Value) -> (String, String, Option<Usage>) {
+    let text_at = |pointer: &str| {
+        body.pointer(pointer)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let int_at = |pointer: &str| {
+        body.pointer(pointer)
+            .and_then(serde_json::Value::as_i64)
+            .map(|n| n as i32)
+    };
+    let usage = |input: Option<i32>, output: Option<i32>| match (input, output) {
+        (None, None) => None,
+        (input, output) => {
+            let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
+            Some(Usage {
+                input_tokens: input,
+                output_tokens: output,
+                total_tokens: input + output,
+            })
+        }
+    };
+    if let Some(blocks) = body.get("content").and_then(serde_json::Value::as_array) {
+        // Anthropic messages API.
+        let text = blocks
+            .iter()
+            .filter_map(|b| b.get("text").and_then(serde_json::Value::as_str))
+            .collect();
+        let stop = text_at("/stop_reason").unwrap_or_default();
+        return (
+            text,
+            stop,
+            usage(
+                int_at("/usage/input_tokens"),
+                int_at("/usage/output_tokens"),
+            ),
+        );
+    }
+    if let Some(text) = text_at("/output/message/content/0/text") {
+        // Amazon Nova (messages-v1).
+        let stop = text_at("/stopReason").unwrap_or_default();
+        return (
+            text,
+            stop,
+            usage(int_at("/usage/inputTokens"), int_at("/usage/outputTokens")),
+        );
+    }
+    if let Some(text) = text_at("/results/0/outputText") {
+        // Amazon Titan text.
+        let stop = text_at("/results/0/completionReason").unwrap_or_default();
+        return (
+            text,
+            stop,
+            usage(
+                int_at("/inputTextTokenCount"),
+                int_at("/results/0/tokenCount"),
+            ),
+        );
+    }
+    if let Some(text) = text_at("/generation") {
+        // Meta Llama.
+        let stop = text_at("/stop_reason").unwrap_or_default();
+        return (
+            text,
+            stop,
+            usage(
+                int_at("/prompt_token_count"),
+                int_at("/generation_token_count"),
+            ),
+        );
+    }
+    if let Some(text) = text_at("/outputs/0/text") {
+        // Mistral.
+        return (
+            text,
+            text_at("/outputs/0/stop_reason").unwrap_or_default(),
+            None,
+        );
+    }
+    if let Some(text) = text_at("/text") {
+        // Cohere Command R.
+        return (text, text_at("/finish_reason").unwrap_or_default(), None);
+    }
+    // Embeddings and the rest: usage when an input count is reported.
+    (
+        String::new(),
+        String::new(),
+        usage(int_at("/inputTextTokenCount"), None),
+    )
 }
 
 #[cfg(test)]
@@ -579,6 +710,33 @@ pub(crate) mod tests {
             .expect("resolved")
     }
 
+    #[test]
+    fn invoke_bodies_of_known_families_give_text_and_usage() {
+        let anthropic = serde_json::json!({"content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 7, "output_tokens": 2}});
+        let (text, stop, usage) = read_invoke_body(&anthropic);
+        assert_eq!((text.as_str(), stop.as_str()), ("hi", "end_turn"));
+        assert_eq!(
+            usage,
+            Some(Usage {
+                input_tokens: 7,
+                output_tokens: 2,
+                total_tokens: 9
+            })
+        );
+        let llama = serde_json::json!({"generation": "yo", "stop_reason": "stop", "prompt_token_count": 4, "generation_token_count": 1});
+        assert_eq!(read_invoke_body(&llama).2.map(|u| u.total_tokens), Some(5));
+        let embedding = serde_json::json!({"embedding": [0.1, 0.2], "inputTextTokenCount": 3});
+        let (text, _, usage) = read_invoke_body(&embedding);
+        assert!(text.is_empty());
+        assert_eq!(usage.map(|u| u.input_tokens), Some(3));
+        assert_eq!(
+            read_invoke_body(&serde_json::json!({"whatever": 1})).2,
+            None,
+            "no usage reported, none recorded"
+        );
+    }
+
     #[tokio::test]
     async fn warm_calls_reuse_cached_role_credentials() {
         let (sts_rule, sts) = sts_issuing(Duration::from_secs(3600));
@@ -592,11 +750,11 @@ pub(crate) mod tests {
             assert_eq!(reply.text, "hello");
             assert_eq!(
                 reply.usage,
-                Usage {
+                Some(Usage {
                     input_tokens: 3,
                     output_tokens: 1,
                     total_tokens: 4
-                }
+                })
             );
         }
         assert_eq!(converse.num_calls(), 3);

@@ -449,7 +449,8 @@ async fn model_check(
             skipped: false,
             detail: format!(
                 "`{model_id}` answered in {} ms ({} output token)",
-                reply.call_latency_ms, reply.usage.output_tokens
+                reply.call_latency_ms,
+                reply.usage.map_or(0, |u| u.output_tokens)
             ),
         },
         Err(err) => Check {

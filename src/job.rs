@@ -36,7 +36,9 @@ pub enum JobError {
     #[error("prompt, messages: the job has both `prompt` and `messages`; give exactly one")]
     PromptAndMessages,
     /// Neither `prompt` nor `messages`.
-    #[error("prompt, messages: the job has neither `prompt` nor `messages`; give exactly one")]
+    #[error(
+        "prompt, messages: the job has none of `prompt`, `messages` and `invoke`; give exactly one"
+    )]
     NoPrompt,
 }
 
@@ -64,12 +66,26 @@ pub struct Job {
     pub prompt: Option<String>,
     /// A Converse conversation (exclusive with `prompt`).
     pub messages: Option<Vec<Message>>,
+    /// A raw InvokeModel request (exclusive with `prompt` and `messages`).
+    pub invoke: Option<Invoke>,
     /// System prompt: a string or Converse system blocks.
     pub system: Option<System>,
     /// Inference parameters.
     pub inference: Option<Inference>,
     /// Copied unchanged into the result record.
     pub metadata: Option<Map<String, Value>>,
+}
+
+/// A raw model request for InvokeModel: the body as the model family defines it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Invoke {
+    /// The model body (JSON), sent as is.
+    pub body: Value,
+    /// `Content-Type` of the body; `application/json` by default.
+    pub content_type: Option<String>,
+    /// `Accept`; `application/json` by default.
+    pub accept: Option<String>,
 }
 
 /// A job's `target`: one alias, or several to spread work over.
@@ -176,6 +192,8 @@ pub struct ResolvedJob {
     pub model: String,
     /// The target aliases asked for, in order: one, a pool, or none (the default).
     pub targets: Vec<String>,
+    /// A raw InvokeModel request; when set, `messages` is empty and unused.
+    pub invoke: Option<Invoke>,
     /// The conversation sent to Converse.
     pub messages: Vec<Message>,
     /// System prompt blocks.
@@ -234,8 +252,34 @@ impl Job {
             None => sanitize_id(fallback_id),
         };
 
+        if let Some(invoke) = &self.invoke {
+            if self.prompt.is_some() || self.messages.is_some() {
+                return Err(JobError::field(
+                    "invoke",
+                    "a job has exactly one of `prompt`, `messages` and `invoke`",
+                ));
+            }
+            for (field, present) in [
+                ("system", self.system.is_some()),
+                ("inference", self.inference.is_some()),
+            ] {
+                if present {
+                    return Err(JobError::field(
+                        field,
+                        "not used with `invoke`: put it in the model body as the model family expects",
+                    ));
+                }
+            }
+            if !(invoke.body.is_object() || invoke.body.is_array()) {
+                return Err(JobError::field(
+                    "invoke.body",
+                    "the model body is a JSON object",
+                ));
+            }
+        }
         let messages = match (&self.prompt, &self.messages) {
             (Some(_), Some(_)) => return Err(JobError::PromptAndMessages),
+            (None, None) if self.invoke.is_some() => Vec::new(),
             (None, None) => return Err(JobError::NoPrompt),
             (Some(prompt), None) => {
                 if prompt.trim().is_empty() {
@@ -268,6 +312,7 @@ impl Job {
         Ok(ResolvedJob {
             id,
             model,
+            invoke: self.invoke.clone(),
             targets: match &self.target {
                 None => Vec::new(),
                 Some(TargetChoice::One(alias)) => vec![alias.clone()],
@@ -534,12 +579,32 @@ mod tests {
     }
 
     #[test]
+    fn invoke_jobs_carry_a_raw_body_and_nothing_converse_only() {
+        let job = resolve(
+            json!({"invoke": {"body": {"inputText": "embed me"}, "accept": "application/json"}}),
+        )
+        .expect("valid");
+        assert_eq!(
+            job.invoke.as_ref().map(|i| i.body.clone()),
+            Some(json!({"inputText": "embed me"}))
+        );
+        assert!(job.messages.is_empty());
+        assert!(error(json!({"prompt": "x", "invoke": {"body": {}}}))
+            .starts_with("invoke: a job has exactly one"));
+        assert!(error(json!({"invoke": {"body": {}}, "system": "x"}))
+            .starts_with("system: not used with `invoke`"));
+        assert!(error(json!({"invoke": {"body": "text"}})).starts_with("invoke.body"));
+        assert!(error(json!({"invoke": {"body": {}, "contentTyp": "x"}}))
+            .contains("unknown field `contentTyp`"));
+    }
+
+    #[test]
     fn prompt_and_messages_are_exclusive() {
         assert!(error(
             json!({"prompt": "a", "messages": [{"role": "user", "content": [{"text": "b"}]}]})
         )
         .contains("both `prompt` and `messages`"));
-        assert!(error(json!({"system": "x"})).contains("neither `prompt` nor `messages`"));
+        assert!(error(json!({"system": "x"})).contains("none of `prompt`, `messages` and `invoke`"));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct OutputRecord {
     pub text: String,
     /// Why generation stopped.
     pub stop_reason: String,
+    /// The model's whole answer, parsed, for InvokeModel jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
 }
 
 /// Timings in milliseconds.
@@ -88,8 +91,9 @@ impl Record {
         self.output = Some(OutputRecord {
             text: reply.text.clone(),
             stop_reason: reply.stop_reason.clone(),
+            body: reply.body.clone(),
         });
-        self.usage = Some(reply.usage);
+        self.usage = reply.usage;
         self.latency = Some(LatencyRecord {
             model_ms: reply.model_latency_ms,
             call_ms: reply.call_latency_ms,

@@ -149,7 +149,7 @@ impl Relay {
                     .map_or_else(|| "none".into(), |t| t.alias.clone()),
                 model: record.model.clone().unwrap_or_else(|| "none".into()),
                 error_type: error_type.map(str::to_owned),
-                usage: reply.map(|r| r.usage),
+                usage: reply.and_then(|r| r.usage),
                 model_latency_ms: reply.and_then(|r| r.model_latency_ms),
                 attempts: stats.attempts(),
                 throttled: stats.throttled(),
@@ -268,8 +268,8 @@ impl Relay {
             };
             self.emit_metrics(&record, None, Some(&reply), &stats);
             tracing::info!(
-                input_tokens = reply.usage.input_tokens,
-                output_tokens = reply.usage.output_tokens,
+                input_tokens = reply.usage.map(|u| u.input_tokens),
+                output_tokens = reply.usage.map(|u| u.output_tokens),
                 stop_reason = %reply.stop_reason,
                 call_ms = reply.call_latency_ms as u64,
                 "model answered"

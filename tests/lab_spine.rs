@@ -898,3 +898,35 @@ async fn pools_spread_work_and_move_off_throttled_accounts() {
         "work spread over both accounts"
     );
 }
+
+/// A job with `invoke` goes to InvokeModel with its raw body; the answer is
+/// kept as parsed JSON, with usage when the body reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_jobs_send_raw_bodies_and_keep_the_answer() {
+    let bench = Bench::start(&[]).await;
+    let outcome = bench.invoke("invoke-job-event.json").await;
+    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
+    let record = bench.record("3a9c7e52-41d0-4b8e-a6f1-9e2d4c6b8a10").await;
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["output"]["body"]["type"], "message");
+    assert_eq!(
+        record["output"]["text"],
+        "Echo from anthropic.claude-3-haiku-20240307-v1:0: Name three uses of vector embeddings."
+    );
+    assert_eq!(record["usage"]["input_tokens"], 6);
+    let calls = bench.lab.bedrock.calls();
+    assert_eq!(calls[0].operation, "InvokeModel");
+    assert_eq!(calls[0].account.as_deref(), Some(ACCOUNT_A));
+    assert_eq!(calls[0].request["anthropic_version"], "bedrock-2023-05-31");
+
+    let embed = json!({"id": "emb-1", "model": "amazon.titan-embed-text-v2:0", "invoke": {"body": {"inputText": "hello world"}}});
+    let outcome = bench
+        .invoke_bytes(embed.to_string().into_bytes(), TIMEOUT)
+        .await;
+    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
+    let record = bench.record("emb-1").await;
+    assert!(record["output"]["body"]["embedding"]
+        .as_array()
+        .is_some_and(|e| !e.is_empty()));
+    assert_eq!(record["usage"]["input_tokens"], 2);
+}

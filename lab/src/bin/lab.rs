@@ -19,7 +19,7 @@ use lab::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
 use lab::{Lab, LabError, BUCKET};
 use serde_json::Value;
 
-const DEMO_EVENTS: [(&str, &str); 6] = [
+const DEMO_EVENTS: [(&str, &str); 7] = [
     (
         "job-event.json",
         "an application event carrying a job (detail-type: Bedrock Relay Job)",
