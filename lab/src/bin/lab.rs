@@ -29,6 +29,10 @@ const DEMO_EVENTS: [(&str, &str); 7] = [
         "a job event with a Converse conversation",
     ),
     (
+        "invoke-job-event.json",
+        "a job event with a raw InvokeModel body (Anthropic messages API)",
+    ),
+    (
         "scheduled-event.json",
         "a scheduled rule's event, running RELAY_DEFAULT_JOB",
     ),
