@@ -348,23 +348,7 @@ impl Bedrock {
         R: std::fmt::Debug + 'static,
     {
         if let Some(assume) = find_assume_role_error(&err) {
-            return match assume {
-                AssumeRoleError::Denied { role_arn, message } => AssumeRoleError::Denied {
-                    role_arn: role_arn.clone(),
-                    message: message.clone(),
-                },
-                AssumeRoleError::Invalid { role_arn, message } => AssumeRoleError::Invalid {
-                    role_arn: role_arn.clone(),
-                    message: message.clone(),
-                },
-                AssumeRoleError::Unavailable { role_arn, message } => {
-                    AssumeRoleError::Unavailable {
-                        role_arn: role_arn.clone(),
-                        message: message.clone(),
-                    }
-                }
-            }
-            .into();
+            return assume.clone().into();
         }
         let model = model.to_owned();
         if let SdkError::TimeoutError(_) = &err {
@@ -407,7 +391,18 @@ impl Bedrock {
             // No error code: the request never got a service answer.
             "" => BedrockError::Unreachable {
                 model,
-                message: describe(&err_source_text(&err)),
+                message: {
+                    // The SDK's own top line ("dispatch failure") says nothing; its sources do.
+                    let detail: Vec<String> = crate::error::chain(&err)
+                        .skip(1)
+                        .map(|e| e.to_string())
+                        .collect();
+                    if detail.is_empty() {
+                        "no detail".into()
+                    } else {
+                        detail.join(": ")
+                    }
+                },
             },
             _ => BedrockError::Unavailable {
                 model,
@@ -425,24 +420,6 @@ fn retry_config(max_attempts: u32) -> RetryConfig {
         .with_max_attempts(max_attempts)
         .with_initial_backoff(Duration::from_millis(200))
         .with_max_backoff(Duration::from_secs(10))
-}
-
-fn err_source_text(err: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut current = err.source();
-    while let Some(e) = current {
-        parts.push(e.to_string());
-        current = e.source();
-    }
-    parts.join(": ")
-}
-
-fn describe(text: &str) -> String {
-    if text.is_empty() {
-        "no detail".into()
-    } else {
-        text.to_owned()
-    }
 }
 
 fn to_bedrock_messages(job: &ResolvedJob) -> Vec<bedrock::Message> {
@@ -780,7 +757,8 @@ pub(crate) mod tests {
         assert_eq!(sts_rule.num_calls(), 2);
     }
 
-    fn converse_error(code: &'static str) -> Rule {
+    /// A Converse mock answering every call with the error `code`.
+    pub(crate) fn converse_error(code: &'static str) -> Rule {
         mock!(aws_sdk_bedrockruntime::Client::converse).then_error(move || {
             ConverseError::generic(
                 ErrorMetadata::builder()

@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::bedrock::Bedrock;
 use crate::config::Config;
 use crate::credentials::{find_assume_role_error, AssumeRoleProvider};
+use crate::error::chain_text;
 use crate::input::Payload;
 use crate::job::{Inference, Job};
 use crate::relay::Relay;
@@ -240,7 +241,7 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
                 target: alias.clone(),
                 ok: false,
                 skipped: false,
-                detail: format!("sts:GetCallerIdentity with RoleA's credentials failed: {}", describe(&err)),
+                detail: format!("sts:GetCallerIdentity with RoleA's credentials failed: {}", chain_text(&err)),
             },
         });
 
@@ -265,8 +266,8 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
         });
     }
 
-    let relay = Relay::from_sdk_config(config, &base);
-    checks.push(match relay.destination().probe().await {
+    let destination = crate::destination::S3Destination::from_config(&config, &base);
+    checks.push(match destination.probe().await {
         Ok(uri) => Check {
             check: "destination".into(),
             target: None,
@@ -399,7 +400,7 @@ async fn identity_in_b(base: &SdkConfig) -> Check {
             skipped: false,
             detail: format!(
                 "no usable credentials in account B ({}): run with the execution role's or an admin's credentials",
-                describe(&err)
+                chain_text(&err)
             ),
         },
     }
@@ -461,17 +462,6 @@ async fn model_check(
             detail: err.to_string(),
         },
     }
-}
-
-fn describe<E: std::error::Error>(err: &E) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// Used by `main`: whether this process was started by the Lambda service.

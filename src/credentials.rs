@@ -25,7 +25,7 @@ pub const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 
 /// Why RoleA could not be assumed. Carried inside the SDK's credentials error, and
 /// found again by [`crate::bedrock`] to say which side to fix.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum AssumeRoleError {
     /// STS said no: a trust, ExternalId or permission problem.
     #[error(
@@ -173,14 +173,7 @@ fn classify(
 pub fn find_assume_role_error<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a AssumeRoleError> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<AssumeRoleError>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
+    crate::error::chain(err).find_map(|e| e.downcast_ref::<AssumeRoleError>())
 }
 
 #[cfg(test)]

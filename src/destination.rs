@@ -115,6 +115,17 @@ pub struct S3Destination {
 }
 
 impl S3Destination {
+    /// The configured destination, written with the base (account B) credentials.
+    pub fn from_config(config: &crate::Config, base: &aws_config::SdkConfig) -> Self {
+        let s3 = aws_sdk_s3::config::Builder::from(base)
+            .force_path_style(config.s3_force_path_style)
+            .build();
+        Self::new(
+            aws_sdk_s3::Client::from_conf(s3),
+            config.destination.clone(),
+        )
+    }
+
     /// `client` carries the execution role's credentials.
     pub fn new(client: aws_sdk_s3::Client, location: S3Location) -> Self {
         Self { client, location }

@@ -85,25 +85,18 @@ impl Relay {
 
     /// [`Relay::from_config`] with an already loaded base configuration.
     pub fn from_sdk_config(config: Config, base: &aws_config::SdkConfig) -> Self {
-        let base = base.clone();
-        let sts = aws_sdk_sts::Client::new(&base);
+        let sts = aws_sdk_sts::Client::new(base);
         let bedrock = config
             .targets
             .iter()
             .map(|target| {
                 (
                     target.alias.clone(),
-                    Bedrock::new(&base, sts.clone(), target, config.max_attempts),
+                    Bedrock::new(base, sts.clone(), target, config.max_attempts),
                 )
             })
             .collect();
-        let s3 = aws_sdk_s3::config::Builder::from(&base)
-            .force_path_style(config.s3_force_path_style)
-            .build();
-        let destination = S3Destination::new(
-            aws_sdk_s3::Client::from_conf(s3),
-            config.destination.clone(),
-        );
+        let destination = S3Destination::from_config(&config, base);
         Self::new(config, bedrock, destination)
     }
 
@@ -155,11 +148,6 @@ impl Relay {
                 throttled: stats.throttled(),
             },
         );
-    }
-
-    /// Where records go.
-    pub fn destination(&self) -> &S3Destination {
-        &self.destination
     }
 
     /// Serves invocations from the Lambda Runtime API until the process ends.
@@ -440,14 +428,14 @@ fn remaining(ctx: &Context) -> Duration {
 mod tests {
     use std::sync::Mutex;
 
-    use aws_sdk_bedrockruntime::operation::converse::{ConverseError, ConverseOutput};
+    use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
     use aws_sdk_bedrockruntime::types::StopReason;
     use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
     use aws_smithy_types::error::ErrorMetadata;
 
     use super::*;
-    use crate::bedrock::tests::converse_output;
+    use crate::bedrock::tests::{converse_error, converse_output};
 
     fn config() -> Config {
         let vars = [
@@ -489,6 +477,18 @@ mod tests {
                 req.bucket() == Some("results")
             })
             .then_output(|| PutObjectOutput::builder().build())
+    }
+
+    /// An S3 mock refusing every write with AccessDenied.
+    fn put_denied() -> Rule {
+        mock!(aws_sdk_s3::Client::put_object).then_error(|| {
+            PutObjectError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("denied")
+                    .build(),
+            )
+        })
     }
 
     fn relay(converse: &Rule, put: &Rule) -> Relay {
@@ -546,14 +546,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_model_call_leaves_an_error_record_and_a_non_retryable_error() {
-        let converse = mock!(aws_sdk_bedrockruntime::Client::converse).then_error(|| {
-            ConverseError::generic(
-                ErrorMetadata::builder()
-                    .code("AccessDeniedException")
-                    .message("no access")
-                    .build(),
-            )
-        });
+        let converse = converse_error("AccessDeniedException");
         let written = Arc::default();
         let put = s3_capturing(&written);
         let err = relay(&converse, &put)
@@ -573,22 +566,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_unwritable_destination_is_a_retryable_error() {
-        let converse = mock!(aws_sdk_bedrockruntime::Client::converse).then_error(|| {
-            ConverseError::generic(
-                ErrorMetadata::builder()
-                    .code("ValidationException")
-                    .message("bad")
-                    .build(),
-            )
-        });
-        let put = mock!(aws_sdk_s3::Client::put_object).then_error(|| {
-            PutObjectError::generic(
-                ErrorMetadata::builder()
-                    .code("AccessDenied")
-                    .message("denied")
-                    .build(),
-            )
-        });
+        let converse = converse_error("ValidationException");
+        let put = put_denied();
         let relay_with = relay;
         let relay = relay_with(&converse, &put);
         // The model failed and its error record could not be written: Lambda still
@@ -608,14 +587,7 @@ mod tests {
                 .build()
                 .expect("output")
         });
-        let put = mock!(aws_sdk_s3::Client::put_object).then_error(|| {
-            PutObjectError::generic(
-                ErrorMetadata::builder()
-                    .code("AccessDenied")
-                    .message("denied")
-                    .build(),
-            )
-        });
+        let put = put_denied();
         let err = relay_with(&converse, &put)
             .handle(event(
                 json!({"model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
