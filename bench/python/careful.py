@@ -3,26 +3,19 @@ bedrock-runtime client are cached across invocations and refreshed five
 minutes before the credentials expire."""
 
 import datetime
-import os
 import time
 
 import boto3
 
-from record import write_record
+from common import assume_role_a, write_record
 
-sts = boto3.client("sts")
 _cached = {"client": None, "expires": None}
 
 
 def bedrock_client():
     now = datetime.datetime.now(datetime.timezone.utc)
     if _cached["client"] is None or _cached["expires"] - now < datetime.timedelta(minutes=5):
-        credentials = sts.assume_role(
-            RoleArn=os.environ["RELAY_ROLE_ARN"],
-            RoleSessionName="bedrock-relay-python",
-            ExternalId=os.environ.get("RELAY_EXTERNAL_ID") or None,
-            SourceIdentity="bedrock-relay-python",
-        )["Credentials"]
+        credentials = assume_role_a()
         _cached["client"] = boto3.client(
             "bedrock-runtime",
             aws_access_key_id=credentials["AccessKeyId"],

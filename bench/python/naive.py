@@ -2,24 +2,16 @@
 on every invocation, sts.assume_role, then a new bedrock-runtime client with
 the temporary credentials, then the S3 put. The benchmark's Python baseline."""
 
-import os
 import time
 
 import boto3
 
-from record import write_record
-
-sts = boto3.client("sts")
+from common import assume_role_a, write_record
 
 
 def handler(event, context):
     job = event["detail"]
-    credentials = sts.assume_role(
-        RoleArn=os.environ["RELAY_ROLE_ARN"],
-        RoleSessionName="bedrock-relay-python",
-        ExternalId=os.environ.get("RELAY_EXTERNAL_ID") or None,
-        SourceIdentity="bedrock-relay-python",
-    )["Credentials"]
+    credentials = assume_role_a()
     bedrock = boto3.client(
         "bedrock-runtime",
         aws_access_key_id=credentials["AccessKeyId"],

@@ -1,4 +1,4 @@
-"""What both Python baselines do after the model answers: the S3 record."""
+"""What both Python baselines share: assuming RoleA, and the S3 record."""
 
 import json
 import os
@@ -7,6 +7,17 @@ import time
 import boto3
 
 s3 = boto3.client("s3")
+sts = boto3.client("sts")
+
+
+def assume_role_a():
+    """sts:AssumeRole into RoleA, as the function does (ExternalId, SourceIdentity)."""
+    return sts.assume_role(
+        RoleArn=os.environ["RELAY_ROLE_ARN"],
+        RoleSessionName="bedrock-relay-python",
+        ExternalId=os.environ.get("RELAY_EXTERNAL_ID") or None,
+        SourceIdentity="bedrock-relay-python",
+    )["Credentials"]
 
 
 def write_record(event, reply, started):
