@@ -74,6 +74,19 @@ pub struct Job {
     pub inference: Option<Inference>,
     /// Copied unchanged into the result record.
     pub metadata: Option<Map<String, Value>>,
+    /// `s3://bucket/key` objects sent with the prompt as document or image blocks
+    /// (templated; read with the function's own credentials).
+    pub documents: Option<Vec<String>>,
+    /// Run the job once per item (strings or objects, `item` in templates).
+    pub items: Option<Vec<Value>>,
+    /// Like `items`, read from a JSON Lines object: `s3://bucket/key.jsonl` (templated).
+    pub items_from: Option<String>,
+    /// Where the result goes (templated): `s3://`, an SQS queue URL or ARN, an SNS
+    /// topic ARN, an EventBridge bus ARN or a DynamoDB table ARN. Must match
+    /// `RELAY_ALLOWED_DESTINATIONS`; defaults to `RELAY_DESTINATION`.
+    pub destination: Option<String>,
+    /// SQS FIFO / SNS FIFO message group (templated); defaults to the job id.
+    pub group: Option<String>,
 }
 
 /// A raw model request for InvokeModel: the body as the model family defines it.

@@ -1,63 +1,11 @@
-//! Where records go: an S3 prefix in account B, written with the function's
-//! own credentials (never RoleA's), one JSON object per job.
+//! S3 destinations: one JSON object per job (`<prefix><job id>.json`), one
+//! JSON Lines object per batch, read back to skip work already done.
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use thiserror::Error;
 
+use super::DestinationError;
 use crate::record::Record;
-
-/// A record that could not be written.
-#[derive(Debug, Error)]
-pub enum DestinationError {
-    /// S3 refused the execution role.
-    #[error("s3:PutObject to {uri} was denied ({message}); grant the execution role s3:PutObject on arn:aws:s3:::{bucket}/{prefix}*")]
-    Denied {
-        /// The object's URI.
-        uri: String,
-        /// The bucket.
-        bucket: String,
-        /// The configured prefix.
-        prefix: String,
-        /// What S3 said.
-        message: String,
-    },
-    /// The bucket does not exist.
-    #[error("cannot write {uri}: bucket `{bucket}` does not exist; check RELAY_DESTINATION")]
-    NoSuchBucket {
-        /// The object's URI.
-        uri: String,
-        /// The bucket.
-        bucket: String,
-    },
-    /// Anything else, assumed transient.
-    #[error(
-        "cannot write {uri} ({message}); the record is not saved and the event will be retried"
-    )]
-    Unavailable {
-        /// The object's URI.
-        uri: String,
-        /// What went wrong.
-        message: String,
-    },
-}
-
-impl DestinationError {
-    /// A stable name for the Lambda error type.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Denied { .. } => "DestinationDenied",
-            Self::NoSuchBucket { .. } => "DestinationMissing",
-            Self::Unavailable { .. } => "DestinationUnavailable",
-        }
-    }
-
-    /// Whether retrying the event may write the record. Even a denied write is
-    /// worth retrying once the policy is fixed, and nothing else keeps the result.
-    pub fn is_retryable(&self) -> bool {
-        true
-    }
-}
 
 /// `s3://bucket/prefix/`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +87,7 @@ impl S3Destination {
         let uri = self.location.uri_for(&record.job_id);
         let body =
             serde_json::to_vec_pretty(record).map_err(|err| DestinationError::Unavailable {
-                uri: uri.clone(),
+                destination: uri.clone(),
                 message: format!("the record does not serialise: {err}"),
             })?;
         self.client
@@ -177,31 +125,44 @@ impl S3Destination {
         uri: String,
         err: SdkError<E, R>,
     ) -> DestinationError {
-        let message = err.message().unwrap_or("no message").to_owned();
-        match err.code() {
-            Some("AccessDenied") | Some("AllAccessDisabled") => DestinationError::Denied {
-                uri,
-                bucket: self.location.bucket.clone(),
-                prefix: self.location.prefix.clone(),
-                message,
+        classify(&self.location, "s3:PutObject", uri, err)
+    }
+}
+
+/// Maps an S3 error to what the user should fix; `action` is the denied permission.
+pub(crate) fn classify<E: ProvideErrorMetadata, R>(
+    location: &S3Location,
+    action: &'static str,
+    uri: String,
+    err: SdkError<E, R>,
+) -> DestinationError {
+    let message = err.message().unwrap_or("no message").to_owned();
+    match err.code() {
+        Some("AccessDenied") | Some("AllAccessDisabled") => DestinationError::Denied {
+            action,
+            destination: uri,
+            message,
+            fix: format!(
+                "grant the execution role {action} on arn:aws:s3:::{}/{}*",
+                location.bucket, location.prefix
+            ),
+        },
+        Some("NoSuchBucket") => DestinationError::Missing {
+            destination: uri,
+            what: format!("bucket `{}`", location.bucket),
+        },
+        Some(code) => DestinationError::Unavailable {
+            destination: uri,
+            message: format!("{code}: {message}"),
+        },
+        None => DestinationError::Unavailable {
+            destination: uri,
+            message: match err {
+                SdkError::TimeoutError(_) => "timed out".into(),
+                SdkError::DispatchFailure(_) => "could not reach S3".into(),
+                _ => "no answer from S3".into(),
             },
-            Some("NoSuchBucket") => DestinationError::NoSuchBucket {
-                uri,
-                bucket: self.location.bucket.clone(),
-            },
-            Some(code) => DestinationError::Unavailable {
-                uri,
-                message: format!("{code}: {message}"),
-            },
-            None => DestinationError::Unavailable {
-                uri,
-                message: match err {
-                    SdkError::TimeoutError(_) => "timed out".into(),
-                    SdkError::DispatchFailure(_) => "could not reach S3".into(),
-                    _ => "no answer from S3".into(),
-                },
-            },
-        }
+        },
     }
 }
 
