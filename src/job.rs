@@ -218,6 +218,11 @@ pub struct ResolvedJob {
 }
 
 impl Job {
+    /// Whether the job runs once per item (`items` or `items_from`).
+    pub fn is_batch(&self) -> bool {
+        self.items.is_some() || self.items_from.is_some()
+    }
+
     /// Parses a job from JSON text.
     pub fn from_json(text: &str) -> Result<Self, JobError> {
         let value: Value = serde_json::from_str(text).map_err(JobError::NotJson)?;

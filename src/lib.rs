@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod record;
 pub mod relay;
 pub mod target;
+pub mod template;
 pub mod trail;
 
 pub use config::Config;
