@@ -266,8 +266,22 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
         });
     }
 
-    let destination = crate::destination::S3Destination::from_config(&config, &base);
-    checks.push(match destination.probe().await {
+    let destinations = crate::destination::Destinations::new(
+        &base,
+        config.s3_force_path_style,
+        config.spill.clone(),
+    );
+    checks.push(match destinations.probe(&config.destination).await {
+        Ok(uri) if uri.is_empty() => Check {
+            check: "destination".into(),
+            target: None,
+            ok: true,
+            skipped: true,
+            detail: format!(
+                "skipped: {} is not probed (only S3 destinations are written to by the doctor)",
+                config.destination
+            ),
+        },
         Ok(uri) => Check {
             check: "destination".into(),
             target: None,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::destination::S3Location;
+use crate::destination::{dynamodb, DestinationError, DestinationSpec, S3Location};
 use crate::job::{Job, JobError};
 use crate::target::{RoleArn, Target, Targets, DEFAULT_ALIAS};
 
@@ -55,8 +55,19 @@ pub struct Config {
     pub function_name: String,
     /// The model accounts, by alias (`RELAY_TARGETS`, or `RELAY_ROLE_ARN` as `default`).
     pub targets: Targets,
-    /// Where records are written (`RELAY_DESTINATION`).
-    pub destination: S3Location,
+    /// Where results go unless a job names its own (`RELAY_DESTINATION`).
+    pub destination: DestinationSpec,
+    /// Patterns a job's own `destination` must match (`RELAY_ALLOWED_DESTINATIONS`).
+    pub allowed_destinations: Vec<String>,
+    /// DynamoDB table that remembers finished work when the destination cannot be
+    /// read back (`RELAY_IDEMPOTENCY_TABLE`).
+    pub idempotency_table: Option<dynamodb::Table>,
+    /// Where results too large for a message service go (`RELAY_SPILL_S3`).
+    pub spill: Option<S3Location>,
+    /// Batch items run at once (`RELAY_MAX_CONCURRENCY`).
+    pub max_concurrency: usize,
+    /// Most items one batch may have (`RELAY_MAX_ITEMS`).
+    pub max_items: usize,
     /// Address S3 by path rather than virtual host (`RELAY_S3_FORCE_PATH_STYLE`), for
     /// S3-compatible endpoints and local emulators.
     pub s3_force_path_style: bool,
@@ -227,11 +238,34 @@ impl Config {
 
         let destination = get("RELAY_DESTINATION").ok_or(ConfigError::Missing {
             var: "RELAY_DESTINATION",
-            hint: "set it to where records go, e.g. s3://my-bucket/bedrock-relay/",
+            hint: "set it to where records go, e.g. s3://my-bucket/bedrock-relay/ (or an SQS queue, SNS topic, EventBridge bus or DynamoDB table ARN)",
         })?;
         let destination =
-            S3Location::parse(destination.trim()).map_err(|reason| ConfigError::Invalid {
+            DestinationSpec::parse(&destination).map_err(|err| ConfigError::Invalid {
                 var: "RELAY_DESTINATION",
+                reason: err.to_string(),
+            })?;
+        let allowed_destinations: Vec<String> = get("RELAY_ALLOWED_DESTINATIONS")
+            .map(|raw| {
+                raw.split([',', '\n'])
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let idempotency_table = get("RELAY_IDEMPOTENCY_TABLE")
+            .map(|raw| dynamodb::Table::from_name_or_arn(raw.trim()))
+            .transpose()
+            .map_err(|reason| ConfigError::Invalid {
+                var: "RELAY_IDEMPOTENCY_TABLE",
+                reason,
+            })?;
+        let spill = get("RELAY_SPILL_S3")
+            .map(|raw| S3Location::parse(raw.trim()))
+            .transpose()
+            .map_err(|reason| ConfigError::Invalid {
+                var: "RELAY_SPILL_S3",
                 reason,
             })?;
 
@@ -258,6 +292,21 @@ impl Config {
             targets: Targets::new(targets),
             function_name,
             destination,
+            allowed_destinations,
+            idempotency_table,
+            spill,
+            max_concurrency: parse_number(
+                get("RELAY_MAX_CONCURRENCY"),
+                "RELAY_MAX_CONCURRENCY",
+                1..=64,
+                4,
+            )? as usize,
+            max_items: parse_number(
+                get("RELAY_MAX_ITEMS"),
+                "RELAY_MAX_ITEMS",
+                1..=100_000,
+                10_000,
+            )? as usize,
             s3_force_path_style: parse_bool(
                 get("RELAY_S3_FORCE_PATH_STYLE"),
                 "RELAY_S3_FORCE_PATH_STYLE",
@@ -283,6 +332,40 @@ impl Config {
             metrics_namespace: get("RELAY_METRICS_NAMESPACE")
                 .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
         })
+    }
+}
+
+impl Config {
+    /// The destination for a job: its own `destination` (already rendered) if it
+    /// matches `RELAY_ALLOWED_DESTINATIONS`, else the configured one.
+    pub fn destination_for(
+        &self,
+        requested: Option<&str>,
+    ) -> Result<DestinationSpec, DestinationError> {
+        let Some(requested) = requested else {
+            return Ok(self.destination.clone());
+        };
+        let spec = DestinationSpec::parse(requested)?;
+        if spec == self.destination {
+            return Ok(spec);
+        }
+        let text = spec.to_string();
+        let allowed = self.allowed_destinations.iter().any(|pattern| {
+            let pattern = wildmatch::WildMatch::new(pattern);
+            pattern.matches(&text) || pattern.matches(requested.trim())
+        });
+        if allowed {
+            Ok(spec)
+        } else {
+            Err(DestinationError::NotAllowed {
+                destination: text,
+                allowed: if self.allowed_destinations.is_empty() {
+                    "none".into()
+                } else {
+                    self.allowed_destinations.join(", ")
+                },
+            })
+        }
     }
 }
 
@@ -475,8 +558,11 @@ mod tests {
         assert_eq!(only(&config).session_duration, Duration::from_secs(3600));
         assert_eq!(only(&config).session_name, "bedrock-relay-relay-fn");
         assert_eq!(only(&config).source_identity, "relay-fn");
-        assert_eq!(config.destination.bucket, "results-bucket");
-        assert_eq!(config.destination.prefix, "relay/");
+        let DestinationSpec::S3(location) = &config.destination else {
+            panic!("an S3 destination, got {}", config.destination)
+        };
+        assert_eq!(location.bucket, "results-bucket");
+        assert_eq!(location.prefix, "relay/");
         assert!(config.default_job.is_none());
         assert!(!config.log_content);
     }

@@ -12,10 +12,12 @@ use thiserror::Error;
 
 use crate::bedrock::BedrockError;
 use crate::destination::DestinationError;
+use crate::documents::DocumentError;
 use crate::input::InputError;
 use crate::job::JobError;
 use crate::record::ErrorRecord;
 use crate::target::TargetError;
+use crate::template::TemplateError;
 
 /// Why an invocation did not produce a success record.
 #[derive(Debug, Error)]
@@ -32,9 +34,31 @@ pub enum RelayError {
     /// Bedrock (or STS on its way) did not answer.
     #[error(transparent)]
     Bedrock(#[from] BedrockError),
+    /// A template in the job does not render.
+    #[error("invalid template: {0}")]
+    Template(#[from] TemplateError),
+    /// A document or item file could not be read.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
     /// The record could not be written.
     #[error(transparent)]
     Destination(#[from] DestinationError),
+    /// A batch stopped before every item settled; its progress is saved.
+    #[error("batch {job_id}: {settled} of {total} items settled ({pending} not started before the deadline, {retryable} failed with retryable errors); progress is saved at {progress} and a retry of the event carries on from there")]
+    BatchIncomplete {
+        /// The batch's job id.
+        job_id: String,
+        /// Items in the batch.
+        total: usize,
+        /// Items succeeded or failed for good.
+        settled: usize,
+        /// Items not started.
+        pending: usize,
+        /// Items that failed in a way a retry may fix.
+        retryable: usize,
+        /// Where progress is kept.
+        progress: String,
+    },
 }
 
 impl RelayError {
@@ -47,14 +71,19 @@ impl RelayError {
             Self::Job(_) => "InvalidJob",
             Self::Target(err) => err.code(),
             Self::Bedrock(err) => err.code(),
+            Self::Template(_) => "InvalidTemplate",
+            Self::Document(err) => err.code(),
             Self::Destination(err) => err.code(),
+            Self::BatchIncomplete { .. } => "BatchIncomplete",
         }
     }
 
     /// Whether a Lambda retry of the same event may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Input(_) | Self::Job(_) | Self::Target(_) => false,
+            Self::Input(_) | Self::Job(_) | Self::Target(_) | Self::Template(_) => false,
+            Self::Document(err) => err.is_retryable(),
+            Self::BatchIncomplete { .. } => true,
             Self::Bedrock(err) => err.is_retryable(),
             Self::Destination(err) => err.is_retryable(),
         }

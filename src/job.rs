@@ -43,7 +43,7 @@ pub enum JobError {
 }
 
 impl JobError {
-    fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Field {
             path: path.into(),
             message: message.into(),
@@ -270,6 +270,38 @@ impl Job {
             None => sanitize_id(fallback_id),
         };
 
+        match (&self.items, &self.items_from) {
+            (Some(_), Some(_)) => {
+                return Err(JobError::field(
+                    "items_from",
+                    "a job has `items` or `items_from`, not both",
+                ))
+            }
+            (Some(items), None) if items.is_empty() => {
+                return Err(JobError::field(
+                    "items",
+                    "the list is empty; give at least one item",
+                ))
+            }
+            (None, Some(uri)) if !uri.starts_with("s3://") => {
+                return Err(JobError::field(
+                    "items_from",
+                    format!("`{uri}` is not an s3:// URI; expected s3://bucket/key.jsonl"),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(documents) = &self.documents {
+            if let Some(i) = documents.iter().position(|d| !d.starts_with("s3://")) {
+                return Err(JobError::field(
+                    format!("documents[{i}]"),
+                    format!(
+                        "`{}` is not an s3:// URI; expected s3://bucket/key",
+                        documents[i]
+                    ),
+                ));
+            }
+        }
         if let Some(invoke) = &self.invoke {
             if self.prompt.is_some() || self.messages.is_some() {
                 return Err(JobError::field(

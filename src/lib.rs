@@ -31,14 +31,17 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod bedrock;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod destination;
+pub mod documents;
 pub mod error;
 pub mod input;
 pub mod job;
+pub mod ledger;
 pub mod metrics;
 pub mod record;
 pub mod relay;

@@ -89,19 +89,22 @@ pub struct JobMetrics {
     pub attempts: u32,
     /// Throttled attempts.
     pub throttled: u32,
+    /// One item of a batch, counted in `Items` rather than `Jobs`.
+    pub is_item: bool,
 }
 
 /// The EMF document for one job.
 pub fn emf_document(namespace: &str, job: &JobMetrics, timestamp_ms: u128) -> Value {
+    let unit = if job.is_item { "Items" } else { "Jobs" };
     let mut metrics = vec![
-        json!({"Name": "Jobs", "Unit": "Count"}),
+        json!({"Name": unit, "Unit": "Count"}),
         json!({"Name": "Throttles", "Unit": "Count"}),
         json!({"Name": "Retries", "Unit": "Count"}),
     ];
     let mut fields = Map::new();
     fields.insert("target".into(), json!(job.target));
     fields.insert("model".into(), json!(job.model));
-    fields.insert("Jobs".into(), json!(1));
+    fields.insert(unit.into(), json!(1));
     fields.insert("Throttles".into(), json!(job.throttled));
     fields.insert("Retries".into(), json!(job.attempts.saturating_sub(1)));
     let mut dimensions = vec![json!(["target", "model"])];

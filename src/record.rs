@@ -16,6 +16,8 @@ pub enum Status {
     Succeeded,
     /// See `error`.
     Failed,
+    /// A batch item not run yet (the invocation ran out of time first).
+    Pending,
 }
 
 /// The model's answer.
@@ -85,6 +87,26 @@ pub struct Record {
 }
 
 impl Record {
+    /// An empty failed record for the Lambda request, filled in as the job is read.
+    pub fn started(request_id: &str) -> Self {
+        Self {
+            job_id: request_id.to_owned(),
+            status: Status::Failed,
+            shape: None,
+            event: None,
+            request_id: request_id.to_owned(),
+            target: None,
+            model: None,
+            output: None,
+            usage: None,
+            latency: None,
+            started_at: now_rfc3339(),
+            finished_at: String::new(),
+            metadata: None,
+            error: None,
+        }
+    }
+
     /// Fills in a success from the model's reply.
     pub fn succeed(mut self, reply: &ModelReply) -> Self {
         self.status = Status::Succeeded;
@@ -108,6 +130,94 @@ impl Record {
         self.error = Some(error);
         self.finished_at = now_rfc3339();
         self
+    }
+}
+
+/// One line of a batch's JSON Lines result: one per item, in input order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemRecord {
+    /// The batch's job id.
+    pub job_id: String,
+    /// The item's position in `items` or `items_from`, from 0.
+    pub index: usize,
+    /// `succeeded`, `failed` or `pending`.
+    pub status: Status,
+    /// The target that served the item (or last failed it).
+    pub target: Option<TargetRecord>,
+    /// The model.
+    pub model: Option<String>,
+    /// The answer, on success.
+    pub output: Option<OutputRecord>,
+    /// This item's token counts, on success.
+    pub usage: Option<Usage>,
+    /// This item's timings, on success.
+    pub latency: Option<LatencyRecord>,
+    /// This item's error, on failure.
+    pub error: Option<ErrorRecord>,
+    /// RFC 3339, when the item settled.
+    pub finished_at: Option<String>,
+}
+
+impl ItemRecord {
+    /// An item not run yet.
+    pub fn pending(job_id: &str, index: usize) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            index,
+            status: Status::Pending,
+            target: None,
+            model: None,
+            output: None,
+            usage: None,
+            latency: None,
+            error: None,
+            finished_at: None,
+        }
+    }
+
+    /// An item the model answered.
+    pub fn succeeded(
+        job_id: &str,
+        index: usize,
+        target: TargetRecord,
+        model: &str,
+        reply: &ModelReply,
+    ) -> Self {
+        Self {
+            status: Status::Succeeded,
+            target: Some(target),
+            model: Some(model.to_owned()),
+            output: Some(OutputRecord {
+                text: reply.text.clone(),
+                stop_reason: reply.stop_reason.clone(),
+                body: reply.body.clone(),
+            }),
+            usage: reply.usage,
+            latency: Some(LatencyRecord {
+                model_ms: reply.model_latency_ms,
+                call_ms: reply.call_latency_ms,
+            }),
+            finished_at: Some(now_rfc3339()),
+            ..Self::pending(job_id, index)
+        }
+    }
+
+    /// An item that failed.
+    pub fn failed(
+        job_id: &str,
+        index: usize,
+        target: Option<TargetRecord>,
+        model: Option<&str>,
+        error: ErrorRecord,
+    ) -> Self {
+        Self {
+            status: Status::Failed,
+            target,
+            model: model.map(str::to_owned),
+            error: Some(error),
+            finished_at: Some(now_rfc3339()),
+            ..Self::pending(job_id, index)
+        }
     }
 }
 

@@ -14,18 +14,24 @@ use lambda_runtime::{service_fn, Context, Diagnostic, LambdaEvent, Runtime};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
+use crate::batch::BatchRun;
 use crate::bedrock::{Bedrock, BedrockError, ModelReply};
 use crate::config::Config;
-use crate::destination::S3Destination;
+use crate::destination::{
+    DestinationError, DestinationSpec, Destinations, Outgoing, S3Destination,
+};
+use crate::documents::{self, Document};
 use crate::error::RelayError;
 use crate::input::{Envelope, Input, Payload, PayloadGuardLayer};
-use crate::job::ResolvedJob;
+use crate::job::{Job, JobError, ResolvedJob};
+use crate::ledger::Ledger;
 use crate::metrics::{self, CallStats, JobMetrics};
-use crate::record::{now_rfc3339, Record, Status};
+use crate::record::Record;
 use crate::target::Target;
+use crate::template::{is_template, Renderer, Scope};
 
 /// Below this, a model call cannot be worth starting.
-const MIN_MODEL_BUDGET: Duration = Duration::from_millis(250);
+pub(crate) const MIN_MODEL_BUDGET: Duration = Duration::from_millis(250);
 /// First wait when every pool member is throttled; doubles up to the max.
 const POOL_INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 const POOL_MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -66,18 +72,29 @@ impl PoolState {
 /// The function's state across invocations.
 #[derive(Debug, Clone)]
 pub struct Relay {
-    config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// One RoleA-signed client per target alias, each with its own credentials cache.
     bedrock: HashMap<String, Bedrock>,
-    destination: S3Destination,
+    /// Account B's clients for destinations, documents and item files.
+    pub(crate) destinations: Destinations,
+    pub(crate) renderer: Arc<Renderer>,
     pool: Arc<PoolState>,
     /// EMF namespace; `None` writes no metrics.
     metrics_namespace: Option<String>,
 }
 
+/// Where a job's results go and how it remembers finished work.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub destination: DestinationSpec,
+    pub ledger: Ledger,
+    /// FIFO message group.
+    pub group: String,
+}
+
 impl Relay {
     /// Builds the clients from the Lambda environment: account B's credentials
-    /// for STS and S3, RoleA's (through the identity cache) for Bedrock.
+    /// for STS and the destinations, RoleA's (through the identity cache) for Bedrock.
     pub async fn from_config(config: Config) -> Self {
         let base = aws_config::load_defaults(BehaviorVersion::latest()).await;
         Self::from_sdk_config(config, &base)
@@ -96,8 +113,9 @@ impl Relay {
                 )
             })
             .collect();
-        let destination = S3Destination::from_config(&config, base);
-        Self::new(config, bedrock, destination)
+        let destinations =
+            Destinations::new(base, config.s3_force_path_style, config.spill.clone());
+        Self::new(config, bedrock, destinations)
     }
 
     /// Assembles a relay from parts (tests pass mocked clients): `bedrock` holds
@@ -105,13 +123,14 @@ impl Relay {
     pub fn new(
         config: Config,
         bedrock: HashMap<String, Bedrock>,
-        destination: S3Destination,
+        destinations: Destinations,
     ) -> Self {
         Self {
             metrics_namespace: Some(config.metrics_namespace.clone()),
             config: Arc::new(config),
             bedrock,
-            destination,
+            destinations,
+            renderer: Arc::new(Renderer::new()),
             pool: Arc::default(),
         }
     }
@@ -123,12 +142,15 @@ impl Relay {
         self
     }
 
-    fn emit_metrics(
+    /// One EMF line for a job or a batch item.
+    pub(crate) fn emit_metrics(
         &self,
-        record: &Record,
+        target: Option<&str>,
+        model: Option<&str>,
         error_type: Option<&str>,
         reply: Option<&ModelReply>,
         stats: &CallStats,
+        is_item: bool,
     ) {
         let Some(namespace) = &self.metrics_namespace else {
             return;
@@ -136,16 +158,14 @@ impl Relay {
         metrics::emit(
             namespace,
             &JobMetrics {
-                target: record
-                    .target
-                    .as_ref()
-                    .map_or_else(|| "none".into(), |t| t.alias.clone()),
-                model: record.model.clone().unwrap_or_else(|| "none".into()),
+                target: target.unwrap_or("none").to_owned(),
+                model: model.unwrap_or("none").to_owned(),
                 error_type: error_type.map(str::to_owned),
                 usage: reply.and_then(|r| r.usage),
                 model_latency_ms: reply.and_then(|r| r.model_latency_ms),
                 attempts: stats.attempts(),
                 throttled: stats.throttled(),
+                is_item,
             },
         );
     }
@@ -173,22 +193,8 @@ impl Relay {
     }
 
     async fn run(&self, payload: &Payload, ctx: &Context) -> Result<Value, RelayError> {
-        let mut record = Record {
-            job_id: ctx.request_id.clone(),
-            status: Status::Failed,
-            shape: None,
-            event: None,
-            request_id: ctx.request_id.clone(),
-            target: None,
-            model: None,
-            output: None,
-            usage: None,
-            latency: None,
-            started_at: now_rfc3339(),
-            finished_at: String::new(),
-            metadata: None,
-            error: None,
-        };
+        let mut record = Record::started(&ctx.request_id);
+        let fallback = self.fallback_delivery(&ctx.request_id);
 
         let input = match Input::from_payload(payload, self.config.default_job.as_ref()) {
             Ok(input) => input,
@@ -197,7 +203,7 @@ impl Relay {
                 if let Some(id) = record.event.as_ref().and_then(|e| e.id.clone()) {
                     record.job_id = crate::job::sanitize_id(&id);
                 }
-                return self.fail(record, err.into()).await;
+                return self.fail(record, &fallback, err.into()).await;
             }
         };
         record.shape = Some(input.shape);
@@ -207,77 +213,240 @@ impl Relay {
             .as_ref()
             .and_then(|e| e.id.as_deref())
             .unwrap_or(&ctx.request_id);
-        let job = match input
-            .job
-            .resolve(self.config.default_model.as_deref(), fallback_id)
-        {
-            Ok(job) => job,
+        let identify = |record: &mut Record, job: &Job| {
+            // A templated id that did not render cannot name the record.
+            record.job_id = match job.id.as_deref() {
+                Some(id) if !is_template(id) => crate::job::sanitize_id(id),
+                _ => crate::job::sanitize_id(fallback_id),
+            };
+            record.model = job
+                .model
+                .clone()
+                .or_else(|| self.config.default_model.clone());
+            record.metadata = job.metadata.clone();
+        };
+
+        // Where, who and what are settled before any document, STS or Bedrock call.
+        let scope = Scope::event(input.envelope.as_ref().map(|e| e.event.clone()));
+        let mut job = input.job;
+        if let Err(err) = self.renderer.render_head(&mut job, &scope) {
+            identify(&mut record, &job);
+            return self.fail(record, &fallback, err.into()).await;
+        }
+        let destination = match self.config.destination_for(job.destination.as_deref()) {
+            Ok(destination) => destination,
             Err(err) => {
-                record.job_id =
-                    crate::job::sanitize_id(input.job.id.as_deref().unwrap_or(fallback_id));
-                record.model = input
-                    .job
-                    .model
-                    .clone()
-                    .or_else(|| self.config.default_model.clone());
-                record.metadata = input.job.metadata.clone();
-                return self.fail(record, err.into()).await;
+                identify(&mut record, &job);
+                return self.fail(record, &fallback, err.into()).await;
             }
         };
-        record.job_id = job.id.clone();
-        record.model = Some(job.model.clone());
-        record.metadata = job.metadata.clone();
+        let plan = match job.resolve(self.config.default_model.as_deref(), fallback_id) {
+            Ok(plan) => plan,
+            Err(err) => {
+                identify(&mut record, &job);
+                let delivery = self.delivery(destination, &record.job_id, None);
+                return self.fail(record, &delivery, err.into()).await;
+            }
+        };
+        record.job_id = plan.id.clone();
+        record.model = Some(plan.model.clone());
+        record.metadata = plan.metadata.clone();
+        let delivery = self.delivery(destination, &plan.id, job.group.as_deref());
 
         // The targets and model are checked before any STS or Bedrock call.
-        let pool = match self.config.targets.select_pool(&job.targets, &job.model) {
+        let pool = match self.config.targets.select_pool(&plan.targets, &plan.model) {
             Ok(pool) => pool,
-            Err(err) => return self.fail(record, err.into()).await,
+            Err(err) => return self.fail(record, &delivery, err.into()).await,
         };
         let aliases: Vec<&str> = pool.iter().map(|t| t.alias.as_str()).collect();
         let span = tracing::info_span!(
             "job",
-            job_id = %job.id,
-            model = %job.model,
+            job_id = %plan.id,
+            model = %plan.model,
             target = %aliases.join(","),
             target_account = %pool.iter().map(|t| t.role.account.as_str()).collect::<Vec<_>>().join(","),
             shape = ?input.shape,
+            destination = %delivery.destination,
         );
         async move {
             tracing::info!("job accepted");
-            if self.config.log_content {
-                tracing::info!(messages = ?job.messages, system = ?job.system, "job content (RELAY_LOG_CONTENT)");
+            if job.is_batch() {
+                let batch = BatchRun {
+                    job,
+                    plan,
+                    pool,
+                    scope,
+                    delivery,
+                    record,
+                };
+                return self.run_batch(batch, ctx).await;
             }
-            let stats = Arc::new(CallStats::default());
-            let (served_by, result) = self.call_pool(&job, &pool, ctx, &stats).await;
-            record.target = Some(served_by.to_record());
-            let reply = match result {
-                Ok(reply) => reply,
-                Err(err) => return self.fail_counted(record, err.into(), &stats).await,
-            };
-            self.emit_metrics(&record, None, Some(&reply), &stats);
-            tracing::info!(
-                input_tokens = reply.usage.map(|u| u.input_tokens),
-                output_tokens = reply.usage.map(|u| u.output_tokens),
-                stop_reason = %reply.stop_reason,
-                call_ms = reply.call_latency_ms as u64,
-                "model answered"
-            );
-            if self.config.log_content {
-                tracing::info!(output = %reply.text, "model output (RELAY_LOG_CONTENT)");
-            }
-            let record = record.succeed(&reply);
-            let uri = self.destination.write(&record).await?;
-            tracing::info!(record = %uri, "result recorded");
-            Ok(json!({
-                "job_id": record.job_id,
-                "status": record.status,
-                "record": uri,
-                "model": record.model,
-                "usage": record.usage,
-            }))
+            self.run_single(job, pool, scope, delivery, record, ctx)
+                .await
         }
         .instrument(span)
         .await
+    }
+
+    /// A job without items: one model call, one record.
+    async fn run_single(
+        &self,
+        mut job: Job,
+        pool: Vec<&Target>,
+        mut scope: Scope,
+        delivery: Delivery,
+        mut record: Record,
+        ctx: &Context,
+    ) -> Result<Value, RelayError> {
+        match delivery
+            .ledger
+            .succeeded_job(&self.destinations, &record.job_id)
+            .await
+        {
+            Ok(Some(_)) => {
+                tracing::info!("the job already succeeded (a redelivered event); the model is not called again");
+                return Ok(json!({
+                    "job_id": record.job_id,
+                    "status": "succeeded",
+                    "already_done": true,
+                }));
+            }
+            Ok(None) => {}
+            Err(err) => return self.fail(record, &delivery, err.into()).await,
+        }
+
+        let documents = match self.load_documents(&job).await {
+            Ok(documents) => documents,
+            Err(err) => return self.fail(record, &delivery, err).await,
+        };
+        if !documents.is_empty() {
+            scope.documents = Some(documents.iter().map(Document::template_value).collect());
+        }
+        let prepared = self
+            .renderer
+            .render_body(&mut job, &scope)
+            .map_err(RelayError::from)
+            .and_then(|()| {
+                let mut resolved =
+                    job.resolve(self.config.default_model.as_deref(), &record.job_id)?;
+                resolved.id.clone_from(&record.job_id);
+                attach_documents(&mut resolved, &documents)?;
+                Ok(resolved)
+            });
+        let resolved = match prepared {
+            Ok(resolved) => resolved,
+            Err(err) => return self.fail(record, &delivery, err).await,
+        };
+        if self.config.log_content {
+            tracing::info!(messages = ?resolved.messages, system = ?resolved.system, "job content (RELAY_LOG_CONTENT)");
+        }
+
+        let stats = Arc::new(CallStats::default());
+        let (served_by, result) = self.call_pool(&resolved, &pool, ctx, &stats).await;
+        record.target = Some(served_by.to_record());
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(err) => {
+                return self
+                    .fail_counted(record, &delivery, err.into(), &stats)
+                    .await
+            }
+        };
+        self.emit_metrics(
+            Some(&served_by.alias),
+            record.model.as_deref(),
+            None,
+            Some(&reply),
+            &stats,
+            false,
+        );
+        tracing::info!(
+            input_tokens = reply.usage.map(|u| u.input_tokens),
+            output_tokens = reply.usage.map(|u| u.output_tokens),
+            stop_reason = %reply.stop_reason,
+            call_ms = reply.call_latency_ms as u64,
+            "model answered"
+        );
+        if self.config.log_content {
+            tracing::info!(output = %reply.text, "model output (RELAY_LOG_CONTENT)");
+        }
+        let record = record.succeed(&reply);
+        let uri = self.deliver_record(&delivery, &record).await?;
+        tracing::info!(record = %uri, "result recorded");
+        Ok(json!({
+            "job_id": record.job_id,
+            "status": record.status,
+            "record": uri,
+            "model": record.model,
+            "usage": record.usage,
+        }))
+    }
+
+    /// The destination and ledger for a job's results.
+    pub(crate) fn delivery(
+        &self,
+        destination: DestinationSpec,
+        job_id: &str,
+        group: Option<&str>,
+    ) -> Delivery {
+        Delivery {
+            ledger: Ledger::for_destination(
+                &destination,
+                self.config.idempotency_table.as_ref(),
+                &self.destinations,
+            ),
+            destination,
+            group: group.unwrap_or(job_id).to_owned(),
+        }
+    }
+
+    /// The configured destination, for failures before the job's own is known.
+    fn fallback_delivery(&self, request_id: &str) -> Delivery {
+        Delivery {
+            destination: self.config.destination.clone(),
+            ledger: Ledger::Off,
+            group: request_id.to_owned(),
+        }
+    }
+
+    /// Reads the job's `documents` (already rendered) with account B's credentials.
+    pub(crate) async fn load_documents(&self, job: &Job) -> Result<Vec<Document>, RelayError> {
+        match job.documents.as_deref() {
+            None | Some([]) => Ok(Vec::new()),
+            Some(uris) => Ok(documents::load_documents(self.destinations.s3_client(), uris).await?),
+        }
+    }
+
+    /// Writes one record (a single job's) to its destination; returns where it went.
+    async fn deliver_record(
+        &self,
+        delivery: &Delivery,
+        record: &Record,
+    ) -> Result<String, DestinationError> {
+        if let DestinationSpec::S3(location) = &delivery.destination {
+            return S3Destination::new(self.destinations.s3_client().clone(), location.clone())
+                .write(record)
+                .await;
+        }
+        let body = serde_json::to_value(record).map_err(|err| DestinationError::Unavailable {
+            destination: delivery.destination.to_string(),
+            message: format!("the record does not serialise: {err}"),
+        })?;
+        let outgoing = [Outgoing {
+            job_id: record.job_id.clone(),
+            index: None,
+            group: delivery.group.clone(),
+            body,
+        }];
+        let refs = self
+            .destinations
+            .send(&delivery.destination, &outgoing)
+            .await?;
+        delivery
+            .ledger
+            .remember(&self.destinations, &outgoing)
+            .await?;
+        Ok(refs.join(","))
     }
 
     /// Runs the job on its target, or spreads it over a pool: members are tried
@@ -286,7 +455,7 @@ impl Relay {
     /// next at once instead of backing off. Only when every member is throttled
     /// does it wait (full jitter, doubling) and go round again, within the
     /// deadline. Returns the target that served (or last failed) with the result.
-    async fn call_pool<'t>(
+    pub(crate) async fn call_pool<'t>(
         &self,
         job: &ResolvedJob,
         pool: &[&'t Target],
@@ -366,7 +535,7 @@ impl Relay {
 
     /// Time for the model call: what is left before the deadline, less the
     /// reserve kept to write the record. `None` when too little is left.
-    fn model_budget(&self, ctx: &Context) -> Option<Duration> {
+    pub(crate) fn model_budget(&self, ctx: &Context) -> Option<Duration> {
         remaining(ctx)
             .checked_sub(self.config.deadline_reserve)
             .filter(|budget| *budget >= MIN_MODEL_BUDGET)
@@ -375,20 +544,34 @@ impl Relay {
     /// Writes the failure record and returns the error for Lambda. When even the
     /// record cannot be written, the error still reaches Lambda, whose retries and
     /// on-failure destination keep the event.
-    async fn fail(&self, record: Record, err: RelayError) -> Result<Value, RelayError> {
-        self.fail_counted(record, err, &CallStats::default()).await
+    pub(crate) async fn fail(
+        &self,
+        record: Record,
+        delivery: &Delivery,
+        err: RelayError,
+    ) -> Result<Value, RelayError> {
+        self.fail_counted(record, delivery, err, &CallStats::default())
+            .await
     }
 
     /// [`Relay::fail`] for a job whose Bedrock attempts were counted in `stats`.
     async fn fail_counted(
         &self,
         record: Record,
+        delivery: &Delivery,
         err: RelayError,
         stats: &CallStats,
     ) -> Result<Value, RelayError> {
-        self.emit_metrics(&record, Some(err.code()), None, stats);
+        self.emit_metrics(
+            record.target.as_ref().map(|t| t.alias.as_str()),
+            record.model.as_deref(),
+            Some(err.code()),
+            None,
+            stats,
+            false,
+        );
         let record = record.fail(err.to_record());
-        match self.destination.write(&record).await {
+        match self.deliver_record(delivery, &record).await {
             Ok(uri) => tracing::error!(
                 job_id = %record.job_id,
                 error_type = err.code(),
@@ -407,13 +590,44 @@ impl Relay {
     }
 }
 
+/// Puts the loaded documents in front of the first user message's text (the
+/// order Bedrock's document guidance recommends). An InvokeModel job's body is
+/// the model's own format, so its documents reach it only through templates.
+pub(crate) fn attach_documents(
+    job: &mut ResolvedJob,
+    documents: &[Document],
+) -> Result<(), JobError> {
+    if documents.is_empty() {
+        return Ok(());
+    }
+    if job.invoke.is_some() {
+        if let Some((i, doc)) = documents.iter().enumerate().find(|(_, d)| d.text.is_none()) {
+            return Err(JobError::field(
+                format!("documents[{i}]"),
+                format!(
+                    "`{}` is not text: an `invoke` job uses documents only through templates (`{{{{ documents[{i}].text }}}}`); use `prompt` or `messages` to send it as a block",
+                    doc.uri
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let Some(first) = job.messages.first_mut() else {
+        return Ok(());
+    };
+    first
+        .content
+        .splice(0..0, documents.iter().map(Document::to_block));
+    Ok(())
+}
+
 /// Lambda sends the deadline as epoch milliseconds. Local runtimes may not:
 /// `cargo lambda watch` sends a bare `600000` (ten minutes). A value that cannot
 /// be an epoch time of this century is read as milliseconds from now, so local
 /// runs get the budget they were given instead of none.
 const EPOCH_MS_2001: u64 = 1_000_000_000_000;
 
-fn remaining(ctx: &Context) -> Duration {
+pub(crate) fn remaining(ctx: &Context) -> Duration {
     if ctx.deadline < EPOCH_MS_2001 {
         return Duration::from_millis(ctx.deadline);
     }
@@ -430,6 +644,7 @@ mod tests {
 
     use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
     use aws_sdk_bedrockruntime::types::StopReason;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
     use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
     use aws_smithy_types::error::ErrorMetadata;
@@ -491,11 +706,22 @@ mod tests {
         })
     }
 
+    /// An S3 mock with no earlier record for any job.
+    fn no_earlier_record() -> Rule {
+        mock!(aws_sdk_s3::Client::get_object).then_error(|| {
+            GetObjectError::generic(ErrorMetadata::builder().code("NoSuchKey").build())
+        })
+    }
+
     fn relay(converse: &Rule, put: &Rule) -> Relay {
         let config = config();
         let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [converse]);
-        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [put]);
-        let destination = S3Destination::new(s3, config.destination.clone());
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [put, &no_earlier_record()]);
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let destinations = Destinations::new(&base, false, None).with_s3_client(s3);
         Relay::new(
             config.clone(),
             config
@@ -508,7 +734,7 @@ mod tests {
                     )
                 })
                 .collect(),
-            destination,
+            destinations,
         )
     }
 

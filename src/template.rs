@@ -369,10 +369,18 @@ mod tests {
     fn undefined_values_name_the_missing_path() {
         let r = Renderer::new();
         let err = r
-            .render("prompt", "summarise {{ detail.objekt.key }} now", &s3_event())
+            .render(
+                "prompt",
+                "summarise {{ detail.objekt.key }} now",
+                &s3_event(),
+            )
             .expect_err("undefined");
         assert_eq!(err.field, "prompt");
-        assert!(err.message.contains("`detail.objekt.key`"), "{}", err.message);
+        assert!(
+            err.message.contains("`detail.objekt.key`"),
+            "{}",
+            err.message
+        );
         let err = r
             .render("id", "x-{{ item }}", &s3_event())
             .expect_err("no item outside a batch");
@@ -386,7 +394,11 @@ mod tests {
         let include = r
             .render("prompt", "{% include '/etc/passwd' %}", &scope)
             .expect_err("no loader");
-        assert!(include.message.contains("cannot include"), "{}", include.message);
+        assert!(
+            include.message.contains("cannot include"),
+            "{}",
+            include.message
+        );
         let forever = r
             .render(
                 "prompt",
@@ -444,7 +456,9 @@ mod tests {
         }))
         .expect("job");
         let scope = Scope::default().with_item(&json!("hello"));
-        let err = r.render_body(&mut job.clone(), &scope).expect_err("missing");
+        let err = r
+            .render_body(&mut job.clone(), &scope)
+            .expect_err("missing");
         assert_eq!(err.field, "invoke.body.nested[0].t");
         if let Some(invoke) = job.invoke.as_mut() {
             invoke.body["nested"] = json!([]);

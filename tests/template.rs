@@ -50,6 +50,7 @@ fn dashboard_charts_the_metrics_the_function_emits() {
             model_latency_ms: Some(1),
             attempts: 1,
             throttled: 0,
+            is_item: false,
         },
         0,
     );

@@ -10,6 +10,8 @@ pub struct Bus {
 impl Bus {
     /// Parses a bus ARN.
     pub fn parse(text: &str) -> Result<Self, String> {
-        Err(format!("`{text}`: EventBridge destinations are not implemented yet"))
+        Err(format!(
+            "`{text}`: EventBridge destinations are not implemented yet"
+        ))
     }
 }

@@ -248,12 +248,14 @@ impl Destinations {
 
     /// The SQS client.
     pub fn sqs_client(&self) -> &aws_sdk_sqs::Client {
-        self.sqs.get_or_init(|| aws_sdk_sqs::Client::new(&self.base))
+        self.sqs
+            .get_or_init(|| aws_sdk_sqs::Client::new(&self.base))
     }
 
     /// The SNS client.
     pub fn sns_client(&self) -> &aws_sdk_sns::Client {
-        self.sns.get_or_init(|| aws_sdk_sns::Client::new(&self.base))
+        self.sns
+            .get_or_init(|| aws_sdk_sns::Client::new(&self.base))
     }
 
     /// The EventBridge client.
@@ -266,6 +268,47 @@ impl Destinations {
     pub fn dynamodb_client(&self) -> &aws_sdk_dynamodb::Client {
         self.dynamodb
             .get_or_init(|| aws_sdk_dynamodb::Client::new(&self.base))
+    }
+
+    /// Uses `client` for S3 (tests pass a mocked one).
+    pub fn with_s3_client(mut self, client: aws_sdk_s3::Client) -> Self {
+        self.s3 = OnceLock::from(client);
+        self
+    }
+
+    /// STUB: sends results to a message service or table.
+    pub async fn send(
+        &self,
+        dest: &DestinationSpec,
+        results: &[Outgoing],
+    ) -> Result<Vec<String>, DestinationError> {
+        Err(DestinationError::Invalid {
+            destination: dest.to_string(),
+            reason: format!("{} results: not implemented yet", results.len()),
+        })
+    }
+
+    /// STUB: the succeeded results of a job in a DynamoDB table.
+    pub async fn succeeded_in_table(
+        &self,
+        table: &dynamodb::Table,
+        job_id: &str,
+    ) -> Result<std::collections::BTreeMap<usize, Value>, DestinationError> {
+        dynamodb::succeeded(self.dynamodb_client(), table, job_id).await
+    }
+
+    /// The doctor's write check: a probe object under an S3 destination's
+    /// prefix. Other kinds are not probed (a probe message would reach
+    /// consumers); returns an empty string for them.
+    pub async fn probe(&self, dest: &DestinationSpec) -> Result<String, DestinationError> {
+        match dest {
+            DestinationSpec::S3(location) => {
+                S3Destination::new(self.s3_client().clone(), location.clone())
+                    .probe()
+                    .await
+            }
+            _ => Ok(String::new()),
+        }
     }
 
     /// The spill location, if configured.

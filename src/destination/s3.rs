@@ -51,7 +51,22 @@ impl S3Location {
 
     /// `s3://bucket/key`.
     pub fn uri_for(&self, job_id: &str) -> String {
-        format!("s3://{}/{}", self.bucket, self.key_for(job_id))
+        self.uri_of(&self.key_for(job_id))
+    }
+
+    /// The JSON Lines object of a finished batch.
+    pub fn batch_key_for(&self, job_id: &str) -> String {
+        format!("{}{job_id}.jsonl", self.prefix)
+    }
+
+    /// The JSON Lines object a batch cut short keeps its progress in.
+    pub fn progress_key_for(&self, job_id: &str) -> String {
+        format!("{}{job_id}.progress.jsonl", self.prefix)
+    }
+
+    /// `s3://bucket/<key>`.
+    pub fn uri_of(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
     }
 }
 
@@ -63,17 +78,6 @@ pub struct S3Destination {
 }
 
 impl S3Destination {
-    /// The configured destination, written with the base (account B) credentials.
-    pub fn from_config(config: &crate::Config, base: &aws_config::SdkConfig) -> Self {
-        let s3 = aws_sdk_s3::config::Builder::from(base)
-            .force_path_style(config.s3_force_path_style)
-            .build();
-        Self::new(
-            aws_sdk_s3::Client::from_conf(s3),
-            config.destination.clone(),
-        )
-    }
-
     /// `client` carries the execution role's credentials.
     pub fn new(client: aws_sdk_s3::Client, location: S3Location) -> Self {
         Self { client, location }
@@ -100,6 +104,66 @@ impl S3Destination {
             .await
             .map_err(|err| self.classify(uri.clone(), err))?;
         Ok(uri)
+    }
+
+    /// The location written to.
+    pub fn location(&self) -> &S3Location {
+        &self.location
+    }
+
+    /// Writes JSON Lines (one value per line) at `key`; returns the object's URI.
+    pub async fn write_lines<T: serde::Serialize>(
+        &self,
+        key: &str,
+        lines: &[T],
+    ) -> Result<String, DestinationError> {
+        let uri = self.location.uri_of(key);
+        let mut body = Vec::with_capacity(lines.len() * 512);
+        for line in lines {
+            serde_json::to_writer(&mut body, line).map_err(|err| {
+                DestinationError::Unavailable {
+                    destination: uri.clone(),
+                    message: format!("a line does not serialise: {err}"),
+                }
+            })?;
+            body.push(b'\n');
+        }
+        self.client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .content_type("application/x-ndjson")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|err| classify(&self.location, "s3:PutObject", uri.clone(), err))?;
+        Ok(uri)
+    }
+
+    /// Reads the object at `key`; `None` when there is none.
+    pub async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, DestinationError> {
+        let uri = self.location.uri_of(key);
+        let output = match self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(err) if err.code() == Some("NoSuchKey") => return Ok(None),
+            Err(err) => return Err(classify(&self.location, "s3:GetObject", uri, err)),
+        };
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|err| DestinationError::Unavailable {
+                destination: uri,
+                message: format!("reading the object failed: {err}"),
+            })?;
+        Ok(Some(body.into_bytes().to_vec()))
     }
 
     /// Writes a small probe object under the prefix (`_doctor/probe.json`), as the
@@ -142,10 +206,18 @@ pub(crate) fn classify<E: ProvideErrorMetadata, R>(
             action,
             destination: uri,
             message,
-            fix: format!(
-                "grant the execution role {action} on arn:aws:s3:::{}/{}*",
-                location.bucket, location.prefix
-            ),
+            fix: match action {
+                // Without ListBucket, S3 answers AccessDenied for a key that does not exist.
+                "s3:GetObject" => format!(
+                    "grant the execution role s3:GetObject on arn:aws:s3:::{bucket}/{prefix}* and s3:ListBucket on arn:aws:s3:::{bucket} (bedrock-relay reads results back to skip work already done)",
+                    bucket = location.bucket,
+                    prefix = location.prefix
+                ),
+                _ => format!(
+                    "grant the execution role {action} on arn:aws:s3:::{}/{}*",
+                    location.bucket, location.prefix
+                ),
+            },
         },
         Some("NoSuchBucket") => DestinationError::Missing {
             destination: uri,

@@ -12,6 +12,8 @@ pub struct Topic {
 impl Topic {
     /// Parses a topic ARN.
     pub fn parse(text: &str) -> Result<Self, String> {
-        Err(format!("`{text}`: SNS destinations are not implemented yet"))
+        Err(format!(
+            "`{text}`: SNS destinations are not implemented yet"
+        ))
     }
 }

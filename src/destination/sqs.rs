@@ -12,6 +12,8 @@ pub struct Queue {
 impl Queue {
     /// Parses a queue URL or ARN.
     pub fn parse(text: &str) -> Result<Self, String> {
-        Err(format!("`{text}`: SQS destinations are not implemented yet"))
+        Err(format!(
+            "`{text}`: SQS destinations are not implemented yet"
+        ))
     }
 }

@@ -1,0 +1,173 @@
+//! Idempotency: what an earlier delivery of the same event already did.
+//!
+//! EventBridge and Lambda deliver at least once, and Lambda retries failed
+//! events, so the same job can arrive several times. Before calling a model the
+//! relay asks the ledger which results already exist for the job id (the
+//! envelope id, stable across redeliveries) and runs only the rest.
+//!
+//! The ledger is wherever results can be read back: the S3 destination itself
+//! (`<id>.json`, or a batch's `<id>.jsonl` / `<id>.progress.jsonl`), the
+//! DynamoDB destination table, or `RELAY_IDEMPOTENCY_TABLE` for destinations
+//! that cannot be read back (SQS, SNS, EventBridge). Without one of these a
+//! redelivered event calls the model again.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::destination::{
+    dynamodb, DestinationError, DestinationSpec, Destinations, Outgoing, S3Destination,
+};
+
+/// Where finished work is looked up and remembered.
+#[derive(Debug, Clone)]
+pub enum Ledger {
+    /// Results in S3, read back.
+    S3(S3Destination),
+    /// A DynamoDB table: the destination itself, or the idempotency table.
+    Table {
+        /// The table.
+        table: dynamodb::Table,
+        /// Whether the table is the destination (results are already in it).
+        is_destination: bool,
+    },
+    /// Nothing to read back: redeliveries run again.
+    Off,
+}
+
+impl Ledger {
+    /// The ledger for results going to `destination`.
+    pub fn for_destination(
+        destination: &DestinationSpec,
+        idempotency_table: Option<&dynamodb::Table>,
+        destinations: &Destinations,
+    ) -> Self {
+        match (destination, idempotency_table) {
+            (DestinationSpec::S3(location), _) => Self::S3(S3Destination::new(
+                destinations.s3_client().clone(),
+                location.clone(),
+            )),
+            (DestinationSpec::Dynamo(table), _) => Self::Table {
+                table: table.clone(),
+                is_destination: true,
+            },
+            (_, Some(table)) => Self::Table {
+                table: table.clone(),
+                is_destination: false,
+            },
+            _ => Self::Off,
+        }
+    }
+
+    /// A single job's earlier success record, if there is one.
+    pub async fn succeeded_job(
+        &self,
+        destinations: &Destinations,
+        job_id: &str,
+    ) -> Result<Option<Value>, DestinationError> {
+        match self {
+            Self::S3(s3) => {
+                let Some(bytes) = s3.read(&s3.location().key_for(job_id)).await? else {
+                    return Ok(None);
+                };
+                // A record that does not parse is treated as absent: the job runs again
+                // and replaces it.
+                Ok(serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .filter(is_succeeded))
+            }
+            Self::Table { table, .. } => Ok(destinations
+                .succeeded_in_table(table, job_id)
+                .await?
+                .remove(&0)),
+            Self::Off => Ok(None),
+        }
+    }
+
+    /// A batch's items that already succeeded, by index.
+    pub async fn succeeded_items(
+        &self,
+        destinations: &Destinations,
+        job_id: &str,
+    ) -> Result<BTreeMap<usize, Value>, DestinationError> {
+        match self {
+            Self::S3(s3) => {
+                let location = s3.location();
+                // The final object holds every item once the batch has finished;
+                // before that, the progress object holds what is done.
+                let mut lines = s3.read(&location.batch_key_for(job_id)).await?;
+                if lines.is_none() {
+                    lines = s3.read(&location.progress_key_for(job_id)).await?;
+                }
+                Ok(lines
+                    .map(|bytes| succeeded_lines(&bytes))
+                    .unwrap_or_default())
+            }
+            Self::Table { table, .. } => destinations.succeeded_in_table(table, job_id).await,
+            Self::Off => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// Remembers delivered successes in the idempotency table. S3 and a DynamoDB
+    /// destination remember by holding the results themselves.
+    pub async fn remember(
+        &self,
+        destinations: &Destinations,
+        delivered: &[Outgoing],
+    ) -> Result<(), DestinationError> {
+        let Self::Table {
+            table,
+            is_destination: false,
+        } = self
+        else {
+            return Ok(());
+        };
+        let succeeded: Vec<Outgoing> = delivered
+            .iter()
+            .filter(|o| is_succeeded(&o.body))
+            .cloned()
+            .collect();
+        if succeeded.is_empty() {
+            return Ok(());
+        }
+        destinations
+            .send(&DestinationSpec::Dynamo(table.clone()), &succeeded)
+            .await
+            .map(|_| ())
+    }
+}
+
+fn is_succeeded(record: &Value) -> bool {
+    record.get("status").and_then(Value::as_str) == Some("succeeded")
+}
+
+/// The succeeded lines of a batch's JSON Lines, by their `index`.
+fn succeeded_lines(bytes: &[u8]) -> BTreeMap<usize, Value> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+        .filter(is_succeeded)
+        .filter_map(|line| {
+            let index = usize::try_from(line.get("index")?.as_u64()?).ok()?;
+            Some((index, line))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_succeeded_lines_count_as_done() {
+        let jsonl = br#"{"index":0,"status":"succeeded","output":{"text":"a"}}
+{"index":1,"status":"failed","error":{"type":"BedrockThrottled"}}
+{"index":2,"status":"pending"}
+not json
+{"index":3,"status":"succeeded"}
+"#;
+        let done = succeeded_lines(jsonl);
+        assert_eq!(done.keys().copied().collect::<Vec<_>>(), vec![0, 3]);
+        assert_eq!(done[&0]["output"]["text"], "a");
+    }
+}
