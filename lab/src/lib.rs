@@ -164,6 +164,72 @@ impl Lab {
         }
     }
 
+    /// Creates a bucket in account B.
+    pub async fn create_bucket(&self, bucket: &str) -> Result<(), LabError> {
+        self.s3
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| LabError::Aws(format!("create bucket {bucket}: {e:?}")))
+    }
+
+    /// Puts an object in account B.
+    pub async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: impl Into<Vec<u8>>,
+        content_type: &str,
+    ) -> Result<(), LabError> {
+        self.s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body.into().into())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| LabError::Aws(format!("put s3://{bucket}/{key}: {e:?}")))
+    }
+
+    /// An object's bytes in account B, if it exists.
+    pub async fn object(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, LabError> {
+        match self.s3.get_object().bucket(bucket).key(key).send().await {
+            Ok(output) => Ok(Some(
+                output
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| LabError::Aws(format!("read {key}: {e}")))?
+                    .into_bytes()
+                    .to_vec(),
+            )),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(err) => Err(LabError::Aws(format!("get {key}: {err:?}"))),
+        }
+    }
+
+    /// A batch's JSON Lines result (`<prefix><job id>.jsonl`), parsed, if written.
+    pub async fn batch_lines(&self, job_id: &str) -> Result<Option<Vec<Value>>, LabError> {
+        self.lines(&format!("{PREFIX}{job_id}.jsonl")).await
+    }
+
+    /// A JSON Lines object in the results bucket, parsed, if written.
+    pub async fn lines(&self, key: &str) -> Result<Option<Vec<Value>>, LabError> {
+        let Some(bytes) = self.object(BUCKET, key).await? else {
+            return Ok(None);
+        };
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).map_err(LabError::from))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
     /// Every record key in the results bucket.
     pub async fn record_keys(&self) -> Result<Vec<String>, LabError> {
         let output = self
