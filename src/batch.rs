@@ -194,10 +194,7 @@ impl Relay {
         let needed = MIN_MODEL_BUDGET.max(std::time::Duration::from_millis(
             slowest_ms.load(Ordering::Relaxed),
         ));
-        if !self
-            .model_budget(ctx)
-            .is_some_and(|budget| budget >= needed)
-        {
+        if self.model_budget(ctx).is_none_or(|budget| budget < needed) {
             return ItemRecord::pending(job_id, index);
         }
         let failed = |err: RelayError| {
