@@ -5,7 +5,7 @@
 //!
 //! Needs the lab's Python tools: `scripts/setup` (the test command runs it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use lab::emulator::{Fault, Knobs};
@@ -14,7 +14,7 @@ use lab::stub::FixedResponse;
 use lab::{Lab, ACCOUNT_A, ACCOUNT_B};
 
 mod common;
-use common::{error_type, event_bytes, event_path, Bench, TIMEOUT};
+use common::{error_type, event_bytes, Bench, TIMEOUT};
 use serde_json::{json, Value};
 
 /// A job event runs Converse as RoleA in account A and leaves a complete record
