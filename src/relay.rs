@@ -866,4 +866,49 @@ mod tests {
             "DeadlineExceeded"
         );
     }
+
+    #[tokio::test]
+    async fn a_job_that_already_succeeded_is_not_sent_to_the_model_again() {
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
+            .then_output(|| converse_output("again", 1, 1));
+        let earlier = mock!(aws_sdk_s3::Client::get_object)
+            .match_requests(|req| req.key() == Some("relay/nightly/1.json"))
+            .then_output(|| {
+                aws_sdk_s3::operation::get_object::GetObjectOutput::builder()
+                    .body(aws_sdk_s3::primitives::ByteStream::from_static(
+                        br#"{"job_id": "nightly/1", "status": "succeeded"}"#,
+                    ))
+                    .build()
+            });
+        let written: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let put = s3_capturing(&written);
+        let config = config();
+        let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [&converse]);
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&put, &earlier]);
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let relay = Relay::new(
+            config.clone(),
+            config
+                .targets
+                .iter()
+                .map(|t| (t.alias.clone(), Bedrock::from_client(bedrock.clone(), t)))
+                .collect(),
+            Destinations::new(&base, false, None).with_s3_client(s3),
+        );
+        let answer = relay
+            .handle(event(
+                json!({"id": "nightly/1", "model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
+            ))
+            .await
+            .expect("success");
+        assert_eq!(answer["already_done"], true);
+        assert_eq!(converse.num_calls(), 0);
+        assert!(
+            written.lock().expect("lock").is_empty(),
+            "nothing rewritten"
+        );
+    }
 }
