@@ -213,7 +213,9 @@ impl Relay {
 
         let started = Instant::now();
         let stats = Arc::new(CallStats::default());
-        let (served_by, result) = self.call_pool(&resolved, &batch.pool, ctx, &stats).await;
+        let (served_by, result) = self
+            .call_pool(&resolved, &batch.pool, ctx, &stats, true)
+            .await;
         slowest_ms.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         match result {
             Ok(reply) => {

@@ -13,7 +13,7 @@ use aws_config::identity::IdentityCache;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::SdkConfig;
-use aws_sdk_bedrockruntime::config::retry::{RetryPartition, TokenBucket};
+use aws_sdk_bedrockruntime::config::retry::{ClientRateLimiter, RetryPartition, TokenBucket};
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
 use aws_sdk_bedrockruntime::primitives::Blob;
@@ -217,6 +217,12 @@ impl Bedrock {
             .retry_partition(
                 RetryPartition::custom("bedrock-relay")
                     .token_bucket(TokenBucket::unlimited())
+                    // One rate limiter per model account: its quota is its own.
+                    .client_rate_limiter(ClientRateLimiter::new(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64()),
+                    ))
                     .build(),
             )
     }
@@ -236,7 +242,7 @@ impl Bedrock {
         job: &ResolvedJob,
         budget: Duration,
     ) -> Result<ModelReply, BedrockError> {
-        self.converse_counted(job, budget, false, &Arc::default())
+        self.converse_counted(job, budget, Attempts::Configured, &Arc::default())
             .await
     }
 
@@ -247,18 +253,18 @@ impl Bedrock {
         job: &ResolvedJob,
         budget: Duration,
     ) -> Result<ModelReply, BedrockError> {
-        self.converse_counted(job, budget, true, &Arc::default())
+        self.converse_counted(job, budget, Attempts::One, &Arc::default())
             .await
     }
 
-    /// [`Bedrock::converse`] (or, with `once`, [`Bedrock::converse_once`]) that
+    /// [`Bedrock::converse`] with the retry behaviour of `attempts`, that
     /// adds its attempts and throttled attempts to `stats`. A job with `invoke`
     /// goes to InvokeModel instead, its answer kept as parsed JSON.
     pub async fn converse_counted(
         &self,
         job: &ResolvedJob,
         budget: Duration,
-        once: bool,
+        attempts: Attempts,
         stats: &Arc<CallStats>,
     ) -> Result<ModelReply, BedrockError> {
         let started = Instant::now();
@@ -266,7 +272,16 @@ impl Bedrock {
         let mut overrides = aws_sdk_bedrockruntime::config::Builder::default()
             .timeout_config(timeout)
             .interceptor(AttemptCounter(Arc::clone(stats)));
-        let retry = once.then(|| RetryConfig::standard().with_max_attempts(1));
+        let retry = match attempts {
+            Attempts::Configured => None,
+            Attempts::One => Some(RetryConfig::standard().with_max_attempts(1)),
+            Attempts::UntilDeadline => Some(
+                RetryConfig::standard()
+                    .with_max_attempts(BATCH_MAX_ATTEMPTS)
+                    .with_initial_backoff(BATCH_INITIAL_BACKOFF)
+                    .with_max_backoff(BATCH_MAX_BACKOFF),
+            ),
+        };
         if let Some(invoke) = &job.invoke {
             if let Some(retry) = retry {
                 overrides = overrides.retry_config(retry);
@@ -412,6 +427,26 @@ impl Bedrock {
         }
     }
 }
+
+/// How many attempts a call gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempts {
+    /// `RELAY_MAX_ATTEMPTS`, backoff from 200 ms up to 10 s: a single job.
+    Configured,
+    /// One: a pool member, which hands the work on instead of backing off.
+    One,
+    /// As many as the deadline allows, backoff from 50 ms up to 1 s: a batch
+    /// item. A batch runs many calls at once against one quota; keeping each
+    /// retry short keeps requests arriving as the quota frees up, and an item
+    /// is never given up while its batch still has time.
+    UntilDeadline,
+}
+
+/// A bound for [`Attempts::UntilDeadline`]; the operation timeout (the time
+/// left in the invocation) ends the retries first.
+const BATCH_MAX_ATTEMPTS: u32 = 10_000;
+const BATCH_INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+const BATCH_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The SDK's standard retry: exponential backoff with full jitter, for
 /// throttling, 5xx and transient transport errors.

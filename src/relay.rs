@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::batch::BatchRun;
-use crate::bedrock::{Bedrock, BedrockError, ModelReply};
+use crate::bedrock::{Attempts, Bedrock, BedrockError, ModelReply};
 use crate::config::Config;
 use crate::destination::{
     DestinationError, DestinationSpec, Destinations, Outgoing, S3Destination,
@@ -33,8 +33,10 @@ use crate::template::{is_template, Renderer, Scope};
 /// Below this, a model call cannot be worth starting.
 pub(crate) const MIN_MODEL_BUDGET: Duration = Duration::from_millis(250);
 /// First wait when every pool member is throttled; doubles up to the max.
-const POOL_INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-const POOL_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Short: the members' quotas free up continuously, and a long wait leaves
+/// them idle.
+const POOL_INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+const POOL_MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a throttled member is tried after the others.
 const POOL_COOL_DOWN: Duration = Duration::from_secs(2);
 
@@ -342,7 +344,7 @@ impl Relay {
         }
 
         let stats = Arc::new(CallStats::default());
-        let (served_by, result) = self.call_pool(&resolved, &pool, ctx, &stats).await;
+        let (served_by, result) = self.call_pool(&resolved, &pool, ctx, &stats, false).await;
         record.target = Some(served_by.to_record());
         let reply = match result {
             Ok(reply) => reply,
@@ -461,6 +463,7 @@ impl Relay {
         pool: &[&'t Target],
         ctx: &Context,
         stats: &Arc<CallStats>,
+        batch_item: bool,
     ) -> (&'t Target, Result<ModelReply, BedrockError>) {
         let deadline = |target: &'t Target| {
             let left_ms = remaining(ctx).as_millis();
@@ -480,7 +483,16 @@ impl Relay {
             return (
                 first,
                 self.bedrock_for(first)
-                    .converse_counted(job, budget, false, stats)
+                    .converse_counted(
+                        job,
+                        budget,
+                        if batch_item {
+                            Attempts::UntilDeadline
+                        } else {
+                            Attempts::Configured
+                        },
+                        stats,
+                    )
                     .await,
             );
         }
@@ -496,7 +508,7 @@ impl Relay {
                 };
                 match self
                     .bedrock_for(target)
-                    .converse_counted(job, budget, true, stats)
+                    .converse_counted(job, budget, Attempts::One, stats)
                     .await
                 {
                     Ok(reply) => {

@@ -82,8 +82,18 @@ pub async fn measure(
     let pid = function
         .pid()
         .ok_or_else(|| LabError::Function("no pid".into()))?;
-    let event = std::fs::read(workspace_root().join("events/job-event.json"))
-        .map_err(|e| LabError::Setup(e.to_string()))?;
+    let template: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(workspace_root().join("events/job-event.json"))
+            .map_err(|e| LabError::Setup(e.to_string()))?,
+    )?;
+    // Every event is a new one: a redelivered event would find its result and
+    // skip the model call, which is not what a warm event costs.
+    let event_numbered = |n: usize| {
+        let mut event = template.clone();
+        event["id"] = serde_json::json!(format!("00000000-0000-4000-8000-{n:012}"));
+        event.to_string().into_bytes()
+    };
+    let event = event_numbered(0);
 
     // The first event waits for init; init ends at the first poll.
     let first_started = Instant::now();
@@ -108,10 +118,11 @@ pub async fn measure(
     let cpu_before = cpu_ticks(pid)?;
     let mut walls = Vec::with_capacity(warm_events);
     let mut failures = 0;
-    for _ in 0..warm_events {
+    for n in 1..=warm_events {
+        let event = event_numbered(n);
         let t = Instant::now();
         if runtime
-            .invoke(event.clone(), Duration::from_secs(30))
+            .invoke(event, Duration::from_secs(30))
             .await?
             .error_type()
             .is_some()
@@ -289,4 +300,179 @@ pub fn chart(rows: &[Figures]) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{y}\" font-family=\"sans-serif\" font-size=\"13\">\n\
          <text x=\"10\" y=\"20\" font-size=\"15\">bedrock-relay vs Python (log scale, same lab and Runtime API)</text>\n{body}</svg>\n"
     )
+}
+
+/// Batch throughput: one batch job spread over `accounts` pooled model
+/// accounts, each with the same emulated quota and model latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchFigures {
+    /// Pooled model accounts.
+    pub accounts: usize,
+    /// Items in the batch.
+    pub items: usize,
+    /// Quota per account, requests per minute.
+    pub quota_rpm: u32,
+    /// First model call → last answer, seconds.
+    pub seconds: f64,
+    /// Answered requests per minute over that time.
+    pub achieved_rpm: f64,
+    /// `achieved_rpm` / (`quota_rpm` × `accounts`).
+    pub share_of_quota: f64,
+    /// Items without a `succeeded` line in the result.
+    pub lost: usize,
+    /// Requests the emulator throttled.
+    pub throttled: usize,
+    /// Invocations it took (a batch cut by the deadline is retried).
+    pub invocations: usize,
+}
+
+/// The emulated quota and latency for [`batch_throughput`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLoad {
+    /// Items in the batch.
+    pub items: usize,
+    /// Quota per account, requests per minute.
+    pub quota_rpm: u32,
+    /// The quota's window, ms (the quota scaled to it).
+    pub quota_window_ms: u64,
+    /// Model latency, ms.
+    pub latency_ms: u64,
+    /// `RELAY_MAX_CONCURRENCY`.
+    pub concurrency: usize,
+}
+
+/// Runs one batch of `load.items` items over `accounts` pooled accounts
+/// through the Runtime API, retrying the event while the relay reports the
+/// batch incomplete (as Lambda would), and measures the rate the model
+/// accounts were used at.
+pub async fn batch_throughput(
+    function: &Path,
+    accounts: usize,
+    load: BatchLoad,
+) -> Result<BatchFigures, LabError> {
+    use serde_json::json;
+
+    let lab = Lab::start().await?;
+    let mut targets = serde_json::Map::new();
+    targets.insert(
+        "a1".into(),
+        json!({"role_arn": lab.role_a_arn, "external_id": crate::EXTERNAL_ID}),
+    );
+    for n in 2..=accounts {
+        let account = format!("33333333333{n}");
+        let role = lab.add_target_account(&account).await?;
+        targets.insert(
+            format!("a{n}"),
+            json!({"role_arn": role, "external_id": crate::EXTERNAL_ID}),
+        );
+    }
+    let aliases: Vec<String> = targets.keys().cloned().collect();
+    lab.bedrock.set_knobs(crate::emulator::Knobs {
+        latency_ms: load.latency_ms,
+        quota_rpm: Some(load.quota_rpm),
+        quota_window_ms: Some(load.quota_window_ms),
+        ..Default::default()
+    });
+    let runtime = RuntimeApi::start().await?;
+    let mut env = lab.function_env();
+    env.retain(|(k, _)| k != "RELAY_ROLE_ARN" && k != "RELAY_EXTERNAL_ID");
+    env.push((
+        "RELAY_TARGETS".into(),
+        serde_json::Value::Object(targets).to_string(),
+    ));
+    env.push(("RELAY_MAX_CONCURRENCY".into(), load.concurrency.to_string()));
+    env.push(("AWS_LAMBDA_LOG_LEVEL".into(), "warn".into()));
+    env.push(("RELAY_METRICS_NAMESPACE".into(), "Bench".into()));
+    let _function = FunctionProcess::spawn(function, &runtime, &env)?;
+
+    let job_id = format!("batch-{accounts}");
+    let target = if aliases.len() == 1 {
+        json!(aliases[0])
+    } else {
+        json!(aliases)
+    };
+    let event = json!({
+        "id": job_id,
+        "model": "amazon.nova-lite-v1:0",
+        "target": target,
+        "prompt": "Classify item {{ item }}",
+        "items": (0..load.items).collect::<Vec<_>>(),
+    })
+    .to_string();
+    let mut invocations = 0;
+    loop {
+        invocations += 1;
+        let outcome = runtime
+            .invoke(event.clone(), Duration::from_secs(900))
+            .await?;
+        match outcome.error_type() {
+            Some(error) if error.starts_with("Retryable.") && invocations < 5 => continue,
+            _ => break,
+        }
+    }
+
+    let calls = lab.bedrock.calls();
+    let answered: Vec<u128> = calls
+        .iter()
+        .filter(|c| c.status == 200)
+        .map(|c| c.at_ms)
+        .collect();
+    let first = calls.iter().map(|c| c.at_ms).min().unwrap_or(0);
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        let mut per_second: std::collections::BTreeMap<u128, (usize, usize)> = Default::default();
+        for c in &calls {
+            let e = per_second.entry((c.at_ms - first) / 1000).or_default();
+            if c.status == 200 {
+                e.0 += 1
+            } else {
+                e.1 += 1
+            }
+        }
+        eprintln!("per second (accepted, throttled): {per_second:?}");
+    }
+    let last = answered.iter().copied().max().unwrap_or(first) + u128::from(load.latency_ms);
+    let seconds = (last - first) as f64 / 1000.0;
+    let achieved_rpm = answered.len() as f64 / seconds.max(0.001) * 60.0;
+    let lines = lab.batch_lines(&job_id).await?.unwrap_or_default();
+    let succeeded = lines.iter().filter(|l| l["status"] == "succeeded").count();
+    Ok(BatchFigures {
+        accounts,
+        items: load.items,
+        quota_rpm: load.quota_rpm,
+        seconds,
+        achieved_rpm,
+        share_of_quota: achieved_rpm / (f64::from(load.quota_rpm) * accounts as f64),
+        lost: load.items - succeeded.min(load.items),
+        throttled: calls.iter().filter(|c| c.status == 429).count(),
+        invocations,
+    })
+}
+
+/// The batch figures as a Markdown table.
+pub fn batch_table(rows: &[BatchFigures]) -> String {
+    let mut out = String::from(
+        "| pooled accounts | items | quota per account | time | achieved | share of the pooled quota | throttled requests | invocations | lost |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} rpm | {:.1} s | {:.0} rpm | {:.1} % | {} | {} | {} |\n",
+            r.accounts,
+            r.items,
+            r.quota_rpm,
+            r.seconds,
+            r.achieved_rpm,
+            r.share_of_quota * 100.0,
+            r.throttled,
+            r.invocations,
+            r.lost
+        ));
+    }
+    if let [one, two, ..] = rows {
+        out.push_str(&format!(
+            "\n{} accounts / 1 account: {:.2}x the throughput\n",
+            two.accounts,
+            two.achieved_rpm / one.achieved_rpm.max(0.001)
+        ));
+    }
+    out
 }

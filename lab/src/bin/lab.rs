@@ -77,7 +77,7 @@ async fn main() {
 /// `lab bench --function PATH [--hello PATH] [--events N]`: the release binary
 /// against the naive and careful Python baselines.
 async fn bench(args: &[String]) -> Result<(), LabError> {
-    use lab::bench::{chart, measure, table, Program};
+    use lab::bench::{batch_table, batch_throughput, chart, measure, table, BatchLoad, Program};
 
     let function = function_path(args);
     let events: usize = flag(args, "--events")
@@ -87,22 +87,27 @@ async fn bench(args: &[String]) -> Result<(), LabError> {
     let zip = flag(args, "--zip").map(PathBuf::from);
     let package = zip.clone().unwrap_or_else(|| function.clone());
     let mut rows = Vec::new();
+    let only_batch = args.iter().any(|a| a == "--only-batch");
     println!("bench: {events} warm events per variant");
-    rows.push(
-        measure(
-            "rust",
-            &Program::Binary(function.clone()),
-            events,
-            Some(&package),
-        )
-        .await?,
-    );
-    for module in ["careful", "naive"] {
-        let program = Program::Python {
-            interpreter: python.clone(),
-            module: module.into(),
-        };
-        rows.push(measure(&format!("python-{module}"), &program, events, None).await?);
+    if only_batch {
+        rows.clear();
+    } else {
+        rows.push(
+            measure(
+                "rust",
+                &Program::Binary(function.clone()),
+                events,
+                Some(&package),
+            )
+            .await?,
+        );
+        for module in ["careful", "naive"] {
+            let program = Program::Python {
+                interpreter: python.clone(),
+                module: module.into(),
+            };
+            rows.push(measure(&format!("python-{module}"), &program, events, None).await?);
+        }
     }
     let hello = match flag(args, "--hello") {
         Some(path) => Some(
@@ -112,8 +117,45 @@ async fn bench(args: &[String]) -> Result<(), LabError> {
         ),
         None => None,
     };
-    let text = table(&rows, hello);
+    let mut text = if only_batch {
+        String::new()
+    } else {
+        table(&rows, hello)
+    };
     println!("{text}");
+
+    // Batch throughput: 500 items against a per-account quota, 1 and 2 pooled accounts.
+    let load = BatchLoad {
+        items: flag(args, "--items")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(500),
+        quota_rpm: 1200,
+        quota_window_ms: 1000,
+        latency_ms: 50,
+        concurrency: flag(args, "--concurrency")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(16),
+    };
+    println!(
+        "bench: batch of {} items, quota {} rpm per account (enforced per {} ms), model latency {} ms, concurrency {}",
+        load.items, load.quota_rpm, load.quota_window_ms, load.latency_ms, load.concurrency
+    );
+    let batches = vec![
+        batch_throughput(&function, 1, load).await?,
+        batch_throughput(&function, 2, load).await?,
+    ];
+    let batch_text = batch_table(&batches);
+    println!("{batch_text}");
+    text.push_str(
+        "
+## Batch throughput
+
+",
+    );
+    text.push_str(&batch_text);
+    if only_batch {
+        return Ok(());
+    }
     let dir = workspace_root().join("bench");
     std::fs::write(dir.join("chart.svg"), chart(&rows))
         .map_err(|e| LabError::Setup(e.to_string()))?;
