@@ -441,3 +441,50 @@ async fn missing_destinations_are_reported_as_missing() {
         assert!(err.is_retryable());
     }
 }
+
+/// With IAM enforced, a queue and a table the execution role has no grant on
+/// are denied, naming the permission and the resource; the queue it is granted
+/// on gets the result.
+#[tokio::test]
+async fn an_ungranted_destination_is_denied_with_the_grant_to_make() {
+    let bench = Bench::start().await;
+    let granted = bench.services.create_queue("granted").await.expect("queue");
+    let other = bench.services.create_queue("other").await.expect("queue");
+    let table = bench.services.create_table("guarded").await.expect("table");
+    // AWS authorizes SendMessageBatch as sqs:SendMessage; moto checks the
+    // operation's own name, so the lab grants both.
+    bench
+        .lab
+        .grant_exec_role(
+            "send-to-queue",
+            &json!({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": ["sqs:SendMessage", "sqs:SendMessageBatch"],
+                "Resource": granted.arn}]}),
+        )
+        .await
+        .expect("grant");
+    bench.lab.enforce_iam().await.expect("enforce");
+    let results = [item("guarded", 1)];
+
+    assert_eq!(bench.send(&granted.arn, &results).await.len(), 1);
+
+    // moto answers these JSON-protocol calls with an XML 403 the SDK cannot
+    // read: the 403 alone must say "denied".
+    let err = bench.send_err(&other.arn, &results).await;
+    assert_eq!(err.code(), "DestinationDenied", "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "grant the execution role sqs:SendMessage on {}",
+            other.arn
+        )),
+        "{err}"
+    );
+    let err = bench.send_err(&table, &results).await;
+    assert_eq!(err.code(), "DestinationDenied", "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "grant the execution role dynamodb:BatchWriteItem on {table}"
+        )),
+        "{err}"
+    );
+}

@@ -26,6 +26,7 @@ use std::sync::OnceLock;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -568,12 +569,23 @@ impl Delivery {
     }
 
     /// Maps a failed call.
-    pub fn failed<E: ProvideErrorMetadata, R>(&self, err: SdkError<E, R>) -> DestinationError {
+    pub fn failed<E: ProvideErrorMetadata>(
+        &self,
+        err: SdkError<E, HttpResponse>,
+    ) -> DestinationError {
         let message = err.message().unwrap_or("no message").to_owned();
         if let Some(code) = err.code() {
             return self
                 .by_code(code, &message)
                 .unwrap_or_else(|| self.unavailable(format!("{code}: {message}")));
+        }
+        // A 403 whose body is not the service's error shape (an endpoint
+        // policy, a proxy, or moto's XML answer to a JSON-protocol call) is a
+        // denial all the same.
+        if err.raw_response().map(|r| r.status().as_u16()) == Some(403) {
+            return self
+                .by_code("AccessDenied", "HTTP 403 without an error code")
+                .unwrap_or_else(|| self.unavailable("HTTP 403".into()));
         }
         self.unavailable(match err {
             SdkError::TimeoutError(_) => "timed out".into(),

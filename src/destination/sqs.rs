@@ -553,6 +553,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_403_without_an_error_code_is_a_denial() {
+        let rule = mock!(aws_sdk_sqs::Client::send_message_batch).then_http_response(|| {
+            aws_smithy_runtime_api::http::Response::new(
+                aws_smithy_runtime_api::http::StatusCode::try_from(403).expect("status"),
+                aws_smithy_types::body::SdkBody::from("<ErrorResponse>not json</ErrorResponse>"),
+            )
+        });
+        let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&rule]);
+        let results = [outgoing("j", None, json!({}))];
+        let err = send(
+            &client,
+            &Queue::parse(URL).expect("url"),
+            &prepared(&results),
+        )
+        .await
+        .expect_err("denied");
+        assert_eq!(err.code(), "DestinationDenied", "{err}");
+        assert!(err.to_string().contains("HTTP 403"), "{err}");
+    }
+
+    #[tokio::test]
     async fn errors_name_the_permission_or_the_missing_queue() {
         let queue = Queue::parse(URL).expect("url");
         let results = [outgoing("j", None, json!({}))];
