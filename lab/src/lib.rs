@@ -19,6 +19,7 @@ pub mod bench;
 pub mod emulator;
 pub mod moto;
 pub mod runtime_api;
+pub mod services;
 pub mod sigv4;
 pub mod stub;
 

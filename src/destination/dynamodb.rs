@@ -1,37 +1,581 @@
-//! DynamoDB tables: one item per result, keyed by job id and item index
-//! (SKELETON — to be implemented).
+//! DynamoDB tables: one item per result, keyed by job id and item index, and
+//! read back so a redelivered event skips the results already recorded. The
+//! same layout serves as the idempotency ledger (`RELAY_IDEMPOTENCY_TABLE`).
+//!
+//! An item: `job_id` (S, partition key), `item` (N, sort key: the batch index,
+//! 0 for a single job), `status` (S, the record's), `record` (S, the record's
+//! JSON, or the pointer to where it was spilled) and `written_at` (S, RFC 3339).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use serde_json::Value;
+
+use super::{split_arn, Delivery, DestinationError, Outgoing, Prepared};
+
+/// The largest item DynamoDB stores, in bytes (400 KB).
+pub(crate) const ITEM_LIMIT: usize = 409_600;
+
+/// Items per `BatchWriteItem` call.
+const BATCH_ITEMS: usize = 25;
+
+/// How often unprocessed items are sent again, and the first wait (doubled
+/// each time): throttling that outlasts ~0.75 s is left to the event's retry.
+const UNPROCESSED_RETRIES: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// `written_at` is at most this long (`2026-11-28T12:00:00.123456789Z` is 30);
+/// counted in an item's size before the time is known.
+const WRITTEN_AT_BYTES: usize = 32;
+
+const ARN_FORM: &str = "arn:<partition>:dynamodb:<region>:<account id>:table/<table name>";
 
 /// A table, by ARN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
-    /// The table ARN.
+    /// The table ARN, or the name of a table given by name
+    /// ([`Table::from_name_or_arn`]); the API's `TableName` takes either, and
+    /// only the ARN reaches a table in another account.
     pub arn: String,
     /// The table name.
     pub name: String,
 }
 
 impl Table {
-    /// A table name or ARN (for `RELAY_IDEMPOTENCY_TABLE`).
-    pub fn from_name_or_arn(text: &str) -> Result<Self, String> {
-        Err(format!("`{text}`: DynamoDB tables are not implemented yet"))
-    }
-
     /// Parses a table ARN.
     pub fn parse(text: &str) -> Result<Self, String> {
+        let arn = split_arn(text, "dynamodb", ARN_FORM)?;
+        let name = arn
+            .resource
+            .strip_prefix("table/")
+            .ok_or_else(|| format!("`{}` is not a table; expected {ARN_FORM}", arn.resource))?;
+        check_name(name)?;
+        Ok(Self {
+            arn: text.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// A table ARN, or a bare table name (in the function's own account and
+    /// region), as `RELAY_IDEMPOTENCY_TABLE` may give it.
+    pub fn from_name_or_arn(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.starts_with("arn:") {
+            return Self::parse(text);
+        }
+        check_name(text)?;
+        Ok(Self {
+            arn: text.to_owned(),
+            name: text.to_owned(),
+        })
+    }
+
+    /// The resource a denial asks to grant on: the ARN, or its shape for a
+    /// table given by name.
+    fn resource(&self) -> String {
+        if self.arn.starts_with("arn:") {
+            self.arn.clone()
+        } else {
+            format!("arn:aws:dynamodb:<region>:<account id>:table/{}", self.name)
+        }
+    }
+
+    fn delivery(&self, action: &'static str) -> Delivery {
+        Delivery {
+            destination: self.arn.clone(),
+            action,
+            resource: self.resource(),
+            what: format!("table `{}`", self.name),
+            service: "DynamoDB",
+        }
+    }
+}
+
+/// Table names are 3-255 letters, digits, `_`, `-` and `.`.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = (3..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
         Err(format!(
-            "`{text}`: DynamoDB destinations are not implemented yet"
+            "`{name}` is not a table name (3-255 letters, digits, `_`, `-` and `.`); expected a name or {ARN_FORM}"
         ))
     }
 }
 
-/// STUB: the succeeded results of a job, by item index.
-pub async fn succeeded(
-    _client: &aws_sdk_dynamodb::Client,
+/// The sort key of a result: its batch index, 0 for a single job.
+fn item_number(outgoing: &Outgoing) -> usize {
+    outgoing.index.unwrap_or(0)
+}
+
+/// The record's `status`, when it has a string one.
+fn status_of(body: &Value) -> Option<&str> {
+    body.get("status").and_then(Value::as_str)
+}
+
+/// An item's size as DynamoDB counts it, near enough: attribute names and
+/// string values in UTF-8 bytes, a number as its digits (DynamoDB stores
+/// about half that), and the longest `written_at`.
+pub(crate) fn item_size(outgoing: &Outgoing, text: &str) -> usize {
+    let status = status_of(&outgoing.body).map_or(0, |s| "status".len() + s.len());
+    "job_id".len()
+        + outgoing.job_id.len()
+        + "item".len()
+        + item_number(outgoing).to_string().len()
+        + status
+        + "record".len()
+        + text.len()
+        + "written_at".len()
+        + WRITTEN_AT_BYTES
+}
+
+/// Writes one item per prepared result; `table#job#index` for each, in order.
+/// Two results with the same key leave the later one (DynamoDB refuses a batch
+/// that writes one key twice, so the earlier is not sent).
+pub(crate) async fn send(
+    client: &aws_sdk_dynamodb::Client,
     table: &Table,
-    _job_id: &str,
-) -> Result<std::collections::BTreeMap<usize, serde_json::Value>, super::DestinationError> {
-    Err(super::DestinationError::Invalid {
-        destination: table.arn.clone(),
-        reason: "not implemented yet".into(),
-    })
+    ready: &[Prepared<'_>],
+) -> Result<Vec<String>, DestinationError> {
+    let delivery = table.delivery("dynamodb:BatchWriteItem");
+    let written_at = crate::record::now_rfc3339();
+    let mut last_of_key: HashMap<(&str, usize), usize> = HashMap::new();
+    for (position, prepared) in ready.iter().enumerate() {
+        let outgoing = prepared.outgoing;
+        last_of_key.insert((outgoing.job_id.as_str(), item_number(outgoing)), position);
+    }
+    let mut requests = Vec::with_capacity(last_of_key.len());
+    for (position, prepared) in ready.iter().enumerate() {
+        let outgoing = prepared.outgoing;
+        if last_of_key.get(&(outgoing.job_id.as_str(), item_number(outgoing))) == Some(&position) {
+            requests.push(put_request(prepared, &written_at).map_err(|e| delivery.unbuildable(e))?);
+        }
+    }
+    let mut requests = requests.into_iter().peekable();
+    while requests.peek().is_some() {
+        let chunk: Vec<WriteRequest> = requests.by_ref().take(BATCH_ITEMS).collect();
+        write_chunk(client, table, &delivery, chunk).await?;
+    }
+    Ok(ready
+        .iter()
+        .map(|p| {
+            format!(
+                "{}#{}#{}",
+                table.name,
+                p.outgoing.job_id,
+                item_number(p.outgoing)
+            )
+        })
+        .collect())
+}
+
+fn put_request(
+    prepared: &Prepared<'_>,
+    written_at: &str,
+) -> Result<WriteRequest, aws_sdk_dynamodb::error::BuildError> {
+    let outgoing = prepared.outgoing;
+    let mut item = HashMap::from([
+        (
+            "job_id".to_owned(),
+            AttributeValue::S(outgoing.job_id.clone()),
+        ),
+        (
+            "item".to_owned(),
+            AttributeValue::N(item_number(outgoing).to_string()),
+        ),
+        (
+            "record".to_owned(),
+            AttributeValue::S(prepared.text.clone()),
+        ),
+        (
+            "written_at".to_owned(),
+            AttributeValue::S(written_at.to_owned()),
+        ),
+    ]);
+    if let Some(status) = status_of(&outgoing.body) {
+        item.insert("status".to_owned(), AttributeValue::S(status.to_owned()));
+    }
+    let put = PutRequest::builder().set_item(Some(item)).build()?;
+    Ok(WriteRequest::builder().put_request(put).build())
+}
+
+/// One `BatchWriteItem` of up to 25 items, sending `UnprocessedItems` again
+/// with a doubling wait until none are left or the retries run out.
+async fn write_chunk(
+    client: &aws_sdk_dynamodb::Client,
+    table: &Table,
+    delivery: &Delivery,
+    mut requests: Vec<WriteRequest>,
+) -> Result<(), DestinationError> {
+    let mut backoff = FIRST_BACKOFF;
+    for retry in 0..=UNPROCESSED_RETRIES {
+        if retry > 0 {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        let output = client
+            .batch_write_item()
+            .request_items(&table.arn, requests)
+            .send()
+            .await
+            .map_err(|err| delivery.failed(err))?;
+        // Keyed by the table as named in the request; there is only this one.
+        requests = output
+            .unprocessed_items
+            .unwrap_or_default()
+            .into_values()
+            .flatten()
+            .collect();
+        if requests.is_empty() {
+            return Ok(());
+        }
+    }
+    Err(delivery.unavailable(format!(
+        "{} items were still unprocessed after {UNPROCESSED_RETRIES} retries \
+         (the table's write capacity is exhausted)",
+        requests.len()
+    )))
+}
+
+/// The results recorded as succeeded for `job_id`, by item index (0 for a
+/// single job): each item's `record` parsed, which for a spilled result is the
+/// pointer object. Reads are consistent, so a write just made is seen. Items
+/// whose record does not parse are left out (and so done again).
+pub async fn succeeded(
+    client: &aws_sdk_dynamodb::Client,
+    table: &Table,
+    job_id: &str,
+) -> Result<BTreeMap<usize, Value>, DestinationError> {
+    let delivery = table.delivery("dynamodb:Query");
+    let mut found = BTreeMap::new();
+    let mut start_key = None;
+    loop {
+        let output = client
+            .query()
+            .table_name(&table.arn)
+            .key_condition_expression("job_id = :id")
+            .expression_attribute_values(":id", AttributeValue::S(job_id.to_owned()))
+            .consistent_read(true)
+            .set_exclusive_start_key(start_key)
+            .send()
+            .await
+            .map_err(|err| delivery.failed(err))?;
+        for item in output.items() {
+            let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
+            if text("status").map(String::as_str) != Some("succeeded") {
+                continue;
+            }
+            let index = item
+                .get("item")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<usize>().ok());
+            let record = text("record").and_then(|r| serde_json::from_str::<Value>(r).ok());
+            match (index, record) {
+                (Some(index), Some(record)) => {
+                    found.insert(index, record);
+                }
+                _ => tracing::warn!(
+                    table = %table.arn,
+                    job_id,
+                    "a succeeded item has no readable `item` or `record`; it will be done again"
+                ),
+            }
+        }
+        match output.last_evaluated_key {
+            Some(key) if !key.is_empty() => start_key = Some(key),
+            _ => return Ok(found),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use aws_sdk_dynamodb::operation::batch_write_item::{
+        BatchWriteItemError, BatchWriteItemOutput,
+    };
+    use aws_sdk_dynamodb::operation::query::QueryOutput;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+    use aws_smithy_types::error::ErrorMetadata;
+    use serde_json::json;
+
+    use super::*;
+
+    const ARN: &str = "arn:aws:dynamodb:us-east-1:222222222222:table/relay-results";
+
+    fn outgoing(job_id: &str, index: Option<usize>, status: &str) -> Outgoing {
+        Outgoing {
+            job_id: job_id.into(),
+            index,
+            group: job_id.into(),
+            body: json!({"job_id": job_id, "status": status, "index": index}),
+        }
+    }
+
+    fn prepared(results: &[Outgoing]) -> Vec<Prepared<'_>> {
+        results
+            .iter()
+            .map(|outgoing| Prepared {
+                outgoing,
+                text: outgoing.body.to_string(),
+            })
+            .collect()
+    }
+
+    type Calls = Arc<Mutex<Vec<Vec<WriteRequest>>>>;
+
+    /// A BatchWriteItem mock recording each call's requests, leaving the
+    /// first `unprocessed` of each of the first `calls_unprocessed` calls.
+    fn writing(unprocessed: usize, calls_unprocessed: usize) -> (aws_smithy_mocks::Rule, Calls) {
+        let calls: Calls = Arc::default();
+        let seen = calls.clone();
+        let rule =
+            mock!(aws_sdk_dynamodb::Client::batch_write_item).then_compute_output(move |req| {
+                let requests: Vec<WriteRequest> = req
+                    .request_items()
+                    .map(|items| items.values().flatten().cloned().collect())
+                    .unwrap_or_default();
+                let call = seen.lock().expect("lock").len();
+                seen.lock().expect("lock").push(requests.clone());
+                let mut output = BatchWriteItemOutput::builder();
+                if call < calls_unprocessed {
+                    let left: Vec<WriteRequest> = requests.into_iter().take(unprocessed).collect();
+                    output = output.unprocessed_items(ARN, left);
+                }
+                output.build()
+            });
+        (rule, calls)
+    }
+
+    fn item_of(request: &WriteRequest) -> &HashMap<String, AttributeValue> {
+        request.put_request().expect("put").item()
+    }
+
+    #[test]
+    fn table_arns_and_names_parse() {
+        let table = Table::parse(ARN).expect("arn");
+        assert_eq!(
+            (table.arn.as_str(), table.name.as_str()),
+            (ARN, "relay-results")
+        );
+        let by_name = Table::from_name_or_arn("relay-ledger").expect("name");
+        assert_eq!(
+            (by_name.arn.as_str(), by_name.name.as_str()),
+            ("relay-ledger", "relay-ledger")
+        );
+        assert_eq!(Table::from_name_or_arn(ARN).expect("arn"), table);
+        for (text, expected) in [
+            (
+                "arn:aws:dynamodb:us-east-1:222222222222:relay",
+                "not a table",
+            ),
+            (
+                "arn:aws:dynamodb:us-east-1:222222222222:table/t/stream/x",
+                "not a table name",
+            ),
+            (
+                "arn:aws:dynamodb:us-east-1:222222222222:table/ab",
+                "not a table name",
+            ),
+            (
+                "arn:aws:s3:us-east-1:222222222222:table/abc",
+                "not `dynamodb`",
+            ),
+        ] {
+            let err = Table::parse(text).expect_err(text);
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        assert!(Table::from_name_or_arn("bad name").is_err());
+    }
+
+    #[tokio::test]
+    async fn items_carry_the_key_status_record_and_time_in_chunks_of_25() {
+        let (rule, calls) = writing(0, 0);
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule]);
+        let mut results: Vec<Outgoing> = (0..30)
+            .map(|i| outgoing("b", Some(i), "succeeded"))
+            .collect();
+        results.push(outgoing("single", None, "failed"));
+        let refs = send(
+            &client,
+            &Table::parse(ARN).expect("arn"),
+            &prepared(&results),
+        )
+        .await
+        .expect("written");
+        assert_eq!(refs[3], "relay-results#b#3");
+        assert_eq!(refs[30], "relay-results#single#0");
+        let calls = calls.lock().expect("lock");
+        assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), [25, 6]);
+        let item = item_of(&calls[0][3]);
+        assert_eq!(item["job_id"], AttributeValue::S("b".into()));
+        assert_eq!(item["item"], AttributeValue::N("3".into()));
+        assert_eq!(item["status"], AttributeValue::S("succeeded".into()));
+        assert_eq!(
+            item["record"],
+            AttributeValue::S(results[3].body.to_string())
+        );
+        let written_at = item["written_at"].as_s().expect("written_at");
+        assert!(
+            written_at.len() <= WRITTEN_AT_BYTES && written_at.ends_with('Z'),
+            "{written_at}"
+        );
+        assert_eq!(item_of(&calls[1][5])["item"], AttributeValue::N("0".into()));
+    }
+
+    #[tokio::test]
+    async fn a_key_given_twice_is_written_once_with_the_later_record() {
+        let (rule, calls) = writing(0, 0);
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule]);
+        let results = [
+            outgoing("j", Some(1), "failed"),
+            outgoing("j", Some(1), "succeeded"),
+        ];
+        let refs = send(
+            &client,
+            &Table::parse(ARN).expect("arn"),
+            &prepared(&results),
+        )
+        .await
+        .expect("written");
+        assert_eq!(refs, ["relay-results#j#1", "relay-results#j#1"]);
+        let calls = calls.lock().expect("lock");
+        assert_eq!(calls[0].len(), 1);
+        assert_eq!(
+            item_of(&calls[0][0])["status"],
+            AttributeValue::S("succeeded".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn unprocessed_items_are_sent_again_until_done() {
+        let (rule, calls) = writing(2, 2);
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule]);
+        let results: Vec<Outgoing> = (0..5)
+            .map(|i| outgoing("j", Some(i), "succeeded"))
+            .collect();
+        send(
+            &client,
+            &Table::parse(ARN).expect("arn"),
+            &prepared(&results),
+        )
+        .await
+        .expect("written");
+        let calls = calls.lock().expect("lock");
+        assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), [5, 2, 2]);
+        assert_eq!(item_of(&calls[2][1])["item"], AttributeValue::N("1".into()));
+    }
+
+    #[tokio::test]
+    async fn items_left_unprocessed_after_the_retries_are_unavailable() {
+        let (rule, calls) = writing(1, usize::MAX);
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule]);
+        let results = [outgoing("j", None, "succeeded")];
+        let err = send(
+            &client,
+            &Table::parse(ARN).expect("arn"),
+            &prepared(&results),
+        )
+        .await
+        .expect_err("unprocessed");
+        assert_eq!(err.code(), "DestinationUnavailable", "{err}");
+        assert_eq!(
+            calls.lock().expect("lock").len(),
+            1 + UNPROCESSED_RETRIES as usize
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_permission_or_the_missing_table() {
+        let results = [outgoing("j", None, "succeeded")];
+        for (table, code, expected, text) in [
+            (
+                ARN,
+                "AccessDeniedException",
+                "DestinationDenied",
+                format!("dynamodb:BatchWriteItem on {ARN}"),
+            ),
+            (
+                ARN,
+                "ResourceNotFoundException",
+                "DestinationMissing",
+                "table `relay-results`".to_owned(),
+            ),
+            (
+                "ledger",
+                "AccessDeniedException",
+                "DestinationDenied",
+                "<account id>:table/ledger".to_owned(),
+            ),
+            (
+                ARN,
+                "ProvisionedThroughputExceededException",
+                "DestinationUnavailable",
+                "ProvisionedThroughput".to_owned(),
+            ),
+        ] {
+            let rule = mock!(aws_sdk_dynamodb::Client::batch_write_item).then_error(move || {
+                BatchWriteItemError::generic(
+                    ErrorMetadata::builder().code(code).message("no").build(),
+                )
+            });
+            let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule]);
+            let table = Table::from_name_or_arn(table).expect("table");
+            let err = send(&client, &table, &prepared(&results))
+                .await
+                .expect_err(code);
+            assert_eq!(err.code(), expected, "{code}: {err}");
+            assert!(err.to_string().contains(&text), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn succeeded_reads_every_page_and_keeps_succeeded_items() {
+        let item = |index: &str, status: &str, record: &str| {
+            HashMap::from([
+                ("job_id".to_owned(), AttributeValue::S("j".into())),
+                ("item".to_owned(), AttributeValue::N(index.into())),
+                ("status".to_owned(), AttributeValue::S(status.into())),
+                ("record".to_owned(), AttributeValue::S(record.into())),
+            ])
+        };
+        let first = item("0", "succeeded", r#"{"n":0}"#);
+        let pages = mock!(aws_sdk_dynamodb::Client::query)
+            .match_requests(|req| {
+                req.consistent_read() == Some(true)
+                    && req.key_condition_expression() == Some("job_id = :id")
+                    && req.expression_attribute_values().and_then(|v| v.get(":id"))
+                        == Some(&AttributeValue::S("j".into()))
+            })
+            .sequence()
+            .output(move || {
+                QueryOutput::builder()
+                    .items(first.clone())
+                    .items(item("1", "failed", r#"{"n":1}"#))
+                    .last_evaluated_key("job_id", AttributeValue::S("j".into()))
+                    .last_evaluated_key("item", AttributeValue::N("1".into()))
+                    .build()
+            })
+            .output(move || {
+                QueryOutput::builder()
+                    .items(item("2", "succeeded", r#"{"spilled_to":"s3://b/k"}"#))
+                    .items(item("3", "succeeded", "not json"))
+                    .build()
+            })
+            .build();
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&pages]);
+        let found = succeeded(&client, &Table::parse(ARN).expect("arn"), "j")
+            .await
+            .expect("read");
+        assert_eq!(
+            found,
+            BTreeMap::from([(0, json!({"n": 0})), (2, json!({"spilled_to": "s3://b/k"}))])
+        );
+        assert_eq!(pages.num_calls(), 2);
+    }
 }

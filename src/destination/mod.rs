@@ -20,9 +20,16 @@ pub mod sns;
 pub mod sqs;
 
 use std::fmt;
+use std::future::Future;
+use std::ops::Range;
 use std::sync::OnceLock;
 
-use serde_json::Value;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::http::Response as HttpResponse;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 pub use s3::{S3Destination, S3Location};
@@ -276,27 +283,6 @@ impl Destinations {
         self
     }
 
-    /// STUB: sends results to a message service or table.
-    pub async fn send(
-        &self,
-        dest: &DestinationSpec,
-        results: &[Outgoing],
-    ) -> Result<Vec<String>, DestinationError> {
-        Err(DestinationError::Invalid {
-            destination: dest.to_string(),
-            reason: format!("{} results: not implemented yet", results.len()),
-        })
-    }
-
-    /// STUB: the succeeded results of a job in a DynamoDB table.
-    pub async fn succeeded_in_table(
-        &self,
-        table: &dynamodb::Table,
-        job_id: &str,
-    ) -> Result<std::collections::BTreeMap<usize, Value>, DestinationError> {
-        dynamodb::succeeded(self.dynamodb_client(), table, job_id).await
-    }
-
     /// The doctor's write check: a probe object under an S3 destination's
     /// prefix. Other kinds are not probed (a probe message would reach
     /// consumers); returns an empty string for them.
@@ -314,5 +300,624 @@ impl Destinations {
     /// The spill location, if configured.
     pub fn spill(&self) -> Option<&S3Location> {
         self.spill.as_ref()
+    }
+
+    /// Delivers `results` to a queue, topic, bus or table: one reference per
+    /// result, in order (the message id, the event id, or `table#job#index`).
+    /// A result too large for the service is spilled to `RELAY_SPILL_S3` and a
+    /// pointer sent in its place. S3 destinations are written by
+    /// [`S3Destination`], so an S3 spec is refused here.
+    pub async fn send(
+        &self,
+        dest: &DestinationSpec,
+        results: &[Outgoing],
+    ) -> Result<Vec<String>, DestinationError> {
+        let destination = dest.to_string();
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        match dest {
+            DestinationSpec::S3(_) => Err(DestinationError::Invalid {
+                destination,
+                reason: "S3 destinations are written by S3Destination, not Destinations::send"
+                    .into(),
+            }),
+            DestinationSpec::Sqs(queue) => {
+                let ready = self
+                    .prepare(&destination, results, sqs::MESSAGE_LIMIT, sqs::message_size)
+                    .await?;
+                sqs::send(self.sqs_client(), queue, &ready).await
+            }
+            DestinationSpec::Sns(topic) => {
+                let ready = self
+                    .prepare(&destination, results, sns::MESSAGE_LIMIT, sns::message_size)
+                    .await?;
+                sns::send(self.sns_client(), topic, &ready).await
+            }
+            DestinationSpec::EventBus(bus) => {
+                let ready = self
+                    .prepare(
+                        &destination,
+                        results,
+                        eventbridge::ENTRY_LIMIT,
+                        eventbridge::entry_size,
+                    )
+                    .await?;
+                eventbridge::send(self.events_client(), bus, &ready).await
+            }
+            DestinationSpec::Dynamo(table) => {
+                let ready = self
+                    .prepare(
+                        &destination,
+                        results,
+                        dynamodb::ITEM_LIMIT,
+                        dynamodb::item_size,
+                    )
+                    .await?;
+                dynamodb::send(self.dynamodb_client(), table, &ready).await
+            }
+        }
+    }
+
+    /// The results already recorded as succeeded for `job_id` in `table`, by
+    /// item index (0 for a single job); see [`dynamodb::succeeded`].
+    pub async fn succeeded_in_table(
+        &self,
+        table: &dynamodb::Table,
+        job_id: &str,
+    ) -> Result<std::collections::BTreeMap<usize, Value>, DestinationError> {
+        dynamodb::succeeded(self.dynamodb_client(), table, job_id).await
+    }
+
+    /// Renders each result's record, spilling the ones over `limit` (as
+    /// `size_of` measures them for the service) to S3.
+    async fn prepare<'a>(
+        &self,
+        destination: &str,
+        results: &'a [Outgoing],
+        limit: usize,
+        size_of: fn(&Outgoing, &str) -> usize,
+    ) -> Result<Vec<Prepared<'a>>, DestinationError> {
+        let mut ready = Vec::with_capacity(results.len());
+        for outgoing in results {
+            let mut text = outgoing.body.to_string();
+            let bytes = size_of(outgoing, &text);
+            if bytes > limit {
+                let too_large = DestinationError::TooLarge {
+                    item: outgoing.key(),
+                    destination: destination.to_owned(),
+                    bytes,
+                    limit,
+                };
+                let Some(spill) = &self.spill else {
+                    return Err(too_large);
+                };
+                text = self.spill_record(spill, outgoing, text).await?.to_string();
+                // A pointer is a few hundred bytes; only a job id near its own
+                // length limit on a tiny service limit could still not fit.
+                if size_of(outgoing, &text) > limit {
+                    return Err(too_large);
+                }
+            }
+            ready.push(Prepared { outgoing, text });
+        }
+        Ok(ready)
+    }
+
+    /// Writes a record to the spill location and returns the pointer to send
+    /// instead: `job_id`, `index`, `status`, `spilled_to` and `bytes`.
+    async fn spill_record(
+        &self,
+        spill: &S3Location,
+        outgoing: &Outgoing,
+        text: String,
+    ) -> Result<Value, DestinationError> {
+        let key = match outgoing.index {
+            Some(index) => format!("{}{}/{index}.json", spill.prefix, outgoing.job_id),
+            None => spill.key_for(&outgoing.job_id),
+        };
+        let uri = format!("s3://{}/{key}", spill.bucket);
+        let bytes = text.len();
+        self.s3_client()
+            .put_object()
+            .bucket(&spill.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(text.into_bytes()))
+            .send()
+            .await
+            .map_err(|err| s3::classify(spill, "s3:PutObject", uri.clone(), err))?;
+        let mut pointer = Map::new();
+        pointer.insert("job_id".into(), Value::from(outgoing.job_id.as_str()));
+        if let Some(index) = outgoing.index {
+            pointer.insert("index".into(), Value::from(index));
+        }
+        if let Some(status) = outgoing.body.get("status") {
+            pointer.insert("status".into(), status.clone());
+        }
+        pointer.insert("spilled_to".into(), Value::from(uri));
+        pointer.insert("bytes".into(), Value::from(bytes));
+        Ok(Value::Object(pointer))
+    }
+}
+
+/// A result with the text to send: its record, or the pointer to where the
+/// record was spilled.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared<'a> {
+    /// The result.
+    pub outgoing: &'a Outgoing,
+    /// The JSON text that goes in the message, event or item.
+    pub text: String,
+}
+
+/// The most one SendMessageBatch, PublishBatch or PutEvents call carries.
+pub(crate) const MAX_BATCH_ENTRIES: usize = 10;
+
+/// Splits entries of the given sizes, in order, into runs of at most
+/// `max_entries` entries and `max_bytes` bytes together. An entry larger than
+/// `max_bytes` on its own gets a run of its own (callers have spilled those).
+pub(crate) fn batches(sizes: &[usize], max_entries: usize, max_bytes: usize) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (position, &size) in sizes.iter().enumerate() {
+        let full = position - start == max_entries || bytes + size > max_bytes;
+        if position > start && full {
+            runs.push(start..position);
+            start = position;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        runs.push(start..sizes.len());
+    }
+    runs
+}
+
+/// The longest FIFO message group or deduplication id SQS and SNS take.
+const FIFO_ID_LIMIT: usize = 128;
+
+/// A FIFO group or deduplication id for `text`: the text itself when it fits
+/// (at most 128 ASCII letters, digits and punctuation), else `sha256:` and the
+/// hex SHA-256 of it, which is stable across retries and so still deduplicates.
+pub(crate) fn fifo_id(text: &str) -> String {
+    let fits = !text.is_empty()
+        && text.len() <= FIFO_ID_LIMIT
+        && text.bytes().all(|b| b.is_ascii_graphic());
+    if fits {
+        return text.to_owned();
+    }
+    let digest = Sha256::digest(text.as_bytes());
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The parts of an ARN, checked for the service it should name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ArnParts<'a> {
+    /// `aws`, `aws-cn`, `aws-us-gov`, ...
+    pub partition: &'a str,
+    /// The region.
+    pub region: &'a str,
+    /// The 12-digit account id.
+    pub account: &'a str,
+    /// Everything after the account (`name`, `table/name`, `event-bus/name`).
+    pub resource: &'a str,
+}
+
+/// Splits `arn:<partition>:<service>:<region>:<account>:<resource>`; `form` is
+/// the expected shape, quoted in errors.
+pub(crate) fn split_arn<'a>(
+    text: &'a str,
+    service: &str,
+    form: &str,
+) -> Result<ArnParts<'a>, String> {
+    let parts: Vec<&str> = text.splitn(6, ':').collect();
+    let [arn, partition, found_service, region, account, resource] = parts[..] else {
+        return Err(format!("`{text}` is not an ARN; expected {form}"));
+    };
+    if arn != "arn" || partition.is_empty() {
+        return Err(format!("`{text}` is not an ARN; expected {form}"));
+    }
+    if found_service != service {
+        return Err(format!(
+            "`{text}` is an ARN of `{found_service}`, not `{service}`; expected {form}"
+        ));
+    }
+    if region.is_empty() {
+        return Err(format!("`{text}` has no region; expected {form}"));
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{account}` in `{text}` is not a 12-digit account id; expected {form}"
+        ));
+    }
+    if resource.is_empty() {
+        return Err(format!("`{text}` names no resource; expected {form}"));
+    }
+    Ok(ArnParts {
+        partition,
+        region,
+        account,
+        resource,
+    })
+}
+
+/// What a delivery failure is reported against, and what to grant when denied.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    /// The destination as given (queue URL or ARN).
+    pub destination: String,
+    /// The permission a denial asks for, e.g. `sqs:SendMessage`.
+    pub action: &'static str,
+    /// The resource to grant it on (an ARN).
+    pub resource: String,
+    /// What a missing destination is, e.g. "queue `results`".
+    pub what: String,
+    /// The service, for messages: "SQS", "SNS", ...
+    pub service: &'static str,
+}
+
+impl Delivery {
+    /// Maps an error code (of a whole call or of one batch entry) to what the
+    /// user should fix; `None` for codes that say nothing about the destination.
+    fn by_code(&self, code: &str, message: &str) -> Option<DestinationError> {
+        match code {
+            "AccessDenied" | "AccessDeniedException" | "AuthorizationError" => {
+                Some(DestinationError::Denied {
+                    action: self.action,
+                    destination: self.destination.clone(),
+                    message: message.to_owned(),
+                    fix: format!(
+                        "grant the execution role {} on {}",
+                        self.action, self.resource
+                    ),
+                })
+            }
+            "AWS.SimpleQueueService.NonExistentQueue"
+            | "QueueDoesNotExist"
+            | "NotFound"
+            | "NotFoundException"
+            | "ResourceNotFoundException" => Some(DestinationError::Missing {
+                destination: self.destination.clone(),
+                what: self.what.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Maps a failed call.
+    pub fn failed<E: ProvideErrorMetadata>(
+        &self,
+        err: SdkError<E, HttpResponse>,
+    ) -> DestinationError {
+        let message = err.message().unwrap_or("no message").to_owned();
+        if let Some(code) = err.code() {
+            return self
+                .by_code(code, &message)
+                .unwrap_or_else(|| self.unavailable(format!("{code}: {message}")));
+        }
+        // A 403 whose body is not the service's error shape (an endpoint
+        // policy, a proxy, or moto's XML answer to a JSON-protocol call) is a
+        // denial all the same.
+        if err.raw_response().map(|r| r.status().as_u16()) == Some(403) {
+            return self
+                .by_code("AccessDenied", "HTTP 403 without an error code")
+                .unwrap_or_else(|| self.unavailable("HTTP 403".into()));
+        }
+        self.unavailable(match err {
+            SdkError::TimeoutError(_) => "timed out".into(),
+            SdkError::DispatchFailure(_) => format!("could not reach {}", self.service),
+            _ => format!("no answer from {}", self.service),
+        })
+    }
+
+    /// A transient failure.
+    pub fn unavailable(&self, message: String) -> DestinationError {
+        DestinationError::Unavailable {
+            destination: self.destination.clone(),
+            message,
+        }
+    }
+
+    /// A request the SDK would not build (a required field left out): a bug
+    /// here, reported rather than panicking.
+    pub fn unbuildable(&self, err: impl fmt::Display) -> DestinationError {
+        self.unavailable(format!(
+            "the {} request could not be built: {err}",
+            self.service
+        ))
+    }
+}
+
+/// How one entry of a batch call went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EntryOutcome {
+    /// Accepted, with the service's id for it.
+    Sent(String),
+    /// Refused; `sender_fault` entries are not retried.
+    Failed {
+        /// The service's error code.
+        code: String,
+        /// The service's message.
+        message: String,
+        /// The request was at fault, so sending it again will not help.
+        sender_fault: bool,
+    },
+}
+
+/// Sends the entries `0..count` of a batch with `call`, which sends the
+/// entries at the positions given and reports each one's outcome by position.
+/// Entries that failed through no fault of the request are sent once more;
+/// a denied, missing or rejected entry fails the delivery at once. `key_of`
+/// names an entry's result in errors.
+pub(crate) async fn send_batch_with_retry<F, Fut>(
+    delivery: &Delivery,
+    count: usize,
+    key_of: impl Fn(usize) -> String,
+    mut call: F,
+) -> Result<Vec<String>, DestinationError>
+where
+    F: FnMut(Vec<usize>) -> Fut,
+    Fut: Future<Output = Result<Vec<(usize, EntryOutcome)>, DestinationError>>,
+{
+    let mut ids: Vec<Option<String>> = vec![None; count];
+    let mut pending: Vec<usize> = (0..count).collect();
+    let mut last_failure = String::new();
+    for _attempt in 0..2 {
+        let mut retry = Vec::new();
+        for (position, outcome) in call(pending.clone()).await? {
+            let Some(slot) = ids.get_mut(position) else {
+                continue;
+            };
+            match outcome {
+                EntryOutcome::Sent(id) => *slot = Some(id),
+                EntryOutcome::Failed {
+                    code,
+                    message,
+                    sender_fault,
+                } => {
+                    if let Some(err) = delivery.by_code(&code, &message) {
+                        return Err(err);
+                    }
+                    let item = key_of(position);
+                    if sender_fault {
+                        return Err(DestinationError::Invalid {
+                            destination: delivery.destination.clone(),
+                            reason: format!(
+                                "{} rejected the message for {item} ({code}: {message}); \
+                                 sending it again would fail the same way",
+                                delivery.service
+                            ),
+                        });
+                    }
+                    last_failure = format!("{item}: {code}: {message}");
+                    retry.push(position);
+                }
+            }
+        }
+        pending = retry;
+        if pending.is_empty() {
+            break;
+        }
+    }
+    if !pending.is_empty() {
+        return Err(delivery.unavailable(format!(
+            "{} of {count} entries still failed after a retry, e.g. {last_failure}",
+            pending.len()
+        )));
+    }
+    ids.into_iter()
+        .enumerate()
+        .map(|(position, id)| {
+            id.ok_or_else(|| {
+                delivery.unavailable(format!(
+                    "{} reported no outcome for {}",
+                    delivery.service,
+                    key_of(position)
+                ))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use aws_sdk_s3::operation::put_object::PutObjectOutput;
+    use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
+    use aws_sdk_sqs::types::SendMessageBatchResultEntry;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+    use serde_json::json;
+
+    use super::*;
+
+    const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/222222222222/results";
+
+    #[test]
+    fn every_destination_kind_parses_from_its_text_form() {
+        let parse = |text: &str| DestinationSpec::parse(text).expect(text);
+        assert!(matches!(parse(QUEUE), DestinationSpec::Sqs(q) if q.url == QUEUE));
+        assert!(matches!(
+            parse("arn:aws:sqs:us-east-1:222222222222:q.fifo"),
+            DestinationSpec::Sqs(q) if q.fifo
+        ));
+        assert!(matches!(
+            parse("http://127.0.0.1:5000/222222222222/q"),
+            DestinationSpec::Sqs(_)
+        ));
+        assert!(matches!(
+            parse("arn:aws:sns:us-east-1:222222222222:t"),
+            DestinationSpec::Sns(_)
+        ));
+        assert!(matches!(
+            parse("arn:aws:events:us-east-1:222222222222:event-bus/b"),
+            DestinationSpec::EventBus(_)
+        ));
+        let table = "arn:aws:dynamodb:us-east-1:222222222222:table/tbl";
+        assert!(matches!(parse(table), DestinationSpec::Dynamo(t) if t.name == "tbl"));
+        assert_eq!(parse(table).to_string(), table);
+        assert!(parse(table).can_read_back());
+
+        let err = DestinationSpec::parse("arn:aws:sns:us-east-1:222:t").expect_err("bad account");
+        assert_eq!(err.code(), "InvalidDestination");
+        assert!(err.to_string().contains("12-digit account id"), "{err}");
+    }
+
+    #[test]
+    fn batches_respect_entry_count_and_total_size() {
+        assert_eq!(batches(&[1; 23], 10, 100), [0..10, 10..20, 20..23]);
+        assert_eq!(batches(&[40, 40, 40, 10], 10, 100), [0..2, 2..4]);
+        assert_eq!(
+            batches(&[150, 10], 10, 100),
+            [0..1, 1..2],
+            "an oversized entry goes alone"
+        );
+        assert!(batches(&[], 10, 100).is_empty());
+    }
+
+    #[test]
+    fn fifo_ids_are_the_key_when_it_fits_else_a_stable_hash() {
+        assert_eq!(fifo_id("job-1#3"), "job-1#3");
+        let long = "x".repeat(129);
+        let hashed = fifo_id(&long);
+        assert_eq!(hashed.len(), "sha256:".len() + 64);
+        assert_eq!(hashed, fifo_id(&long));
+        assert_ne!(hashed, fifo_id(&"x".repeat(130)));
+        assert!(fifo_id("has space").starts_with("sha256:"));
+        assert_eq!(fifo_id(&"y".repeat(128)), "y".repeat(128));
+    }
+
+    /// The objects put: (key, content type, body).
+    type Puts = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+    /// Destinations with a mocked S3 (recording puts) and SQS (accepting all,
+    /// recording bodies).
+    fn mocked(spill: Option<&str>) -> (Destinations, Puts, Arc<Mutex<Vec<String>>>) {
+        let puts: Puts = Arc::default();
+        let seen_puts = puts.clone();
+        let s3_rule = mock!(aws_sdk_s3::Client::put_object).then_compute_output(move |req| {
+            let body = req.body().bytes().map(<[u8]>::to_vec).unwrap_or_default();
+            seen_puts.lock().expect("lock").push((
+                req.key().unwrap_or_default().to_owned(),
+                req.content_type().unwrap_or_default().to_owned(),
+                body,
+            ));
+            PutObjectOutput::builder().build()
+        });
+        let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen_bodies = bodies.clone();
+        let sqs_rule =
+            mock!(aws_sdk_sqs::Client::send_message_batch).then_compute_output(move |req| {
+                let mut output = SendMessageBatchOutput::builder().set_failed(Some(Vec::new()));
+                for entry in req.entries() {
+                    seen_bodies
+                        .lock()
+                        .expect("lock")
+                        .push(entry.message_body().to_owned());
+                    output = output.successful(
+                        SendMessageBatchResultEntry::builder()
+                            .id(entry.id())
+                            .message_id(format!("m{}", entry.id()))
+                            .md5_of_message_body("x")
+                            .build()
+                            .expect("entry"),
+                    );
+                }
+                output.build().expect("output")
+            });
+        let spill = spill.map(|uri| S3Location::parse(uri).expect("spill uri"));
+        let destinations =
+            Destinations::new(&aws_config::SdkConfig::builder().build(), true, spill);
+        let _ = destinations
+            .s3
+            .set(mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&s3_rule]));
+        let _ = destinations
+            .sqs
+            .set(mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&sqs_rule]));
+        (destinations, puts, bodies)
+    }
+
+    fn big_result(index: Option<usize>) -> Outgoing {
+        Outgoing {
+            job_id: "big-job".into(),
+            index,
+            group: "big-job".into(),
+            body: json!({"status": "succeeded", "output": {"text": "z".repeat(300_000)}}),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_over_the_limit_is_spilled_and_a_pointer_sent() {
+        let (destinations, puts, bodies) = mocked(Some("s3://spill-bucket/large"));
+        let small = Outgoing {
+            job_id: "big-job".into(),
+            index: Some(0),
+            group: "big-job".into(),
+            body: json!({"status": "succeeded"}),
+        };
+        let results = [small.clone(), big_result(Some(1)), big_result(None)];
+        let dest = DestinationSpec::parse(QUEUE).expect("queue");
+        let ids = destinations.send(&dest, &results).await.expect("sent");
+        assert_eq!(ids, ["m0", "m1", "m2"]);
+
+        let puts = puts.lock().expect("lock");
+        let keys: Vec<&str> = puts.iter().map(|(key, _, _)| key.as_str()).collect();
+        assert_eq!(keys, ["large/big-job/1.json", "large/big-job.json"]);
+        assert_eq!(puts[0].1, "application/json");
+        let spilled: Value = serde_json::from_slice(&puts[0].2).expect("json");
+        assert_eq!(spilled, results[1].body);
+
+        let bodies = bodies.lock().expect("lock");
+        assert_eq!(
+            bodies[0],
+            small.body.to_string(),
+            "a small result is sent as is"
+        );
+        let pointer: Value = serde_json::from_str(&bodies[1]).expect("pointer");
+        assert_eq!(
+            pointer,
+            json!({"job_id": "big-job", "index": 1, "status": "succeeded",
+                   "spilled_to": "s3://spill-bucket/large/big-job/1.json", "bytes": puts[0].2.len()})
+        );
+        let single: Value = serde_json::from_str(&bodies[2]).expect("pointer");
+        assert!(single.get("index").is_none(), "{single}");
+        assert_eq!(single["spilled_to"], "s3://spill-bucket/large/big-job.json");
+    }
+
+    #[tokio::test]
+    async fn a_result_over_the_limit_without_a_spill_location_is_too_large() {
+        let (destinations, puts, bodies) = mocked(None);
+        let dest = DestinationSpec::parse(QUEUE).expect("queue");
+        let err = destinations
+            .send(&dest, &[big_result(Some(4))])
+            .await
+            .expect_err("too large");
+        assert!(
+            matches!(&err, DestinationError::TooLarge { item, limit: 262_144, .. } if item == "big-job#4"),
+            "{err:?}"
+        );
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("RELAY_SPILL_S3"));
+        assert!(puts.lock().expect("lock").is_empty());
+        assert!(bodies.lock().expect("lock").is_empty(), "nothing is sent");
+    }
+
+    #[tokio::test]
+    async fn s3_destinations_are_not_sent_here() {
+        let (destinations, _, _) = mocked(None);
+        let dest = DestinationSpec::parse("s3://bucket/prefix/").expect("s3");
+        let result = Outgoing {
+            job_id: "j".into(),
+            index: None,
+            group: "j".into(),
+            body: json!({}),
+        };
+        let err = destinations.send(&dest, &[result]).await.expect_err("s3");
+        assert_eq!(err.code(), "InvalidDestination");
+        assert!(err.to_string().contains("S3Destination"), "{err}");
     }
 }
