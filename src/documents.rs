@@ -104,8 +104,12 @@ pub enum DocumentError {
     /// One object is over Converse's size limit for its block kind.
     #[error(
         "`{uri}` is at least {size} bytes, over the {limit} bytes Converse takes in one \
-         {kind} block; shrink it (or split it into several objects)",
-        kind = kind.as_str()
+         {kind} block; {fix}",
+        kind = kind.as_str(),
+        fix = match kind {
+            MediaKind::Document => "shrink it or split it into several objects",
+            MediaKind::Image => "downscale or recompress it",
+        }
     )]
     TooLarge {
         /// The object's URI.
@@ -439,7 +443,8 @@ fn detect_format(
 
 /// A block name from the key's file stem in the characters Bedrock accepts:
 /// ASCII letters and digits, single spaces, hyphens, parentheses and square
-/// brackets. Anything else becomes one hyphen per run.
+/// brackets. Any other character becomes a hyphen; runs of whitespace become
+/// one space and runs of hyphens one hyphen.
 fn sanitize_name(key: &str) -> String {
     let file = file_name(key);
     let stem = match file.rsplit_once('.') {
@@ -447,26 +452,18 @@ fn sanitize_name(key: &str) -> String {
         _ => file,
     };
     let mut name = String::with_capacity(stem.len());
-    // What the last pushed character was, so runs collapse to one.
-    let mut last_space = false;
-    let mut last_replaced = false;
     for c in stem.chars() {
-        if c.is_whitespace() {
-            if !last_space && !name.is_empty() {
-                name.push(' ');
-            }
-            last_space = true;
-            last_replaced = false;
+        let c = if c.is_whitespace() {
+            ' '
         } else if c.is_ascii_alphanumeric() || matches!(c, '-' | '(' | ')' | '[' | ']') {
-            name.push(c);
-            last_space = false;
-            last_replaced = false;
+            c
         } else {
-            if !last_replaced {
-                name.push('-');
-            }
-            last_space = false;
-            last_replaced = true;
+            '-'
+        };
+        let repeats = matches!(c, ' ' | '-') && name.ends_with(c);
+        let leading_space = c == ' ' && name.is_empty();
+        if !repeats && !leading_space {
+            name.push(c);
         }
     }
     let name = name.trim_end();
@@ -819,4 +816,568 @@ fn parse_items(uri: &str, bytes: &[u8], max_items: usize) -> Result<Vec<Value>, 
         items.push(item);
     }
     Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use aws_sdk_s3::config::retry::RetryConfig;
+    use aws_sdk_s3::operation::get_object::GetObjectOutput;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    /// An object as S3 would store it: content and, maybe, a Content-Type.
+    struct Stored {
+        body: Vec<u8>,
+        content_type: Option<&'static str>,
+    }
+
+    fn stored(body: impl Into<Vec<u8>>, content_type: Option<&'static str>) -> Stored {
+        Stored {
+            body: body.into(),
+            content_type,
+        }
+    }
+
+    /// A GetObject mock serving `objects` by key, with their real Content-Length.
+    fn s3_serving(objects: Vec<(String, Stored)>) -> (Rule, aws_sdk_s3::Client) {
+        let objects: Arc<HashMap<String, Stored>> = Arc::new(objects.into_iter().collect());
+        let rule = mock!(aws_sdk_s3::Client::get_object).then_compute_output(move |req| {
+            let object = req.key().and_then(|key| objects.get(key));
+            let body = object.map(|o| o.body.clone()).unwrap_or_default();
+            GetObjectOutput::builder()
+                .content_length(body.len() as i64)
+                .set_content_type(object.and_then(|o| o.content_type.map(str::to_owned)))
+                .body(ByteStream::from(body))
+                .build()
+        });
+        let client = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&rule]);
+        (rule, client)
+    }
+
+    /// A GetObject mock answering every call with `status` and an S3 XML error.
+    fn s3_failing(status: u16, code: &'static str) -> (Rule, aws_sdk_s3::Client) {
+        let rule = mock!(aws_sdk_s3::Client::get_object).then_http_response(move || {
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                 <Error><Code>{code}</Code><Message>from s3</Message><RequestId>r</RequestId></Error>"
+            );
+            HttpResponse::new(
+                StatusCode::try_from(status).expect("status"),
+                SdkBody::from(body),
+            )
+        });
+        // One attempt: the test is about classification, not the SDK's retries.
+        let client = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&rule], |builder| builder
+            .retry_config(RetryConfig::disabled()));
+        (rule, client)
+    }
+
+    fn uris(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn format_comes_from_the_extension_then_the_content_type() {
+        let by = |key: &str, content_type: Option<&str>| {
+            detect_format("s3://b/k", key, content_type).map(|f| (f.name, f.kind))
+        };
+        assert_eq!(
+            by("a/Report.PDF", None).ok(),
+            Some(("pdf", MediaKind::Document))
+        );
+        assert_eq!(by("photo.jpg", None).ok(), Some(("jpeg", MediaKind::Image)));
+        assert_eq!(
+            by("page.htm", None).ok(),
+            Some(("html", MediaKind::Document))
+        );
+        assert_eq!(by("notes.markdown", None).ok().map(|f| f.0), Some("md"));
+        assert_eq!(by("server.log", None).ok().map(|f| f.0), Some("txt"));
+        // The extension wins over a generic Content-Type.
+        assert_eq!(
+            by("sheet.xlsx", Some("binary/octet-stream"))
+                .ok()
+                .map(|f| f.0),
+            Some("xlsx")
+        );
+        // No or an unknown extension: the Content-Type, parameters and case ignored.
+        assert_eq!(
+            by("exports/latest", Some("Text/CSV; charset=utf-8"))
+                .ok()
+                .map(|f| f.0),
+            Some("csv")
+        );
+        assert_eq!(
+            by("scan.bin", Some("image/webp")).ok(),
+            Some(("webp", MediaKind::Image))
+        );
+        assert_eq!(
+            by(".env", Some("text/plain")).ok().map(|f| f.0),
+            Some("txt")
+        );
+    }
+
+    #[test]
+    fn an_unknown_format_names_the_uri_what_was_found_and_what_is_accepted() {
+        let err = detect_format("s3://b/x/data.zip", "x/data.zip", Some("application/zip"))
+            .err()
+            .expect("zip is not a Converse format");
+        assert_eq!(err.code(), "UnsupportedDocument");
+        assert!(!err.is_retryable());
+        let text = err.to_string();
+        assert!(text.starts_with("`s3://b/x/data.zip`"), "{text}");
+        assert!(
+            text.contains("extension `.zip` and Content-Type `application/zip`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pdf, csv, doc, docx, xls, xlsx, html, txt, md, png, jpeg, gif, webp"),
+            "{text}"
+        );
+        let bare = detect_format("s3://b/blob", "blob", None)
+            .err()
+            .expect("nothing to go on");
+        assert!(bare
+            .to_string()
+            .contains("no extension and no Content-Type"));
+    }
+
+    #[test]
+    fn formats_are_exactly_the_ones_converse_accepts() {
+        use aws_sdk_bedrockruntime::types::{DocumentFormat, ImageFormat};
+        let ours = |kind| {
+            let mut names: Vec<&str> = FORMATS
+                .iter()
+                .filter(|f| f.kind == kind)
+                .map(|f| f.name)
+                .collect();
+            names.sort_unstable();
+            names
+        };
+        let sdk = |values: &[&'static str]| {
+            let mut names = values.to_vec();
+            names.sort_unstable();
+            names
+        };
+        assert_eq!(ours(MediaKind::Document), sdk(DocumentFormat::values()));
+        assert_eq!(ours(MediaKind::Image), sdk(ImageFormat::values()));
+    }
+
+    #[test]
+    fn names_keep_only_the_characters_bedrock_accepts() {
+        assert_eq!(
+            sanitize_name("in/Q3 report (final).pdf"),
+            "Q3 report (final)"
+        );
+        assert_eq!(sanitize_name("in/q3_report.v2.pdf"), "q3-report-v2");
+        assert_eq!(
+            sanitize_name("a/tabs\t\tand   spaces .txt"),
+            "tabs and spaces"
+        );
+        assert_eq!(sanitize_name("a/résumé [draft].docx"), "r-sum- [draft]");
+        assert_eq!(sanitize_name("a/a - b.pdf"), "a - b");
+        assert_eq!(sanitize_name("a/x__--__y.md"), "x-y");
+        assert_eq!(sanitize_name("a/日本語.pdf"), "document");
+        assert_eq!(sanitize_name("folder/"), "document");
+        assert_eq!(sanitize_name("README"), "README");
+        let long = format!("in/{}.pdf", "a".repeat(300));
+        assert_eq!(sanitize_name(&long).len(), MAX_NAME_LEN);
+        for key in [
+            "in/Q3 report (final).pdf",
+            "a/résumé [draft].docx",
+            "x/  lead.md",
+        ] {
+            let name = sanitize_name(key);
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric()
+                        || matches!(c, ' ' | '-' | '(' | ')' | '[' | ']')),
+                "{name}"
+            );
+            assert!(!name.contains("  ") && name.trim() == name, "{name}");
+        }
+    }
+
+    #[test]
+    fn repeated_names_get_numbered_suffixes_within_the_length_limit() {
+        let mut names = UniqueNames::default();
+        assert_eq!(names.claim("report"), "report");
+        assert_eq!(names.claim("Report"), "Report (2)");
+        assert_eq!(names.claim("report"), "report (3)");
+        assert_eq!(names.claim("report (2)"), "report (2) (2)");
+        let long = "b".repeat(MAX_NAME_LEN);
+        assert_eq!(names.claim(&long), long);
+        let second = names.claim(&long);
+        assert_eq!(second.len(), MAX_NAME_LEN);
+        assert!(second.ends_with("b (2)"), "{second}");
+    }
+
+    #[test]
+    fn object_uris_are_parsed_strictly() {
+        let uri = ObjectUri::parse("s3://my-bucket/in/a b+c.pdf").expect("valid");
+        assert_eq!(uri.bucket, "my-bucket");
+        assert_eq!(uri.key, "in/a b+c.pdf", "the key is taken as written");
+        assert_eq!(uri.arn(), "arn:aws:s3:::my-bucket/in/a b+c.pdf");
+        for bad in [
+            "https://my-bucket/a.pdf",
+            "s3://my-bucket",
+            "s3://my-bucket/",
+            "s3://My_Bucket/a.pdf",
+            "s3://-bucket/a.pdf",
+            "s3://ab/a.pdf",
+        ] {
+            let err = ObjectUri::parse(bad).expect_err(bad);
+            assert_eq!(err.code(), "InvalidDocumentUri", "{bad}");
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+        let too_long = format!("s3://my-bucket/{}", "k".repeat(MAX_KEY_LEN + 1));
+        assert!(ObjectUri::parse(&too_long).is_err());
+    }
+
+    #[tokio::test]
+    async fn documents_load_in_order_with_format_name_and_text() {
+        let (rule, s3) = s3_serving(vec![
+            ("in/report.pdf".into(), stored(b"%PDF-1.7".to_vec(), None)),
+            (
+                "in/chart.PNG".into(),
+                stored(vec![0x89, b'P', b'N', b'G'], None),
+            ),
+            ("in/notes.md".into(), stored("\u{feff}# Notes\nhi", None)),
+            ("other/notes.md".into(), stored("# More", None)),
+            ("in/latin1.csv".into(), stored(vec![b'a', b',', 0xE9], None)),
+            ("in/export".into(), stored("a,b\n1,2\n", Some("text/csv"))),
+        ]);
+        let docs = load_documents(
+            &s3,
+            &uris(&[
+                "s3://docs-bucket/in/report.pdf",
+                "s3://docs-bucket/in/chart.PNG",
+                "s3://docs-bucket/in/notes.md",
+                "s3://docs-bucket/other/notes.md",
+                "s3://docs-bucket/in/latin1.csv",
+                "s3://docs-bucket/in/export",
+            ]),
+        )
+        .await
+        .expect("documents");
+        assert_eq!(rule.num_calls(), 6);
+        let summary: Vec<(&str, MediaKind, &str)> = docs
+            .iter()
+            .map(|d| (d.name.as_str(), d.kind, d.format.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("report", MediaKind::Document, "pdf"),
+                ("chart", MediaKind::Image, "png"),
+                ("notes", MediaKind::Document, "md"),
+                ("notes (2)", MediaKind::Document, "md"),
+                ("latin1", MediaKind::Document, "csv"),
+                ("export", MediaKind::Document, "csv"),
+            ]
+        );
+        assert_eq!(docs[0].bytes.as_ref(), b"%PDF-1.7");
+        assert_eq!(docs[0].text, None, "a pdf is not offered as text");
+        assert_eq!(docs[2].text.as_deref(), Some("# Notes\nhi"), "BOM dropped");
+        assert_eq!(docs[4].text, None, "not UTF-8");
+        assert_eq!(docs[5].text.as_deref(), Some("a,b\n1,2\n"));
+
+        assert_eq!(
+            docs[0].to_block(),
+            ContentBlock::Document(MediaBlock {
+                format: "pdf".into(),
+                name: Some("report".into()),
+                source: MediaSource {
+                    bytes: aws_smithy_types::base64::encode(b"%PDF-1.7"),
+                },
+            })
+        );
+        match docs[1].to_block() {
+            ContentBlock::Image(media) => {
+                assert_eq!((media.format.as_str(), media.name), ("png", None));
+                assert_eq!(
+                    crate::job::decode_media(&MediaBlock {
+                        format: "png".into(),
+                        name: None,
+                        source: media.source
+                    })
+                    .expect("base64"),
+                    vec![0x89, b'P', b'N', b'G']
+                );
+            }
+            other => panic!("an image block, got {other:?}"),
+        }
+        assert_eq!(
+            docs[5].template_value(),
+            json!({"uri": "s3://docs-bucket/in/export", "name": "export", "format": "csv",
+                   "kind": "document", "size": 8, "text": "a,b\n1,2\n"})
+        );
+        assert_eq!(docs[1].template_value()["kind"], "image");
+        assert_eq!(docs[4].template_value()["text"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn no_documents_means_no_s3_call() {
+        let (rule, s3) = s3_serving(vec![]);
+        assert!(load_documents(&s3, &[]).await.expect("none").is_empty());
+        assert_eq!(rule.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn count_limits_are_checked_before_any_s3_call() {
+        let (rule, s3) = s3_serving(vec![]);
+        let pdfs: Vec<String> = (0..=MAX_DOCUMENTS)
+            .map(|i| format!("s3://docs-bucket/{i}.pdf"))
+            .collect();
+        let err = load_documents(&s3, &pdfs).await.expect_err("six documents");
+        assert_eq!(err.code(), "TooManyDocuments");
+        assert!(!err.is_retryable());
+        assert!(
+            err.to_string().contains("6 documents, more than the 5"),
+            "{err}"
+        );
+
+        let images: Vec<String> = (0..=MAX_IMAGES)
+            .map(|i| format!("s3://docs-bucket/{i}.jpg"))
+            .collect();
+        let err = load_documents(&s3, &images).await.expect_err("21 images");
+        assert!(
+            err.to_string().contains("21 images, more than the 20"),
+            "{err}"
+        );
+
+        let unknown: Vec<String> = (0..=MAX_DOCUMENTS + MAX_IMAGES)
+            .map(|i| format!("s3://docs-bucket/blob-{i}"))
+            .collect();
+        let err = load_documents(&s3, &unknown).await.expect_err("26 objects");
+        assert!(
+            err.to_string().contains("26 objects, more than the 25"),
+            "{err}"
+        );
+
+        assert_eq!(rule.num_calls(), 0, "nothing was fetched");
+    }
+
+    #[tokio::test]
+    async fn count_limits_are_checked_again_once_content_types_are_known() {
+        let objects = (0..=MAX_DOCUMENTS)
+            .map(|i| {
+                (
+                    format!("scan-{i}"),
+                    stored(b"%PDF".to_vec(), Some("application/pdf")),
+                )
+            })
+            .collect();
+        let (rule, s3) = s3_serving(objects);
+        let list: Vec<String> = (0..=MAX_DOCUMENTS)
+            .map(|i| format!("s3://docs-bucket/scan-{i}"))
+            .collect();
+        let err = load_documents(&s3, &list).await.expect_err("six pdfs");
+        assert_eq!(err.code(), "TooManyDocuments");
+        assert_eq!(rule.num_calls(), MAX_DOCUMENTS + 1);
+    }
+
+    #[tokio::test]
+    async fn size_limit_is_taken_from_content_length_before_the_body() {
+        // S3 announces more than the limit; the tiny body is never the reason.
+        let rule = mock!(aws_sdk_s3::Client::get_object).then_output(|| {
+            GetObjectOutput::builder()
+                .content_length(MAX_DOCUMENT_BYTES as i64 + 1)
+                .body(ByteStream::from_static(b"%PDF"))
+                .build()
+        });
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&rule]);
+        let err = load_documents(&s3, &uris(&["s3://docs-bucket/big.pdf"]))
+            .await
+            .expect_err("too large");
+        match &err {
+            DocumentError::TooLarge {
+                uri,
+                kind,
+                size,
+                limit,
+            } => {
+                assert_eq!(uri, "s3://docs-bucket/big.pdf");
+                assert_eq!(*kind, MediaKind::Document);
+                assert_eq!(*size, MAX_DOCUMENT_BYTES + 1);
+                assert_eq!(*limit, MAX_DOCUMENT_BYTES);
+            }
+            other => panic!("TooLarge, got {other:?}"),
+        }
+        assert_eq!(err.code(), "DocumentTooLarge");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("document block"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn size_limit_is_enforced_on_the_bytes_when_no_length_is_given() {
+        let rule = mock!(aws_sdk_s3::Client::get_object).then_output(|| {
+            GetObjectOutput::builder()
+                .body(ByteStream::from(vec![0u8; MAX_IMAGE_BYTES as usize + 1]))
+                .build()
+        });
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&rule]);
+        let err = load_documents(&s3, &uris(&["s3://docs-bucket/huge.webp"]))
+            .await
+            .expect_err("too large");
+        assert!(err.to_string().contains("downscale or recompress"), "{err}");
+        match err {
+            DocumentError::TooLarge {
+                kind, size, limit, ..
+            } => {
+                assert_eq!(kind, MediaKind::Image);
+                assert!(size > MAX_IMAGE_BYTES);
+                assert_eq!(limit, MAX_IMAGE_BYTES);
+            }
+            other => panic!("TooLarge, got {other:?}"),
+        }
+        // Exactly at the limit is fine.
+        let at_limit = mock!(aws_sdk_s3::Client::get_object).then_output(|| {
+            GetObjectOutput::builder()
+                .body(ByteStream::from(vec![0u8; MAX_IMAGE_BYTES as usize]))
+                .build()
+        });
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&at_limit]);
+        let docs = load_documents(&s3, &uris(&["s3://docs-bucket/edge.webp"]))
+            .await
+            .expect("at the limit");
+        assert_eq!(docs[0].bytes.len() as u64, MAX_IMAGE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn s3_errors_are_classified_by_what_to_fix() {
+        for (status, code, expected, retryable) in [
+            (404, "NoSuchKey", "DocumentNotFound", false),
+            (404, "NoSuchBucket", "DocumentNotFound", false),
+            (403, "AccessDenied", "DocumentDenied", false),
+            (500, "InternalError", "DocumentUnavailable", true),
+            (503, "SlowDown", "DocumentUnavailable", true),
+        ] {
+            let (rule, s3) = s3_failing(status, code);
+            let err = load_documents(&s3, &uris(&["s3://docs-bucket/in/a.pdf"]))
+                .await
+                .expect_err(code);
+            assert_eq!(err.code(), expected, "{code}: {err}");
+            assert_eq!(err.is_retryable(), retryable, "{code}");
+            assert!(
+                err.to_string().contains("s3://docs-bucket/in/a.pdf"),
+                "{code}: {err}"
+            );
+            assert_eq!(rule.num_calls(), 1, "{code}");
+        }
+        let (_, s3) = s3_failing(404, "NoSuchBucket");
+        let err = load_documents(&s3, &uris(&["s3://docs-bucket/in/a.pdf"]))
+            .await
+            .expect_err("no bucket");
+        assert!(err.to_string().contains("bucket `docs-bucket`"), "{err}");
+
+        let (_, s3) = s3_failing(403, "AccessDenied");
+        let text = load_documents(&s3, &uris(&["s3://docs-bucket/in/a.pdf"]))
+            .await
+            .expect_err("denied")
+            .to_string();
+        assert!(
+            text.contains("s3:GetObject on arn:aws:s3:::docs-bucket/in/a.pdf"),
+            "{text}"
+        );
+        assert!(text.contains("bucket policy"), "{text}");
+    }
+
+    #[test]
+    fn items_are_one_json_value_a_line_blank_lines_skipped_crlf_accepted() {
+        let text = "\u{feff}{\"id\": 1}\r\n\r\n  \n\"two\"\n[3]\r\n{\"id\": 4}";
+        let items = parse_items("s3://b/k.jsonl", text.as_bytes(), 10).expect("items");
+        assert_eq!(
+            items,
+            [json!({"id": 1}), json!("two"), json!([3]), json!({"id": 4})]
+        );
+        assert!(parse_items("s3://b/k.jsonl", b"", 10)
+            .expect("empty")
+            .is_empty());
+        assert!(parse_items("s3://b/k.jsonl", b"\n\r\n", 10)
+            .expect("blank")
+            .is_empty());
+    }
+
+    #[test]
+    fn item_errors_name_the_uri_and_the_line() {
+        let text = "{\"id\": 1}\n\n{\"id\": }\n";
+        let err = parse_items("s3://b/k.jsonl", text.as_bytes(), 10).expect_err("bad line");
+        assert_eq!(err.code(), "InvalidItems");
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "s3://b/k.jsonl line 3: expected value at column 8"
+        );
+        let two_values = parse_items("s3://b/k.jsonl", b"{} {}\n", 10).expect_err("two values");
+        assert!(
+            two_values
+                .to_string()
+                .starts_with("s3://b/k.jsonl line 1: trailing characters"),
+            "{two_values}"
+        );
+        let binary = parse_items("s3://b/k.jsonl", b"1\r\n\"a\xFF\"\n", 10).expect_err("not UTF-8");
+        assert_eq!(
+            binary.to_string(),
+            "s3://b/k.jsonl line 2: not UTF-8 text (bad byte at column 3)"
+        );
+    }
+
+    #[test]
+    fn more_items_than_allowed_tell_the_limit_and_to_split() {
+        let text = "1\n2\n\n3\n";
+        assert_eq!(
+            parse_items("s3://b/k.jsonl", text.as_bytes(), 3)
+                .expect("three")
+                .len(),
+            3
+        );
+        let err = parse_items("s3://b/k.jsonl", text.as_bytes(), 2).expect_err("three > two");
+        assert_eq!(err.code(), "TooManyItems");
+        let text = err.to_string();
+        assert!(text.contains("more than 2 items"), "{text}");
+        assert!(text.contains("RELAY_MAX_ITEMS"), "{text}");
+        assert!(text.contains("split the file"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn items_are_read_from_s3() {
+        let (rule, s3) = s3_serving(vec![(
+            "batches/today.jsonl".into(),
+            stored("{\"city\": \"Oslo\"}\n{\"city\": \"Lima\"}\n", None),
+        )]);
+        let items = load_items(&s3, "s3://docs-bucket/batches/today.jsonl", 100, 1 << 20)
+            .await
+            .expect("items");
+        assert_eq!(items, [json!({"city": "Oslo"}), json!({"city": "Lima"})]);
+        assert_eq!(rule.num_calls(), 1);
+
+        let err = load_items(&s3, "s3://docs-bucket/batches/today.jsonl", 100, 10)
+            .await
+            .expect_err("over max_bytes");
+        assert_eq!(err.code(), "ItemsTooLarge");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("10-byte limit"), "{err}");
+
+        let err = load_items(&s3, "docs-bucket/batches/today.jsonl", 100, 1 << 20)
+            .await
+            .expect_err("not s3://");
+        assert_eq!(err.code(), "InvalidDocumentUri");
+
+        let (_, s3) = s3_failing(404, "NoSuchKey");
+        let err = load_items(&s3, "s3://docs-bucket/batches/gone.jsonl", 100, 1 << 20)
+            .await
+            .expect_err("missing");
+        assert_eq!(err.code(), "DocumentNotFound");
+        assert!(
+            err.to_string().contains("key `batches/gone.jsonl`"),
+            "{err}"
+        );
+    }
 }
