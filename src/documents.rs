@@ -183,19 +183,19 @@ pub enum DocumentError {
 }
 
 impl DocumentError {
-    /// A stable name for the record and the Lambda error type.
+    /// A stable name for the record and the Lambda error type. An items file
+    /// over a limit shares the codes of the README's failure table: too many
+    /// items is `InvalidItems`, too many bytes `DocumentTooLarge`.
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidUri { .. } => "InvalidDocumentUri",
             Self::NotFound { .. } => "DocumentNotFound",
             Self::Denied { .. } => "DocumentDenied",
             Self::Unavailable { .. } => "DocumentUnavailable",
-            Self::TooLarge { .. } => "DocumentTooLarge",
+            Self::TooLarge { .. } | Self::ItemsTooLarge { .. } => "DocumentTooLarge",
             Self::TooMany { .. } => "TooManyDocuments",
             Self::Unsupported { .. } => "UnsupportedDocument",
-            Self::InvalidItems { .. } => "InvalidItems",
-            Self::TooManyItems { .. } => "TooManyItems",
-            Self::ItemsTooLarge { .. } => "ItemsTooLarge",
+            Self::InvalidItems { .. } | Self::TooManyItems { .. } => "InvalidItems",
         }
     }
 
@@ -1339,7 +1339,8 @@ mod tests {
             3
         );
         let err = parse_items("s3://b/k.jsonl", text.as_bytes(), 2).expect_err("three > two");
-        assert_eq!(err.code(), "TooManyItems");
+        assert!(matches!(err, DocumentError::TooManyItems { limit: 2, .. }));
+        assert_eq!(err.code(), "InvalidItems");
         let text = err.to_string();
         assert!(text.contains("more than 2 items"), "{text}");
         assert!(text.contains("RELAY_MAX_ITEMS"), "{text}");
@@ -1361,7 +1362,11 @@ mod tests {
         let err = load_items(&s3, "s3://docs-bucket/batches/today.jsonl", 100, 10)
             .await
             .expect_err("over max_bytes");
-        assert_eq!(err.code(), "ItemsTooLarge");
+        assert!(matches!(
+            err,
+            DocumentError::ItemsTooLarge { limit: 10, .. }
+        ));
+        assert_eq!(err.code(), "DocumentTooLarge");
         assert!(!err.is_retryable());
         assert!(err.to_string().contains("10-byte limit"), "{err}");
 
