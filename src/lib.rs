@@ -15,6 +15,8 @@
 //!   the choice of one for a job.
 //! - [`credentials`]: AssumeRole into RoleA with SourceIdentity, as a
 //!   credentials provider under the SDK's identity cache.
+//! - [`documents`]: the S3 objects a job reads with account B's credentials
+//!   (`documents` as Converse document/image blocks, `items_from` JSON Lines).
 //! - [`bedrock`]: the RoleA-signed Bedrock client, Converse, error classes.
 //! - [`record`]: the result/error record.
 //! - [`metrics`]: CloudWatch EMF metrics, one line per job.
