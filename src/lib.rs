@@ -42,6 +42,7 @@ pub mod job;
 pub mod metrics;
 pub mod record;
 pub mod relay;
+pub mod schema;
 pub mod target;
 pub mod trail;
 
