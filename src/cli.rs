@@ -9,6 +9,8 @@
 //!   chain link by link and prints each with pass/fail and the fix: identity in
 //!   account B, AssumeRole into each target, identity in account A, a 1-token
 //!   Converse, a write to the destination.
+//! - `bedrock-relay schema [--event]` prints the job's JSON Schema (with
+//!   `--event`, that of a whole `Bedrock Relay Job` EventBridge event).
 //!
 //! Exit codes: 0 all good, 1 a job or check failed, 2 usage or configuration.
 
@@ -39,6 +41,7 @@ const USAGE: &str = "usage:
   bedrock-relay invoke --event FILE [--timeout SECS] [--json]
   bedrock-relay doctor [--target ALIAS] [--model MODEL_ID] [--json]
   bedrock-relay trail [--since 1h] [--json]
+  bedrock-relay schema [--event]
 Reads the same RELAY_* environment as the Lambda function.";
 
 /// Runs the command line; returns the process exit code.
@@ -69,6 +72,15 @@ pub async fn run(args: &[String]) -> i32 {
                 return EXIT_USAGE;
             };
             trail(seconds, json_output).await
+        }
+        Some("schema") => {
+            let schema = if args.iter().any(|a| a == "--event") {
+                crate::schema::job_event_schema()
+            } else {
+                crate::schema::job_schema()
+            };
+            print!("{}", crate::schema::pretty(&schema));
+            EXIT_OK
         }
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");

@@ -6,6 +6,7 @@
 //! the model, id and conversation settled. Unknown fields are errors: a typo
 //! like `modle` must fail loudly, not run the default model.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -52,19 +53,28 @@ impl JobError {
 }
 
 /// A job as it arrives.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["prompt"]},
+    {"required": ["messages"]},
+    {"required": ["invoke"], "not": {"anyOf": [{"required": ["system"]}, {"required": ["inference"]}]}}
+]))]
 pub struct Job {
     /// The result's key; defaults to the envelope's id, else the Lambda request id.
+    #[schemars(transform = crate::schema::job_id_rule)]
     pub id: Option<String>,
     /// Model ID, inference-profile ID or ARN; defaults to `RELAY_DEFAULT_MODEL`.
+    #[schemars(transform = crate::schema::model_id_rule)]
     pub model: Option<String>,
     /// The target alias (from `RELAY_TARGETS`), or a list of aliases to pool;
     /// defaults to `default`.
     pub target: Option<TargetChoice>,
     /// One user message (exclusive with `messages`).
+    #[schemars(length(min = 1), regex(pattern = r"\S"))]
     pub prompt: Option<String>,
     /// A Converse conversation (exclusive with `prompt`).
+    #[schemars(length(min = 1))]
     pub messages: Option<Vec<Message>>,
     /// A raw InvokeModel request (exclusive with `prompt` and `messages`).
     pub invoke: Option<Invoke>,
@@ -90,10 +100,11 @@ pub struct Job {
 }
 
 /// A raw model request for InvokeModel: the body as the model family defines it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Invoke {
     /// The model body (JSON), sent as is.
+    #[schemars(extend("type" = ["object", "array"]))]
     pub body: Value,
     /// `Content-Type` of the body; `application/json` by default.
     pub content_type: Option<String>,
@@ -102,27 +113,29 @@ pub struct Invoke {
 }
 
 /// A job's `target`: one alias, or several to spread work over.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum TargetChoice {
     /// One target alias.
     One(String),
     /// A pool of target aliases.
+    #[schemars(extend("minItems" = 1))]
     Pool(Vec<String>),
 }
 
 /// A Converse message, as Bedrock defines it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     /// Who speaks.
     pub role: Role,
     /// What is said.
+    #[schemars(length(min = 1))]
     pub content: Vec<ContentBlock>,
 }
 
 /// A message's speaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The caller.
@@ -132,10 +145,11 @@ pub enum Role {
 }
 
 /// One block of a message's content.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ContentBlock {
     /// Text.
+    #[schemars(transform = crate::schema::text_block_rule)]
     Text(String),
     /// An image, inline.
     Image(MediaBlock),
@@ -144,7 +158,7 @@ pub enum ContentBlock {
 }
 
 /// An image or document block: `{format, name?, source: {bytes}}` with base64 bytes.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MediaBlock {
     /// `png`, `jpeg`, `gif`, `webp` for images; `pdf`, `csv`, `doc`, `docx`, `xls`,
@@ -157,42 +171,49 @@ pub struct MediaBlock {
 }
 
 /// Inline content, base64-encoded as in Bedrock's JSON.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MediaSource {
     /// Base64 of the raw bytes.
+    #[schemars(extend("contentEncoding" = "base64"))]
     pub bytes: String,
 }
 
 /// A system prompt: one string, or Converse's `[{"text": ...}]` blocks.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum System {
     /// One text.
+    #[schemars(extend("pattern" = r"\S"))]
     Text(String),
     /// Several text blocks.
     Blocks(Vec<SystemBlock>),
 }
 
 /// One Converse system block.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemBlock {
     /// The text.
+    #[schemars(regex(pattern = r"\S"))]
     pub text: String,
 }
 
 /// Converse's `inferenceConfig`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Inference {
     /// Upper bound on generated tokens.
+    #[schemars(range(min = 1))]
     pub max_tokens: Option<i32>,
     /// 0.0–1.0.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub temperature: Option<f32>,
     /// 0.0–1.0.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub top_p: Option<f32>,
     /// Texts that end generation.
+    #[schemars(length(max = MAX_STOP_SEQUENCES), inner(length(min = 1)))]
     pub stop_sequences: Option<Vec<String>>,
 }
 

@@ -47,6 +47,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod record;
 pub mod relay;
+pub mod schema;
 pub mod target;
 pub mod template;
 pub mod trail;
