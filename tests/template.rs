@@ -85,3 +85,843 @@ fn xray_tracing_is_active() {
         Some("Active")
     );
 }
+
+// ---------------------------------------------------------------------------
+// The execution role, environment and example, evaluated as CloudFormation would
+// for a given set of parameter values.
+// ---------------------------------------------------------------------------
+
+use std::collections::HashMap;
+
+use serde_json::{json, Map};
+
+const QUEUE: &str = "arn:aws:sqs:us-east-1:222222222222:relay-results.fifo";
+const TOPIC: &str = "arn:aws:sns:us-east-1:222222222222:relay-results";
+const BUS: &str = "arn:aws:events:us-east-1:222222222222:event-bus/relay-results";
+const TABLE: &str = "arn:aws:dynamodb:us-east-1:222222222222:table/relay-results";
+const ROLE_A: &str = "arn:aws:iam::111111111111:role/BedrockRelayTarget";
+/// What `AWS::NoValue` evaluates to until the enclosing list or map drops it.
+const NO_VALUE: &str = "\u{0}AWS::NoValue";
+
+/// A template with its parameters resolved: evaluates intrinsics (`Ref`, `Sub`,
+/// `If`, `Join`, `Split`, `Select`, `GetAtt`, conditions) as CloudFormation does.
+/// A resource's `Ref` is `ref:<name>` and `Fn::GetAtt` is `getatt:<name>.<attr>`
+/// unless `resources` names a value for it.
+struct Stack {
+    template: serde_yaml::Value,
+    params: HashMap<String, Value>,
+    resources: HashMap<String, String>,
+}
+
+impl Stack {
+    /// `path` (relative to the crate) with `overrides` for its parameters; panics
+    /// on an unknown parameter or a required one left out, as CloudFormation refuses them.
+    fn deploy(path: &str, overrides: &[(&str, &str)]) -> Self {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        let template: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).expect("template")).expect("yaml");
+        let declared = template["Parameters"].as_mapping().expect("parameters");
+        for (name, _) in overrides {
+            assert!(
+                declared.contains_key(*name),
+                "{} declares no parameter {name}",
+                path.display()
+            );
+        }
+        let mut params = HashMap::new();
+        for (name, spec) in declared {
+            let name = name.as_str().expect("name");
+            let raw = match overrides.iter().find(|(k, _)| *k == name) {
+                Some((_, v)) => (*v).to_owned(),
+                None => match &spec["Default"] {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    serde_yaml::Value::Number(n) => n.to_string(),
+                    serde_yaml::Value::Null => panic!("parameter {name} is required"),
+                    other => panic!("default of {name}: {other:?}"),
+                },
+            };
+            let value = if spec["Type"].as_str() == Some("CommaDelimitedList") {
+                Value::Array(raw.split(',').map(|s| Value::String(s.into())).collect())
+            } else {
+                Value::String(raw)
+            };
+            params.insert(name.to_owned(), value);
+        }
+        for (name, value) in [
+            ("AWS::Partition", "aws"),
+            ("AWS::Region", "us-east-1"),
+            ("AWS::AccountId", "222222222222"),
+            ("AWS::NoValue", NO_VALUE),
+        ] {
+            params.insert(name.to_owned(), Value::String(value.to_owned()));
+        }
+        Self {
+            template,
+            params,
+            resources: HashMap::new(),
+        }
+    }
+
+    /// The relay template with the lab's required parameters and `overrides`.
+    fn relay(overrides: &[(&str, &str)]) -> Self {
+        let mut all = vec![
+            ("TargetRoleArn", ROLE_A),
+            ("DestinationBucket", "relay-results"),
+            ("DestinationPrefix", "results/"),
+        ];
+        all.extend_from_slice(overrides);
+        Self::deploy("template.yaml", &all)
+    }
+
+    fn condition(&self, name: &str) -> bool {
+        let body = &self.template["Conditions"][name];
+        assert!(!body.is_null(), "no condition {name}");
+        self.eval(body).as_bool().expect("a condition is a boolean")
+    }
+
+    fn reference(&self, name: &str) -> Value {
+        if let Some(value) = self.params.get(name) {
+            return value.clone();
+        }
+        if let Some(value) = self.resources.get(name) {
+            return Value::String(value.clone());
+        }
+        assert!(
+            !self.template["Resources"][name].is_null(),
+            "Ref to unknown {name}"
+        );
+        Value::String(format!("ref:{name}"))
+    }
+
+    fn get_att(&self, target: &str) -> Value {
+        if let Some(value) = self.resources.get(target) {
+            return Value::String(value.clone());
+        }
+        let resource = target.split('.').next().expect("resource");
+        assert!(
+            !self.template["Resources"][resource].is_null(),
+            "GetAtt of unknown {resource}"
+        );
+        Value::String(format!("getatt:{target}"))
+    }
+
+    fn sub(&self, text: &str, vars: &Map<String, Value>) -> Value {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("closed ${") + start;
+            let name = &rest[start + 2..end];
+            let value = match vars.get(name) {
+                Some(v) => v.clone(),
+                None if name.contains('.') && !name.starts_with("AWS::") => self.get_att(name),
+                None => self.reference(name),
+            };
+            out.push_str(value.as_str().expect("Sub of a string"));
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        Value::String(out)
+    }
+
+    fn eval(&self, value: &serde_yaml::Value) -> Value {
+        use serde_yaml::Value as Y;
+        match value {
+            Y::Tagged(tagged) => {
+                let arg = &tagged.value;
+                let list = |i: usize| self.eval(&arg[i]);
+                match tagged.tag.to_string().as_str() {
+                    "!Ref" => self.reference(arg.as_str().expect("Ref name")),
+                    "!GetAtt" => self.get_att(arg.as_str().expect("GetAtt target")),
+                    "!Condition" => Value::Bool(self.condition(arg.as_str().expect("name"))),
+                    "!Sub" => match arg {
+                        Y::String(text) => self.sub(text, &Map::new()),
+                        _ => {
+                            let vars = self.eval(&arg[1]);
+                            self.sub(
+                                arg[0].as_str().expect("Sub text"),
+                                vars.as_object().expect("Sub variables"),
+                            )
+                        }
+                    },
+                    "!If" => {
+                        let name = arg[0].as_str().expect("condition name");
+                        if self.condition(name) {
+                            list(1)
+                        } else {
+                            list(2)
+                        }
+                    }
+                    "!Equals" => Value::Bool(list(0) == list(1)),
+                    "!Not" => Value::Bool(!list(0).as_bool().expect("bool")),
+                    "!And" | "!Or" => {
+                        let values = arg
+                            .as_sequence()
+                            .expect("list")
+                            .iter()
+                            .map(|c| self.eval(c).as_bool().expect("bool"));
+                        let values: Vec<bool> = values.collect();
+                        Value::Bool(if tagged.tag == "!And" {
+                            values.iter().all(|b| *b)
+                        } else {
+                            values.iter().any(|b| *b)
+                        })
+                    }
+                    "!Join" => {
+                        let delimiter = arg[0].as_str().expect("literal delimiter");
+                        let parts = list(1);
+                        let parts: Vec<&str> = parts
+                            .as_array()
+                            .expect("Join list")
+                            .iter()
+                            .map(|p| p.as_str().expect("Join of strings"))
+                            .collect();
+                        Value::String(parts.join(delimiter))
+                    }
+                    "!Split" => {
+                        let delimiter = arg[0].as_str().expect("literal delimiter");
+                        let text = list(1);
+                        Value::Array(
+                            text.as_str()
+                                .expect("Split of a string")
+                                .split(delimiter)
+                                .map(|s| Value::String(s.into()))
+                                .collect(),
+                        )
+                    }
+                    "!Select" => {
+                        let index = arg[0].as_u64().expect("index") as usize;
+                        list(1)
+                            .as_array()
+                            .expect("Select list")
+                            .get(index)
+                            .cloned()
+                            .expect("Select index in range")
+                    }
+                    other => panic!("intrinsic {other} not supported by this test"),
+                }
+            }
+            Y::Sequence(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| self.eval(i))
+                    .filter(|v| v != NO_VALUE)
+                    .collect(),
+            ),
+            Y::Mapping(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.as_str().expect("key").to_owned(), self.eval(v)))
+                    .filter(|(_, v)| v != NO_VALUE)
+                    .collect(),
+            ),
+            plain => serde_json::to_value(plain).expect("plain value"),
+        }
+    }
+
+    /// The execution role's inline policy statements.
+    fn statements(&self) -> Vec<Value> {
+        let policy = &self.template["Resources"]["ExecutionRole"]["Properties"]["Policies"][0];
+        self.eval(&policy["PolicyDocument"]["Statement"])
+            .as_array()
+            .expect("statements")
+            .clone()
+    }
+
+    fn statement(&self, sid: &str) -> Option<Value> {
+        self.statements().into_iter().find(|s| s["Sid"] == sid)
+    }
+
+    fn sids(&self) -> Vec<String> {
+        self.statements()
+            .iter()
+            .map(|s| {
+                s["Sid"]
+                    .as_str()
+                    .expect("every statement has a Sid")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// The function's environment variable `name`.
+    fn env(&self, name: &str) -> String {
+        let vars = self.eval(
+            &self.template["Resources"]["RelayFunction"]["Properties"]["Environment"]["Variables"],
+        );
+        vars[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} is not set"))
+            .to_owned()
+    }
+}
+
+/// A statement's actions or resources as a list.
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().expect("string").to_owned())
+            .collect(),
+        other => panic!("not a string or list: {other}"),
+    }
+}
+
+/// Every (action, resource) pair the role is granted for actions of `service`.
+fn grants(stack: &Stack, service: &str) -> Vec<(String, String)> {
+    let prefix = format!("{service}:");
+    let mut pairs = Vec::new();
+    for statement in stack.statements() {
+        assert_eq!(statement["Effect"], "Allow");
+        for action in strings(&statement["Action"]) {
+            if action.starts_with(&prefix) {
+                for resource in strings(&statement["Resource"]) {
+                    pairs.push((action.clone(), resource));
+                }
+            }
+        }
+    }
+    pairs.sort();
+    pairs
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = list
+        .iter()
+        .map(|(a, r)| ((*a).to_owned(), (*r).to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+const DYNAMODB_ACTIONS: [&str; 4] = [
+    "dynamodb:BatchWriteItem",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:Query",
+];
+
+/// With only the required parameters, the default destination is the S3 prefix:
+/// write and read back under it, list it with an `s3:prefix` condition (so a
+/// missing record is a 404, not a 403), and nothing for other destination kinds.
+#[test]
+fn s3_default_destination_grants_only_its_prefix() {
+    let stack = Stack::relay(&[]);
+    assert!(stack.condition("DestinationIsS3"));
+    assert_eq!(
+        stack.sids(),
+        [
+            "AssumeTargetRole",
+            "WriteRecords",
+            "ListRecords",
+            "Logs",
+            "Tracing",
+            "OnFailureDestination"
+        ]
+    );
+    assert_eq!(
+        grants(&stack, "s3"),
+        pairs(&[
+            ("s3:GetObject", "arn:aws:s3:::relay-results/results/*"),
+            ("s3:ListBucket", "arn:aws:s3:::relay-results"),
+            ("s3:PutObject", "arn:aws:s3:::relay-results/results/*"),
+        ])
+    );
+    let list = stack.statement("ListRecords").expect("ListRecords");
+    assert_eq!(
+        list["Condition"],
+        json!({"StringLike": {"s3:prefix": "results/*"}})
+    );
+    assert_eq!(
+        grants(&stack, "sqs"),
+        pairs(&[("sqs:SendMessage", "getatt:FailedEventsQueue.Arn")]),
+        "only the failure queue"
+    );
+    for service in ["sns", "events", "dynamodb", "kms"] {
+        assert!(grants(&stack, service).is_empty(), "{service}");
+    }
+    assert_eq!(
+        stack.env("RELAY_DESTINATION"),
+        "s3://relay-results/results/"
+    );
+    assert_eq!(
+        stack.env("RELAY_SPILL_S3"),
+        "s3://relay-results/results/_spill/"
+    );
+    assert_eq!(stack.env("RELAY_ALLOWED_DESTINATIONS").replace(',', ""), "");
+    assert_eq!(stack.env("RELAY_IDEMPOTENCY_TABLE"), "");
+    assert!(stack.template["Resources"]["ExecutionRole"]["Properties"]
+        .as_mapping()
+        .is_some_and(|p| !p.contains_key("ManagedPolicyArns")
+            || stack.eval(
+                &stack.template["Resources"]["ExecutionRole"]["Properties"]["ManagedPolicyArns"]
+            ) == NO_VALUE));
+}
+
+/// Each kind of default destination (`DestinationArn`) becomes
+/// `RELAY_DESTINATION` and gets exactly its one action set on exactly that ARN;
+/// no other kind's statement, and no S3 listing, appears.
+#[test]
+fn each_destination_kind_gets_exactly_its_statement() {
+    let cases: [(&str, &str, &str, &[&str]); 4] = [
+        (QUEUE, "sqs", "SendToDestinationQueue", &["sqs:SendMessage"]),
+        (TOPIC, "sns", "PublishToDestinationTopic", &["sns:Publish"]),
+        (
+            BUS,
+            "events",
+            "PutEventsOnDestinationBus",
+            &["events:PutEvents"],
+        ),
+        (
+            TABLE,
+            "dynamodb",
+            "WriteDestinationTable",
+            &DYNAMODB_ACTIONS,
+        ),
+    ];
+    for (arn, service, sid, actions) in cases {
+        let stack = Stack::relay(&[("DestinationArn", arn)]);
+        assert_eq!(stack.env("RELAY_DESTINATION"), arn);
+        assert!(!stack.condition("DestinationIsS3"));
+        let sids = stack.sids();
+        assert!(sids.contains(&sid.to_owned()), "{sid} in {sids:?}");
+        assert!(!sids.contains(&"ListRecords".to_owned()), "{sids:?}");
+        let statement = stack.statement(sid).expect("statement");
+        assert_eq!(statement["Resource"], arn, "{sid}");
+
+        let mut expected: Vec<(&str, &str)> = actions.iter().map(|a| (*a, arn)).collect();
+        if service == "sqs" {
+            expected.push(("sqs:SendMessage", "getatt:FailedEventsQueue.Arn"));
+        }
+        assert_eq!(grants(&stack, service), pairs(&expected), "{service}");
+        for other in ["sqs", "sns", "events", "dynamodb"] {
+            if other != service && other != "sqs" {
+                assert!(grants(&stack, other).is_empty(), "{sid}: no {other} grant");
+            }
+        }
+        if service != "sqs" {
+            assert_eq!(
+                grants(&stack, "sqs"),
+                pairs(&[("sqs:SendMessage", "getatt:FailedEventsQueue.Arn")])
+            );
+        }
+        // Spilled results still land under the prefix the role may write.
+        assert_eq!(
+            stack.env("RELAY_SPILL_S3"),
+            "s3://relay-results/results/_spill/"
+        );
+    }
+}
+
+/// Destinations a job may choose get their own statement on exactly the listed
+/// ARNs, and appear in `RELAY_ALLOWED_DESTINATIONS` with the free patterns.
+#[test]
+fn allowed_destinations_get_their_statements_and_patterns() {
+    let queue2 = "arn:aws:sqs:us-east-1:222222222222:relay-other";
+    let stack = Stack::relay(&[
+        ("AllowedQueueArns", &format!("{QUEUE},{queue2}")),
+        ("AllowedTopicArns", TOPIC),
+        ("AllowedEventBusArns", BUS),
+        ("AllowedTableArns", TABLE),
+        ("AllowedDestinationPatterns", "s3://relay-results/teams/*"),
+    ]);
+    assert_eq!(
+        grants(&stack, "sqs"),
+        pairs(&[
+            ("sqs:SendMessage", QUEUE),
+            ("sqs:SendMessage", queue2),
+            ("sqs:SendMessage", "getatt:FailedEventsQueue.Arn"),
+        ])
+    );
+    assert_eq!(grants(&stack, "sns"), pairs(&[("sns:Publish", TOPIC)]));
+    assert_eq!(
+        grants(&stack, "events"),
+        pairs(&[("events:PutEvents", BUS)])
+    );
+    let tables: Vec<(&str, &str)> = DYNAMODB_ACTIONS.iter().map(|a| (*a, TABLE)).collect();
+    assert_eq!(grants(&stack, "dynamodb"), pairs(&tables));
+
+    let allowed = stack.env("RELAY_ALLOWED_DESTINATIONS");
+    let mut patterns: Vec<&str> = allowed.split(',').filter(|p| !p.is_empty()).collect();
+    patterns.sort();
+    let mut want = vec![
+        QUEUE,
+        queue2,
+        TOPIC,
+        BUS,
+        TABLE,
+        "s3://relay-results/teams/*",
+    ];
+    want.sort();
+    assert_eq!(patterns, want);
+    // The default destination stays S3.
+    assert_eq!(
+        stack.env("RELAY_DESTINATION"),
+        "s3://relay-results/results/"
+    );
+}
+
+/// With every optional parameter set, no statement but X-Ray's (which has no
+/// resource-level permissions) grants `*`, and no destination or input statement
+/// names a resource the parameters did not.
+#[test]
+fn no_statement_but_tracing_has_a_wildcard_resource() {
+    let stack = Stack::relay(&[
+        ("DestinationArn", QUEUE),
+        ("AllowedTopicArns", TOPIC),
+        ("AllowedEventBusArns", BUS),
+        ("AllowedTableArns", TABLE),
+        (
+            "DestinationKmsKeyArns",
+            "arn:aws:kms:us-east-1:222222222222:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        ),
+        ("InputObjectArns", "arn:aws:s3:::relay-inputs/*"),
+        ("IdempotencyTable", "create"),
+        (
+            "AdditionalTargetRoleArns",
+            "arn:aws:iam::333333333333:role/BedrockRelayTarget",
+        ),
+    ]);
+    let statements = stack.statements();
+    assert!(statements.len() >= 12, "{statements:?}");
+    for statement in &statements {
+        let resources = strings(&statement["Resource"]);
+        assert!(!resources.is_empty());
+        if statement["Sid"] == "Tracing" {
+            continue;
+        }
+        for resource in resources {
+            assert!(
+                resource != "*" && !resource.ends_with(":*") && !resource.contains("::*"),
+                "{}: {resource}",
+                statement["Sid"]
+            );
+        }
+        for action in strings(&statement["Action"]) {
+            assert!(!action.contains('*'), "{action}");
+        }
+    }
+}
+
+/// The KMS statement exists only with keys, covers exactly them, and only
+/// through SQS and SNS in this region.
+#[test]
+fn kms_keys_are_usable_only_through_sqs_and_sns() {
+    assert!(Stack::relay(&[("DestinationArn", QUEUE)])
+        .statement("EncryptForDestinations")
+        .is_none());
+    let key = "arn:aws:kms:us-east-1:222222222222:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let stack = Stack::relay(&[("DestinationArn", QUEUE), ("DestinationKmsKeyArns", key)]);
+    assert_eq!(
+        grants(&stack, "kms"),
+        pairs(&[("kms:Decrypt", key), ("kms:GenerateDataKey", key)])
+    );
+    assert_eq!(
+        stack.statement("EncryptForDestinations").expect("kms")["Condition"],
+        json!({"StringEquals": {"kms:ViaService": [
+            "sqs.us-east-1.amazonaws.com",
+            "sns.us-east-1.amazonaws.com"
+        ]}})
+    );
+}
+
+/// `documents` and `items_from` objects are readable exactly as listed, and
+/// nothing is readable without the parameter.
+#[test]
+fn input_objects_are_readable_only_as_named() {
+    assert!(Stack::relay(&[]).statement("ReadInputs").is_none());
+    let stack = Stack::relay(&[(
+        "InputObjectArns",
+        "arn:aws:s3:::relay-inputs/batches/*,arn:aws:s3:::uploads/incoming/*",
+    )]);
+    let read = stack.statement("ReadInputs").expect("ReadInputs");
+    assert_eq!(read["Action"], "s3:GetObject");
+    assert_eq!(
+        read["Resource"],
+        json!([
+            "arn:aws:s3:::relay-inputs/batches/*",
+            "arn:aws:s3:::uploads/incoming/*"
+        ])
+    );
+}
+
+/// The ledger the stack creates is keyed `job_id` (S) + `item` (N), on demand,
+/// with TTL on `expires_at`; the function is told its name and may use exactly
+/// it. An existing table is used by ARN; none means no statement.
+#[test]
+fn idempotency_table_has_job_id_and_item_keys_and_its_own_grant() {
+    let stack = Stack::relay(&[("IdempotencyTable", "create")]);
+    let table = &stack.template["Resources"]["IdempotencyLedger"];
+    assert_eq!(table["Type"].as_str(), Some("AWS::DynamoDB::Table"));
+    assert_eq!(table["Condition"].as_str(), Some("CreateIdempotencyTable"));
+    let props = stack.eval(&table["Properties"]);
+    assert_eq!(props["BillingMode"], "PAY_PER_REQUEST");
+    assert_eq!(
+        props["KeySchema"],
+        json!([
+            {"AttributeName": "job_id", "KeyType": "HASH"},
+            {"AttributeName": "item", "KeyType": "RANGE"}
+        ])
+    );
+    let mut attributes = props["AttributeDefinitions"]
+        .as_array()
+        .expect("defs")
+        .clone();
+    attributes.sort_by_key(|a| a["AttributeName"].to_string());
+    assert_eq!(
+        attributes,
+        [
+            json!({"AttributeName": "item", "AttributeType": "N"}),
+            json!({"AttributeName": "job_id", "AttributeType": "S"})
+        ]
+    );
+    assert_eq!(
+        props["TimeToLiveSpecification"],
+        json!({"AttributeName": "expires_at", "Enabled": true})
+    );
+    assert_eq!(
+        stack.env("RELAY_IDEMPOTENCY_TABLE"),
+        "ref:IdempotencyLedger"
+    );
+    let created: Vec<(&str, &str)> = DYNAMODB_ACTIONS
+        .iter()
+        .map(|a| (*a, "getatt:IdempotencyLedger.Arn"))
+        .collect();
+    assert_eq!(grants(&stack, "dynamodb"), pairs(&created));
+
+    let existing = "arn:aws:dynamodb:us-east-1:222222222222:table/relay-ledger";
+    let stack = Stack::relay(&[("IdempotencyTable", existing)]);
+    assert!(!stack.condition("CreateIdempotencyTable"));
+    assert_eq!(stack.env("RELAY_IDEMPOTENCY_TABLE"), existing);
+    let used: Vec<(&str, &str)> = DYNAMODB_ACTIONS.iter().map(|a| (*a, existing)).collect();
+    assert_eq!(grants(&stack, "dynamodb"), pairs(&used));
+
+    let stack = Stack::relay(&[]);
+    assert!(stack.statement("IdempotencyLedger").is_none());
+    assert!(!stack.condition("CreateIdempotencyTable"));
+}
+
+/// The batch limits and the schedule switch reach the function.
+#[test]
+fn limits_and_schedule_are_wired() {
+    let stack = Stack::relay(&[("MaxConcurrency", "8"), ("MaxItems", "500")]);
+    assert_eq!(stack.env("RELAY_MAX_CONCURRENCY"), "8");
+    assert_eq!(stack.env("RELAY_MAX_ITEMS"), "500");
+    let defaults = Stack::relay(&[]);
+    assert_eq!(defaults.env("RELAY_MAX_CONCURRENCY"), "4");
+    assert_eq!(defaults.env("RELAY_MAX_ITEMS"), "10000");
+
+    let nightly = |stack: &Stack| {
+        stack.eval(
+            &stack.template["Resources"]["RelayFunction"]["Properties"]["Events"]["Nightly"]
+                ["Properties"],
+        )
+    };
+    let with_job = Stack::relay(&[("DefaultJob", r#"{"prompt": "digest"}"#)]);
+    assert_eq!(nightly(&with_job)["State"], "ENABLED");
+    let no_schedule = Stack::relay(&[
+        ("DefaultJob", r#"{"prompt": "digest"}"#),
+        ("ScheduleExpression", ""),
+    ]);
+    let props = nightly(&no_schedule);
+    assert_eq!(props["State"], "DISABLED");
+    assert_ne!(
+        props["Schedule"], "",
+        "a disabled rule still needs an expression"
+    );
+    assert_eq!(nightly(&Stack::relay(&[]))["State"], "DISABLED");
+}
+
+// --- examples/s3-upload-summary -------------------------------------------
+
+const EXAMPLE: &str = "examples/s3-upload-summary/template.yaml";
+
+fn example(overrides: &[(&str, &str)]) -> Stack {
+    let mut all = vec![
+        ("UploadsBucketName", "example-uploads"),
+        ("TargetRoleArn", ROLE_A),
+        ("DestinationBucket", "relay-results"),
+    ];
+    all.extend_from_slice(overrides);
+    let mut stack = Stack::deploy(EXAMPLE, &all);
+    // An AWS::S3::Bucket's Ref is its name.
+    let bucket = stack.params["UploadsBucketName"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    stack.resources.insert("UploadsBucket".into(), bucket);
+    stack
+}
+
+fn s3_object_created() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("events/s3-object-created.json");
+    serde_json::from_slice(&std::fs::read(path).expect("event")).expect("json")
+}
+
+/// `*`-only glob, as EventBridge `wildcard` and IAM resources use it.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            text.starts_with(head)
+                && (0..=text.len() - head.len()).any(|i| glob(tail, &text[head.len() + i..]))
+        }
+    }
+}
+
+/// EventBridge pattern matching for the operators the example uses: a field
+/// matches if any listed value or operator (`prefix`, `suffix`, `wildcard`,
+/// `exists`) matches it; nested objects match field by field.
+fn matches(pattern: &Value, event: &Value) -> bool {
+    pattern
+        .as_object()
+        .expect("pattern object")
+        .iter()
+        .all(|(field, rule)| {
+            let value = &event[field];
+            match rule {
+                Value::Object(_) => value.is_object() && matches(rule, value),
+                Value::Array(options) => options.iter().any(|option| match option {
+                    Value::Object(op) => {
+                        let (name, arg) = op.iter().next().expect("operator");
+                        let text = value.as_str();
+                        match name.as_str() {
+                            "prefix" => text.is_some_and(|t| t.starts_with(arg.as_str().unwrap())),
+                            "suffix" => text.is_some_and(|t| t.ends_with(arg.as_str().unwrap())),
+                            "wildcard" => text.is_some_and(|t| glob(arg.as_str().unwrap(), t)),
+                            "exists" => arg.as_bool() == Some(!value.is_null()),
+                            other => panic!("operator {other} not supported by this test"),
+                        }
+                    }
+                    literal => value == literal,
+                }),
+                other => panic!("pattern field {field}: {other}"),
+            }
+        })
+}
+
+fn upload_rule_pattern(stack: &Stack) -> Value {
+    let rule = &stack.template["Resources"]["UploadCreatedRule"];
+    assert_eq!(rule["Type"].as_str(), Some("AWS::Events::Rule"));
+    stack.eval(&rule["Properties"]["EventPattern"])
+}
+
+/// The example's rule, evaluated with the bucket the sample event names, matches
+/// `events/s3-object-created.json`, and stops matching when the bucket, the
+/// event type, the key prefix or the suffix filter differ.
+#[test]
+fn example_rule_matches_the_s3_object_created_event() {
+    let event = s3_object_created();
+    let pattern = upload_rule_pattern(&example(&[]));
+    assert!(matches(&pattern, &event), "{pattern} vs {event}");
+
+    let mut other_bucket = event.clone();
+    other_bucket["detail"]["bucket"]["name"] = json!("someone-elses-bucket");
+    assert!(!matches(&pattern, &other_bucket));
+    let mut deleted = event.clone();
+    deleted["detail-type"] = json!("Object Deleted");
+    assert!(!matches(&pattern, &deleted));
+    let mut outside = event.clone();
+    outside["detail"]["object"]["key"] = json!("archive/contract-0042.txt");
+    assert!(!matches(&pattern, &outside));
+    let mut from_elsewhere = event.clone();
+    from_elsewhere["source"] = json!("com.example.uploads");
+    assert!(!matches(&pattern, &from_elsewhere));
+
+    let pdf_only = upload_rule_pattern(&example(&[("KeySuffix", ".pdf")]));
+    assert!(!matches(&pdf_only, &event), "the sample is a .txt");
+    let every_key = upload_rule_pattern(&example(&[("KeyPrefix", "")]));
+    assert!(matches(&every_key, &outside));
+}
+
+/// The bucket sends its events to EventBridge, the rule invokes the nested
+/// relay (which lets EventBridge do so), and the relay may read exactly the
+/// objects the rule sends it.
+#[test]
+fn example_wires_bucket_rule_and_relay_together() {
+    let stack = example(&[]);
+    let resources = &stack.template["Resources"];
+    assert_eq!(
+        stack.eval(&resources["UploadsBucket"]["Properties"]["NotificationConfiguration"]),
+        json!({"EventBridgeConfiguration": {"EventBridgeEnabled": true}})
+    );
+    let target = stack.eval(&resources["UploadCreatedRule"]["Properties"]["Targets"][0]);
+    assert_eq!(target["Arn"], "getatt:Relay.Outputs.FunctionArn");
+    assert_eq!(
+        target["DeadLetterConfig"]["Arn"],
+        "getatt:Relay.Outputs.FailedEventsQueueArn"
+    );
+    let permission = stack.eval(&resources["UploadCreatedPermission"]["Properties"]);
+    assert_eq!(
+        permission["FunctionName"],
+        "getatt:Relay.Outputs.FunctionArn"
+    );
+    assert_eq!(permission["Principal"], "events.amazonaws.com");
+    assert_eq!(permission["SourceArn"], "getatt:UploadCreatedRule.Arn");
+
+    let relay = &resources["Relay"];
+    assert_eq!(relay["Type"].as_str(), Some("AWS::Serverless::Application"));
+    assert_eq!(
+        relay["Properties"]["Location"].as_str(),
+        Some("../../template.yaml")
+    );
+    let params = stack.eval(&relay["Properties"]["Parameters"]);
+    let event = s3_object_created();
+    let object = format!(
+        "arn:aws:s3:::{}/{}",
+        event["detail"]["bucket"]["name"].as_str().unwrap(),
+        event["detail"]["object"]["key"].as_str().unwrap()
+    );
+    let inputs = params["InputObjectArns"].as_str().expect("one ARN");
+    assert!(glob(inputs, &object), "{inputs} covers {object}");
+    assert!(!glob(inputs, "arn:aws:s3:::example-uploads/archive/x.txt"));
+    assert_eq!(
+        params["ScheduleExpression"], "",
+        "no nightly run of the summary job"
+    );
+
+    // Every output the example reads exists in the relay template.
+    let relay_template = Stack::relay(&[]);
+    for output in ["FunctionArn", "FailedEventsQueueArn", "ExecutionRoleArn"] {
+        assert!(
+            !relay_template.template["Outputs"][output].is_null(),
+            "template.yaml has no output {output}"
+        );
+    }
+}
+
+/// The example passes the relay only parameters it declares, all of them strings,
+/// including every required one; the nested relay, deployed with them, reads the
+/// default job, and that job is a valid document job.
+#[test]
+fn example_passes_the_relay_valid_parameters_and_default_job() {
+    let stack = example(&[]);
+    let params = stack.eval(&stack.template["Resources"]["Relay"]["Properties"]["Parameters"]);
+    let params = params.as_object().expect("parameters");
+    let overrides: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                v.as_str()
+                    .unwrap_or_else(|| panic!("{k}: nested stack parameters are strings")),
+            )
+        })
+        .collect();
+    // Panics on an undeclared or a missing required parameter.
+    let relay = Stack::deploy("template.yaml", &overrides);
+    assert_eq!(
+        relay.env("RELAY_DESTINATION"),
+        "s3://relay-results/summaries/"
+    );
+    let job = relay.env("RELAY_DEFAULT_JOB");
+    let parsed: Value = serde_json::from_str(&job).expect("DefaultJob is JSON");
+    assert_eq!(
+        parsed["documents"],
+        json!(["s3://{{ detail.bucket.name }}/{{ detail.object.key }}"])
+    );
+    assert!(parsed["id"]
+        .as_str()
+        .is_some_and(|id| id.contains("detail.object.etag")));
+    bedrock_relay::job::Job::from_json(&job).expect("a valid job");
+}
