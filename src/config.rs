@@ -282,7 +282,17 @@ impl Config {
             Some(raw) => {
                 let job = Job::from_json(&raw).map_err(ConfigError::DefaultJob)?;
                 // Check now what can be checked without an event: shape and limits.
-                job.resolve(default_model.as_deref(), "default")
+                // A templated id is checked once rendered, per event.
+                let mut probe = job.clone();
+                if probe
+                    .id
+                    .as_deref()
+                    .is_some_and(crate::template::is_template)
+                {
+                    probe.id = None;
+                }
+                probe
+                    .resolve(default_model.as_deref(), "default")
                     .map_err(ConfigError::DefaultJob)?;
                 Some(job)
             }

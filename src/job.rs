@@ -11,6 +11,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::template::is_template;
+
 /// Longest job id accepted: it becomes part of an S3 key (1024 bytes at most).
 const MAX_ID_LEN: usize = 512;
 /// Bedrock takes at most four stop sequences for most models; none takes more than this.
@@ -304,7 +306,7 @@ impl Job {
                     "the list is empty; give at least one item",
                 ))
             }
-            (None, Some(uri)) if !uri.starts_with("s3://") => {
+            (None, Some(uri)) if !uri.starts_with("s3://") && !is_template(uri) => {
                 return Err(JobError::field(
                     "items_from",
                     format!("`{uri}` is not an s3:// URI; expected s3://bucket/key.jsonl"),
@@ -313,7 +315,10 @@ impl Job {
             _ => {}
         }
         if let Some(documents) = &self.documents {
-            if let Some(i) = documents.iter().position(|d| !d.starts_with("s3://")) {
+            if let Some(i) = documents
+                .iter()
+                .position(|d| !d.starts_with("s3://") && !is_template(d))
+            {
                 return Err(JobError::field(
                     format!("documents[{i}]"),
                     format!(

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lab::emulator::Knobs;
 use lab::runtime_api::Outcome;
+use lab::services::Services;
 use lab::{BUCKET, PREFIX};
 use serde_json::{json, Value};
 
@@ -436,4 +437,230 @@ async fn an_s3_upload_event_sends_the_object_as_a_document_block() {
     assert_eq!(text, format!("Summarise {name} in three bullet points."));
     let record = bench.record(&job_id).await;
     assert_eq!(record["status"], "succeeded");
+}
+
+/// Starts a bench whose function may send to `destination` (and whose lab has
+/// it created by `create`).
+async fn bench_allowing(destination: &str, extra: &[(&str, &str)]) -> Bench {
+    let mut env = vec![("RELAY_ALLOWED_DESTINATIONS", destination)];
+    env.extend_from_slice(extra);
+    Bench::start(&env).await
+}
+
+fn response(bench: &Bench, outcome: &Outcome) -> Value {
+    match outcome {
+        Outcome::Response { body } => body.clone(),
+        other => panic!("expected success, got {other:?}\n{}", logs(bench)),
+    }
+}
+
+/// `events/sqs-destination-job-event.json`: the record is one message on the
+/// FIFO queue, grouped by the job's templated `group`, deduplicated by job id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_queue_destination_gets_the_record_with_group_and_dedup_ids() {
+    let queue_arn = "arn:aws:sqs:us-east-1:222222222222:relay-results.fifo";
+    let bench = bench_allowing(queue_arn, &[]).await;
+    let services = Services::of(&bench.lab).await;
+    let queue = services
+        .create_queue("relay-results.fifo")
+        .await
+        .expect("queue");
+    let body = response(
+        &bench,
+        &bench.invoke("sqs-destination-job-event.json").await,
+    );
+    assert_eq!(body["status"], "succeeded");
+
+    let messages = services.receive_all(&queue.url).await.expect("receive");
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let message = &messages[0];
+    let record = message.json().expect("json body");
+    assert_eq!(record["job_id"], "tickets/T-1043");
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(
+        record["output"]["text"],
+        format!("Echo from {MODEL}: Draft a two-sentence reply to: Where is my refund?")
+    );
+    assert_eq!(record["metadata"]["customer_id"], "C-77");
+    assert_eq!(message.group_id.as_deref(), Some("customer-C-77"));
+    assert_eq!(message.deduplication_id.as_deref(), Some("tickets/T-1043"));
+    assert_eq!(
+        message.attributes.get("job_id").map(String::as_str),
+        Some("tickets/T-1043")
+    );
+}
+
+/// `events/sns-destination-job-event.json`: one message on the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sns_topic_destination_gets_the_record() {
+    let topic_arn = "arn:aws:sns:us-east-1:222222222222:relay-results";
+    let bench = bench_allowing(topic_arn, &[]).await;
+    let services = Services::of(&bench.lab).await;
+    let (created, queue) = services
+        .create_topic_to_queue("relay-results")
+        .await
+        .expect("topic");
+    assert_eq!(created, topic_arn);
+    response(
+        &bench,
+        &bench.invoke("sns-destination-job-event.json").await,
+    );
+    let messages = services.receive_all(&queue.url).await.expect("receive");
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let record = messages[0].json().expect("json");
+    assert_eq!(record["job_id"], "incidents/INC-311-summary");
+    assert_eq!(record["status"], "succeeded");
+    assert!(record["output"]["text"]
+        .as_str()
+        .is_some_and(|t| t.starts_with(&format!("Echo from {MODEL}: Summarise incident INC-311"))));
+}
+
+/// `events/eventbridge-destination-job-event.json`: one `Bedrock Relay Result`
+/// event from `bedrock-relay` on the bus, with the record as `detail`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_bus_destination_gets_a_result_event() {
+    let bus_arn = "arn:aws:events:us-east-1:222222222222:event-bus/relay-results";
+    let bench = bench_allowing(bus_arn, &[]).await;
+    let services = Services::of(&bench.lab).await;
+    let (created, queue) = services
+        .create_bus_to_queue("relay-results")
+        .await
+        .expect("bus");
+    assert_eq!(created, bus_arn);
+    response(
+        &bench,
+        &bench.invoke("eventbridge-destination-job-event.json").await,
+    );
+    let messages = services.receive_all(&queue.url).await.expect("receive");
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let event = messages[0].json().expect("json");
+    assert_eq!(event["source"], "bedrock-relay");
+    assert_eq!(event["detail-type"], "Bedrock Relay Result");
+    assert_eq!(event["detail"]["job_id"], "catalog/SKU-4411-description");
+    assert_eq!(event["detail"]["status"], "succeeded");
+}
+
+/// `events/dynamodb-destination-job-event.json`: one item keyed by job id and
+/// item 0; a second delivery finds it and does not call the model again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_destination_gets_one_item_and_is_read_back_on_redelivery() {
+    let table_arn = "arn:aws:dynamodb:us-east-1:222222222222:table/relay-results";
+    let bench = bench_allowing(table_arn, &[]).await;
+    let services = Services::of(&bench.lab).await;
+    services.create_table("relay-results").await.expect("table");
+    for _ in 0..2 {
+        response(
+            &bench,
+            &bench.invoke("dynamodb-destination-job-event.json").await,
+        );
+    }
+    let items = services.scan_table("relay-results").await.expect("scan");
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["job_id"], "catalog/SKU-4412-tags");
+    assert_eq!(items[0]["item"], 0);
+    assert_eq!(items[0]["status"], "succeeded");
+    let record: Value =
+        serde_json::from_str(items[0]["record"].as_str().expect("record text")).expect("json");
+    assert!(record["output"]["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("Give five comma-separated search tags")));
+    assert_eq!(bench.lab.bedrock.calls().len(), 1, "one model call");
+}
+
+/// A batch to a queue: one message per item; with `RELAY_IDEMPOTENCY_TABLE`, a
+/// redelivered event sends nothing twice and calls the model once per item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_to_a_queue_with_an_idempotency_table_sends_each_item_once() {
+    let bench = Bench::start(&[
+        ("RELAY_IDEMPOTENCY_TABLE", "relay-idempotency"),
+        (
+            "RELAY_ALLOWED_DESTINATIONS",
+            "arn:aws:sqs:us-east-1:222222222222:batch-*",
+        ),
+    ])
+    .await;
+    let services = Services::of(&bench.lab).await;
+    services
+        .create_table("relay-idempotency")
+        .await
+        .expect("table");
+    let queue = services.create_queue("batch-results").await.expect("queue");
+    let mut event: Value =
+        serde_json::from_slice(&event_bytes("batch-job-event.json")).expect("json");
+    event["detail"]["destination"] = json!(queue.arn);
+    let event = event.to_string().into_bytes();
+    for _ in 0..3 {
+        let body = response(&bench, &bench.invoke_bytes(event.clone(), TIMEOUT).await);
+        assert_eq!(body["items"], 3);
+    }
+    let messages = services.receive_all(&queue.url).await.expect("receive");
+    let mut indexes: Vec<u64> = messages
+        .iter()
+        .map(|m| m.json().expect("json")["index"].as_u64().expect("index"))
+        .collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, [0, 1, 2], "{messages:?}");
+    assert_eq!(bench.lab.bedrock.calls().len(), 3);
+    let remembered = services
+        .scan_table("relay-idempotency")
+        .await
+        .expect("scan");
+    assert_eq!(remembered.len(), 3);
+    assert!(remembered
+        .iter()
+        .all(|i| i["job_id"] == "reviews/2026-11-28" && i["status"] == "succeeded"));
+}
+
+/// `events/document-job-event.json` and `events/items-from-job-event.json`, with
+/// their inputs put in the lab's `relay-inputs` bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_and_items_from_samples_run() {
+    let bench = Bench::start(&[]).await;
+    bench
+        .lab
+        .create_bucket("relay-inputs")
+        .await
+        .expect("bucket");
+    let pdf = b"%PDF-1.4\n% a tiny stand-in contract\n%%EOF\n".to_vec();
+    bench
+        .lab
+        .put_object(
+            "relay-inputs",
+            "contracts/C-0042.pdf",
+            pdf.clone(),
+            "application/pdf",
+        )
+        .await
+        .expect("pdf");
+    let reviews = std::fs::read(common::event_path("inputs/reviews.jsonl")).expect("reviews");
+    let review_count = reviews
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    bench
+        .lab
+        .put_object(
+            "relay-inputs",
+            "batches/reviews.jsonl",
+            reviews,
+            "application/x-ndjson",
+        )
+        .await
+        .expect("jsonl");
+
+    let body = response(&bench, &bench.invoke("document-job-event.json").await);
+    assert_eq!(body["job_id"], "contracts/C-0042");
+    let call = &bench.lab.bedrock.calls()[0];
+    let document = &call.request["messages"][0]["content"][0]["document"];
+    assert_eq!(document["format"], "pdf");
+    assert_eq!(document["name"], "C-0042");
+    assert_eq!(
+        aws_smithy_types::base64::decode(document["source"]["bytes"].as_str().expect("bytes"))
+            .expect("base64"),
+        pdf
+    );
+
+    let body = response(&bench, &bench.invoke("items-from-job-event.json").await);
+    assert_eq!(body["items"], review_count);
+    assert_eq!(body["succeeded"], review_count);
 }
