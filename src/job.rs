@@ -423,13 +423,15 @@ pub fn check_model_id(model: &str) -> Result<(), String> {
 
 /// Job ids become S3 keys, so they keep to S3's safe characters.
 fn check_job_id(id: &str) -> Result<(), String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || "!_.*'()-/".contains(c);
+    // `:` too, so an id can carry a timestamp such as EventBridge Scheduler's
+    // `<aws.scheduler.scheduled-time>`.
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "!_.*'()-/:".contains(c);
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(format!("a job id is 1-{MAX_ID_LEN} characters"));
     }
     if !id.chars().all(allowed) {
         return Err(format!(
-            "`{id}` has characters outside letters, digits and !_.*'()-/"
+            "`{id}` has characters outside letters, digits and !_.*'()-/:"
         ));
     }
     if id.starts_with('/')

@@ -37,9 +37,9 @@ const META_SCHEMA: &str = "https://json-schema.org/draft/2020-12/schema";
 const NOT_BLANK_PATTERN: &str = r"\S";
 /// A value holding a Jinja expression or statement; its checks apply once rendered.
 const TEMPLATE_PATTERN: &str = r"\{\{|\{%";
-/// Mirrors `check_job_id`: segments of letters, digits and `!_.*'()-` joined by
+/// Mirrors `check_job_id`: segments of letters, digits and `!_.*'():-` joined by
 /// `/`, none empty, `.` or `..`.
-const JOB_ID_PATTERN: &str = r"^(?:[A-Za-z0-9!_*'()-][A-Za-z0-9!_.*'()-]*|\.[A-Za-z0-9!_*'()-][A-Za-z0-9!_.*'()-]*|\.\.[A-Za-z0-9!_.*'()-]+)(?:/(?:[A-Za-z0-9!_*'()-][A-Za-z0-9!_.*'()-]*|\.[A-Za-z0-9!_*'()-][A-Za-z0-9!_.*'()-]*|\.\.[A-Za-z0-9!_.*'()-]+))*$";
+const JOB_ID_PATTERN: &str = r"^(?:[A-Za-z0-9!_*'():-][A-Za-z0-9!_.*'():-]*|\.[A-Za-z0-9!_*'():-][A-Za-z0-9!_.*'():-]*|\.\.[A-Za-z0-9!_.*'():-]+)(?:/(?:[A-Za-z0-9!_*'():-][A-Za-z0-9!_.*'():-]*|\.[A-Za-z0-9!_*'():-][A-Za-z0-9!_.*'():-]*|\.\.[A-Za-z0-9!_.*'():-]+))*$";
 /// Mirrors `MAX_ID_LEN` in `job.rs`.
 const JOB_ID_MAX_LEN: u64 = 512;
 /// Mirrors `check_model_id`: no whitespace or control characters.
@@ -130,7 +130,7 @@ pub(crate) fn job_id_rule(schema: &mut Schema) {
     literal_or_template(
         schema,
         json!({"pattern": JOB_ID_PATTERN, "maxLength": JOB_ID_MAX_LEN}),
-        "Rendered, it is 1-512 characters of letters, digits and !_.*'()-/ with no leading `/` \
+        "Rendered, it is 1-512 characters of letters, digits and !_.*'()-/: with no leading `/` \
          and no empty, `.` or `..` segment (it becomes part of an S3 key).",
     );
 }

@@ -115,6 +115,7 @@ impl Renderer {
         env.set_recursion_limit(RECURSION_LIMIT);
         // `debug()` would print the whole context, event included, into a prompt.
         env.remove_global("debug");
+        env.add_filter("safe_id", safe_id);
         Self { env }
     }
 
@@ -239,6 +240,27 @@ impl Renderer {
         }
         Ok(())
     }
+}
+
+/// `{{ detail.object.key | safe_id }}`: any text made fit for a job id (and so
+/// an object key or message id): characters outside letters, digits and
+/// `!_.*'()-/:` become `-`, and empty, `.` and `..` path segments are dropped.
+fn safe_id(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "!_.*'()-/:".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    cleaned
+        .split('/')
+        .filter(|segment| !segment.is_empty() && *segment != "." && *segment != "..")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Calls `render` on every string in a JSON value, with its path.
@@ -417,6 +439,18 @@ mod tests {
         assert!(env.message.contains("unknown function"), "{}", env.message);
         let debug = r.render("prompt", "{{ debug() }}", &s3_event());
         assert!(debug.is_err(), "debug() would print the context");
+    }
+
+    #[test]
+    fn safe_id_makes_any_key_a_valid_job_id() {
+        let r = Renderer::new();
+        let scope = Scope::default().with_item(&json!("uploads//Q3 report (final)+v2.pdf/../x"));
+        let id = r
+            .render("id", "summary/{{ item | safe_id }}", &scope)
+            .expect("renders");
+        assert_eq!(id, "summary/uploads/Q3-report-(final)-v2.pdf/x");
+        let job = Job::from_value(json!({"id": id, "model": "m", "prompt": "p"})).expect("job");
+        job.resolve(None, "fallback").expect("a valid id");
     }
 
     #[test]

@@ -388,7 +388,7 @@ async fn items_from_a_jsonl_object_run_as_a_batch() {
 async fn an_s3_upload_event_sends_the_object_as_a_document_block() {
     let default_job = json!({
         "model": MODEL,
-        "id": "summary-{{ detail.object.key | replace('/', '-') }}",
+        "id": "summary/{{ detail.object.key | safe_id }}",
         "documents": ["s3://{{ detail.bucket.name }}/{{ detail.object.key }}"],
         "prompt": "Summarise {{ documents[0].name }} in three bullet points.",
     })
@@ -410,7 +410,7 @@ async fn an_s3_upload_event_sends_the_object_as_a_document_block() {
     let Outcome::Response { body } = &outcome else {
         panic!("{outcome:?}\n{}", logs(&bench));
     };
-    let job_id = format!("summary-{}", key.replace('/', "-"));
+    let job_id = format!("summary/{key}");
     assert_eq!(body["job_id"], job_id);
 
     let calls = bench.lab.bedrock.calls();
