@@ -19,7 +19,7 @@ use lab::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
 use lab::{Lab, LabError, BUCKET};
 use serde_json::Value;
 
-const DEMO_EVENTS: [(&str, &str); 7] = [
+const DEMO_EVENTS: [(&str, &str); 11] = [
     (
         "job-event.json",
         "an application event carrying a job (detail-type: Bedrock Relay Job)",
@@ -43,6 +43,22 @@ const DEMO_EVENTS: [(&str, &str); 7] = [
     (
         "s3-object-created.json",
         "an S3 Object Created event, running RELAY_DEFAULT_JOB",
+    ),
+    (
+        "document-job-event.json",
+        "a job with a PDF from S3, sent as a document block (templated URI)",
+    ),
+    (
+        "batch-job-event.json",
+        "a batch: one templated prompt per item, one JSON Lines result",
+    ),
+    (
+        "items-from-job-event.json",
+        "a batch whose items come from a JSON Lines object in S3",
+    ),
+    (
+        "sqs-destination-job-event.json",
+        "a job whose result goes to a FIFO queue (allowed by RELAY_ALLOWED_DESTINATIONS)",
     ),
     (
         "malformed-job-event.json",
@@ -204,8 +220,33 @@ async fn demo(function: PathBuf) -> Result<(), LabError> {
     println!("   RoleA           {}", lab.role_a_arn);
     println!("   execution role  {}", lab.exec_role_arn);
 
+    // Inputs and a destination the samples use.
+    let events_dir = workspace_root().join("events");
+    lab.create_bucket("relay-inputs").await?;
+    lab.put_object(
+        "relay-inputs",
+        "contracts/C-0042.pdf",
+        b"%PDF-1.4\n% a stand-in contract\n%%EOF\n".to_vec(),
+        "application/pdf",
+    )
+    .await?;
+    let reviews = std::fs::read(events_dir.join("inputs/reviews.jsonl"))
+        .map_err(|e| LabError::Setup(format!("events/inputs/reviews.jsonl: {e}")))?;
+    lab.put_object(
+        "relay-inputs",
+        "batches/reviews.jsonl",
+        reviews,
+        "application/x-ndjson",
+    )
+    .await?;
+    let services = lab::services::Services::of(&lab).await;
+    let queue = services.create_queue("relay-results.fifo").await?;
+    println!("   inputs          s3://relay-inputs/ (a PDF, a JSON Lines batch)");
+    println!("   FIFO queue      {}", queue.arn);
+
     let runtime = RuntimeApi::start().await?;
     let mut env = lab.function_env();
+    env.push(("RELAY_ALLOWED_DESTINATIONS".into(), queue.arn.clone()));
     env.push(("RELAY_DEFAULT_JOB".into(), DEMO_DEFAULT_JOB.into()));
     env.push((
         "RELAY_DEFAULT_MODEL".into(),
@@ -217,7 +258,6 @@ async fn demo(function: PathBuf) -> Result<(), LabError> {
         runtime.address()
     );
 
-    let events_dir = workspace_root().join("events");
     for (name, what) in DEMO_EVENTS {
         let body = std::fs::read(events_dir.join(name))
             .map_err(|e| LabError::Setup(format!("events/{name}: {e}")))?;
@@ -240,7 +280,30 @@ async fn demo(function: PathBuf) -> Result<(), LabError> {
             if let Some(record) = lab.record(&id).await? {
                 print_record(&id, &record);
             }
+            if let Some(lines) = lab.batch_lines(&id).await? {
+                println!("   batch {id}.jsonl: {} lines", lines.len());
+                for line in lines.iter().take(3) {
+                    println!(
+                        "     [{}] {} {}",
+                        line["index"],
+                        line["status"],
+                        line["output"]["text"].as_str().unwrap_or_default()
+                    );
+                }
+            }
         }
+    }
+
+    println!("\n== messages on {}", queue.arn);
+    for message in services.receive_all(&queue.url).await? {
+        let record = message.json()?;
+        println!(
+            "   group={} dedup={} job_id={} output: {}",
+            message.group_id.as_deref().unwrap_or("-"),
+            message.deduplication_id.as_deref().unwrap_or("-"),
+            record["job_id"],
+            record["output"]["text"].as_str().unwrap_or_default()
+        );
     }
 
     println!("\n== Bedrock calls, by signer (seen by the emulator's SigV4 check)");
