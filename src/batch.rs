@@ -71,7 +71,7 @@ impl Relay {
             Ok(items) => items,
             Err(err) => return self.fail(batch.record, &batch.delivery, err).await,
         };
-        let done = match batch
+        let mut done = match batch
             .delivery
             .ledger
             .succeeded_items(&self.destinations, &job_id)
@@ -80,6 +80,53 @@ impl Relay {
             Ok(done) => done,
             Err(err) => return self.fail(batch.record, &batch.delivery, err.into()).await,
         };
+        // A batch already done needs no claim: it only rewrites its result.
+        let claim = if done.len() < items.len() {
+            let claim = match self.claim(&batch.delivery, &job_id, ctx).await {
+                Ok(claim) => claim,
+                Err(err @ RelayError::InProgress { .. }) => return Err(err),
+                Err(err) => return self.fail(batch.record, &batch.delivery, err).await,
+            };
+            if claim.as_ref().is_some_and(|c| c.took_over) {
+                done = match batch
+                    .delivery
+                    .ledger
+                    .succeeded_items(&self.destinations, &job_id)
+                    .await
+                {
+                    Ok(done) => done,
+                    Err(err) => return self.fail(batch.record, &batch.delivery, err.into()).await,
+                };
+            }
+            claim
+        } else {
+            None
+        };
+        let result = self.run_claimed_batch(&batch, items, done, ctx).await;
+        if let (Err(_), Some(claim)) = (&result, &claim) {
+            batch
+                .delivery
+                .ledger
+                .release(&self.destinations, claim)
+                .await;
+        }
+        match result {
+            Err(err @ RelayError::Destination(_)) => {
+                self.fail(batch.record, &batch.delivery, err).await
+            }
+            other => other,
+        }
+    }
+
+    /// [`Relay::run_batch`] once the batch is claimed: runs the items not done.
+    async fn run_claimed_batch(
+        &self,
+        batch: &BatchRun<'_>,
+        items: Vec<Value>,
+        done: BTreeMap<usize, Value>,
+        ctx: &Context,
+    ) -> Result<Value, RelayError> {
+        let job_id = batch.plan.id.clone();
         let to_run: Vec<usize> = (0..items.len()).filter(|i| !done.contains_key(i)).collect();
         tracing::info!(
             items = items.len(),
@@ -90,7 +137,7 @@ impl Relay {
 
         let slowest_ms = AtomicU64::new(0);
         let fresh: Vec<ItemRecord> = stream::iter(to_run)
-            .map(|index| self.run_item(&batch, index, &items[index], ctx, &slowest_ms))
+            .map(|index| self.run_item(batch, index, &items[index], ctx, &slowest_ms))
             .buffered(self.config.max_concurrency)
             .collect()
             .await;
@@ -107,7 +154,7 @@ impl Relay {
                 (Status::Failed, _) => tally.failed += 1,
             }
         }
-        let written = match self
+        let written = self
             .deliver_items(
                 &batch.delivery,
                 &job_id,
@@ -116,11 +163,7 @@ impl Relay {
                 &fresh,
                 tally.pending > 0,
             )
-            .await
-        {
-            Ok(written) => written,
-            Err(err) => return self.fail(batch.record, &batch.delivery, err.into()).await,
-        };
+            .await?;
         tracing::info!(
             succeeded = tally.succeeded,
             failed = tally.failed + tally.retryable,

@@ -43,6 +43,14 @@ pub enum RelayError {
     /// The record could not be written.
     #[error(transparent)]
     Destination(#[from] DestinationError),
+    /// Another invocation holds the job (a duplicate delivery running now).
+    #[error("job {job_id} is being run by another invocation (a duplicate delivery of the same event){until}; this one stops without calling the model, and a retry finds that invocation's result")]
+    InProgress {
+        /// The job id.
+        job_id: String,
+        /// ` until <time>`, when known.
+        until: String,
+    },
     /// A batch stopped before every item settled; its progress is saved.
     #[error("batch {job_id}: {settled} of {total} items settled ({pending} not started before the deadline, {retryable} failed with retryable errors); progress is saved at {progress} and a retry of the event carries on from there")]
     BatchIncomplete {
@@ -75,6 +83,7 @@ impl RelayError {
             Self::Document(err) => err.code(),
             Self::Destination(err) => err.code(),
             Self::BatchIncomplete { .. } => "BatchIncomplete",
+            Self::InProgress { .. } => "JobInProgress",
         }
     }
 
@@ -83,7 +92,7 @@ impl RelayError {
         match self {
             Self::Input(_) | Self::Job(_) | Self::Target(_) | Self::Template(_) => false,
             Self::Document(err) => err.is_retryable(),
-            Self::BatchIncomplete { .. } => true,
+            Self::BatchIncomplete { .. } | Self::InProgress { .. } => true,
             Self::Bedrock(err) => err.is_retryable(),
             Self::Destination(err) => err.is_retryable(),
         }

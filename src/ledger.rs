@@ -10,11 +10,21 @@
 //! DynamoDB destination table, or `RELAY_IDEMPOTENCY_TABLE` for destinations
 //! that cannot be read back (SQS, SNS, EventBridge). Without one of these a
 //! redelivered event calls the model again.
+//!
+//! Two deliveries of one event can also run at the same moment (EventBridge's
+//! at-least-once delivery, a retry racing a slow first attempt). Before running
+//! anything, an invocation claims the job until its own deadline with a
+//! conditional write (S3 `If-None-Match`/`If-Match` on
+//! `<prefix>_claims/<id>.json`, or a conditional DynamoDB put of the job's
+//! claim item); an invocation that finds a live claim stops with a retryable
+//! `JobInProgress` and calls nothing. A claim is released when its invocation
+//! ends and expires at its deadline if the invocation dies.
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use crate::destination::s3::WriteCondition;
 use crate::destination::{
     dynamodb, DestinationError, DestinationSpec, Destinations, Outgoing, S3Destination,
 };
@@ -134,6 +144,143 @@ impl Ledger {
             .send(&DestinationSpec::Dynamo(table.clone()), &succeeded)
             .await
             .map(|_| ())
+    }
+}
+
+/// What claiming a job found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This invocation holds the job; release it when done.
+    Held(ClaimToken),
+    /// There is no ledger to claim in: runs are not guarded.
+    Unguarded,
+    /// Another invocation holds the job until this time (epoch ms), if known.
+    Elsewhere {
+        /// When the other claim expires.
+        until_ms: Option<u64>,
+    },
+}
+
+/// Proof of a held claim, to release it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken {
+    job_id: String,
+    request_id: String,
+    /// The claim object's ETag (S3).
+    etag: Option<String>,
+    /// An earlier claim (expired or released) was taken over, so an earlier
+    /// invocation may have finished the work: look again before running.
+    pub took_over: bool,
+}
+
+impl Ledger {
+    /// Claims `job_id` for the invocation `request_id` until `until_ms`.
+    pub async fn claim(
+        &self,
+        destinations: &Destinations,
+        job_id: &str,
+        request_id: &str,
+        until_ms: u64,
+        now_ms: u64,
+    ) -> Result<Claim, DestinationError> {
+        let token = |etag: Option<String>, took_over: bool| {
+            Claim::Held(ClaimToken {
+                job_id: job_id.to_owned(),
+                request_id: request_id.to_owned(),
+                etag,
+                took_over,
+            })
+        };
+        match self {
+            Self::Off => Ok(Claim::Unguarded),
+            Self::Table { table, .. } => {
+                let held = dynamodb::claim(
+                    destinations.dynamodb_client(),
+                    table,
+                    job_id,
+                    request_id,
+                    until_ms,
+                    now_ms,
+                )
+                .await?;
+                Ok(match held {
+                    Some(took_over) => token(None, took_over),
+                    None => Claim::Elsewhere { until_ms: None },
+                })
+            }
+            Self::S3(s3) => {
+                let key = s3.location().claim_key_for(job_id);
+                let body = json!({"request_id": request_id, "until_ms": until_ms})
+                    .to_string()
+                    .into_bytes();
+                if let Some(etag) = s3
+                    .put_if(&key, body.clone(), WriteCondition::Absent)
+                    .await?
+                {
+                    return Ok(token(Some(etag), false));
+                }
+                let Some((current, etag)) = s3.read_tagged(&key).await? else {
+                    // Released and removed in between: one more try.
+                    return Ok(match s3.put_if(&key, body, WriteCondition::Absent).await? {
+                        Some(etag) => token(Some(etag), true),
+                        None => Claim::Elsewhere { until_ms: None },
+                    });
+                };
+                let other_until = serde_json::from_slice::<Value>(&current)
+                    .ok()
+                    .and_then(|c| c.get("until_ms").and_then(Value::as_u64))
+                    .unwrap_or(0);
+                if other_until > now_ms {
+                    return Ok(Claim::Elsewhere {
+                        until_ms: Some(other_until),
+                    });
+                }
+                // The other claim has expired (or was released): take it over,
+                // unless someone else just did.
+                Ok(
+                    match s3
+                        .put_if(&key, body, WriteCondition::Unchanged(&etag))
+                        .await?
+                    {
+                        Some(etag) => token(Some(etag), true),
+                        None => Claim::Elsewhere { until_ms: None },
+                    },
+                )
+            }
+        }
+    }
+
+    /// Releases a held claim. Best effort: a claim left behind expires at the
+    /// invocation's deadline anyway.
+    pub async fn release(&self, destinations: &Destinations, token: &ClaimToken) {
+        let result = match self {
+            Self::Off => Ok(()),
+            Self::Table { table, .. } => {
+                dynamodb::release(
+                    destinations.dynamodb_client(),
+                    table,
+                    &token.job_id,
+                    &token.request_id,
+                )
+                .await
+            }
+            Self::S3(s3) => match &token.etag {
+                Some(etag) => s3
+                    .put_if(
+                        &s3.location().claim_key_for(&token.job_id),
+                        json!({"request_id": token.request_id, "until_ms": 0, "released": true})
+                            .to_string()
+                            .into_bytes(),
+                        WriteCondition::Unchanged(etag),
+                    )
+                    .await
+                    .map(|_| ()),
+                None => Ok(()),
+            },
+        };
+        if let Err(err) = result {
+            tracing::warn!(job_id = %token.job_id, "the job's claim was not released (it expires at the deadline): {err}");
+        }
     }
 }
 

