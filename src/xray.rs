@@ -689,6 +689,98 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn message_and_table_destinations_name_their_queue_topic_bus_and_table() {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+
+        let (rec, sent) = recorder(Some(SAMPLED));
+        let sqs_rule = mock!(aws_sdk_sqs::Client::send_message_batch).then_output(|| {
+            aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput::builder()
+                .set_successful(Some(Vec::new()))
+                .set_failed(Some(Vec::new()))
+                .build()
+                .expect("output")
+        });
+        let sqs = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&sqs_rule], |c| c
+            .interceptor(rec.clone()));
+        let _ = sqs
+            .send_message_batch()
+            .queue_url("https://q/1/results")
+            .send()
+            .await;
+        let sns_rule = mock!(aws_sdk_sns::Client::publish_batch).then_output(|| {
+            aws_sdk_sns::operation::publish_batch::PublishBatchOutput::builder().build()
+        });
+        let sns = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&sns_rule], |c| c
+            .interceptor(rec.clone()));
+        let _ = sns
+            .publish_batch()
+            .topic_arn("arn:aws:sns:us-east-1:222222222222:t")
+            .send()
+            .await;
+        let events_rule = mock!(aws_sdk_eventbridge::Client::put_events).then_output(|| {
+            aws_sdk_eventbridge::operation::put_events::PutEventsOutput::builder().build()
+        });
+        let events = mock_client!(
+            aws_sdk_eventbridge,
+            RuleMode::MatchAny,
+            [&events_rule],
+            |c| c.interceptor(rec.clone())
+        );
+        let _ = events
+            .put_events()
+            .entries(
+                PutEventsRequestEntry::builder()
+                    .event_bus_name("bus")
+                    .build(),
+            )
+            .send()
+            .await;
+        let dynamo_rule = mock!(aws_sdk_dynamodb::Client::batch_write_item).then_output(|| {
+            aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput::builder().build()
+        });
+        let dynamo = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&dynamo_rule], |c| c
+            .interceptor(rec.clone()));
+        let put = WriteRequest::builder()
+            .put_request(
+                PutRequest::builder()
+                    .set_item(Some(Default::default()))
+                    .build()
+                    .expect("put"),
+            )
+            .build();
+        let _ = dynamo
+            .batch_write_item()
+            .request_items("results", vec![put])
+            .send()
+            .await;
+
+        let sent = sent.lock().expect("lock");
+        let seen: Vec<(&str, &str, &Value)> = sent
+            .iter()
+            .map(|d| {
+                (
+                    d["name"].as_str().unwrap_or(""),
+                    d["aws"]["operation"].as_str().unwrap_or(""),
+                    &d["aws"],
+                )
+            })
+            .collect();
+        assert_eq!(seen.len(), 4, "{sent:?}");
+        assert_eq!((seen[0].0, seen[0].1), ("SQS", "SendMessageBatch"));
+        assert_eq!(seen[0].2["queue_url"], "https://q/1/results");
+        assert_eq!((seen[1].0, seen[1].1), ("SNS", "PublishBatch"));
+        assert_eq!(
+            seen[1].2["topic_arn"],
+            "arn:aws:sns:us-east-1:222222222222:t"
+        );
+        assert_eq!((seen[2].0, seen[2].1), ("EventBridge", "PutEvents"));
+        assert_eq!(seen[2].2["event_bus_name"], "bus");
+        assert_eq!((seen[3].0, seen[3].1), ("DynamoDB", "BatchWriteItem"));
+        assert_eq!(seen[3].2["table_names"], json!(["results"]));
+    }
+
+    #[tokio::test]
     async fn unsampled_or_untraced_calls_send_nothing() {
         for header in [
             None,
