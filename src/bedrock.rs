@@ -32,6 +32,7 @@ use crate::credentials::{
 use crate::job::{decode_media, ContentBlock, MediaBlock, ResolvedJob, Role};
 use crate::metrics::{AttemptCounter, CallStats};
 use crate::target::Target;
+use crate::xray::Recorder;
 
 /// A Bedrock call that did not produce an answer, with which side to fix.
 #[derive(Debug, Error)]
@@ -191,7 +192,7 @@ impl Bedrock {
     /// Applies the relay's settings to a client config: RoleA credentials
     /// through the provider, held by a lazy identity cache that refreshes them
     /// [`REFRESH_BEFORE_EXPIRY`] early; the target's region; SigV4 only; the
-    /// standard retry.
+    /// standard retry; an X-Ray subsegment per call.
     pub fn configure(
         builder: aws_sdk_bedrockruntime::config::Builder,
         sts: aws_sdk_sts::Client,
@@ -210,6 +211,7 @@ impl Bedrock {
             // refuses one; this keeps a later change from silently re-enabling it).
             .auth_scheme_preference([AuthSchemeId::new("sigv4")])
             .retry_config(retry_config(max_attempts))
+            .interceptor(Recorder::new())
             // The SDK's default retry token bucket is shared by the whole process and,
             // once a throttling storm drains it, stops retrying for every later
             // invocation of a warm function. Here each call is already bounded by

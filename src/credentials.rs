@@ -64,6 +64,15 @@ impl AssumeRoleError {
     }
 }
 
+/// The STS client for AssumeRole, with account B's credentials from `base`
+/// and an X-Ray subsegment per call.
+pub fn sts_client(base: &aws_config::SdkConfig) -> aws_sdk_sts::Client {
+    let conf = aws_sdk_sts::config::Builder::from(base)
+        .interceptor(crate::xray::Recorder::new())
+        .build();
+    aws_sdk_sts::Client::from_conf(conf)
+}
+
 /// Assumes RoleA with `SourceIdentity`, `ExternalId` and a bounded duration.
 #[derive(Debug, Clone)]
 pub struct AssumeRoleProvider {

@@ -20,6 +20,8 @@
 //! - [`bedrock`]: the RoleA-signed Bedrock client, Converse, error classes.
 //! - [`record`]: the result/error record.
 //! - [`metrics`]: CloudWatch EMF metrics, one line per job.
+//! - [`xray`]: an X-Ray subsegment per AWS call (STS, Bedrock, destinations),
+//!   sent to Lambda's X-Ray daemon when the invocation is sampled.
 //! - [`destination`]: writing records to S3 with account B's credentials.
 //! - [`error`]: [`RelayError`] and its mapping to Lambda's error type.
 //! - [`relay`]: one invocation end to end; the Lambda runtime wiring.
@@ -51,6 +53,7 @@ pub mod schema;
 pub mod target;
 pub mod template;
 pub mod trail;
+pub mod xray;
 
 pub use config::Config;
 pub use error::RelayError;

@@ -104,7 +104,7 @@ impl Relay {
 
     /// [`Relay::from_config`] with an already loaded base configuration.
     pub fn from_sdk_config(config: Config, base: &aws_config::SdkConfig) -> Self {
-        let sts = aws_sdk_sts::Client::new(base);
+        let sts = crate::credentials::sts_client(base);
         let bedrock = config
             .targets
             .iter()

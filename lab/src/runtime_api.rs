@@ -58,10 +58,16 @@ impl Outcome {
     }
 }
 
+/// What Lambda sends in `Lambda-Runtime-Trace-Id` when the invoke does not
+/// say: a trace that is not sampled, as with tracing off.
+pub const UNSAMPLED_TRACE: &str =
+    "Root=1-674800aa-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=0";
+
 struct Pending {
     request_id: String,
     body: Bytes,
     deadline_ms: u128,
+    trace: String,
 }
 
 struct Shared {
@@ -144,12 +150,39 @@ impl RuntimeApi {
         self.invoke_as(&request_id, body, timeout).await
     }
 
+    /// [`RuntimeApi::invoke`] with a chosen `Lambda-Runtime-Trace-Id` header
+    /// (`Root=…;Parent=…;Sampled=1` for a traced invocation).
+    pub async fn invoke_traced(
+        &self,
+        body: impl Into<Bytes>,
+        timeout: Duration,
+        trace: &str,
+    ) -> Result<Outcome, LabError> {
+        let request_id = format!(
+            "00000000-0000-4000-8000-{:012}",
+            self.next_id.fetch_add(1, Ordering::SeqCst)
+        );
+        self.send_and_wait(&request_id, body.into(), timeout, trace)
+            .await
+    }
+
     /// [`RuntimeApi::invoke`] with a chosen request id.
     pub async fn invoke_as(
         &self,
         request_id: &str,
         body: impl Into<Bytes>,
         timeout: Duration,
+    ) -> Result<Outcome, LabError> {
+        self.send_and_wait(request_id, body.into(), timeout, UNSAMPLED_TRACE)
+            .await
+    }
+
+    async fn send_and_wait(
+        &self,
+        request_id: &str,
+        body: Bytes,
+        timeout: Duration,
+        trace: &str,
     ) -> Result<Outcome, LabError> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut waiting) = self.shared.waiting.lock() {
@@ -163,8 +196,9 @@ impl RuntimeApi {
         self.sender
             .send(Pending {
                 request_id: request_id.to_owned(),
-                body: body.into(),
+                body,
                 deadline_ms,
+                trace: trace.to_owned(),
             })
             .await
             .map_err(|_| LabError::Function("the Runtime API queue is closed".into()))?;
@@ -201,10 +235,7 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
             "lambda-runtime-invoked-function-arn",
             FUNCTION_ARN.to_owned(),
         ),
-        (
-            "lambda-runtime-trace-id",
-            "Root=1-674800aa-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=0".to_owned(),
-        ),
+        ("lambda-runtime-trace-id", pending.trace.clone()),
     ];
     for (name, value) in pairs {
         if let Ok(value) = value.parse() {

@@ -32,6 +32,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::xray::Recorder;
+
 pub use s3::{S3Destination, S3Location};
 
 /// A result that could not be delivered.
@@ -210,7 +212,7 @@ impl Outgoing {
 }
 
 /// The clients for every destination kind, each built on first use from the
-/// function's base configuration.
+/// function's base configuration, each recording X-Ray subsegments.
 #[derive(Debug, Clone)]
 pub struct Destinations {
     base: aws_config::SdkConfig,
@@ -248,6 +250,7 @@ impl Destinations {
         self.s3.get_or_init(|| {
             let conf = aws_sdk_s3::config::Builder::from(&self.base)
                 .force_path_style(self.s3_force_path_style)
+                .interceptor(Recorder::new())
                 .build();
             aws_sdk_s3::Client::from_conf(conf)
         })
@@ -255,26 +258,42 @@ impl Destinations {
 
     /// The SQS client.
     pub fn sqs_client(&self) -> &aws_sdk_sqs::Client {
-        self.sqs
-            .get_or_init(|| aws_sdk_sqs::Client::new(&self.base))
+        self.sqs.get_or_init(|| {
+            let conf = aws_sdk_sqs::config::Builder::from(&self.base)
+                .interceptor(Recorder::new())
+                .build();
+            aws_sdk_sqs::Client::from_conf(conf)
+        })
     }
 
     /// The SNS client.
     pub fn sns_client(&self) -> &aws_sdk_sns::Client {
-        self.sns
-            .get_or_init(|| aws_sdk_sns::Client::new(&self.base))
+        self.sns.get_or_init(|| {
+            let conf = aws_sdk_sns::config::Builder::from(&self.base)
+                .interceptor(Recorder::new())
+                .build();
+            aws_sdk_sns::Client::from_conf(conf)
+        })
     }
 
     /// The EventBridge client.
     pub fn events_client(&self) -> &aws_sdk_eventbridge::Client {
-        self.events
-            .get_or_init(|| aws_sdk_eventbridge::Client::new(&self.base))
+        self.events.get_or_init(|| {
+            let conf = aws_sdk_eventbridge::config::Builder::from(&self.base)
+                .interceptor(Recorder::new())
+                .build();
+            aws_sdk_eventbridge::Client::from_conf(conf)
+        })
     }
 
     /// The DynamoDB client.
     pub fn dynamodb_client(&self) -> &aws_sdk_dynamodb::Client {
-        self.dynamodb
-            .get_or_init(|| aws_sdk_dynamodb::Client::new(&self.base))
+        self.dynamodb.get_or_init(|| {
+            let conf = aws_sdk_dynamodb::config::Builder::from(&self.base)
+                .interceptor(Recorder::new())
+                .build();
+            aws_sdk_dynamodb::Client::from_conf(conf)
+        })
     }
 
     /// Uses `client` for S3 (tests pass a mocked one).
