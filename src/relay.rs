@@ -404,7 +404,7 @@ impl Relay {
     ) -> Result<Value, RelayError> {
         let documents = match self.load_documents(&job).await {
             Ok(documents) => documents,
-            Err(err) => return self.fail(record, &delivery, err).await,
+            Err(err) => return self.fail(record, delivery, err).await,
         };
         if !documents.is_empty() {
             scope.documents = Some(documents.iter().map(Document::template_value).collect());
@@ -422,7 +422,7 @@ impl Relay {
             });
         let resolved = match prepared {
             Ok(resolved) => resolved,
-            Err(err) => return self.fail(record, &delivery, err).await,
+            Err(err) => return self.fail(record, delivery, err).await,
         };
         if self.config.log_content {
             tracing::info!(messages = ?resolved.messages, system = ?resolved.system, "job content (RELAY_LOG_CONTENT)");
@@ -435,7 +435,7 @@ impl Relay {
             Ok(reply) => reply,
             Err(err) => {
                 return self
-                    .fail_counted(record, &delivery, err.into(), &stats)
+                    .fail_counted(record, delivery, err.into(), &stats)
                     .await
             }
         };
@@ -458,7 +458,7 @@ impl Relay {
             tracing::info!(output = %reply.text, "model output (RELAY_LOG_CONTENT)");
         }
         let record = record.succeed(&reply);
-        let uri = self.deliver_record(&delivery, &record).await?;
+        let uri = self.deliver_record(delivery, &record).await?;
         tracing::info!(record = %uri, "result recorded");
         Ok(json!({
             "job_id": record.job_id,

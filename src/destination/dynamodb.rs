@@ -292,6 +292,79 @@ pub async fn succeeded(
     }
 }
 
+/// The sort key of a job's claim item: below every item index.
+const CLAIM_ITEM: &str = "-1";
+
+/// Claims `job_id` for `request_id` until `until_ms` (epoch ms): one
+/// conditional write of the claim item (`item` = -1, `status` = `claimed`),
+/// which succeeds when there is no claim or the last one has expired. Returns
+/// whether this invocation now holds the job.
+pub async fn claim(
+    client: &aws_sdk_dynamodb::Client,
+    table: &Table,
+    job_id: &str,
+    request_id: &str,
+    until_ms: u64,
+    now_ms: u64,
+) -> Result<Option<bool>, DestinationError> {
+    let result = client
+        .put_item()
+        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+        .table_name(&table.arn)
+        .item("job_id", AttributeValue::S(job_id.to_owned()))
+        .item("item", AttributeValue::N(CLAIM_ITEM.into()))
+        .item("status", AttributeValue::S("claimed".into()))
+        .item("request_id", AttributeValue::S(request_id.to_owned()))
+        .item("claim_until", AttributeValue::N(until_ms.to_string()))
+        .condition_expression("attribute_not_exists(job_id) OR claim_until < :now")
+        .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
+        .send()
+        .await;
+    match result {
+        Ok(output) => Ok(Some(output.attributes.is_some_and(|old| !old.is_empty()))),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(table.delivery("dynamodb:PutItem").failed(err)),
+    }
+}
+
+/// Ends `request_id`'s claim on `job_id` early, so a retry need not wait for
+/// the claim to expire. Only this invocation's own claim is touched.
+pub async fn release(
+    client: &aws_sdk_dynamodb::Client,
+    table: &Table,
+    job_id: &str,
+    request_id: &str,
+) -> Result<(), DestinationError> {
+    let result = client
+        .update_item()
+        .table_name(&table.arn)
+        .key("job_id", AttributeValue::S(job_id.to_owned()))
+        .key("item", AttributeValue::N(CLAIM_ITEM.into()))
+        .update_expression("SET claim_until = :zero")
+        .condition_expression("request_id = :me")
+        .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+        .expression_attribute_values(":me", AttributeValue::S(request_id.to_owned()))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(table.delivery("dynamodb:UpdateItem").failed(err)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -577,78 +650,5 @@ mod tests {
             BTreeMap::from([(0, json!({"n": 0})), (2, json!({"spilled_to": "s3://b/k"}))])
         );
         assert_eq!(pages.num_calls(), 2);
-    }
-}
-
-/// The sort key of a job's claim item: below every item index.
-const CLAIM_ITEM: &str = "-1";
-
-/// Claims `job_id` for `request_id` until `until_ms` (epoch ms): one
-/// conditional write of the claim item (`item` = -1, `status` = `claimed`),
-/// which succeeds when there is no claim or the last one has expired. Returns
-/// whether this invocation now holds the job.
-pub async fn claim(
-    client: &aws_sdk_dynamodb::Client,
-    table: &Table,
-    job_id: &str,
-    request_id: &str,
-    until_ms: u64,
-    now_ms: u64,
-) -> Result<Option<bool>, DestinationError> {
-    let result = client
-        .put_item()
-        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
-        .table_name(&table.arn)
-        .item("job_id", AttributeValue::S(job_id.to_owned()))
-        .item("item", AttributeValue::N(CLAIM_ITEM.into()))
-        .item("status", AttributeValue::S("claimed".into()))
-        .item("request_id", AttributeValue::S(request_id.to_owned()))
-        .item("claim_until", AttributeValue::N(until_ms.to_string()))
-        .condition_expression("attribute_not_exists(job_id) OR claim_until < :now")
-        .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
-        .send()
-        .await;
-    match result {
-        Ok(output) => Ok(Some(output.attributes.is_some_and(|old| !old.is_empty()))),
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-        {
-            Ok(None)
-        }
-        Err(err) => Err(table.delivery("dynamodb:PutItem").failed(err)),
-    }
-}
-
-/// Ends `request_id`'s claim on `job_id` early, so a retry need not wait for
-/// the claim to expire. Only this invocation's own claim is touched.
-pub async fn release(
-    client: &aws_sdk_dynamodb::Client,
-    table: &Table,
-    job_id: &str,
-    request_id: &str,
-) -> Result<(), DestinationError> {
-    let result = client
-        .update_item()
-        .table_name(&table.arn)
-        .key("job_id", AttributeValue::S(job_id.to_owned()))
-        .key("item", AttributeValue::N(CLAIM_ITEM.into()))
-        .update_expression("SET claim_until = :zero")
-        .condition_expression("request_id = :me")
-        .expression_attribute_values(":zero", AttributeValue::N("0".into()))
-        .expression_attribute_values(":me", AttributeValue::S(request_id.to_owned()))
-        .send()
-        .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-        {
-            Ok(())
-        }
-        Err(err) => Err(table.delivery("dynamodb:UpdateItem").failed(err)),
     }
 }
