@@ -130,7 +130,7 @@ fn assert_under(docs: &[Value], root: &str, parent: &str) {
 }
 
 /// A cold sampled job sends one subsegment per AWS call (the S3 read-back,
-/// Converse, the AssumeRole it needs, the record), named as X-Ray names AWS
+/// the claim, Converse, the AssumeRole it needs, the record), named as X-Ray names AWS
 /// services; a warm one reuses RoleA's credentials and sends no STS subsegment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampled_invocations_send_a_subsegment_per_aws_call() {
@@ -145,6 +145,7 @@ async fn sampled_invocations_send_a_subsegment_per_aws_call() {
         calls(&mut docs),
         pairs(&[
             ("S3", "GetObject"),
+            ("S3", "PutObject"),
             ("Bedrock Runtime", "Converse"),
             ("STS", "AssumeRole"),
             ("S3", "PutObject"),
@@ -152,10 +153,16 @@ async fn sampled_invocations_send_a_subsegment_per_aws_call() {
         "{docs:#?}"
     );
     assert_under(&docs, &root, &parent);
-    let [read_back, converse, assume_role, put] = &docs[..] else {
-        unreachable!("four calls checked above");
+    let [read_back, claim, converse, assume_role, put] = &docs[..] else {
+        unreachable!("five calls checked above");
     };
     let key = format!("results/{}.json", event["id"].as_str().expect("id"));
+    // The job is claimed (a conditional write) before the model call.
+    assert_eq!(
+        claim["aws"]["key"],
+        format!("results/_claims/{}.json", event["id"].as_str().expect("id")).as_str()
+    );
+    assert_eq!(claim["http"]["response"]["status"], 200);
 
     // No earlier record: a 404 read-back is a client error, not a fault.
     assert_eq!(read_back["aws"]["bucket_name"], "relay-results");
@@ -204,6 +211,7 @@ async fn sampled_invocations_send_a_subsegment_per_aws_call() {
         calls(&mut docs),
         pairs(&[
             ("S3", "GetObject"),
+            ("S3", "PutObject"),
             ("Bedrock Runtime", "Converse"),
             ("S3", "PutObject"),
         ]),
@@ -244,6 +252,10 @@ async fn unsampled_invocations_send_nothing() {
     event["id"] = json!("6f2c1f5e-2b1d-4c8e-9a57-0000000001ff");
     invoke_traced(&bench, &event, &header).await;
     let docs = daemon.drain().await;
-    assert_eq!(docs.len(), 3, "warm: S3, Bedrock, S3: {docs:#?}");
+    assert_eq!(
+        docs.len(),
+        4,
+        "warm: S3 read-back, S3 claim, Bedrock, S3: {docs:#?}"
+    );
     assert_under(&docs, &root, &parent);
 }
