@@ -166,3 +166,84 @@ async fn an_expired_claim_is_taken_over() {
     drop(process);
     let _ = Duration::ZERO;
 }
+
+/// `scripts/redrive` reads both kinds of failure-queue message (Lambda's
+/// on-failure records and EventBridge dead letters) back into the original
+/// events, with the error that sent them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_recovers_the_original_events_from_the_failure_queue() {
+    let lab = Lab::start().await.expect("lab");
+    let services = lab::services::Services::of(&lab).await;
+    let queue = services.create_queue("failed-events").await.expect("queue");
+    let sqs = aws_sdk_sqs::Client::new(
+        &lab::services::sdk_config(lab.moto.endpoint(), &lab.admin_b).await,
+    );
+    let event: Value =
+        serde_json::from_slice(&common::event_bytes("job-event.json")).expect("event");
+    let lambda_record = json!({
+        "version": "1.0",
+        "timestamp": "2026-11-28T10:00:00.000Z",
+        "requestContext": {"requestId": "r-1", "functionArn": "arn:aws:lambda:us-east-1:222222222222:function:bedrock-relay:$LATEST", "condition": "RetriesExhausted", "approximateInvokeCount": 3},
+        "requestPayload": event,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": {"errorType": "Retryable.BedrockThrottled", "errorMessage": "throttled"},
+    });
+    let mut dead_letter = event.clone();
+    dead_letter["id"] = json!("0b7e5d1c-0000-4000-8000-00000000dead");
+    for (body, error_code) in [
+        (lambda_record.to_string(), None),
+        (dead_letter.to_string(), Some("SDK_CLIENT_ERROR")),
+        ("not json at all".to_owned(), None),
+    ] {
+        let mut send = sqs.send_message().queue_url(&queue.url).message_body(body);
+        if let Some(code) = error_code {
+            send = send.message_attributes(
+                "ERROR_CODE",
+                aws_sdk_sqs::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(code)
+                    .build()
+                    .expect("attribute"),
+            );
+        }
+        send.send().await.expect("send");
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let creds = &lab.admin_b;
+    let output = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/redrive"))
+        .args([
+            "--queue-url",
+            &queue.url,
+            "--function",
+            "bedrock-relay",
+            "--dry-run",
+        ])
+        .env("AWS_ENDPOINT_URL", lab.moto.endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", creds.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key())
+        .env(
+            "AWS_SESSION_TOKEN",
+            creds.session_token().unwrap_or_default(),
+        )
+        .output()
+        .await
+        .expect("redrive runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}\n{stderr}");
+    assert_eq!(lines[0]["event_id"], event["id"]);
+    assert_eq!(lines[0]["error"], "Retryable.BedrockThrottled");
+    assert_eq!(lines[0]["event"], event, "the original event, unchanged");
+    assert_eq!(lines[1]["event_id"], dead_letter["id"]);
+    assert_eq!(lines[1]["error"], "SDK_CLIENT_ERROR");
+    assert!(stderr.contains("skip"), "{stderr}");
+    assert!(stderr.contains("would redrive: 2, skipped: 1"), "{stderr}");
+}

@@ -925,3 +925,74 @@ fn example_passes_the_relay_valid_parameters_and_default_job() {
         .is_some_and(|id| id.contains("detail.object.etag")));
     bedrock_relay::job::Job::from_json(&job).expect("a valid job");
 }
+
+/// Delivery settings: every event source retries and dead-letters to the
+/// failure queue, Lambda's async retries end there too, and alarms watch the
+/// queue, the function's errors and dropped events.
+#[test]
+fn failed_events_are_kept_and_alarmed() {
+    let template = template();
+    let function = &template["Resources"]["RelayFunction"]["Properties"];
+    let invoke = &function["EventInvokeConfig"];
+    assert!(
+        format!("{:?}", invoke["MaximumRetryAttempts"]).contains("MaximumRetryAttempts"),
+        "Lambda's retries come from the MaximumRetryAttempts parameter"
+    );
+    assert_eq!(invoke["MaximumEventAgeInSeconds"].as_u64(), Some(21600));
+    assert_eq!(
+        invoke["DestinationConfig"]["OnFailure"]["Type"].as_str(),
+        Some("SQS")
+    );
+    let events = function["Events"].as_mapping().expect("events");
+    assert!(!events.is_empty());
+    for (name, event) in events {
+        let props = &event["Properties"];
+        assert!(
+            props["RetryPolicy"]["MaximumRetryAttempts"]
+                .as_u64()
+                .is_some(),
+            "{name:?} has a retry policy"
+        );
+        assert!(
+            props["RetryPolicy"]["MaximumEventAgeInSeconds"]
+                .as_u64()
+                .is_some(),
+            "{name:?} has a maximum event age"
+        );
+        let dlq = format!("{:?}", props["DeadLetterConfig"]["Arn"]);
+        assert!(
+            dlq.contains("FailedEventsQueue"),
+            "{name:?} dead-letters to the failure queue: {dlq}"
+        );
+    }
+    let resources = &template["Resources"];
+    for (alarm, namespace, metric) in [
+        (
+            "FailedEventsAlarm",
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+        ),
+        ("FunctionErrorsAlarm", "AWS/Lambda", "Errors"),
+        ("DroppedEventsAlarm", "AWS/Lambda", "AsyncEventsDropped"),
+    ] {
+        let props = &resources[alarm]["Properties"];
+        assert_eq!(
+            resources[alarm]["Type"].as_str(),
+            Some("AWS::CloudWatch::Alarm"),
+            "{alarm}"
+        );
+        assert_eq!(props["Namespace"].as_str(), Some(namespace), "{alarm}");
+        assert_eq!(props["MetricName"].as_str(), Some(metric), "{alarm}");
+        assert_eq!(props["Threshold"].as_u64(), Some(1), "{alarm}");
+        let dimension = format!("{:?}", props["Dimensions"][0]["Value"]);
+        let watched = if namespace == "AWS/SQS" {
+            "FailedEventsQueue"
+        } else {
+            "RelayFunction"
+        };
+        assert!(
+            dimension.contains(watched),
+            "{alarm} watches {watched}: {dimension}"
+        );
+    }
+}
