@@ -162,6 +162,7 @@ impl Relay {
                 done,
                 &fresh,
                 tally.pending > 0,
+                ctx,
             )
             .await?;
         tracing::info!(
@@ -336,6 +337,7 @@ impl Relay {
         mut done: BTreeMap<usize, Value>,
         fresh: &[ItemRecord],
         incomplete: bool,
+        ctx: &Context,
     ) -> Result<String, DestinationError> {
         let unserialisable = |err: serde_json::Error| DestinationError::Unavailable {
             destination: delivery.destination.to_string(),
@@ -361,8 +363,9 @@ impl Relay {
             } else {
                 location.batch_key_for(job_id)
             };
-            return S3Destination::new(self.destinations.s3_client().clone(), location.clone())
-                .write_lines(&key, &lines)
+            let s3 = S3Destination::new(self.destinations.s3_client().clone(), location.clone());
+            return self
+                .until_delivered(ctx, || s3.write_lines(&key, &lines))
                 .await;
         }
         let outgoing = fresh

@@ -40,6 +40,12 @@ const POOL_MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a throttled member is tried after the others.
 const POOL_COOL_DOWN: Duration = Duration::from_secs(2);
 
+/// Waits between delivery attempts after a destination failure, and the time
+/// kept back so the last attempt still ends before the deadline.
+const DELIVERY_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const DELIVERY_MAX_BACKOFF: Duration = Duration::from_secs(2);
+const DELIVERY_MARGIN: Duration = Duration::from_millis(300);
+
 /// Which pool members were throttled lately, shared by the invocations of a
 /// warm function so the next job starts on an account with headroom.
 #[derive(Debug, Default)]
@@ -458,7 +464,9 @@ impl Relay {
             tracing::info!(output = %reply.text, "model output (RELAY_LOG_CONTENT)");
         }
         let record = record.succeed(&reply);
-        let uri = self.deliver_record(delivery, &record).await?;
+        let uri = self
+            .until_delivered(ctx, || self.deliver_record(delivery, &record))
+            .await?;
         tracing::info!(record = %uri, "result recorded");
         Ok(json!({
             "job_id": record.job_id,
@@ -501,6 +509,41 @@ impl Relay {
         match job.documents.as_deref() {
             None | Some([]) => Ok(Vec::new()),
             Some(uris) => Ok(documents::load_documents(self.destinations.s3_client(), uris).await?),
+        }
+    }
+
+    /// Runs `deliver` again while the destination is unavailable (an outage,
+    /// throttling the SDK's own retries did not outlast) and the deadline
+    /// allows: the results in hand cost model calls, and a retry of the
+    /// whole event would pay for them again. The SDK has already retried
+    /// transient errors inside each attempt.
+    pub(crate) async fn until_delivered<T, F, Fut>(
+        &self,
+        ctx: &Context,
+        mut deliver: F,
+    ) -> Result<T, DestinationError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DestinationError>>,
+    {
+        let mut backoff = DELIVERY_INITIAL_BACKOFF;
+        loop {
+            match deliver().await {
+                Err(err @ DestinationError::Unavailable { .. }) => {
+                    // Equal jitter: never a busy loop, never in lockstep.
+                    let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+                    if remaining(ctx) < wait + DELIVERY_MARGIN {
+                        return Err(err);
+                    }
+                    tracing::warn!(
+                        wait_ms = wait.as_millis() as u64,
+                        "delivery failed, trying again: {err}"
+                    );
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(DELIVERY_MAX_BACKOFF);
+                }
+                result => return result,
+            }
         }
     }
 

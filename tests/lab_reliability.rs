@@ -247,3 +247,102 @@ async fn redrive_recovers_the_original_events_from_the_failure_queue() {
     assert!(stderr.contains("skip"), "{stderr}");
     assert!(stderr.contains("would redrive: 2, skipped: 1"), "{stderr}");
 }
+
+/// A throttling storm (a per-account quota far below the batch's demand) and
+/// bursts of 5xx answers: every item succeeds in one invocation, none is lost
+/// and none is answered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_storms_and_5xx_bursts_lose_nothing_and_repeat_nothing() {
+    let bench = common::Bench::start(&[("RELAY_MAX_CONCURRENCY", "8")]).await;
+    bench.lab.bedrock.set_knobs(Knobs {
+        latency_ms: 20,
+        quota_rpm: Some(600),
+        quota_window_ms: Some(1000),
+        ..Knobs::default()
+    });
+    for (status, error_type, count) in [
+        (503, "ServiceUnavailableException", 5),
+        (500, "InternalServerException", 3),
+    ] {
+        bench.lab.bedrock.add_fault(lab::emulator::Fault {
+            status,
+            error_type: error_type.into(),
+            count,
+            model: None,
+        });
+    }
+    let id = "5d7e0c11-0000-4000-8000-0000000000f1";
+    let outcome = bench
+        .invoke_bytes(
+            job_event(
+                id,
+                json!({"model": MODEL, "prompt": "storm item {{ item }}", "items": (0..40).collect::<Vec<_>>()}),
+            ),
+            Duration::from_secs(60),
+        )
+        .await;
+    let Outcome::Response { body } = &outcome else {
+        panic!("{outcome:?}\n{}", bench.function.logs().join("\n"));
+    };
+    assert_eq!(body["succeeded"], 40);
+    let calls = bench.lab.bedrock.calls();
+    assert!(calls.iter().any(|c| c.status == 429), "the quota throttled");
+    assert_eq!(calls.iter().filter(|c| c.status >= 500).count(), 8);
+    let counts = answered_by_prompt(&bench.lab);
+    assert_eq!(counts.len(), 40);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    let lines = bench.lab.batch_lines(id).await.expect("s3").expect("jsonl");
+    assert!(lines.iter().all(|l| l["status"] == "succeeded"));
+}
+
+/// S3 goes down while a batch runs and comes back before the deadline: the
+/// relay keeps the results it paid for and writes them when S3 is back,
+/// instead of failing the event and computing them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_outage_mid_batch_is_outlasted() {
+    let lab = Lab::start().await.expect("lab");
+    let proxy = lab::stub::OutageProxy::start(lab.moto.endpoint())
+        .await
+        .expect("proxy");
+    let endpoint = proxy.endpoint();
+    let bench = common::Bench::start_in(
+        lab,
+        &[
+            ("AWS_ENDPOINT_URL_S3", endpoint.as_str()),
+            ("RELAY_S3_FORCE_PATH_STYLE", "true"),
+            ("RELAY_MAX_CONCURRENCY", "4"),
+        ],
+    )
+    .await;
+    bench.lab.bedrock.set_knobs(Knobs {
+        latency_ms: 100,
+        ..Knobs::default()
+    });
+    let id = "5d7e0c11-0000-4000-8000-0000000000f2";
+    let event = job_event(
+        id,
+        json!({"model": MODEL, "prompt": "outage item {{ item }}", "items": (0..20).collect::<Vec<_>>()}),
+    );
+    let outage = async {
+        // Down once the batch is claimed and running, back after the items are done.
+        while bench.lab.bedrock.calls().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        proxy.set_down(true);
+        // Longer than the S3 client's own retries (3 attempts, ~1 s backoff).
+        tokio::time::sleep(Duration::from_millis(5000)).await;
+        proxy.set_down(false);
+    };
+    let (outcome, ()) = tokio::join!(bench.invoke_bytes(event, Duration::from_secs(30)), outage);
+    let logs = bench.function.logs().join("\n");
+    let Outcome::Response { body } = &outcome else {
+        panic!("{outcome:?}\n{logs}");
+    };
+    assert_eq!(body["succeeded"], 20);
+    assert!(logs.contains("delivery failed, trying again"), "{logs}");
+    let counts = answered_by_prompt(&bench.lab);
+    assert_eq!(counts.len(), 20);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    let lines = bench.lab.batch_lines(id).await.expect("s3").expect("jsonl");
+    assert_eq!(lines.len(), 20);
+}

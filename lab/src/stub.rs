@@ -66,3 +66,64 @@ impl FixedResponse {
         self.hits.load(Ordering::SeqCst)
     }
 }
+
+/// A TCP proxy in front of a lab service that can be switched off, to stage an
+/// outage: while down, new connections are closed at once and open ones are
+/// cut, so clients see connection errors (not HTTP errors) until it is back.
+pub struct OutageProxy {
+    addr: SocketAddr,
+    down: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OutageProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl OutageProxy {
+    /// Proxies to `upstream` (an `http://host:port` endpoint).
+    pub async fn start(upstream: &str) -> Result<Self, LabError> {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| LabError::Setup(format!("proxy bind: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| LabError::Setup(format!("proxy addr: {e}")))?;
+        let (down, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // dropped: the client sees the connection close
+                }
+                let upstream = upstream.clone();
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|down| *down) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, down, task })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Takes the service down (`true`) or brings it back (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+}
