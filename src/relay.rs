@@ -826,8 +826,11 @@ mod tests {
                     .body()
                     .bytes()
                     .and_then(|b| serde_json::from_slice(b).ok());
+                // Claims (`_claims/`) are bookkeeping, not records.
                 if let (Some(key), Some(body)) = (req.key(), body) {
-                    written.lock().expect("lock").push((key.to_owned(), body));
+                    if !key.contains("/_claims/") {
+                        written.lock().expect("lock").push((key.to_owned(), body));
+                    }
                 }
                 req.bucket() == Some("results")
             })
@@ -931,22 +934,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unwritable_destination_is_a_retryable_error() {
-        let converse = converse_error("ValidationException");
-        let put = put_denied();
-        let relay_with = relay;
-        let relay = relay_with(&converse, &put);
-        // The model failed and its error record could not be written: Lambda still
-        // gets the model's error.
-        let err = relay
-            .handle(event(
-                json!({"model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
-            ))
-            .await
-            .expect_err("fails");
-        assert_eq!(err.error_type, "NonRetryable.BedrockRejected");
-
-        // A success whose record cannot be written is retryable.
+    async fn an_unwritable_destination_stops_the_job_before_the_model_call() {
+        // The claim is the first write: when it is refused, the model is not
+        // paid for a result that could not be kept, and the event is retryable
+        // (the policy can be fixed).
         let converse = mock!(aws_sdk_bedrockruntime::Client::converse).then_output(|| {
             ConverseOutput::builder()
                 .stop_reason(StopReason::EndTurn)
@@ -954,7 +945,7 @@ mod tests {
                 .expect("output")
         });
         let put = put_denied();
-        let err = relay_with(&converse, &put)
+        let err = relay(&converse, &put)
             .handle(event(
                 json!({"model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
             ))
@@ -964,6 +955,7 @@ mod tests {
         assert!(err
             .error_message
             .contains("grant the execution role s3:PutObject on arn:aws:s3:::results/relay/*"));
+        assert_eq!(converse.num_calls(), 0);
     }
 
     #[test]
