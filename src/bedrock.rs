@@ -651,7 +651,7 @@ pub(crate) mod tests {
     }
 
     /// STS answering with credentials that expire `lifetime` from the moment of the call.
-    fn sts_issuing(lifetime: Duration) -> (Rule, aws_sdk_sts::Client) {
+    pub(crate) fn sts_issuing(lifetime: Duration) -> (Rule, aws_sdk_sts::Client) {
         let rule = mock!(aws_sdk_sts::Client::assume_role).then_output(move || {
             AssumeRoleOutput::builder()
                 .credentials(
@@ -703,7 +703,11 @@ pub(crate) mod tests {
             .then_output(|| converse_output("hello", 3, 1))
     }
 
-    fn relay_bedrock(sts: aws_sdk_sts::Client, converse: &Rule, max_attempts: u32) -> Bedrock {
+    pub(crate) fn relay_bedrock(
+        sts: aws_sdk_sts::Client,
+        converse: &Rule,
+        max_attempts: u32,
+    ) -> Bedrock {
         let client = mock_client!(
             aws_sdk_bedrockruntime,
             RuleMode::MatchAny,

@@ -1043,4 +1043,65 @@ mod tests {
             "nothing rewritten"
         );
     }
+
+    /// RoleA's credentials that expire while a batch runs are fetched again
+    /// before they lapse: every item is answered once, none fails.
+    #[tokio::test]
+    async fn credentials_expiring_mid_batch_are_refreshed_without_losing_items() {
+        // 100 s credentials sit inside the 150-300 s refresh window: each call
+        // finds them expiring and fetches new ones.
+        let (sts_rule, sts) = crate::bedrock::tests::sts_issuing(Duration::from_secs(100));
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
+            .then_output(|| converse_output("ok", 1, 1));
+        let lines: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let captured = Arc::clone(&lines);
+        let put = mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(move |req| {
+                if req.key().is_some_and(|k| k.ends_with(".jsonl")) {
+                    if let Some(bytes) = req.body().bytes() {
+                        captured.lock().expect("lock").extend_from_slice(bytes);
+                    }
+                }
+                true
+            })
+            .then_output(|| PutObjectOutput::builder().build());
+        let mut config = config();
+        config.max_concurrency = 1;
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&put, &no_earlier_record()]);
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let relay = Relay::new(
+            config.clone(),
+            config
+                .targets
+                .iter()
+                .map(|t| {
+                    (
+                        t.alias.clone(),
+                        crate::bedrock::tests::relay_bedrock(sts.clone(), &converse, 3),
+                    )
+                })
+                .collect(),
+            Destinations::new(&base, false, None).with_s3_client(s3),
+        );
+        let answer = relay
+            .handle(event(json!({
+                "id": "refresh/1", "model": "amazon.nova-lite-v1:0",
+                "prompt": "item {{ item }}", "items": [1, 2, 3]
+            })))
+            .await
+            .expect("batch succeeds");
+        assert_eq!(answer["succeeded"], 3);
+        assert_eq!(converse.num_calls(), 3);
+        assert!(sts_rule.num_calls() >= 2, "credentials refreshed mid-batch");
+        let lines = lines.lock().expect("lock");
+        let statuses: Vec<Value> = lines
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice::<Value>(l).expect("line")["status"].clone())
+            .collect();
+        assert_eq!(statuses, vec![json!("succeeded"); 3]);
+    }
 }
