@@ -356,7 +356,7 @@ fn attribute_json(value: AttributeValue) -> Value {
     match value {
         AttributeValue::S(text) => Value::String(text),
         AttributeValue::N(number) => number
-            .parse::<u64>()
+            .parse::<i64>()
             .map(Value::from)
             .or_else(|_| number.parse::<f64>().map(Value::from))
             .unwrap_or(Value::String(number)),
