@@ -10,9 +10,7 @@
 //! [`crate::ledger`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt};
 use lambda_runtime::Context;
@@ -25,7 +23,7 @@ use crate::error::RelayError;
 use crate::job::{Job, JobError, ResolvedJob};
 use crate::metrics::CallStats;
 use crate::record::{ItemRecord, Record, Status};
-use crate::relay::{attach_documents, Delivery, Relay, MIN_MODEL_BUDGET};
+use crate::relay::{attach_documents, Delivery, Relay};
 use crate::target::Target;
 use crate::template::Scope;
 
@@ -135,9 +133,8 @@ impl Relay {
             "batch started"
         );
 
-        let slowest_ms = AtomicU64::new(0);
         let fresh: Vec<ItemRecord> = stream::iter(to_run)
-            .map(|index| self.run_item(batch, index, &items[index], ctx, &slowest_ms))
+            .map(|index| self.run_item(batch, index, &items[index], ctx))
             .buffered(self.config.max_concurrency)
             .collect()
             .await;
@@ -232,13 +229,10 @@ impl Relay {
         index: usize,
         item: &Value,
         ctx: &Context,
-        slowest_ms: &AtomicU64,
     ) -> ItemRecord {
         let job_id = &batch.plan.id;
-        let needed = MIN_MODEL_BUDGET.max(std::time::Duration::from_millis(
-            slowest_ms.load(Ordering::Relaxed),
-        ));
-        if self.model_budget(ctx).is_none_or(|budget| budget < needed) {
+        // No time for any call: not worth reading the item's documents.
+        if self.model_budget(ctx).is_none() {
             return ItemRecord::pending(job_id, index);
         }
         let failed = |err: RelayError| {
@@ -255,12 +249,10 @@ impl Relay {
             Err(err) => return failed(err),
         };
 
-        let started = Instant::now();
         let stats = Arc::new(CallStats::default());
         let (served_by, result) = self
-            .call_pool(&resolved, &batch.pool, ctx, &stats, true)
+            .call_in_time(&resolved, &batch.pool, ctx, &stats, true)
             .await;
-        slowest_ms.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         match result {
             Ok(reply) => {
                 self.emit_metrics(

@@ -31,7 +31,7 @@ use crate::target::Target;
 use crate::template::{is_template, Renderer, Scope};
 
 /// Below this, a model call cannot be worth starting.
-pub(crate) const MIN_MODEL_BUDGET: Duration = Duration::from_millis(250);
+const MIN_MODEL_BUDGET: Duration = Duration::from_millis(250);
 /// First wait when every pool member is throttled; doubles up to the max.
 /// Short: the members' quotas free up continuously, and a long wait leaves
 /// them idle.
@@ -45,6 +45,45 @@ const POOL_COOL_DOWN: Duration = Duration::from_secs(2);
 const DELIVERY_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const DELIVERY_MAX_BACKOFF: Duration = Duration::from_secs(2);
 const DELIVERY_MARGIN: Duration = Duration::from_millis(300);
+
+/// How long each model has been taking, so that a call whose answer would
+/// arrive after the deadline is not started (its tokens would be paid for and
+/// its answer lost). The estimate is the slowest recent call, halving every
+/// [`LATENCY_HALF_LIFE`] so that one slow answer does not keep a model from
+/// being tried for the rest of a warm function's life.
+#[derive(Debug, Default)]
+struct LatencyBook {
+    slowest: Mutex<HashMap<String, (Duration, Instant)>>,
+}
+
+const LATENCY_HALF_LIFE: Duration = Duration::from_secs(60);
+
+impl LatencyBook {
+    fn record(&self, model: &str, took: Duration) {
+        if let Ok(mut slowest) = self.slowest.lock() {
+            let now = Instant::now();
+            let decayed = slowest
+                .get(model)
+                .map_or(Duration::ZERO, |(d, at)| decay(*d, now.duration_since(*at)));
+            slowest.insert(model.to_owned(), (took.max(decayed), now));
+        }
+    }
+
+    /// The time a call to `model` should be given, at least [`MIN_MODEL_BUDGET`].
+    fn expected(&self, model: &str) -> Duration {
+        let recent = self
+            .slowest
+            .lock()
+            .ok()
+            .and_then(|slowest| slowest.get(model).map(|(d, at)| decay(*d, at.elapsed())))
+            .unwrap_or(Duration::ZERO);
+        recent.max(MIN_MODEL_BUDGET)
+    }
+}
+
+fn decay(slowest: Duration, age: Duration) -> Duration {
+    slowest.mul_f64(0.5_f64.powf(age.as_secs_f64() / LATENCY_HALF_LIFE.as_secs_f64()))
+}
 
 /// Which pool members were throttled lately, shared by the invocations of a
 /// warm function so the next job starts on an account with headroom.
@@ -87,6 +126,7 @@ pub struct Relay {
     pub(crate) destinations: Destinations,
     pub(crate) renderer: Arc<Renderer>,
     pool: Arc<PoolState>,
+    latency: Arc<LatencyBook>,
     /// EMF namespace; `None` writes no metrics.
     metrics_namespace: Option<String>,
 }
@@ -140,6 +180,7 @@ impl Relay {
             destinations,
             renderer: Arc::new(Renderer::new()),
             pool: Arc::default(),
+            latency: Arc::default(),
         }
     }
 
@@ -435,7 +476,9 @@ impl Relay {
         }
 
         let stats = Arc::new(CallStats::default());
-        let (served_by, result) = self.call_pool(&resolved, &pool, ctx, &stats, false).await;
+        let (served_by, result) = self
+            .call_in_time(&resolved, &pool, ctx, &stats, false)
+            .await;
         record.target = Some(served_by.to_record());
         let reply = match result {
             Ok(reply) => reply,
@@ -577,6 +620,45 @@ impl Relay {
             .remember(&self.destinations, &outgoing)
             .await?;
         Ok(refs.join(","))
+    }
+
+    /// [`Relay::call_pool`], unless the time left cannot hold the model's
+    /// recent answers: then nothing is sent and the result is a deadline error
+    /// (a retry of the event gets a fresh invocation's time).
+    pub(crate) async fn call_in_time<'t>(
+        &self,
+        job: &ResolvedJob,
+        pool: &[&'t Target],
+        ctx: &Context,
+        stats: &Arc<CallStats>,
+        batch_item: bool,
+    ) -> (&'t Target, Result<ModelReply, BedrockError>) {
+        let needed = self.latency.expected(&job.model);
+        if self.model_budget(ctx).is_none_or(|budget| budget < needed) {
+            tracing::warn!(
+                needed_ms = needed.as_millis() as u64,
+                left_ms = remaining(ctx).as_millis() as u64,
+                "not starting a model call whose answer would come after the deadline"
+            );
+            return (
+                pool[0],
+                Err(BedrockError::Deadline {
+                    model: job.model.clone(),
+                    left_ms: remaining(ctx).as_millis(),
+                }),
+            );
+        }
+        let (served_by, result) = self.call_pool(job, pool, ctx, stats, batch_item).await;
+        if let Ok(reply) = &result {
+            // Bedrock's own figure when it gives one: the call's time also holds
+            // throttling retries, which say nothing about how long an answer takes.
+            let took = reply
+                .model_latency_ms
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or(reply.call_latency_ms as u64);
+            self.latency.record(&job.model, Duration::from_millis(took));
+        }
+        (served_by, result)
     }
 
     /// Runs the job on its target, or spreads it over a pool: members are tried

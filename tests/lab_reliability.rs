@@ -162,9 +162,7 @@ async fn an_expired_claim_is_taken_over() {
         process.logs().join("\n")
     );
     assert_eq!(answered_by_prompt(&lab).get("after a crash"), Some(&1));
-    let _ = error_type;
     drop(process);
-    let _ = Duration::ZERO;
 }
 
 /// `scripts/redrive` reads both kinds of failure-queue message (Lambda's
@@ -345,4 +343,45 @@ async fn a_destination_outage_mid_batch_is_outlasted() {
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
     let lines = bench.lab.batch_lines(id).await.expect("s3").expect("jsonl");
     assert_eq!(lines.len(), 20);
+}
+
+/// A model slower than the time left: once the relay has seen how long the
+/// model takes, a call whose answer would come after the deadline is not
+/// started; the event fails retryably with an error record and no model call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_slower_than_the_time_left_is_not_called() {
+    let bench = common::Bench::start(&[("RELAY_DEADLINE_RESERVE_MS", "500")]).await;
+    bench.lab.bedrock.set_knobs(Knobs {
+        latency_ms: 1200,
+        ..Knobs::default()
+    });
+    let event = |n: u32| {
+        job_event(
+            &format!("5d7e0c11-0000-4000-8000-00000000070{n}"),
+            json!({"model": MODEL, "prompt": format!("slow {n}")}),
+        )
+    };
+    let first = bench.invoke_bytes(event(1), Duration::from_secs(10)).await;
+    assert!(matches!(first, Outcome::Response { .. }), "{first:?}");
+    // 2 s left, 1.5 s after the reserve: room for a 1.2 s answer.
+    let second = bench.invoke_bytes(event(2), Duration::from_secs(2)).await;
+    assert!(matches!(second, Outcome::Response { .. }), "{second:?}");
+    // 1.4 s left, 0.9 s after the reserve: not enough, so not started.
+    let third = bench
+        .invoke_bytes(event(3), Duration::from_millis(1400))
+        .await;
+    assert_eq!(error_type(&third), "Retryable.DeadlineExceeded");
+    assert_eq!(
+        bench.lab.bedrock.calls().len(),
+        2,
+        "the third call was not sent"
+    );
+    let record = bench
+        .lab
+        .record("5d7e0c11-0000-4000-8000-000000000703")
+        .await
+        .expect("s3")
+        .expect("error record");
+    assert_eq!(record["error"]["type"], "DeadlineExceeded");
+    assert_eq!(record["error"]["retryable"], true);
 }

@@ -231,7 +231,7 @@ impl Lab {
             .map(Some)
     }
 
-    /// Every record key in the results bucket.
+    /// Every record key in the results bucket (claims left out).
     pub async fn record_keys(&self) -> Result<Vec<String>, LabError> {
         let output = self
             .s3
@@ -245,6 +245,8 @@ impl Lab {
             .contents()
             .iter()
             .filter_map(|o| o.key().map(str::to_owned))
+            // Claims are the relay's bookkeeping for duplicate deliveries.
+            .filter(|key| !key.starts_with(&format!("{PREFIX}_claims/")))
             .collect())
     }
 
