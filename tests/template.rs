@@ -396,9 +396,9 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 
 const DYNAMODB_ACTIONS: [&str; 4] = [
     "dynamodb:BatchWriteItem",
-    "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:Query",
+    "dynamodb:UpdateItem",
 ];
 
 /// With only the required parameters, the default destination is the S3 prefix:
