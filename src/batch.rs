@@ -69,12 +69,13 @@ impl Relay {
             Ok(items) => items,
             Err(err) => return self.fail(batch.record, &batch.delivery, err).await,
         };
-        let mut done = match batch
-            .delivery
-            .ledger
-            .succeeded_items(&self.destinations, &job_id)
-            .await
-        {
+        let succeeded = || {
+            batch
+                .delivery
+                .ledger
+                .succeeded_items(&self.destinations, &job_id)
+        };
+        let mut done = match succeeded().await {
             Ok(done) => done,
             Err(err) => return self.fail(batch.record, &batch.delivery, err.into()).await,
         };
@@ -86,12 +87,7 @@ impl Relay {
                 Err(err) => return self.fail(batch.record, &batch.delivery, err).await,
             };
             if claim.as_ref().is_some_and(|c| c.took_over) {
-                done = match batch
-                    .delivery
-                    .ledger
-                    .succeeded_items(&self.destinations, &job_id)
-                    .await
-                {
+                done = match succeeded().await {
                     Ok(done) => done,
                     Err(err) => return self.fail(batch.record, &batch.delivery, err.into()).await,
                 };

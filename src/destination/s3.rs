@@ -156,28 +156,7 @@ impl S3Destination {
 
     /// Reads the object at `key`; `None` when there is none.
     pub async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, DestinationError> {
-        let uri = self.location.uri_of(key);
-        let output = match self
-            .client
-            .get_object()
-            .bucket(&self.location.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(output) => output,
-            Err(err) if err.code() == Some("NoSuchKey") => return Ok(None),
-            Err(err) => return Err(classify(&self.location, "s3:GetObject", uri, err)),
-        };
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|err| DestinationError::Unavailable {
-                destination: uri,
-                message: format!("reading the object failed: {err}"),
-            })?;
-        Ok(Some(body.into_bytes().to_vec()))
+        Ok(self.read_tagged(key).await?.map(|(body, _)| body))
     }
 
     /// Writes `body` at `key` only if `condition` holds (S3 conditional writes);
