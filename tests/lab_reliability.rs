@@ -385,3 +385,72 @@ async fn a_model_slower_than_the_time_left_is_not_called() {
     assert_eq!(record["error"]["type"], "DeadlineExceeded");
     assert_eq!(record["error"]["retryable"], true);
 }
+
+/// The README's failure table, Bedrock rows, end to end: each answer the
+/// model side can give ends in its record, its Lambda error type and its
+/// class, with the retries the table says (one attempt here, so every answer
+/// is final).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_failures_end_as_the_failure_table_says() {
+    let bench = common::Bench::start(&[("RELAY_MAX_ATTEMPTS", "1")]).await;
+    let rows = [
+        (429, "ThrottlingException", "Retryable.BedrockThrottled"),
+        (
+            503,
+            "ServiceUnavailableException",
+            "Retryable.BedrockUnavailable",
+        ),
+        (
+            500,
+            "InternalServerException",
+            "Retryable.BedrockUnavailable",
+        ),
+        (
+            429,
+            "ModelNotReadyException",
+            "Retryable.BedrockUnavailable",
+        ),
+        (408, "ModelTimeoutException", "Retryable.BedrockUnavailable"),
+        (400, "ValidationException", "NonRetryable.BedrockRejected"),
+        (
+            403,
+            "AccessDeniedException",
+            "NonRetryable.BedrockAccessDenied",
+        ),
+        (
+            404,
+            "ResourceNotFoundException",
+            "NonRetryable.BedrockModelNotFound",
+        ),
+    ];
+    for (n, (status, answer, expected)) in rows.into_iter().enumerate() {
+        bench.lab.bedrock.add_fault(lab::emulator::Fault {
+            status,
+            error_type: answer.into(),
+            count: 1,
+            model: None,
+        });
+        let id = format!("5d7e0c11-0000-4000-8000-0000000008{n:02}");
+        let outcome = bench
+            .invoke_bytes(
+                job_event(&id, json!({"model": MODEL, "prompt": format!("row {n}")})),
+                TIMEOUT,
+            )
+            .await;
+        assert_eq!(error_type(&outcome), expected, "{answer}");
+        let record = bench.lab.record(&id).await.expect("s3").expect("record");
+        let (class, code) = expected.split_once('.').expect("class.code");
+        assert_eq!(record["status"], "failed", "{answer}");
+        assert_eq!(record["error"]["type"], code, "{answer}");
+        assert_eq!(
+            record["error"]["retryable"],
+            class == "Retryable",
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        bench.lab.bedrock.calls().len(),
+        rows.len(),
+        "one attempt each with RELAY_MAX_ATTEMPTS=1"
+    );
+}
