@@ -10,6 +10,12 @@
 //! pause, at most twice (`MaximumRetryAttempts: 2`); `NonRetryable.*` is not.
 //! Meanwhile the Bedrock emulator throws bursts of 429/500/503, holds a quota
 //! and slows down now and then.
+//!
+//! Claims rest on S3 conditional writes. moto checks `If-None-Match` and then
+//! writes, in a threaded server, so two claims landing within a few
+//! milliseconds can both win there (S3 itself answers one of them 412/409);
+//! an item answered twice is printed with its deliveries and model calls so
+//! such a case can be told from a relay fault.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -39,8 +45,8 @@ const INSTANCES: usize = 2;
 /// What an event asks for.
 #[derive(Debug, Clone)]
 enum Kind {
-    /// One job.
-    Single,
+    /// One job: its prompt.
+    Single(String),
     /// A batch: its items (each is also the prompt sent).
     Batch(Vec<String>),
     /// A job that must fail for good (a bad template, an unknown field, a
@@ -80,6 +86,8 @@ struct Ledger {
     dead_letters: Vec<usize>,
     /// Events whose invalid job was not refused as non-retryable.
     invalid_accepted: usize,
+    /// Each event's outcomes in order, with when each delivery started.
+    history: HashMap<usize, Vec<String>>,
 }
 
 /// The soak's numbers.
@@ -131,6 +139,9 @@ pub struct SoakReport {
     pub faults: String,
     /// Wall time.
     pub elapsed: Duration,
+    /// For each item answered more than once: its prompt, the event's
+    /// deliveries and the model calls, to see why.
+    pub duplicate_details: Vec<String>,
 }
 
 impl SoakReport {
@@ -225,6 +236,9 @@ impl SoakReport {
             .map(|(t, n)| format!("{t} x{n}"))
             .collect();
         let _ = writeln!(text, "error types: {}", types.join(", "));
+        for detail in &self.duplicate_details {
+            let _ = writeln!(text, "answered twice: {detail}");
+        }
         text
     }
 }
@@ -297,7 +311,7 @@ fn plan(count: usize, mix: &mut Mix) -> (Vec<Event>, Vec<usize>) {
         } else {
             let prompt = format!("soak single {n}");
             let detail = json!({"model": MODEL, "prompt": prompt});
-            (Kind::Single, detail)
+            (Kind::Single(prompt), detail)
         };
         events.push(Event {
             body: envelope(&id, detail),
@@ -417,6 +431,13 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: Vec<F>) 
     .await
 }
 
+fn epoch_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -449,6 +470,7 @@ async fn work(
             continue;
         };
         let event = &events[delivery.event];
+        let sent_ms = epoch_ms();
         let outcome = runtime.invoke(event.body.clone(), DEADLINE).await;
         let retry = {
             let mut ledger = lock(ledger);
@@ -458,6 +480,15 @@ async fn work(
                 Ok(Outcome::Error { error_type, .. }) => Some(error_type.clone()),
                 Err(_) => Some("(no answer in time)".to_owned()),
             };
+            ledger
+                .history
+                .entry(delivery.event)
+                .or_default()
+                .push(format!(
+                    "attempt {} at {sent_ms}: {}",
+                    delivery.attempt,
+                    error_type.as_deref().unwrap_or("ok")
+                ));
             match &error_type {
                 None => {
                     ledger.succeeded += 1;
@@ -533,20 +564,54 @@ async fn tally(
 
     // Model calls answered per prompt (each prompt is one item's).
     let mut answered: HashMap<String, usize> = HashMap::new();
+    let mut calls_by_prompt: HashMap<String, Vec<String>> = HashMap::new();
     for call in lab.bedrock.calls() {
+        let text = call.request["messages"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        calls_by_prompt
+            .entry(text.clone())
+            .or_default()
+            .push(format!(
+                "{} at {}",
+                call.error_type.as_deref().unwrap_or("200"),
+                call.at_ms
+            ));
         if call.status != 200 {
             report.model_calls_refused += 1;
             continue;
         }
         report.model_calls_answered += 1;
-        let text = call.request["messages"][0]["content"][0]["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
         *answered.entry(text).or_default() += 1;
     }
     report.max_calls_per_item = answered.values().copied().max().unwrap_or(0);
     report.duplicated = answered.values().filter(|n| **n > 1).count();
+    for (index, event) in events.iter().enumerate() {
+        let prompts = match &event.kind {
+            Kind::Single(prompt) => vec![prompt.clone()],
+            Kind::Batch(items) => items.clone(),
+            Kind::Invalid => Vec::new(),
+        };
+        for prompt in prompts
+            .iter()
+            .filter(|p| answered.get(*p).is_some_and(|n| *n > 1))
+        {
+            report.duplicate_details.push(format!(
+                "{prompt:?} (event {}): deliveries [{}]; model calls [{}]",
+                event.id,
+                ledger
+                    .history
+                    .get(&index)
+                    .map(|h| h.join("; "))
+                    .unwrap_or_default(),
+                calls_by_prompt
+                    .get(prompt)
+                    .map(|c| c.join("; "))
+                    .unwrap_or_default()
+            ));
+        }
+    }
 
     for (index, event) in events.iter().enumerate() {
         let dead = ledger.dead_letters.contains(&index);
@@ -561,7 +626,7 @@ async fn tally(
                     report.error_records += 1;
                 }
             }
-            Kind::Single => {
+            Kind::Single(_) => {
                 report.items_expected += 1;
                 match lab.record(&event.id).await? {
                     Some(r) if r["status"] == "succeeded" => report.single_results += 1,
