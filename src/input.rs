@@ -13,8 +13,12 @@
 //! The Lambda runtime parses the payload before a handler sees it. So that a
 //! payload that is not JSON, or is too large, still ends in an error record,
 //! [`PayloadGuardLayer`] screens the raw bytes first and hands the handler a
-//! [`Payload::Unreadable`] in their place.
+//! [`Payload::Unreadable`] in their place. It also refuses JSON nested deeper
+//! than [`MAX_JSON_DEPTH`]: the runtime's parser would stop at 128 levels
+//! with no record written.
 
+use std::cell::Cell;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,6 +26,7 @@ use std::task::{Context, Poll};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::tower::{Layer, Service};
 use lambda_runtime::LambdaInvocation;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -36,6 +41,12 @@ pub const JOB_DETAIL_TYPE: &str = "Bedrock Relay Job";
 const UNREADABLE_KEY: &str = "bedrock-relay:unreadable-payload";
 
 const ENVELOPE_KEYS: [&str; 3] = ["detail-type", "source", "detail"];
+
+/// Deepest nesting of arrays and objects an event may have. No job needs
+/// more than a handful of levels; the limit sits below serde_json's 128 so
+/// that the guard, not the runtime's parser (which would fail the invocation
+/// without a record), is what refuses a deeper event.
+pub const MAX_JSON_DEPTH: usize = 100;
 
 /// Input that cannot become a job, with what was expected.
 #[derive(Debug, Error)]
@@ -52,6 +63,12 @@ pub enum InputError {
         /// The payload's size.
         bytes: usize,
         /// The configured limit.
+        limit: usize,
+    },
+    /// Arrays and objects nested deeper than [`MAX_JSON_DEPTH`].
+    #[error("the event nests arrays and objects more than {limit} levels deep; flatten it, or put deeply nested data in S3 and pass its s3:// URI")]
+    TooDeep {
+        /// The deepest nesting accepted.
         limit: usize,
     },
     /// Neither an object envelope nor a bare job object.
@@ -152,6 +169,11 @@ pub enum Unreadable {
         /// The limit.
         limit: usize,
     },
+    /// Nested deeper than [`MAX_JSON_DEPTH`].
+    TooDeep {
+        /// The deepest nesting accepted.
+        limit: usize,
+    },
 }
 
 impl<'de> Deserialize<'de> for Payload {
@@ -221,6 +243,9 @@ impl Input {
                     bytes: *bytes,
                     limit: *limit,
                 })
+            }
+            Payload::Unreadable(Unreadable::TooDeep { limit }) => {
+                return Err(InputError::TooDeep { limit: *limit })
             }
         };
         let Value::Object(map) = value else {
@@ -354,11 +379,100 @@ fn screen(body: &[u8], max_bytes: usize) -> Option<Unreadable> {
             limit: max_bytes,
         });
     }
-    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-        Ok(_) => None,
+    // `IgnoredAny` alone would not do: serde_json skips it without a depth limit.
+    let too_deep = Cell::new(false);
+    let mut parser = serde_json::Deserializer::from_slice(body);
+    let checked = Nesting {
+        depth: 0,
+        too_deep: &too_deep,
+    }
+    .deserialize(&mut parser)
+    .and_then(|()| parser.end());
+    match checked {
+        Ok(()) => None,
+        Err(_) if too_deep.get() => Some(Unreadable::TooDeep {
+            limit: MAX_JSON_DEPTH,
+        }),
         Err(err) => Some(Unreadable::NotJson {
             error: err.to_string(),
         }),
+    }
+}
+
+/// Walks a JSON value without keeping it, refusing nesting deeper than
+/// [`MAX_JSON_DEPTH`]; `depth` is the number of arrays and objects around it.
+#[derive(Clone, Copy)]
+struct Nesting<'a> {
+    depth: usize,
+    too_deep: &'a Cell<bool>,
+}
+
+impl Nesting<'_> {
+    fn inside<E: serde::de::Error>(self) -> Result<Self, E> {
+        if self.depth >= MAX_JSON_DEPTH {
+            self.too_deep.set(true);
+            return Err(E::custom(format_args!(
+                "nested more than {MAX_JSON_DEPTH} levels deep"
+            )));
+        }
+        Ok(Self {
+            depth: self.depth + 1,
+            ..self
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Nesting<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Nesting<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.inside()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.inside()?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
     }
 }
 
@@ -476,5 +590,30 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("the event is 9 bytes, over the 1-byte limit"));
+    }
+
+    #[test]
+    fn guard_refuses_nesting_past_the_limit_before_the_runtime_parser_would() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(screen(nested(MAX_JSON_DEPTH).as_bytes(), 1 << 20), None);
+        let body = format!(r#"{{"prompt":"hi","metadata":{{"x":{}}}}}"#, nested(200));
+        assert_eq!(
+            screen(body.as_bytes(), 1 << 20),
+            Some(Unreadable::TooDeep {
+                limit: MAX_JSON_DEPTH
+            })
+        );
+        // What passes the guard, the runtime's parser (limit 128) takes.
+        let payload: Payload = serde_json::from_str(&nested(MAX_JSON_DEPTH)).expect("parses");
+        assert!(matches!(payload, Payload::Json(_)));
+        // Trailing bytes and broken JSON are still not JSON.
+        assert!(matches!(
+            screen(b"{} {}", 1024),
+            Some(Unreadable::NotJson { .. })
+        ));
+        assert!(matches!(
+            screen(b"[[[", 1024),
+            Some(Unreadable::NotJson { .. })
+        ));
     }
 }

@@ -7,6 +7,14 @@
 //! environment or the network, and fuel, recursion and output limits stop a
 //! template that tries to run forever or grow without bound.
 //!
+//! Fuel counts instructions, not bytes, and the output limit only sees what
+//! is written: a value built in between (`'x' * 100000000`, a string doubled
+//! with `~` a few dozen times) would exhaust memory and kill the process
+//! before either limit fires. So the operators that multiply or concatenate
+//! (`*`, `+`, `~`) are refused before rendering, and the filters whose output
+//! can be far larger than their input (`replace`, `join`, `indent`) refuse a
+//! result over the output limit before building it.
+//!
 //! Only strings that contain template syntax (`{{`, `{%`, `{#`) are rendered;
 //! the rest are used as they are, so a plain job pays nothing for templating.
 
@@ -14,7 +22,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
-use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value as Context};
+use minijinja::value::{Kwargs, StringInput};
+use minijinja::{Environment, ErrorKind, State, UndefinedBehavior, Value as Context};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -25,6 +34,11 @@ use crate::job::{ContentBlock, Job, System};
 const FUEL: u64 = 200_000;
 /// Nesting depth of macros, loops and includes.
 const RECURSION_LIMIT: usize = 64;
+/// Longest `{{ }}` or `{% %}`: the engine's parser and compiler recurse once
+/// per chained operator or filter (`{{ x|e|e|e… }}`, `{{ 1-1-1… }}`) and a
+/// few thousand of them overflow a 2 MiB thread stack, which aborts the
+/// process. No real expression comes near this.
+const MAX_CODE_BYTES: usize = 1024;
 /// Longest rendered text: Bedrock's request limits are well below this.
 const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 
@@ -116,6 +130,9 @@ impl Renderer {
         // `debug()` would print the whole context, event included, into a prompt.
         env.remove_global("debug");
         env.add_filter("safe_id", safe_id);
+        env.add_filter("replace", bounded_replace);
+        env.add_filter("join", bounded_join);
+        env.add_filter("indent", bounded_indent);
         Self { env }
     }
 
@@ -143,6 +160,12 @@ impl Renderer {
             field: field.to_owned(),
             message: describe(&err, source),
         };
+        if let Some(message) = refuse_code(source) {
+            return Err(TemplateError {
+                field: field.to_owned(),
+                message,
+            });
+        }
         let template = self.env.template_from_str(source).map_err(fail)?;
         let mut out = BoundedText::default();
         template
@@ -263,6 +286,135 @@ fn safe_id(text: &str) -> String {
         .join("/")
 }
 
+/// Why `source` is refused before the engine sees it: an expression or
+/// statement over [`MAX_CODE_BYTES`], or `*`, `+` or `~` used as an operator
+/// (string literals, comments and text outside `{{ }}` / `{% %}` do not
+/// count). A `{% raw %}` block's content is checked too: refusing such a
+/// template is the safe side of this check.
+fn refuse_code(source: &str) -> Option<String> {
+    let mut rest = source;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = match after.as_bytes().first() {
+            Some(b'{') => "}}",
+            Some(b'%') => "%}",
+            Some(b'#') => {
+                rest = after.find("#}").map_or("", |end| &after[end + 2..]);
+                continue;
+            }
+            _ => {
+                rest = after;
+                continue;
+            }
+        };
+        let mut quote = None;
+        let mut escaped = false;
+        // Braces of map literals, so their `}}` does not end the expression.
+        let mut depth = 0usize;
+        let mut end = after.len();
+        for (i, c) in after[1..].char_indices() {
+            match quote {
+                Some(q) => {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '\\' {
+                        escaped = true;
+                    } else if c == q {
+                        quote = None;
+                    }
+                }
+                None if c == '\'' || c == '"' => quote = Some(c),
+                None if matches!(c, '*' | '+' | '~') => {
+                    return Some(format!(
+                        "`{c}` is not available in templates: `*`, `+` and `~` can build text without bound; \
+                         write literal text around the expressions instead (`{{{{ a }}}}-{{{{ b }}}}`, not `{{{{ a ~ '-' ~ b }}}}`)"
+                    ))
+                }
+                None if c == '{' => depth += 1,
+                None if c == '}' && depth > 0 => depth -= 1,
+                None if after[1 + i..].starts_with(close) => {
+                    end = 1 + i + close.len();
+                    break;
+                }
+                None => {}
+            }
+        }
+        if end > MAX_CODE_BYTES {
+            return Some(format!(
+                "an expression or statement is over {MAX_CODE_BYTES} bytes; split it, or compute the value before it reaches the job"
+            ));
+        }
+        rest = &after[end..];
+    }
+    None
+}
+
+/// Refuses a result longer than [`MAX_OUTPUT_BYTES`] before it is built.
+fn check_size(what: &str, bytes: usize) -> Result<(), minijinja::Error> {
+    if bytes > MAX_OUTPUT_BYTES {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("`{what}` would make over {MAX_OUTPUT_BYTES} bytes of text"),
+        ));
+    }
+    Ok(())
+}
+
+/// `replace`, refusing a result over the output limit (`replace('', big)`
+/// inserts `big` between every character).
+fn bounded_replace(
+    state: &State,
+    value: StringInput<'_>,
+    from: StringInput<'_>,
+    to: StringInput<'_>,
+) -> Result<Context, minijinja::Error> {
+    let text = value.as_str();
+    let grows = text
+        .matches(from.as_str())
+        .count()
+        .saturating_mul(to.as_str().len());
+    check_size("replace", text.len().saturating_add(grows))?;
+    minijinja::filters::replace(state, value, from, to)
+}
+
+/// `join`, refusing a result over the output limit (a long joiner between many
+/// items); it walks the items once to measure, then joins.
+fn bounded_join(
+    state: &State,
+    value: &Context,
+    joiner: Option<StringInput<'_>>,
+) -> Result<Context, minijinja::Error> {
+    let gap = joiner.as_ref().map_or(0, |j| j.as_str().len());
+    let mut total = 0usize;
+    if let Ok(items) = value.try_iter() {
+        for (i, item) in items.enumerate() {
+            let len = item
+                .as_str()
+                .map_or_else(|| item.to_string().len(), str::len);
+            total = total
+                .saturating_add(len)
+                .saturating_add(if i > 0 { gap } else { 0 });
+            check_size("join", total)?;
+        }
+    }
+    minijinja::filters::join(state, value, joiner)
+}
+
+/// `indent`, refusing a result over the output limit (a huge width).
+fn bounded_indent(
+    value: StringInput<'_>,
+    width: Option<usize>,
+    indent_first_line: Option<bool>,
+    indent_blank_lines: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<Context, minijinja::Error> {
+    let text = value.as_str();
+    let lines = text.matches('\n').count().saturating_add(1);
+    let pad = width.unwrap_or(0).saturating_mul(lines);
+    check_size("indent", text.len().saturating_add(pad))?;
+    minijinja::filters::indent(value, width, indent_first_line, indent_blank_lines, kwargs)
+}
+
 /// Calls `render` on every string in a JSON value, with its path.
 fn render_strings(
     value: &mut Value,
@@ -307,9 +459,17 @@ fn describe(err: &minijinja::Error, source: &str) -> String {
             None => format!("an undefined value is used ({detail}); templates see `event`, `detail`, `item` and `documents`"),
         },
         ErrorKind::OutOfFuel => "the template runs too long (a loop too large?); simplify it".into(),
-        ErrorKind::SyntaxError if detail.starts_with("unknown statement") => format!(
-            "{detail}: templates cannot include, import or extend other templates or files"
-        ),
+        ErrorKind::SyntaxError
+            if ["include", "import", "from", "extends"]
+                .iter()
+                .any(|s| detail == format!("unknown statement {s}")) =>
+        {
+            format!("{detail}: templates cannot include, import or extend other templates or files")
+        }
+        // Macros, blocks and the like are not compiled in.
+        ErrorKind::SyntaxError if detail.starts_with("unknown statement") => {
+            format!("{detail}: not available in templates")
+        }
         ErrorKind::TemplateNotFound => {
             "templates cannot include or import other templates or files".into()
         }
@@ -431,8 +591,16 @@ mod tests {
         assert!(forever.message.contains("too long"), "{}", forever.message);
         let huge = r
             .render("prompt", "{{ 'x' * 50000000 }}", &scope)
+            .expect_err("no repetition");
+        assert!(huge.message.contains("`*` is not"), "{}", huge.message);
+        let wide = r
+            .render(
+                "prompt",
+                "{% for i in range(20) %}{{ range(100000)|join(' ') }}{% endfor %}",
+                &scope,
+            )
             .expect_err("output bound");
-        assert!(huge.message.contains("over"), "{}", huge.message);
+        assert!(wide.message.contains("over"), "{}", wide.message);
         let env = r
             .render("prompt", "{{ env('HOME') }}", &scope)
             .expect_err("no env access");

@@ -10,6 +10,7 @@
 //! - [`runtime_api`]: a minimal Lambda Runtime API and the function process.
 //! - [`sigv4`]: signature checking and signing.
 //! - [`bench`]: the benchmark against the Python baselines.
+//! - [`soak`]: many events with faults and duplicates; nothing lost or answered twice.
 //! - [`Lab`]: all of it wired as account B (`222222222222`, the function, the
 //!   results bucket) and account A (`111111111111`, RoleA and the models).
 
@@ -21,6 +22,7 @@ pub mod moto;
 pub mod runtime_api;
 pub mod services;
 pub mod sigv4;
+pub mod soak;
 pub mod stub;
 
 use std::time::Duration;

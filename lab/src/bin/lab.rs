@@ -7,6 +7,9 @@
 //!   writes the function's environment to `.lab/function.env`.
 //! - `lab bench --function PATH [--hello PATH] [--events N] [--zip PATH]`: the
 //!   benchmark (see `scripts/bench`).
+//! - `lab soak --function PATH [--events N]`: many events with injected
+//!   faults and duplicates; prints what became of them and exits 1 if any
+//!   item was lost or answered twice (see `scripts/soak`).
 //! - `lab emulator [--moto URL] [--port N]`: only the Bedrock emulator, checking
 //!   signatures against the moto at URL (none given: signatures not checked).
 //!   Knobs over HTTP: `PUT /_lab/knobs`, `POST /_lab/faults`, `GET /_lab/calls`.
@@ -77,9 +80,10 @@ async fn main() {
         Some("up") => up().await,
         Some("emulator") => emulator(&args).await,
         Some("bench") => bench(&args).await,
+        Some("soak") => soak(&args).await,
         _ => {
             eprintln!(
-                "usage: lab demo [--function PATH] | lab up | lab emulator [--moto URL] [--port N]"
+                "usage: lab demo [--function PATH] | lab up | lab bench ... | lab soak [--function PATH] [--events N] | lab emulator [--moto URL] [--port N]"
             );
             std::process::exit(2);
         }
@@ -88,6 +92,24 @@ async fn main() {
         eprintln!("lab: {err}");
         std::process::exit(1);
     }
+}
+
+/// `lab soak --function PATH [--events N]`: prints the table; exits 1 when an
+/// item was lost or answered twice.
+async fn soak(args: &[String]) -> Result<(), LabError> {
+    let function = function_path(args);
+    let events: usize = flag(args, "--events")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    println!("soak: {events} events through {}", function.display());
+    let report = lab::soak::run(&function, events).await?;
+    println!("{}", report.table());
+    if !report.passed() {
+        eprintln!("soak: FAILED: items lost, answered twice, or invalid events accepted");
+        std::process::exit(1);
+    }
+    println!("soak: passed");
+    Ok(())
 }
 
 /// `lab bench --function PATH [--hello PATH] [--events N]`: the release binary
