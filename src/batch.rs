@@ -89,11 +89,14 @@ impl Relay {
         );
 
         let slowest_ms = AtomicU64::new(0);
-        let fresh: Vec<ItemRecord> = stream::iter(to_run)
+        // Unordered: an item held up by throttling must not stop the next
+        // ones from starting; the results are put back in input order below.
+        let mut fresh: Vec<ItemRecord> = stream::iter(to_run)
             .map(|index| self.run_item(&batch, index, &items[index], ctx, &slowest_ms))
-            .buffered(self.config.max_concurrency)
+            .buffer_unordered(self.config.max_concurrency)
             .collect()
             .await;
+        fresh.sort_by_key(|item| item.index);
 
         let mut tally = Tally {
             already_done: done.len(),
