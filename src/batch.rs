@@ -2,8 +2,10 @@
 //! number at a time, with one result line per item in input order.
 //!
 //! A batch is deadline-aware: an item is started only while the time left
-//! (less the reserve kept to save results) can hold the slowest item seen so
-//! far. Items not started are `pending`; their progress is saved and the
+//! (less the reserve kept to save results) can hold the model's slowest
+//! recent answer. Items are sent through a per-account pacer (see
+//! [`crate::pacer`]) so that a batch uses its quota without storms of
+//! throttles. Items not started are `pending`; their progress is saved and the
 //! invocation ends with a retryable `BatchIncomplete`, so Lambda's retry picks
 //! up where this one stopped. Items that already succeeded, in this or an
 //! earlier delivery of the same event, are never sent to the model again (see
@@ -129,11 +131,14 @@ impl Relay {
             "batch started"
         );
 
-        let fresh: Vec<ItemRecord> = stream::iter(to_run)
+        // Unordered: an item held up by throttling must not stop the next
+        // ones from starting; the results are put back in input order below.
+        let mut fresh: Vec<ItemRecord> = stream::iter(to_run)
             .map(|index| self.run_item(batch, index, &items[index], ctx))
-            .buffered(self.config.max_concurrency)
+            .buffer_unordered(self.config.max_concurrency)
             .collect()
             .await;
+        fresh.sort_by_key(|item| item.index);
 
         let mut tally = Tally {
             already_done: done.len(),

@@ -4,7 +4,9 @@
 //! Retries of throttling and 5xx answers are the SDK's own standard retry
 //! (exponential backoff with full jitter); this module only bounds the whole
 //! call, retries included, by the time left before the Lambda deadline, and
-//! classifies what is left when the SDK gives up.
+//! classifies what is left when the SDK gives up. A batch item's throttles
+//! are the exception: they end the call and go back to the target's
+//! [`crate::pacer::Pacer`] ([`Attempts::Paced`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +25,11 @@ use aws_sdk_bedrockruntime::types::{
     SystemContentBlock,
 };
 use aws_smithy_runtime_api::client::auth::AuthSchemeId;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::retries::classifiers::{
+    ClassifyRetry, RetryAction, RetryClassifierPriority, RetryReason,
+};
+use aws_smithy_types::retry::ErrorKind;
 use serde::Serialize;
 use thiserror::Error;
 
@@ -277,13 +284,16 @@ impl Bedrock {
         let retry = match attempts {
             Attempts::Configured => None,
             Attempts::One => Some(RetryConfig::standard().with_max_attempts(1)),
-            Attempts::UntilDeadline => Some(
+            Attempts::Paced => Some(
                 RetryConfig::standard()
                     .with_max_attempts(BATCH_MAX_ATTEMPTS)
                     .with_initial_backoff(BATCH_INITIAL_BACKOFF)
                     .with_max_backoff(BATCH_MAX_BACKOFF),
             ),
         };
+        if attempts == Attempts::Paced {
+            overrides = overrides.retry_classifier(ThrottlingHandedBack);
+        }
         if let Some(invoke) = &job.invoke {
             if let Some(retry) = retry {
                 overrides = overrides.retry_config(retry);
@@ -437,18 +447,49 @@ pub enum Attempts {
     Configured,
     /// One: a pool member, which hands the work on instead of backing off.
     One,
-    /// As many as the deadline allows, backoff from 50 ms up to 1 s: a batch
-    /// item. A batch runs many calls at once against one quota; keeping each
-    /// retry short keeps requests arriving as the quota frees up, and an item
-    /// is never given up while its batch still has time.
-    UntilDeadline,
+    /// As many as the deadline allows for 5xx answers and transport errors
+    /// (backoff from 50 ms up to 1 s), none for throttling: a batch item, whose
+    /// throttled attempts go back to the target's [`crate::pacer::Pacer`] for
+    /// the next send slot instead of sleeping on their own.
+    Paced,
 }
 
-/// A bound for [`Attempts::UntilDeadline`]; the operation timeout (the time
-/// left in the invocation) ends the retries first.
+/// A bound for [`Attempts::Paced`]; the operation timeout (the time left in
+/// the invocation) ends the retries first.
 const BATCH_MAX_ATTEMPTS: u32 = 10_000;
 const BATCH_INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 const BATCH_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Keeps the SDK's standard retry for everything but throttling, which it
+/// forbids: runs after the SDK's own classifiers and overrules their
+/// "throttled, retry" verdict, so the call ends and the pacer decides when the
+/// item is sent again.
+#[derive(Debug, Default)]
+struct ThrottlingHandedBack;
+
+impl ClassifyRetry for ThrottlingHandedBack {
+    fn classify_retry(&self, _ctx: &InterceptorContext) -> RetryAction {
+        RetryAction::NoActionIndicated
+    }
+
+    fn classify_retry_v2(&self, _ctx: &InterceptorContext, previous: &RetryAction) -> RetryAction {
+        match previous {
+            RetryAction::RetryIndicated(RetryReason::RetryableError {
+                kind: ErrorKind::ThrottlingError,
+                ..
+            }) => RetryAction::RetryForbidden,
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "BedrockRelayThrottlingHandedBack"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
 
 /// The SDK's standard retry: exponential backoff with full jitter, for
 /// throttling, 5xx and transient transport errors.
@@ -631,6 +672,8 @@ pub(crate) mod tests {
     use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
     use aws_smithy_async::time::SystemTimeSource;
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use aws_smithy_runtime_api::http::{Response as HttpResponse, StatusCode};
+    use aws_smithy_types::body::SdkBody;
     use aws_smithy_types::error::ErrorMetadata;
 
     use super::*;
@@ -867,6 +910,54 @@ pub(crate) mod tests {
             300,
             "every call made both of its attempts"
         );
+    }
+
+    /// A batch item's call: a 5xx answer is retried by the SDK, a throttle
+    /// ends the call after one attempt (the pacer sends it again).
+    #[tokio::test]
+    async fn a_paced_call_retries_server_errors_but_hands_throttling_back() {
+        let (_, sts) = sts_issuing(Duration::from_secs(3600));
+        let rule = mock!(aws_sdk_bedrockruntime::Client::converse)
+            .sequence()
+            .http_response(|| {
+                HttpResponse::new(
+                    StatusCode::try_from(503).expect("status"),
+                    SdkBody::from("unavailable"),
+                )
+            })
+            .times(2)
+            .output(|| converse_output("after two 503s", 1, 1))
+            .error(|| {
+                ConverseError::generic(ErrorMetadata::builder().code("ThrottlingException").build())
+            })
+            .output(|| converse_output("not reached by the throttled call", 1, 1))
+            .build();
+        let client = mock_client!(
+            aws_sdk_bedrockruntime,
+            RuleMode::Sequential,
+            [&rule],
+            |builder| {
+                Bedrock::configure(builder, sts.clone(), &target(), 2)
+                    .time_source(SystemTimeSource::new())
+            }
+        );
+        let bedrock = Bedrock::from_client(client, &target());
+        let stats = Arc::new(CallStats::default());
+        let reply = bedrock
+            .converse_counted(&job(), Duration::from_secs(10), Attempts::Paced, &stats)
+            .await
+            .expect("served after the SDK's retries");
+        assert_eq!(reply.text, "after two 503s");
+        assert_eq!(stats.attempts(), 3);
+
+        let stats = Arc::new(CallStats::default());
+        let err = bedrock
+            .converse_counted(&job(), Duration::from_secs(10), Attempts::Paced, &stats)
+            .await
+            .expect_err("throttled");
+        assert_eq!(err.code(), "BedrockThrottled");
+        assert_eq!(stats.attempts(), 1, "the throttle was not retried");
+        assert_eq!(rule.num_calls(), 4);
     }
 
     #[tokio::test]

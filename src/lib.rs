@@ -18,6 +18,8 @@
 //! - [`documents`]: the S3 objects a job reads with account B's credentials
 //!   (`documents` as Converse document/image blocks, `items_from` JSON Lines).
 //! - [`bedrock`]: the RoleA-signed Bedrock client, Converse, error classes.
+//! - [`pacer`]: a batch's send rate per model and account, learned from
+//!   throttles.
 //! - [`record`]: the result/error record.
 //! - [`metrics`]: CloudWatch EMF metrics, one line per job.
 //! - [`xray`]: an X-Ray subsegment per AWS call (STS, Bedrock, destinations),
@@ -47,6 +49,7 @@ pub mod input;
 pub mod job;
 pub mod ledger;
 pub mod metrics;
+pub mod pacer;
 pub mod record;
 pub mod relay;
 pub mod schema;

@@ -26,6 +26,7 @@ use crate::input::{Envelope, Input, Payload, PayloadGuardLayer};
 use crate::job::{Job, JobError, ResolvedJob};
 use crate::ledger::{Claim, ClaimToken, Ledger};
 use crate::metrics::{self, CallStats, JobMetrics};
+use crate::pacer::Pacer;
 use crate::record::Record;
 use crate::target::Target;
 use crate::template::{is_template, Renderer, Scope};
@@ -106,6 +107,13 @@ impl PoolState {
         }
     }
 
+    fn is_cooling(&self, alias: &str) -> bool {
+        let now = Instant::now();
+        self.cooling_until
+            .lock()
+            .is_ok_and(|cooling| cooling.get(alias).is_some_and(|until| *until > now))
+    }
+
     /// Members not cooling keep their order and come first.
     fn sort_coolest_first(&self, order: &mut [&Target]) {
         let now = Instant::now();
@@ -113,6 +121,26 @@ impl PoolState {
             return;
         };
         order.sort_by_key(|t| cooling.get(&t.alias).is_some_and(|until| *until > now));
+    }
+}
+
+/// The batch pacers, one per target alias and model: Bedrock's quotas are per
+/// model and account (and region, which an alias fixes). Kept across the
+/// invocations of a warm function, like the quota they track.
+#[derive(Debug, Default)]
+struct Pacers(Mutex<HashMap<(String, String), Arc<Pacer>>>);
+
+impl Pacers {
+    fn get(&self, alias: &str, model: &str) -> Arc<Pacer> {
+        let mut pacers = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(
+            pacers
+                .entry((alias.to_owned(), model.to_owned()))
+                .or_default(),
+        )
     }
 }
 
@@ -127,6 +155,7 @@ pub struct Relay {
     pub(crate) renderer: Arc<Renderer>,
     pool: Arc<PoolState>,
     latency: Arc<LatencyBook>,
+    pacers: Arc<Pacers>,
     /// EMF namespace; `None` writes no metrics.
     metrics_namespace: Option<String>,
 }
@@ -181,6 +210,7 @@ impl Relay {
             renderer: Arc::new(Renderer::new()),
             pool: Arc::default(),
             latency: Arc::default(),
+            pacers: Arc::default(),
         }
     }
 
@@ -666,7 +696,9 @@ impl Relay {
     /// one attempt each, so a throttled or failing account hands the work to the
     /// next at once instead of backing off. Only when every member is throttled
     /// does it wait (full jitter, doubling) and go round again, within the
-    /// deadline. Returns the target that served (or last failed) with the result.
+    /// deadline. A batch item goes through the pacers instead
+    /// ([`Relay::call_paced`]). Returns the target that served (or last failed)
+    /// with the result.
     pub(crate) async fn call_pool<'t>(
         &self,
         job: &ResolvedJob,
@@ -686,6 +718,9 @@ impl Relay {
             )
         };
         let first = pool[0];
+        if batch_item {
+            return self.call_paced(job, pool, ctx, stats).await;
+        }
         if pool.len() == 1 {
             let Some(budget) = self.model_budget(ctx) else {
                 return deadline(first);
@@ -693,16 +728,7 @@ impl Relay {
             return (
                 first,
                 self.bedrock_for(first)
-                    .converse_counted(
-                        job,
-                        budget,
-                        if batch_item {
-                            Attempts::UntilDeadline
-                        } else {
-                            Attempts::Configured
-                        },
-                        stats,
-                    )
+                    .converse_counted(job, budget, Attempts::Configured, stats)
                     .await,
             );
         }
@@ -747,6 +773,110 @@ impl Relay {
             }
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(POOL_MAX_BACKOFF);
+        }
+    }
+
+    /// Runs a batch item through the pacers of its pool (see [`crate::pacer`]):
+    /// each send takes a slot from the member whose next slot comes first
+    /// (members that failed lately after the others), and a throttled send
+    /// takes a new slot, on whichever member is free first, instead of backing
+    /// off on its own. A lone target's SDK call retries 5xx answers and
+    /// transport errors itself; in a pool they hand the item to the next member.
+    async fn call_paced<'t>(
+        &self,
+        job: &ResolvedJob,
+        pool: &[&'t Target],
+        ctx: &Context,
+        stats: &Arc<CallStats>,
+    ) -> (&'t Target, Result<ModelReply, BedrockError>) {
+        let attempts = if pool.len() == 1 {
+            Attempts::Paced
+        } else {
+            Attempts::One
+        };
+        let pacers: Vec<Arc<Pacer>> = pool
+            .iter()
+            .map(|target| self.pacers.get(&target.alias, &job.model))
+            .collect();
+        let start = self.pool.next.fetch_add(1, Ordering::Relaxed);
+        let mut last: Option<(&'t Target, BedrockError)> = None;
+        let give_up = |target: &'t Target, last: Option<(&'t Target, BedrockError)>| {
+            last.map_or_else(
+                || {
+                    let left_ms = remaining(ctx).as_millis();
+                    (
+                        target,
+                        Err(BedrockError::Deadline {
+                            model: job.model.clone(),
+                            left_ms,
+                        }),
+                    )
+                },
+                |(target, err)| (target, Err(err)),
+            )
+        };
+        let mut unavailable_in_row = 0;
+        let mut backoff = POOL_INITIAL_BACKOFF;
+        // One send per pacer slot until an answer or a lasting failure; bounded
+        // by the deadline, which is checked before every send and every wait.
+        loop {
+            let now = tokio::time::Instant::now();
+            let Some((member, slot)) = (0..pool.len())
+                .map(|k| (start + k) % pool.len())
+                .map(|i| (i, pacers[i].next_free()))
+                .min_by_key(|(i, slot)| (self.pool.is_cooling(&pool[*i].alias), *slot))
+            else {
+                return give_up(pool[0], last);
+            };
+            let target = pool[member];
+            // Never wait for a slot the time left cannot follow with a call.
+            let wait = slot.saturating_duration_since(now);
+            if self
+                .model_budget(ctx)
+                .is_none_or(|budget| budget < wait + MIN_MODEL_BUDGET)
+            {
+                return give_up(target, last);
+            }
+            tokio::time::sleep_until(pacers[member].reserve()).await;
+            let Some(budget) = self.model_budget(ctx) else {
+                return give_up(target, last);
+            };
+            match self
+                .bedrock_for(target)
+                .converse_counted(job, budget, attempts, stats)
+                .await
+            {
+                Ok(reply) => {
+                    pacers[member].answered();
+                    self.pool.clear(&target.alias);
+                    return (target, Ok(reply));
+                }
+                Err(err @ BedrockError::Throttled { .. }) => {
+                    pacers[member].throttled();
+                    unavailable_in_row = 0;
+                    last = Some((target, err));
+                }
+                Err(err @ BedrockError::Unavailable { .. }) if pool.len() > 1 => {
+                    tracing::warn!(target = %target.alias, error = %err, "pool member could not serve; trying the next");
+                    self.pool.cool(&target.alias);
+                    last = Some((target, err));
+                    unavailable_in_row += 1;
+                    if unavailable_in_row >= pool.len() {
+                        // Every member failed in turn: back off before the next round.
+                        let wait = backoff.mul_f64(fastrand::f64());
+                        if self
+                            .model_budget(ctx)
+                            .is_none_or(|budget| budget < wait + MIN_MODEL_BUDGET)
+                        {
+                            return give_up(target, last);
+                        }
+                        tokio::time::sleep(wait).await;
+                        backoff = (backoff * 2).min(POOL_MAX_BACKOFF);
+                        unavailable_in_row = 0;
+                    }
+                }
+                Err(err) => return (target, Err(err)),
+            }
         }
     }
 

@@ -138,6 +138,55 @@ async fn a_200_item_batch_keeps_input_order_within_its_concurrency() {
     }
 }
 
+/// A batch over a small per-account quota: most of the first burst is
+/// throttled, the pacer sends the throttled items again, and every item is
+/// answered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_batch_completes_with_each_item_answered_once() {
+    let bench = Bench::start(&[("RELAY_MAX_CONCURRENCY", "8")]).await;
+    bench.lab.bedrock.set_knobs(Knobs {
+        latency_ms: 20,
+        // 10 requests per second.
+        quota_rpm: Some(600),
+        quota_window_ms: Some(1000),
+        ..Knobs::default()
+    });
+    let id = "3f8e2a10-0000-4000-8000-000000000060";
+    let outcome = bench
+        .invoke_bytes(
+            job_event(
+                id,
+                json!({
+                    "model": MODEL,
+                    "prompt": "Tag {{ item }}",
+                    "items": (0..60).map(|i| format!("thing-{i}")).collect::<Vec<_>>(),
+                }),
+            ),
+            Duration::from_secs(60),
+        )
+        .await;
+    let Outcome::Response { body } = &outcome else {
+        panic!("expected success, got {outcome:?}\n{}", logs(&bench));
+    };
+    assert_eq!(body["succeeded"], 60);
+
+    let calls = bench.lab.bedrock.calls();
+    assert!(
+        calls.iter().any(|c| c.status == 429),
+        "the quota never throttled: the test proves nothing"
+    );
+    let prompts = prompts_sent(&bench);
+    assert_eq!(prompts.len(), 60, "each item answered once: {prompts:?}");
+    let counts = count_by_prompt(&prompts);
+    assert!((0..60).all(|i| counts.get(format!("Tag thing-{i}").as_str()) == Some(&1)));
+
+    let lines = bench.lab.batch_lines(id).await.expect("s3").expect("final");
+    assert!(lines
+        .iter()
+        .enumerate()
+        .all(|(i, l)| l["index"] == i && l["status"] == "succeeded"));
+}
+
 /// A deadline too short for the whole batch: the relay stops starting items,
 /// saves progress and returns a retryable error; the retry of the same event
 /// runs only the rest. No item reaches the model twice.
