@@ -1,7 +1,8 @@
 //! bedrock-relay: an AWS Lambda in account B that, for each EventBridge event,
-//! assumes a role in account A (RoleA), runs the Bedrock Converse call the
-//! event describes with RoleA's credentials, and writes a record of the result
-//! to S3 in account B.
+//! assumes a role in account A (RoleA), runs the Bedrock work the event
+//! describes (Converse or InvokeModel, one job or a batch) with RoleA's
+//! credentials, and delivers the results in account B (S3, SQS, SNS,
+//! EventBridge or DynamoDB).
 //!
 //! # Layout
 //!
@@ -10,7 +11,9 @@
 //! - [`config`]: `RELAY_*` environment → [`Config`], validated at cold start.
 //! - [`input`]: the three event shapes (job event, other envelope + default
 //!   job, bare job) → [`input::Input`]; the raw-payload guard.
-//! - [`job`]: the job format, strict parsing and validation.
+//! - [`job`]: the job format, strict parsing and validation; [`schema`]: the
+//!   same as a JSON Schema.
+//! - [`template`]: Jinja templates in job fields, locked down.
 //! - [`target`]: the model accounts (aliases → RoleA, region, allowlist) and
 //!   the choice of one for a job.
 //! - [`credentials`]: AssumeRole into RoleA with SourceIdentity, as a
@@ -20,11 +23,15 @@
 //! - [`bedrock`]: the RoleA-signed Bedrock client, Converse, error classes.
 //! - [`pacer`]: a batch's send rate per model and account, learned from
 //!   throttles.
-//! - [`record`]: the result/error record.
+//! - [`batch`]: one job per item, bounded concurrency, deadline-aware.
+//! - [`ledger`]: idempotency: finished work read back, and claims against
+//!   concurrent duplicates.
+//! - [`record`]: the result/error record, and a batch's item lines.
 //! - [`metrics`]: CloudWatch EMF metrics, one line per job.
 //! - [`xray`]: an X-Ray subsegment per AWS call (STS, Bedrock, destinations),
 //!   sent to Lambda's X-Ray daemon when the invocation is sampled.
-//! - [`destination`]: writing records to S3 with account B's credentials.
+//! - [`destination`]: delivering results with account B's credentials: S3,
+//!   SQS, SNS, EventBridge, DynamoDB, spill to S3.
 //! - [`error`]: [`RelayError`] and its mapping to Lambda's error type.
 //! - [`relay`]: one invocation end to end; the Lambda runtime wiring.
 //! - [`cli`]: the same binary outside Lambda: `invoke`, `doctor`, `trail`.
