@@ -1068,28 +1068,36 @@ mod tests {
         })
     }
 
-    fn relay(converse: &Rule, put: &Rule) -> Relay {
-        let config = config();
-        let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [converse]);
-        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [put, &no_earlier_record()]);
+    /// A relay over `config` with a Bedrock client per target from `bedrock`
+    /// and `s3` for every S3 call.
+    fn assemble(
+        config: Config,
+        bedrock: impl Fn(&Target) -> Bedrock,
+        s3: aws_sdk_s3::Client,
+    ) -> Relay {
         let base = aws_config::SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .build();
-        let destinations = Destinations::new(&base, false, None).with_s3_client(s3);
+        let clients = config
+            .targets
+            .iter()
+            .map(|target| (target.alias.clone(), bedrock(target)))
+            .collect();
         Relay::new(
-            config.clone(),
-            config
-                .targets
-                .iter()
-                .map(|target| {
-                    (
-                        target.alias.clone(),
-                        Bedrock::from_client(bedrock.clone(), target),
-                    )
-                })
-                .collect(),
-            destinations,
+            config,
+            clients,
+            Destinations::new(&base, false, None).with_s3_client(s3),
+        )
+    }
+
+    fn relay(converse: &Rule, put: &Rule) -> Relay {
+        let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [converse]);
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [put, &no_earlier_record()]);
+        assemble(
+            config(),
+            |target| Bedrock::from_client(bedrock.clone(), target),
+            s3,
         )
     }
 
@@ -1226,22 +1234,9 @@ mod tests {
             });
         let written: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
         let put = s3_capturing(&written);
-        let config = config();
         let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [&converse]);
         let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&put, &earlier]);
-        let base = aws_config::SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .build();
-        let relay = Relay::new(
-            config.clone(),
-            config
-                .targets
-                .iter()
-                .map(|t| (t.alias.clone(), Bedrock::from_client(bedrock.clone(), t)))
-                .collect(),
-            Destinations::new(&base, false, None).with_s3_client(s3),
-        );
+        let relay = assemble(config(), |t| Bedrock::from_client(bedrock.clone(), t), s3);
         let answer = relay
             .handle(event(
                 json!({"id": "nightly/1", "model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
@@ -1280,23 +1275,10 @@ mod tests {
         let mut config = config();
         config.max_concurrency = 1;
         let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&put, &no_earlier_record()]);
-        let base = aws_config::SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .build();
-        let relay = Relay::new(
-            config.clone(),
-            config
-                .targets
-                .iter()
-                .map(|t| {
-                    (
-                        t.alias.clone(),
-                        crate::bedrock::tests::relay_bedrock(sts.clone(), &converse, 3),
-                    )
-                })
-                .collect(),
-            Destinations::new(&base, false, None).with_s3_client(s3),
+        let relay = assemble(
+            config,
+            |_| crate::bedrock::tests::relay_bedrock(sts.clone(), &converse, 3),
+            s3,
         );
         let answer = relay
             .handle(event(json!({
