@@ -25,7 +25,7 @@ use crate::error::RelayError;
 use crate::job::{Job, JobError, ResolvedJob};
 use crate::metrics::CallStats;
 use crate::record::{ItemRecord, Record, Status};
-use crate::relay::{attach_documents, Delivery, Relay};
+use crate::relay::{attach_documents, Claimed, Delivery, Relay};
 use crate::target::Target;
 use crate::template::Scope;
 
@@ -71,32 +71,37 @@ impl Relay {
             Ok(items) => items,
             Err(err) => return self.fail(batch.record, &batch.delivery, err).await,
         };
-        let succeeded = || {
+        let succeeded = || async {
             batch
                 .delivery
                 .ledger
                 .succeeded_items(&self.destinations, &job_id)
+                .await
+                .map_err(RelayError::from)
         };
-        let mut done = match succeeded().await {
-            Ok(done) => done,
-            Err(err) => return self.fail(batch.record, &batch.delivery, err.into()).await,
-        };
-        // A batch already done needs no claim: it only rewrites its result.
-        let claim = if done.len() < items.len() {
-            let claim = match self.claim(&batch.delivery, &job_id, ctx).await {
-                Ok(claim) => claim,
-                Err(err @ RelayError::InProgress { .. }) => return Err(err),
+        let (claim, done) = match self.claim(&batch.delivery, &job_id, ctx).await {
+            Ok(Claimed::New(token)) => (Some(token), BTreeMap::new()),
+            Ok(Claimed::Again(token)) => match succeeded().await {
+                Ok(done) => (token, done),
+                Err(err) => {
+                    if let Some(token) = &token {
+                        batch
+                            .delivery
+                            .ledger
+                            .release(&self.destinations, token)
+                            .await;
+                    }
+                    return self.fail(batch.record, &batch.delivery, err).await;
+                }
+            },
+            // Held elsewhere: a batch already done (redelivered before that
+            // run's claim ran out) only rewrites its result, without a claim.
+            Ok(Claimed::Elsewhere(busy)) => match succeeded().await {
+                Ok(done) if done.len() >= items.len() => (None, done),
+                Ok(_) => return Err(busy),
                 Err(err) => return self.fail(batch.record, &batch.delivery, err).await,
-            };
-            if claim.as_ref().is_some_and(|c| c.took_over) {
-                done = match succeeded().await {
-                    Ok(done) => done,
-                    Err(err) => return self.fail(batch.record, &batch.delivery, err.into()).await,
-                };
-            }
-            claim
-        } else {
-            None
+            },
+            Err(err) => return self.fail(batch.record, &batch.delivery, err).await,
         };
         let result = self.run_claimed_batch(&batch, items, done, ctx).await;
         if let (Err(_), Some(claim)) = (&result, &claim) {

@@ -169,6 +169,22 @@ pub(crate) struct Delivery {
     pub group: String,
 }
 
+/// What claiming a job says about earlier runs of it.
+#[derive(Debug)]
+pub(crate) enum Claimed {
+    /// A claim written where none was: no run ever claimed this job, so none
+    /// can have finished it. Nothing to read back.
+    New(ClaimToken),
+    /// Held after an earlier claim expired or was released, or not guarded
+    /// at all (`None`): an earlier run may have finished the work, so read
+    /// back before running.
+    Again(Option<ClaimToken>),
+    /// Another invocation holds the claim: it is still running, or it
+    /// finished and this is a redelivery. The error to return when no result
+    /// is found.
+    Elsewhere(RelayError),
+}
+
 impl Relay {
     /// Builds the clients from the Lambda environment: account B's credentials
     /// for STS and the destinations, RoleA's (through the identity cache) for Bedrock.
@@ -387,31 +403,37 @@ impl Relay {
                 "already_done": true,
             }))
         };
-        match delivery
-            .ledger
-            .succeeded_job(&self.destinations, &record.job_id)
-            .await
-        {
-            Ok(Some(_)) => return already_done(),
-            Ok(None) => {}
-            Err(err) => return self.fail(record, &delivery, err.into()).await,
-        }
         let claim = match self.claim(&delivery, &record.job_id, ctx).await {
-            Ok(claim) => claim,
-            Err(err @ RelayError::InProgress { .. }) => return Err(err),
+            Ok(Claimed::New(token)) => Some(token),
+            Ok(Claimed::Again(token)) => {
+                let earlier = delivery
+                    .ledger
+                    .succeeded_job(&self.destinations, &record.job_id)
+                    .await;
+                if let (false, Some(token)) = (matches!(earlier, Ok(None)), &token) {
+                    delivery.ledger.release(&self.destinations, token).await;
+                }
+                match earlier {
+                    Ok(None) => token,
+                    Ok(Some(_)) => return already_done(),
+                    Err(err) => return self.fail(record, &delivery, err.into()).await,
+                }
+            }
+            // Held elsewhere: still running, or finished and redelivered
+            // before that run's claim ran out.
+            Ok(Claimed::Elsewhere(busy)) => {
+                return match delivery
+                    .ledger
+                    .succeeded_job(&self.destinations, &record.job_id)
+                    .await
+                {
+                    Ok(Some(_)) => already_done(),
+                    Ok(None) => Err(busy),
+                    Err(err) => self.fail(record, &delivery, err.into()).await,
+                };
+            }
             Err(err) => return self.fail(record, &delivery, err).await,
         };
-        if claim.as_ref().is_some_and(|c| c.took_over) {
-            match delivery
-                .ledger
-                .succeeded_job(&self.destinations, &record.job_id)
-                .await
-            {
-                Ok(Some(_)) => return already_done(),
-                Ok(None) => {}
-                Err(err) => return self.fail(record, &delivery, err.into()).await,
-            }
-        }
         let result = self
             .run_single_claimed(job, pool, scope, &delivery, record, ctx)
             .await;
@@ -421,14 +443,16 @@ impl Relay {
         result
     }
 
-    /// Claims the job for this invocation until its deadline; `None` when the
-    /// destination has no ledger to claim in.
+    /// Claims the job for this invocation until its deadline. The claim is
+    /// written before anything is read back: a claim that is new proves no run
+    /// ever claimed this job, so there is no earlier result to look for, and a
+    /// new event costs one write instead of a read and a write.
     pub(crate) async fn claim(
         &self,
         delivery: &Delivery,
         job_id: &str,
         ctx: &Context,
-    ) -> Result<Option<ClaimToken>, RelayError> {
+    ) -> Result<Claimed, RelayError> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -444,14 +468,15 @@ impl Relay {
             )
             .await?
         {
-            Claim::Held(token) => Ok(Some(token)),
-            Claim::Unguarded => Ok(None),
+            Claim::Held(token) if token.took_over => Ok(Claimed::Again(Some(token))),
+            Claim::Held(token) => Ok(Claimed::New(token)),
+            Claim::Unguarded => Ok(Claimed::Again(None)),
             Claim::Elsewhere { until_ms } => {
                 tracing::warn!(
                     job_id,
-                    "another invocation is running this job; not running it twice"
+                    "another invocation holds this job's claim; not running it twice"
                 );
-                Err(RelayError::InProgress {
+                Ok(Claimed::Elsewhere(RelayError::InProgress {
                     job_id: job_id.to_owned(),
                     until: until_ms
                         .map(|ms| {
@@ -464,7 +489,7 @@ impl Relay {
                             )
                         })
                         .unwrap_or_default(),
-                })
+                }))
             }
         }
     }
@@ -999,6 +1024,8 @@ mod tests {
     use aws_sdk_s3::operation::get_object::GetObjectError;
     use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use aws_smithy_runtime_api::http::{Response as HttpResponse, StatusCode};
+    use aws_smithy_types::body::SdkBody;
     use aws_smithy_types::error::ErrorMetadata;
 
     use super::*;
@@ -1219,36 +1246,137 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_job_that_already_succeeded_is_not_sent_to_the_model_again() {
-        let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
-            .then_output(|| converse_output("again", 1, 1));
-        let earlier = mock!(aws_sdk_s3::Client::get_object)
-            .match_requests(|req| req.key() == Some("relay/nightly/1.json"))
-            .then_output(|| {
+    /// S3 mocks for a job whose claim object already exists: conditional
+    /// writes of a new claim fail with 412, and the claim reads back as
+    /// holding the job until `until_ms` (epoch ms).
+    fn claim_exists(until_ms: u64) -> (Rule, Rule) {
+        let refused = mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(|req| {
+                req.key().is_some_and(|k| k.contains("/_claims/")) && req.if_none_match().is_some()
+            })
+            .then_http_response(|| {
+                HttpResponse::new(
+                    StatusCode::try_from(412).expect("status"),
+                    SdkBody::from(
+                        "<Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>",
+                    ),
+                )
+            });
+        let current = mock!(aws_sdk_s3::Client::get_object)
+            .match_requests(|req| req.key().is_some_and(|k| k.contains("/_claims/")))
+            .then_output(move || {
                 aws_sdk_s3::operation::get_object::GetObjectOutput::builder()
-                    .body(aws_sdk_s3::primitives::ByteStream::from_static(
-                        br#"{"job_id": "nightly/1", "status": "succeeded"}"#,
+                    .e_tag("\"claim-1\"")
+                    .body(aws_sdk_s3::primitives::ByteStream::from(
+                        json!({"request_id": "earlier", "until_ms": until_ms})
+                            .to_string()
+                            .into_bytes(),
                     ))
                     .build()
             });
+        (refused, current)
+    }
+
+    /// A redelivered event finds its earlier success whether that run's claim
+    /// is still live (redelivered within its deadline) or has run out: the
+    /// model is not called and nothing is rewritten.
+    #[tokio::test]
+    async fn a_job_that_already_succeeded_is_not_sent_to_the_model_again() {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for claim_until in [now_ms + 600_000, 0] {
+            let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
+                .then_output(|| converse_output("again", 1, 1));
+            let earlier = mock!(aws_sdk_s3::Client::get_object)
+                .match_requests(|req| req.key() == Some("relay/nightly/1.json"))
+                .then_output(|| {
+                    aws_sdk_s3::operation::get_object::GetObjectOutput::builder()
+                        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+                            br#"{"job_id": "nightly/1", "status": "succeeded"}"#,
+                        ))
+                        .build()
+                });
+            let (refused, current) = claim_exists(claim_until);
+            let written: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+            let put = s3_capturing(&written);
+            let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [&converse]);
+            let s3 = mock_client!(
+                aws_sdk_s3,
+                RuleMode::MatchAny,
+                [&refused, &current, &earlier, &put]
+            );
+            let relay = assemble(config(), |t| Bedrock::from_client(bedrock.clone(), t), s3);
+            let answer = relay
+                .handle(event(
+                    json!({"id": "nightly/1", "model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
+                ))
+                .await
+                .expect("success");
+            assert_eq!(answer["already_done"], true, "claim until {claim_until}");
+            assert_eq!(converse.num_calls(), 0);
+            assert_eq!(earlier.num_calls(), 1, "the result was read back");
+            assert!(
+                written.lock().expect("lock").is_empty(),
+                "nothing rewritten"
+            );
+        }
+    }
+
+    /// A job held by another invocation that has not finished it is refused
+    /// as in progress (retryable), without calling the model.
+    #[tokio::test]
+    async fn a_job_claimed_elsewhere_and_not_finished_is_in_progress() {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
+            .then_output(|| converse_output("again", 1, 1));
+        let (refused, current) = claim_exists(now_ms + 600_000);
         let written: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
         let put = s3_capturing(&written);
         let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [&converse]);
-        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&put, &earlier]);
+        let s3 = mock_client!(
+            aws_sdk_s3,
+            RuleMode::MatchAny,
+            [&refused, &current, &no_earlier_record(), &put]
+        );
         let relay = assemble(config(), |t| Bedrock::from_client(bedrock.clone(), t), s3);
-        let answer = relay
+        let err = relay
             .handle(event(
                 json!({"id": "nightly/1", "model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
             ))
             .await
-            .expect("success");
-        assert_eq!(answer["already_done"], true);
+            .expect_err("in progress");
+        assert_eq!(err.error_type, "Retryable.JobInProgress");
         assert_eq!(converse.num_calls(), 0);
         assert!(
             written.lock().expect("lock").is_empty(),
-            "nothing rewritten"
+            "no record written"
         );
+    }
+
+    /// A new job's claim is its first S3 call, and being new it proves there
+    /// is no earlier result: nothing is read back before the model call.
+    #[tokio::test]
+    async fn a_new_job_reads_nothing_back() {
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
+            .then_output(|| converse_output("four", 5, 1));
+        let reads = no_earlier_record();
+        let written: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let put = s3_capturing(&written);
+        let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [&converse]);
+        let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&put, &reads]);
+        let relay = assemble(config(), |t| Bedrock::from_client(bedrock.clone(), t), s3);
+        relay
+            .handle(event(
+                json!({"id": "nightly/2", "model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
+            ))
+            .await
+            .expect("success");
+        assert_eq!(converse.num_calls(), 1);
+        assert_eq!(reads.num_calls(), 0, "no GetObject for a new job");
+        assert_eq!(put.num_calls(), 2, "the claim and the record");
     }
 
     /// RoleA's credentials that expire while a batch runs are fetched again

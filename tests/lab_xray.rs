@@ -144,7 +144,6 @@ async fn sampled_invocations_send_a_subsegment_per_aws_call() {
     assert_eq!(
         calls(&mut docs),
         pairs(&[
-            ("S3", "GetObject"),
             ("S3", "PutObject"),
             ("Bedrock Runtime", "Converse"),
             ("STS", "AssumeRole"),
@@ -153,23 +152,17 @@ async fn sampled_invocations_send_a_subsegment_per_aws_call() {
         "{docs:#?}"
     );
     assert_under(&docs, &root, &parent);
-    let [read_back, claim, converse, assume_role, put] = &docs[..] else {
-        unreachable!("five calls checked above");
+    let [claim, converse, assume_role, put] = &docs[..] else {
+        unreachable!("four calls checked above");
     };
     let key = format!("results/{}.json", event["id"].as_str().expect("id"));
-    // The job is claimed (a conditional write) before the model call.
+    // The job is claimed (a conditional write) before the model call; a new
+    // claim proves there is no earlier result, so nothing is read back.
     assert_eq!(
         claim["aws"]["key"],
         format!("results/_claims/{}.json", event["id"].as_str().expect("id")).as_str()
     );
     assert_eq!(claim["http"]["response"]["status"], 200);
-
-    // No earlier record: a 404 read-back is a client error, not a fault.
-    assert_eq!(read_back["aws"]["bucket_name"], "relay-results");
-    assert_eq!(read_back["aws"]["key"], key.as_str());
-    assert_eq!(read_back["http"]["response"]["status"], 404);
-    assert_eq!(read_back["error"], true);
-    assert!(read_back.get("fault").is_none());
 
     assert_eq!(converse["aws"]["model_id"], "amazon.nova-lite-v1:0");
     assert_eq!(converse["http"]["response"]["status"], 200);
@@ -210,7 +203,6 @@ async fn sampled_invocations_send_a_subsegment_per_aws_call() {
     assert_eq!(
         calls(&mut docs),
         pairs(&[
-            ("S3", "GetObject"),
             ("S3", "PutObject"),
             ("Bedrock Runtime", "Converse"),
             ("S3", "PutObject"),
@@ -218,6 +210,34 @@ async fn sampled_invocations_send_a_subsegment_per_aws_call() {
         "{docs:#?}"
     );
     assert_under(&docs, &root, &parent);
+
+    // The same event again (a redelivery): the claim is refused with 412, a
+    // client error and not a fault; the claim and the result are read back
+    // and the model is not called.
+    let (header, root, parent) = trace(3, true);
+    invoke_traced(&bench, &event, &header).await;
+    let mut docs = daemon.drain().await;
+    assert_eq!(
+        calls(&mut docs),
+        pairs(&[
+            ("S3", "PutObject"),
+            ("S3", "GetObject"),
+            ("S3", "GetObject"),
+        ]),
+        "{docs:#?}"
+    );
+    assert_under(&docs, &root, &parent);
+    let [refused, _claim, read_back] = &docs[..] else {
+        unreachable!("three calls checked above");
+    };
+    assert_eq!(refused["http"]["response"]["status"], 412);
+    assert_eq!(refused["error"], true);
+    assert!(refused.get("fault").is_none());
+    assert_eq!(
+        read_back["aws"]["key"],
+        format!("results/{}.json", event["id"].as_str().expect("id")).as_str()
+    );
+    assert_eq!(read_back["http"]["response"]["status"], 200);
 }
 
 /// Invocations that are not sampled send nothing to the daemon, whatever
@@ -254,8 +274,8 @@ async fn unsampled_invocations_send_nothing() {
     let docs = daemon.drain().await;
     assert_eq!(
         docs.len(),
-        4,
-        "warm: S3 read-back, S3 claim, Bedrock, S3: {docs:#?}"
+        3,
+        "warm: S3 claim, Bedrock, S3 record: {docs:#?}"
     );
     assert_under(&docs, &root, &parent);
 }

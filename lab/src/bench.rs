@@ -62,7 +62,15 @@ pub async fn measure(
 ) -> Result<Figures, LabError> {
     let lab = Lab::start().await?;
     let runtime = RuntimeApi::start().await?;
+    // Every variant reaches moto through a keep-alive front, as it would reach
+    // S3 and STS: moto itself closes the connection after each answer.
+    let front = crate::stub::KeepAliveFront::start(lab.moto.endpoint()).await?;
     let mut env = lab.function_env();
+    for (name, value) in &mut env {
+        if name == "AWS_ENDPOINT_URL" {
+            *value = front.endpoint();
+        }
+    }
     env.push(("AWS_LAMBDA_LOG_LEVEL".into(), "warn".into()));
     let command = match program {
         Program::Binary(path) => Command::new(path),

@@ -127,3 +127,75 @@ impl OutageProxy {
         self.down.send_replace(down);
     }
 }
+
+/// An HTTP front for moto that keeps client connections open, as AWS
+/// endpoints do. moto's server answers every request with `Connection:
+/// close`, so without it every S3 call from a benchmarked variant would pay
+/// for a new TCP connection (connect, shutdown, a socket) that it never pays
+/// against S3 itself. Requests are forwarded unchanged, `Host` included, so
+/// what is signed is what moto sees.
+pub struct KeepAliveFront {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KeepAliveFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl KeepAliveFront {
+    /// Fronts `upstream` (an `http://host:port` endpoint).
+    pub async fn start(upstream: &str) -> Result<Self, LabError> {
+        use axum::body::{to_bytes, Body};
+        use axum::extract::Request;
+        use axum::http::header::{CONNECTION, TRANSFER_ENCODING};
+
+        let upstream = upstream.trim_end_matches('/').to_owned();
+        let client = reqwest::Client::new();
+        let app = Router::new().fallback(move |request: Request| {
+            let client = client.clone();
+            let upstream = upstream.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let forwarded = async {
+                    let body = to_bytes(body, usize::MAX)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut headers = parts.headers.clone();
+                    headers.remove(CONNECTION);
+                    client
+                        .request(parts.method.clone(), format!("{upstream}{path}"))
+                        .headers(headers)
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                match forwarded.await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let mut headers = response.headers().clone();
+                        headers.remove(CONNECTION);
+                        headers.remove(TRANSFER_ENCODING);
+                        let body = response.bytes().await.unwrap_or_default();
+                        let mut answer = Body::from(body).into_response();
+                        *answer.status_mut() = status;
+                        *answer.headers_mut() = headers;
+                        answer
+                    }
+                    Err(err) => (StatusCode::BAD_GATEWAY, err).into_response(),
+                }
+            }
+        });
+        let (addr, task) = crate::serve(app, "127.0.0.1:0").await?;
+        Ok(Self { addr, task })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

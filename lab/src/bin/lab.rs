@@ -5,8 +5,8 @@
 //!   landed where, and stop everything.
 //! - `lab up`: start the lab and keep it running for `cargo lambda watch`;
 //!   writes the function's environment to `.lab/function.env`.
-//! - `lab bench --function PATH [--hello PATH] [--events N] [--zip PATH]`: the
-//!   benchmark (see `scripts/bench`).
+//! - `lab bench --function PATH [--hello PATH] [--events N] [--zip PATH]
+//!   [--only-rust | --only-batch]`: the benchmark (see `scripts/bench`).
 //! - `lab soak --function PATH [--events N]`: many events with injected
 //!   faults and duplicates; prints what became of them and exits 1 if any
 //!   item was lost or answered twice (see `scripts/soak`).
@@ -126,6 +126,8 @@ async fn bench(args: &[String]) -> Result<(), LabError> {
     let package = zip.clone().unwrap_or_else(|| function.clone());
     let mut rows = Vec::new();
     let only_batch = args.iter().any(|a| a == "--only-batch");
+    // Only the function's own row: a quick loop while tuning the warm path.
+    let only_rust = args.iter().any(|a| a == "--only-rust");
     println!("bench: {events} warm events per variant");
     if only_batch {
         rows.clear();
@@ -139,6 +141,10 @@ async fn bench(args: &[String]) -> Result<(), LabError> {
             )
             .await?,
         );
+        if only_rust {
+            println!("{}", table(&rows, None));
+            return Ok(());
+        }
         for module in ["careful", "naive"] {
             let program = Program::Python {
                 interpreter: python.clone(),
