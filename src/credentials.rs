@@ -64,6 +64,33 @@ impl AssumeRoleError {
     }
 }
 
+/// Loads account B's base configuration: the execution role's credentials and
+/// the region. Under Lambda both are in environment variables
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+/// `AWS_REGION`), so only those providers are built, not the default chains'
+/// web-identity, SSO, container and IMDS providers that can never answer
+/// there. Anywhere else (the CLI on a laptop) the default chains apply.
+pub async fn load_base_config() -> aws_config::SdkConfig {
+    use aws_config::environment::{
+        EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
+    };
+
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let under_lambda = set("AWS_LAMBDA_FUNCTION_NAME")
+        && set("AWS_ACCESS_KEY_ID")
+        && set("AWS_SECRET_ACCESS_KEY")
+        && set("AWS_REGION");
+    let loader = if under_lambda {
+        loader
+            .credentials_provider(EnvironmentVariableCredentialsProvider::new())
+            .region(EnvironmentVariableRegionProvider::new())
+    } else {
+        loader
+    };
+    loader.load().await
+}
+
 /// The STS client for AssumeRole, with account B's credentials from `base`
 /// and an X-Ray subsegment per call.
 pub fn sts_client(base: &aws_config::SdkConfig) -> aws_sdk_sts::Client {

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_config::BehaviorVersion;
 use lambda_runtime::layers::TracingLayer;
 use lambda_runtime::{service_fn, Context, Diagnostic, LambdaEvent, Runtime};
 use serde_json::{json, Value};
@@ -189,7 +188,7 @@ impl Relay {
     /// Builds the clients from the Lambda environment: account B's credentials
     /// for STS and the destinations, RoleA's (through the identity cache) for Bedrock.
     pub async fn from_config(config: Config) -> Self {
-        let base = aws_config::load_defaults(BehaviorVersion::latest()).await;
+        let base = crate::credentials::load_base_config().await;
         Self::from_sdk_config(config, &base)
     }
 
@@ -1103,7 +1102,7 @@ mod tests {
         s3: aws_sdk_s3::Client,
     ) -> Relay {
         let base = aws_config::SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
+            .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .build();
         let clients = config
@@ -1277,17 +1276,46 @@ mod tests {
         (refused, current)
     }
 
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// Runs job `nightly/1` against an S3 where the job's claim exists (held
+    /// until `claim_until`) and reading its result is answered by `result`.
+    /// Returns the answer, the model calls and the records written.
+    async fn run_with_existing_claim(
+        claim_until: u64,
+        result: &Rule,
+    ) -> (Result<Value, Diagnostic>, usize, usize) {
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
+            .then_output(|| converse_output("again", 1, 1));
+        let (refused, current) = claim_exists(claim_until);
+        let written: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let put = s3_capturing(&written);
+        let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [&converse]);
+        let s3 = mock_client!(
+            aws_sdk_s3,
+            RuleMode::MatchAny,
+            [&refused, &current, result, &put]
+        );
+        let relay = assemble(config(), |t| Bedrock::from_client(bedrock.clone(), t), s3);
+        let answer = relay
+            .handle(event(
+                json!({"id": "nightly/1", "model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
+            ))
+            .await;
+        let written = written.lock().expect("lock").len();
+        (answer, converse.num_calls(), written)
+    }
+
     /// A redelivered event finds its earlier success whether that run's claim
     /// is still live (redelivered within its deadline) or has run out: the
     /// model is not called and nothing is rewritten.
     #[tokio::test]
     async fn a_job_that_already_succeeded_is_not_sent_to_the_model_again() {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        for claim_until in [now_ms + 600_000, 0] {
-            let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
-                .then_output(|| converse_output("again", 1, 1));
+        for claim_until in [now_ms() + 600_000, 0] {
             let earlier = mock!(aws_sdk_s3::Client::get_object)
                 .match_requests(|req| req.key() == Some("relay/nightly/1.json"))
                 .then_output(|| {
@@ -1297,29 +1325,13 @@ mod tests {
                         ))
                         .build()
                 });
-            let (refused, current) = claim_exists(claim_until);
-            let written: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-            let put = s3_capturing(&written);
-            let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [&converse]);
-            let s3 = mock_client!(
-                aws_sdk_s3,
-                RuleMode::MatchAny,
-                [&refused, &current, &earlier, &put]
-            );
-            let relay = assemble(config(), |t| Bedrock::from_client(bedrock.clone(), t), s3);
-            let answer = relay
-                .handle(event(
-                    json!({"id": "nightly/1", "model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
-                ))
-                .await
-                .expect("success");
+            let (answer, model_calls, written) =
+                run_with_existing_claim(claim_until, &earlier).await;
+            let answer = answer.expect("success");
             assert_eq!(answer["already_done"], true, "claim until {claim_until}");
-            assert_eq!(converse.num_calls(), 0);
+            assert_eq!(model_calls, 0);
             assert_eq!(earlier.num_calls(), 1, "the result was read back");
-            assert!(
-                written.lock().expect("lock").is_empty(),
-                "nothing rewritten"
-            );
+            assert_eq!(written, 0, "nothing rewritten");
         }
     }
 
@@ -1327,33 +1339,12 @@ mod tests {
     /// as in progress (retryable), without calling the model.
     #[tokio::test]
     async fn a_job_claimed_elsewhere_and_not_finished_is_in_progress() {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
-            .then_output(|| converse_output("again", 1, 1));
-        let (refused, current) = claim_exists(now_ms + 600_000);
-        let written: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-        let put = s3_capturing(&written);
-        let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [&converse]);
-        let s3 = mock_client!(
-            aws_sdk_s3,
-            RuleMode::MatchAny,
-            [&refused, &current, &no_earlier_record(), &put]
-        );
-        let relay = assemble(config(), |t| Bedrock::from_client(bedrock.clone(), t), s3);
-        let err = relay
-            .handle(event(
-                json!({"id": "nightly/1", "model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
-            ))
-            .await
-            .expect_err("in progress");
+        let (answer, model_calls, written) =
+            run_with_existing_claim(now_ms() + 600_000, &no_earlier_record()).await;
+        let err = answer.expect_err("in progress");
         assert_eq!(err.error_type, "Retryable.JobInProgress");
-        assert_eq!(converse.num_calls(), 0);
-        assert!(
-            written.lock().expect("lock").is_empty(),
-            "no record written"
-        );
+        assert_eq!(model_calls, 0);
+        assert_eq!(written, 0, "no record written");
     }
 
     /// A new job's claim is its first S3 call, and being new it proves there

@@ -71,6 +71,24 @@ async fn invoke_traced(bench: &Bench, event: &Value, header: &str) {
     );
 }
 
+/// Invokes `event` under sampled trace `n` and returns the subsegments it
+/// sent, after checking they are the `expected` calls, in start order, all
+/// under the invocation's trace.
+async fn sampled_calls(
+    bench: &Bench,
+    daemon: &Daemon,
+    n: u8,
+    event: &Value,
+    expected: &[(&str, &str)],
+) -> Vec<Value> {
+    let (header, root, parent) = trace(n, true);
+    invoke_traced(bench, event, &header).await;
+    let mut docs = daemon.drain().await;
+    assert_eq!(calls(&mut docs), pairs(expected), "{docs:#?}");
+    assert_under(&docs, &root, &parent);
+    docs
+}
+
 async fn traced_bench(daemon: &Daemon) -> Bench {
     Bench::start(&[("AWS_XRAY_DAEMON_ADDRESS", &daemon.address())]).await
 }
@@ -137,21 +155,20 @@ async fn sampled_invocations_send_a_subsegment_per_aws_call() {
     let daemon = Daemon::bind().await;
     let bench = traced_bench(&daemon).await;
 
-    let (header, root, parent) = trace(1, true);
     let event = job_event();
-    invoke_traced(&bench, &event, &header).await;
-    let mut docs = daemon.drain().await;
-    assert_eq!(
-        calls(&mut docs),
-        pairs(&[
+    let docs = sampled_calls(
+        &bench,
+        &daemon,
+        1,
+        &event,
+        &[
             ("S3", "PutObject"),
             ("Bedrock Runtime", "Converse"),
             ("STS", "AssumeRole"),
             ("S3", "PutObject"),
-        ]),
-        "{docs:#?}"
-    );
-    assert_under(&docs, &root, &parent);
+        ],
+    )
+    .await;
     let [claim, converse, assume_role, put] = &docs[..] else {
         unreachable!("four calls checked above");
     };
@@ -195,38 +212,36 @@ async fn sampled_invocations_send_a_subsegment_per_aws_call() {
     }
 
     // Warm: a new event under a new trace; RoleA's credentials are cached.
-    let (header, root, parent) = trace(2, true);
     let mut event = job_event();
     event["id"] = json!("6f2c1f5e-2b1d-4c8e-9a57-0000000000aa");
-    invoke_traced(&bench, &event, &header).await;
-    let mut docs = daemon.drain().await;
-    assert_eq!(
-        calls(&mut docs),
-        pairs(&[
+    sampled_calls(
+        &bench,
+        &daemon,
+        2,
+        &event,
+        &[
             ("S3", "PutObject"),
             ("Bedrock Runtime", "Converse"),
             ("S3", "PutObject"),
-        ]),
-        "{docs:#?}"
-    );
-    assert_under(&docs, &root, &parent);
+        ],
+    )
+    .await;
 
     // The same event again (a redelivery): the claim is refused with 412, a
     // client error and not a fault; the claim and the result are read back
     // and the model is not called.
-    let (header, root, parent) = trace(3, true);
-    invoke_traced(&bench, &event, &header).await;
-    let mut docs = daemon.drain().await;
-    assert_eq!(
-        calls(&mut docs),
-        pairs(&[
+    let docs = sampled_calls(
+        &bench,
+        &daemon,
+        3,
+        &event,
+        &[
             ("S3", "PutObject"),
             ("S3", "GetObject"),
             ("S3", "GetObject"),
-        ]),
-        "{docs:#?}"
-    );
-    assert_under(&docs, &root, &parent);
+        ],
+    )
+    .await;
     let [refused, _claim, read_back] = &docs[..] else {
         unreachable!("three calls checked above");
     };
@@ -267,15 +282,18 @@ async fn unsampled_invocations_send_nothing() {
     let docs = daemon.drain().await;
     assert!(docs.is_empty(), "{docs:#?}");
 
-    let (header, root, parent) = trace(4, true);
     let mut event = job_event();
     event["id"] = json!("6f2c1f5e-2b1d-4c8e-9a57-0000000001ff");
-    invoke_traced(&bench, &event, &header).await;
-    let docs = daemon.drain().await;
-    assert_eq!(
-        docs.len(),
-        3,
-        "warm: S3 claim, Bedrock, S3 record: {docs:#?}"
-    );
-    assert_under(&docs, &root, &parent);
+    sampled_calls(
+        &bench,
+        &daemon,
+        4,
+        &event,
+        &[
+            ("S3", "PutObject"),
+            ("Bedrock Runtime", "Converse"),
+            ("S3", "PutObject"),
+        ],
+    )
+    .await;
 }

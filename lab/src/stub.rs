@@ -128,14 +128,16 @@ impl OutageProxy {
     }
 }
 
-/// An HTTP front for moto that keeps client connections open, as AWS
-/// endpoints do. moto's server answers every request with `Connection:
-/// close`, so without it every S3 call from a benchmarked variant would pay
-/// for a new TCP connection (connect, shutdown, a socket) that it never pays
-/// against S3 itself. Requests are forwarded unchanged, `Host` included, so
-/// what is signed is what moto sees.
+/// An HTTP front for a lab service that keeps client connections open, as
+/// AWS endpoints do, and adds up the time the service took. moto's server
+/// answers every request with `Connection: close`, so without it every S3 call
+/// from a benchmarked variant would pay for a new TCP connection (connect,
+/// shutdown, a socket) that it never pays against S3 itself. Requests are
+/// forwarded unchanged, `Host` included, so what is signed is what the
+/// service sees.
 pub struct KeepAliveFront {
     addr: SocketAddr,
+    busy_nanos: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -154,10 +156,14 @@ impl KeepAliveFront {
 
         let upstream = upstream.trim_end_matches('/').to_owned();
         let client = reqwest::Client::new();
+        let busy_nanos = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let busy = Arc::clone(&busy_nanos);
         let app = Router::new().fallback(move |request: Request| {
             let client = client.clone();
             let upstream = upstream.clone();
+            let busy = Arc::clone(&busy);
             async move {
+                let started = std::time::Instant::now();
                 let (parts, body) = request.into_parts();
                 let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 let forwarded = async {
@@ -184,6 +190,7 @@ impl KeepAliveFront {
                         let mut answer = Body::from(body).into_response();
                         *answer.status_mut() = status;
                         *answer.headers_mut() = headers;
+                        busy.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                         answer
                     }
                     Err(err) => (StatusCode::BAD_GATEWAY, err).into_response(),
@@ -191,7 +198,16 @@ impl KeepAliveFront {
             }
         });
         let (addr, task) = crate::serve(app, "127.0.0.1:0").await?;
-        Ok(Self { addr, task })
+        Ok(Self {
+            addr,
+            busy_nanos,
+            task,
+        })
+    }
+
+    /// Time spent answering requests so far (the service and this front).
+    pub fn busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed))
     }
 
     /// `http://127.0.0.1:<port>`.

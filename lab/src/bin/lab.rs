@@ -154,17 +154,15 @@ async fn bench(args: &[String]) -> Result<(), LabError> {
         }
     }
     let hello = match flag(args, "--hello") {
-        Some(path) => Some(
-            measure("hello", &Program::Binary(PathBuf::from(path)), 20, None)
-                .await?
-                .init_ms,
-        ),
+        Some(path) => {
+            Some(measure("hello", &Program::Binary(PathBuf::from(path)), events, None).await?)
+        }
         None => None,
     };
     let mut text = if only_batch {
         String::new()
     } else {
-        table(&rows, hello)
+        table(&rows, hello.as_ref())
     };
     println!("{text}");
 
