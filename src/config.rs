@@ -85,6 +85,9 @@ pub struct Config {
     pub log_content: bool,
     /// CloudWatch EMF namespace (`RELAY_METRICS_NAMESPACE`).
     pub metrics_namespace: String,
+    /// Which CAs the HTTPS client trusts (`RELAY_TLS_ROOTS`: `amazon`, the
+    /// default, or `system`).
+    pub tls_roots: crate::tls::TlsRoots,
 }
 
 impl Config {
@@ -341,6 +344,17 @@ impl Config {
             log_content: parse_bool(get("RELAY_LOG_CONTENT"), "RELAY_LOG_CONTENT")?,
             metrics_namespace: get("RELAY_METRICS_NAMESPACE")
                 .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
+            tls_roots: match get("RELAY_TLS_ROOTS") {
+                None => crate::tls::TlsRoots::default(),
+                Some(value) => {
+                    crate::tls::TlsRoots::parse(&value).ok_or_else(|| ConfigError::Invalid {
+                        var: "RELAY_TLS_ROOTS",
+                        reason: format!(
+                            "`{value}` is not `amazon` (only Amazon Trust Services roots) or `system` (the OS trust store)"
+                        ),
+                    })?
+                }
+            },
         })
     }
 }

@@ -69,8 +69,9 @@ impl AssumeRoleError {
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
 /// `AWS_REGION`), so only those providers are built, not the default chains'
 /// web-identity, SSO, container and IMDS providers that can never answer
-/// there. Anywhere else (the CLI on a laptop) the default chains apply.
-pub async fn load_base_config() -> aws_config::SdkConfig {
+/// there. Anywhere else (the CLI on a laptop) the default chains apply. The
+/// HTTPS client trusts `roots` (see [`crate::tls`]).
+pub async fn load_base_config(roots: crate::tls::TlsRoots) -> aws_config::SdkConfig {
     use aws_config::environment::{
         EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
     };
@@ -87,6 +88,10 @@ pub async fn load_base_config() -> aws_config::SdkConfig {
             .region(EnvironmentVariableRegionProvider::new())
     } else {
         loader
+    };
+    let loader = match roots.http_client() {
+        Some(client) => loader.http_client(client),
+        None => loader,
     };
     loader.load().await
 }

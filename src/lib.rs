@@ -34,6 +34,7 @@
 //!   SQS, SNS, EventBridge, DynamoDB, spill to S3.
 //! - [`error`]: [`RelayError`] and its mapping to Lambda's error type.
 //! - [`relay`]: one invocation end to end; the Lambda runtime wiring.
+//! - [`tls`]: the CAs the HTTPS client trusts (Amazon Trust Services by default).
 //! - [`cli`]: the same binary outside Lambda: `invoke`, `doctor`, `trail`.
 //! - [`trail`]: pairing account B's AssumeRole events with the target
 //!   accounts' Bedrock events from CloudTrail.
@@ -62,6 +63,7 @@ pub mod relay;
 pub mod schema;
 pub mod target;
 pub mod template;
+pub mod tls;
 pub mod trail;
 pub mod xray;
 

@@ -188,7 +188,7 @@ impl Relay {
     /// Builds the clients from the Lambda environment: account B's credentials
     /// for STS and the destinations, RoleA's (through the identity cache) for Bedrock.
     pub async fn from_config(config: Config) -> Self {
-        let base = crate::credentials::load_base_config().await;
+        let base = crate::credentials::load_base_config(config.tls_roots).await;
         Self::from_sdk_config(config, &base)
     }
 
