@@ -71,6 +71,14 @@ async fn invoke_traced(bench: &Bench, event: &Value, header: &str) {
     );
 }
 
+/// A new job on a warm function: the claim, the model call, the record (RoleA's
+/// credentials are cached, and a new claim means nothing to read back).
+const WARM_JOB_CALLS: &[(&str, &str)] = &[
+    ("S3", "PutObject"),
+    ("Bedrock Runtime", "Converse"),
+    ("S3", "PutObject"),
+];
+
 /// Invokes `event` under sampled trace `n` and returns the subsegments it
 /// sent, after checking they are the `expected` calls, in start order, all
 /// under the invocation's trace.
@@ -214,18 +222,7 @@ async fn sampled_invocations_send_a_subsegment_per_aws_call() {
     // Warm: a new event under a new trace; RoleA's credentials are cached.
     let mut event = job_event();
     event["id"] = json!("6f2c1f5e-2b1d-4c8e-9a57-0000000000aa");
-    sampled_calls(
-        &bench,
-        &daemon,
-        2,
-        &event,
-        &[
-            ("S3", "PutObject"),
-            ("Bedrock Runtime", "Converse"),
-            ("S3", "PutObject"),
-        ],
-    )
-    .await;
+    sampled_calls(&bench, &daemon, 2, &event, WARM_JOB_CALLS).await;
 
     // The same event again (a redelivery): the claim is refused with 412, a
     // client error and not a fault; the claim and the result are read back
@@ -284,16 +281,5 @@ async fn unsampled_invocations_send_nothing() {
 
     let mut event = job_event();
     event["id"] = json!("6f2c1f5e-2b1d-4c8e-9a57-0000000001ff");
-    sampled_calls(
-        &bench,
-        &daemon,
-        4,
-        &event,
-        &[
-            ("S3", "PutObject"),
-            ("Bedrock Runtime", "Converse"),
-            ("S3", "PutObject"),
-        ],
-    )
-    .await;
+    sampled_calls(&bench, &daemon, 4, &event, WARM_JOB_CALLS).await;
 }
