@@ -694,13 +694,7 @@ impl Relay {
                 left_ms = remaining(ctx).as_millis() as u64,
                 "not starting a model call whose answer would come after the deadline"
             );
-            return (
-                pool[0],
-                Err(BedrockError::Deadline {
-                    model: job.model.clone(),
-                    left_ms: remaining(ctx).as_millis(),
-                }),
-            );
+            return out_of_time(pool[0], &job.model, ctx);
         }
         let (served_by, result) = self.call_pool(job, pool, ctx, stats, batch_item).await;
         if let Ok(reply) = &result {
@@ -731,23 +725,13 @@ impl Relay {
         stats: &Arc<CallStats>,
         batch_item: bool,
     ) -> (&'t Target, Result<ModelReply, BedrockError>) {
-        let deadline = |target: &'t Target| {
-            let left_ms = remaining(ctx).as_millis();
-            (
-                target,
-                Err(BedrockError::Deadline {
-                    model: job.model.clone(),
-                    left_ms,
-                }),
-            )
-        };
         let first = pool[0];
         if batch_item {
             return self.call_paced(job, pool, ctx, stats).await;
         }
         if pool.len() == 1 {
             let Some(budget) = self.model_budget(ctx) else {
-                return deadline(first);
+                return out_of_time(first, &job.model, ctx);
             };
             return (
                 first,
@@ -764,7 +748,7 @@ impl Relay {
             let mut last = None;
             for target in &order {
                 let Some(budget) = self.model_budget(ctx) else {
-                    return deadline(target);
+                    return out_of_time(target, &job.model, ctx);
                 };
                 match self
                     .bedrock_for(target)
@@ -786,7 +770,7 @@ impl Relay {
                 }
             }
             let Some((target, err)) = last else {
-                return deadline(first);
+                return out_of_time(first, &job.model, ctx);
             };
             let wait = backoff.mul_f64(fastrand::f64());
             let enough_time = self
@@ -826,16 +810,7 @@ impl Relay {
         let mut last: Option<(&'t Target, BedrockError)> = None;
         let give_up = |target: &'t Target, last: Option<(&'t Target, BedrockError)>| {
             last.map_or_else(
-                || {
-                    let left_ms = remaining(ctx).as_millis();
-                    (
-                        target,
-                        Err(BedrockError::Deadline {
-                            model: job.model.clone(),
-                            left_ms,
-                        }),
-                    )
-                },
+                || out_of_time(target, &job.model, ctx),
                 |(target, err)| (target, Err(err)),
             )
         };
@@ -1002,6 +977,22 @@ pub(crate) fn attach_documents(
 /// be an epoch time of this century is read as milliseconds from now, so local
 /// runs get the budget they were given instead of none.
 const EPOCH_MS_2001: u64 = 1_000_000_000_000;
+
+/// `target`'s answer when the time left cannot hold a model call: a deadline
+/// error for `model`, nothing sent.
+fn out_of_time<'t>(
+    target: &'t Target,
+    model: &str,
+    ctx: &Context,
+) -> (&'t Target, Result<ModelReply, BedrockError>) {
+    (
+        target,
+        Err(BedrockError::Deadline {
+            model: model.to_owned(),
+            left_ms: remaining(ctx).as_millis(),
+        }),
+    )
+}
 
 pub(crate) fn remaining(ctx: &Context) -> Duration {
     if ctx.deadline < EPOCH_MS_2001 {
