@@ -19,6 +19,11 @@ use common::{error_type, event_bytes, Bench, TIMEOUT};
 
 const MODEL: &str = "amazon.nova-lite-v1:0";
 
+/// Invokes the job event with `id` around `detail` (see [`job_event`]).
+async fn invoke_job(bench: &Bench, id: &str, detail: Value, timeout: Duration) -> Outcome {
+    bench.invoke_bytes(job_event(id, detail), timeout).await
+}
+
 /// A `Bedrock Relay Job` event around `detail`, with a fixed envelope id.
 fn job_event(id: &str, detail: Value) -> Vec<u8> {
     json!({
@@ -79,19 +84,17 @@ async fn a_200_item_batch_keeps_input_order_within_its_concurrency() {
         .map(|i| json!({"text": format!("review number {i}"), "stars": i % 5}))
         .collect();
     let id = "3f8e2a10-0000-4000-8000-000000000200";
-    let outcome = bench
-        .invoke_bytes(
-            job_event(
-                id,
-                json!({
-                    "model": MODEL,
-                    "prompt": "Classify: {{ item.text }} ({{ item.stars }} stars)",
-                    "items": items,
-                }),
-            ),
-            Duration::from_secs(60),
-        )
-        .await;
+    let outcome = invoke_job(
+        &bench,
+        id,
+        json!({
+            "model": MODEL,
+            "prompt": "Classify: {{ item.text }} ({{ item.stars }} stars)",
+            "items": items,
+        }),
+        Duration::from_secs(60),
+    )
+    .await;
     let Outcome::Response { body } = &outcome else {
         panic!("expected success, got {outcome:?}\n{}", logs(&bench));
     };
@@ -152,19 +155,17 @@ async fn a_throttled_batch_completes_with_each_item_answered_once() {
         ..Knobs::default()
     });
     let id = "3f8e2a10-0000-4000-8000-000000000060";
-    let outcome = bench
-        .invoke_bytes(
-            job_event(
-                id,
-                json!({
-                    "model": MODEL,
-                    "prompt": "Tag {{ item }}",
-                    "items": (0..60).map(|i| format!("thing-{i}")).collect::<Vec<_>>(),
-                }),
-            ),
-            Duration::from_secs(60),
-        )
-        .await;
+    let outcome = invoke_job(
+        &bench,
+        id,
+        json!({
+            "model": MODEL,
+            "prompt": "Tag {{ item }}",
+            "items": (0..60).map(|i| format!("thing-{i}")).collect::<Vec<_>>(),
+        }),
+        Duration::from_secs(60),
+    )
+    .await;
     let Outcome::Response { body } = &outcome else {
         panic!("expected success, got {outcome:?}\n{}", logs(&bench));
     };
@@ -308,15 +309,13 @@ async fn the_same_event_delivered_three_times_calls_the_model_once_per_item() {
 async fn an_undefined_template_variable_fails_clearly_before_any_model_call() {
     let bench = Bench::start(&[]).await;
     let id = "3f8e2a10-0000-4000-8000-00000000000e";
-    let outcome = bench
-        .invoke_bytes(
-            job_event(
-                id,
-                json!({"model": MODEL, "prompt": "Summarise {{ detail.report.title }}"}),
-            ),
-            TIMEOUT,
-        )
-        .await;
+    let outcome = invoke_job(
+        &bench,
+        id,
+        json!({"model": MODEL, "prompt": "Summarise {{ detail.report.title }}"}),
+        TIMEOUT,
+    )
+    .await;
     assert_eq!(error_type(&outcome), "NonRetryable.InvalidTemplate");
     let record = bench.record(id).await;
     assert_eq!(record["status"], "failed");
@@ -334,15 +333,13 @@ async fn an_undefined_template_variable_fails_clearly_before_any_model_call() {
 async fn a_destination_outside_the_allowlist_is_refused_before_any_model_call() {
     let bench = Bench::start(&[("RELAY_ALLOWED_DESTINATIONS", "s3://relay-results/teams/*")]).await;
     let refused = "3f8e2a10-0000-4000-8000-0000000000d1";
-    let outcome = bench
-        .invoke_bytes(
-            job_event(
-                refused,
-                json!({"model": MODEL, "prompt": "hi", "destination": "s3://someone-elses-bucket/loot/"}),
-            ),
-            TIMEOUT,
-        )
-        .await;
+    let outcome = invoke_job(
+        &bench,
+        refused,
+        json!({"model": MODEL, "prompt": "hi", "destination": "s3://someone-elses-bucket/loot/"}),
+        TIMEOUT,
+    )
+    .await;
     assert_eq!(error_type(&outcome), "NonRetryable.DestinationNotAllowed");
     let record = bench.record(refused).await;
     assert_eq!(record["error"]["type"], "DestinationNotAllowed");
@@ -354,15 +351,13 @@ async fn a_destination_outside_the_allowlist_is_refused_before_any_model_call() 
 
     // A templated destination inside the allowlist is used.
     let allowed = "3f8e2a10-0000-4000-8000-0000000000d2";
-    let outcome = bench
-        .invoke_bytes(
-            job_event(
-                allowed,
-                json!({"model": MODEL, "prompt": "hi", "destination": "s3://relay-results/teams/{{ event.source }}/"}),
-            ),
-            TIMEOUT,
-        )
-        .await;
+    let outcome = invoke_job(
+        &bench,
+        allowed,
+        json!({"model": MODEL, "prompt": "hi", "destination": "s3://relay-results/teams/{{ event.source }}/"}),
+        TIMEOUT,
+    )
+    .await;
     let Outcome::Response { body } = &outcome else {
         panic!("{outcome:?}\n{}", logs(&bench));
     };
@@ -401,15 +396,13 @@ async fn items_from_a_jsonl_object_run_as_a_batch() {
         .await
         .expect("put");
     let id = "3f8e2a10-0000-4000-8000-0000000000f0";
-    let outcome = bench
-        .invoke_bytes(
-            job_event(
-                id,
-                json!({"model": MODEL, "prompt": "Sentiment of: {{ item.text }}", "items_from": "s3://relay-inputs/batches/reviews.jsonl"}),
-            ),
-            TIMEOUT,
-        )
-        .await;
+    let outcome = invoke_job(
+        &bench,
+        id,
+        json!({"model": MODEL, "prompt": "Sentiment of: {{ item.text }}", "items_from": "s3://relay-inputs/batches/reviews.jsonl"}),
+        TIMEOUT,
+    )
+    .await;
     assert!(
         matches!(outcome, Outcome::Response { .. }),
         "{outcome:?}\n{}",
