@@ -44,11 +44,14 @@ impl TlsRoots {
                 let trust_store =
                     TrustStore::empty().with_pem_certificate(AMAZON_TRUST_SERVICES_PEM);
                 // Building a context from a store only fails for a bad store;
-                // the SDK's default client is the safe fallback.
-                let context = TlsContext::builder()
-                    .with_trust_store(trust_store)
-                    .build()
-                    .ok()?;
+                // then the SDK's default client (the OS store) serves, said once.
+                let context = match TlsContext::builder().with_trust_store(trust_store).build() {
+                    Ok(context) => context,
+                    Err(err) => {
+                        tracing::warn!("the Amazon Trust Services roots did not load ({err}); using the system trust store");
+                        return None;
+                    }
+                };
                 Some(
                     aws_smithy_http_client::Builder::new()
                         .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))

@@ -186,7 +186,12 @@ impl KeepAliveFront {
                         let mut headers = response.headers().clone();
                         headers.remove(CONNECTION);
                         headers.remove(TRANSFER_ENCODING);
-                        let body = response.bytes().await.unwrap_or_default();
+                        let body = match response.bytes().await {
+                            Ok(body) => body,
+                            Err(err) => {
+                                return (StatusCode::BAD_GATEWAY, err.to_string()).into_response()
+                            }
+                        };
                         let mut answer = Body::from(body).into_response();
                         *answer.status_mut() = status;
                         *answer.headers_mut() = headers;
