@@ -318,12 +318,14 @@ impl Bedrock {
                     let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
                         serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
                     });
-                    let (text, stop_reason, usage) = read_invoke_body(&body);
+                    let (text, stop_reason, body_usage) = read_invoke_body(&body);
+                    // Bedrock's headers count tokens the same way for every model family.
+                    let reported = stats.reported();
                     Ok(ModelReply {
                         text,
                         stop_reason,
-                        usage,
-                        model_latency_ms: None,
+                        usage: reported.and_then(|r| r.usage()).or(body_usage),
+                        model_latency_ms: reported.and_then(|r| r.latency_ms),
                         call_latency_ms,
                         body: Some(body),
                     })
@@ -795,6 +797,84 @@ pub(crate) mod tests {
             read_invoke_body(&serde_json::json!({"whatever": 1})).2,
             None,
             "no usage reported, none recorded"
+        );
+    }
+
+    /// InvokeModel's token counts and latency come from Bedrock's response
+    /// headers, which every model family gets; the body's usage (model-specific,
+    /// often absent) is the fallback.
+    #[tokio::test]
+    async fn invoke_model_usage_and_latency_come_from_bedrocks_headers() {
+        let answer = |headers: &'static [(&'static str, &'static str)], body: &'static str| {
+            move || {
+                let mut response = HttpResponse::new(
+                    StatusCode::try_from(200).expect("status"),
+                    SdkBody::from(body),
+                );
+                for (name, value) in headers {
+                    response.headers_mut().insert(*name, *value);
+                }
+                response
+            }
+        };
+        let rule = mock!(aws_sdk_bedrockruntime::Client::invoke_model)
+            .sequence()
+            .http_response(answer(
+                &[
+                    ("x-amzn-bedrock-invocation-latency", "812"),
+                    ("x-amzn-bedrock-input-token-count", "41"),
+                    ("x-amzn-bedrock-output-token-count", "9"),
+                ],
+                r#"{"generation": "a llama answer"}"#,
+            ))
+            .http_response(answer(
+                &[],
+                r#"{"content": [{"type": "text", "text": "hi"}], "usage": {"input_tokens": 7, "output_tokens": 2}}"#,
+            ))
+            .build();
+        let (_, sts) = sts_issuing(Duration::from_secs(3600));
+        let client = mock_client!(
+            aws_sdk_bedrockruntime,
+            RuleMode::Sequential,
+            [&rule],
+            |builder| Bedrock::configure(builder, sts.clone(), &target(), 1)
+        );
+        let bedrock = Bedrock::from_client(client, &target());
+        let job = Job::from_value(serde_json::json!({
+            "model": "meta.llama3-8b-instruct-v1:0",
+            "invoke": {"body": {"prompt": "hi"}}
+        }))
+        .expect("job")
+        .resolve(None, "id")
+        .expect("resolved");
+
+        let reply = bedrock
+            .converse(&job, Duration::from_secs(10))
+            .await
+            .expect("reply");
+        assert_eq!(
+            reply.usage,
+            Some(Usage {
+                input_tokens: 41,
+                output_tokens: 9,
+                total_tokens: 50
+            }),
+            "a body without usage is counted from the headers"
+        );
+        assert_eq!(reply.model_latency_ms, Some(812));
+
+        let reply = bedrock
+            .converse(&job, Duration::from_secs(10))
+            .await
+            .expect("reply");
+        assert_eq!(
+            reply.usage.map(|u| u.input_tokens),
+            Some(7),
+            "no headers: the body's usage"
+        );
+        assert_eq!(
+            reply.model_latency_ms, None,
+            "no header, no latency invented"
         );
     }
 

@@ -7,11 +7,13 @@
 //! `Jobs`, `Errors`, `Throttles` (throttled attempts), `Retries` (attempts
 //! after the first), `InputTokens`, `OutputTokens`, `ModelLatency` (ms).
 //! Attempts are counted by [`AttemptCounter`], an SDK interceptor attached to
-//! each Bedrock call.
+//! each Bedrock call, which also keeps what Bedrock's InvokeModel headers say
+//! ([`InvocationHeaders`]): the only token counts and latency common to every
+//! model family.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_bedrockruntime::config::interceptors::FinalizerInterceptorContextRef;
@@ -24,11 +26,52 @@ use crate::bedrock::Usage;
 /// The default namespace.
 pub const DEFAULT_NAMESPACE: &str = "BedrockRelay";
 
-/// Attempts and throttled attempts of one Bedrock call.
+/// Attempts and throttled attempts of one Bedrock call, and what Bedrock
+/// reported about it in response headers.
 #[derive(Debug, Default)]
 pub struct CallStats {
     attempts: AtomicU32,
     throttled: AtomicU32,
+    reported: Mutex<Option<InvocationHeaders>>,
+}
+
+/// What Bedrock says about an InvokeModel call in its response headers
+/// (`X-Amzn-Bedrock-Invocation-Latency`, `-Input-Token-Count`,
+/// `-Output-Token-Count`). The body's own usage fields differ by model family
+/// (and some have none); these headers are the same for every model, and are
+/// what Bedrock's own CloudWatch metrics count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InvocationHeaders {
+    /// Bedrock's processing time, ms.
+    pub latency_ms: Option<i64>,
+    /// Input tokens.
+    pub input_tokens: Option<i32>,
+    /// Output tokens.
+    pub output_tokens: Option<i32>,
+}
+
+impl InvocationHeaders {
+    /// Reads the headers of a successful answer; `None` when none is there.
+    pub fn read(headers: &aws_smithy_runtime_api::http::Headers) -> Option<Self> {
+        let number = |name: &str| headers.get(name).and_then(|v| v.trim().parse::<i64>().ok());
+        let tokens = |name: &str| number(name).and_then(|n| i32::try_from(n).ok());
+        let read = Self {
+            latency_ms: number("x-amzn-bedrock-invocation-latency"),
+            input_tokens: tokens("x-amzn-bedrock-input-token-count"),
+            output_tokens: tokens("x-amzn-bedrock-output-token-count"),
+        };
+        (read != Self::default()).then_some(read)
+    }
+
+    /// Token counts, when Bedrock sent both.
+    pub fn usage(&self) -> Option<Usage> {
+        let (input, output) = (self.input_tokens?, self.output_tokens?);
+        Some(Usage {
+            input_tokens: input,
+            output_tokens: output,
+            total_tokens: input.saturating_add(output),
+        })
+    }
 }
 
 impl CallStats {
@@ -40,6 +83,11 @@ impl CallStats {
     /// Attempts answered with throttling (HTTP 429 or a throttling error type).
     pub fn throttled(&self) -> u32 {
         self.throttled.load(Ordering::Relaxed)
+    }
+
+    /// What the last successful answer's headers said, if anything.
+    pub fn reported(&self) -> Option<InvocationHeaders> {
+        *self.reported.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -66,6 +114,15 @@ impl Intercept for AttemptCounter {
                 .unwrap_or_default();
             if response.status().as_u16() == 429 || error_type.starts_with("ThrottlingException") {
                 self.0.throttled.fetch_add(1, Ordering::Relaxed);
+            }
+            if response.status().is_success() {
+                if let Some(read) = InvocationHeaders::read(response.headers()) {
+                    *self
+                        .0
+                        .reported
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(read);
+                }
             }
         }
         Ok(())
@@ -147,6 +204,36 @@ pub fn emit(namespace: &str, job: &JobMetrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bedrock_invocation_headers_are_read_and_junk_is_ignored() {
+        let mut headers = aws_smithy_runtime_api::http::Headers::new();
+        assert_eq!(
+            InvocationHeaders::read(&headers),
+            None,
+            "no headers, nothing read"
+        );
+        headers.insert("X-Amzn-Bedrock-Invocation-Latency", "250");
+        headers.insert("x-amzn-bedrock-input-token-count", "12");
+        headers.insert("x-amzn-bedrock-output-token-count", "lots");
+        let read = InvocationHeaders::read(&headers).expect("read");
+        assert_eq!(read.latency_ms, Some(250));
+        assert_eq!(read.input_tokens, Some(12));
+        assert_eq!(
+            read.output_tokens, None,
+            "an unreadable count is not guessed"
+        );
+        assert_eq!(read.usage(), None, "usage needs both counts");
+        headers.insert("x-amzn-bedrock-output-token-count", "3");
+        assert_eq!(
+            InvocationHeaders::read(&headers).and_then(|r| r.usage()),
+            Some(Usage {
+                input_tokens: 12,
+                output_tokens: 3,
+                total_tokens: 15
+            })
+        );
+    }
 
     #[test]
     fn a_successful_job_reports_tokens_latency_and_retries_by_target_and_model() {

@@ -830,10 +830,16 @@ async fn pools_spread_work_and_move_off_throttled_accounts() {
 }
 
 /// A job with `invoke` goes to InvokeModel with its raw body; the answer is
-/// kept as parsed JSON, with usage when the body reports it.
+/// kept as parsed JSON. Usage and model latency come from Bedrock's
+/// `X-Amzn-Bedrock-*` headers, so a family whose body reports no usage is
+/// still counted, in the record and in the EMF metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invoke_jobs_send_raw_bodies_and_keep_the_answer() {
     let bench = Bench::start(&[]).await;
+    bench.lab.bedrock.set_knobs(Knobs {
+        latency_ms: 35,
+        ..Knobs::default()
+    });
     let outcome = bench.invoke("invoke-job-event.json").await;
     assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
     let record = bench.record("3a9c7e52-41d0-4b8e-a6f1-9e2d4c6b8a10").await;
@@ -859,4 +865,23 @@ async fn invoke_jobs_send_raw_bodies_and_keep_the_answer() {
         .as_array()
         .is_some_and(|e| !e.is_empty()));
     assert_eq!(record["usage"]["input_tokens"], 2);
+
+    // A family with no usage in its body: the headers still count it.
+    let llama = json!({"id": "llama-1", "model": "meta.llama3-8b-instruct-v1:0", "invoke": {"body": {"prompt": "one two three four", "max_gen_len": 64}}});
+    let outcome = bench
+        .invoke_bytes(llama.to_string().into_bytes(), TIMEOUT)
+        .await;
+    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
+    let record = bench.record("llama-1").await;
+    assert_eq!(record["usage"]["input_tokens"], 4);
+    assert!(record["usage"]["output_tokens"].as_u64() > Some(0));
+
+    let metrics = emf_lines(&bench);
+    assert_eq!(metrics.len(), 3, "one EMF line per job");
+    for m in &metrics {
+        assert_eq!(m["ModelLatency"], 35, "Bedrock's latency header: {m}");
+        assert!(m["InputTokens"].as_u64() > Some(0), "{m}");
+    }
+    assert_eq!(metrics[2]["model"], "meta.llama3-8b-instruct-v1:0");
+    assert_eq!(metrics[2]["InputTokens"], 4);
 }

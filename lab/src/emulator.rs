@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -385,7 +385,15 @@ async fn handle(
     )
     .await;
     let response = match outcome {
-        Ok(reply) => Json(reply).into_response(),
+        Ok(reply) => {
+            let mut response = Json(reply.body).into_response();
+            for (name, value) in reply.headers {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
         Err((status, error_type, message)) => {
             call.status = status;
             call.error_type = Some(error_type.to_owned());
@@ -409,7 +417,7 @@ async fn answer(
     body: &[u8],
     request: &Value,
     call: &mut Call,
-) -> Result<Value, (u16, &'static str, String)> {
+) -> Result<Reply, (u16, &'static str, String)> {
     let caller = authenticate(shared, method, uri, headers, body).await?;
     call.access_key_id = caller.access_key_id;
     if let Some(session) = &caller.session {
@@ -469,9 +477,44 @@ async fn answer(
     }
     check_model_id(model_id)?;
     match operation {
-        Operation::Converse => converse_reply(model_id, request, knobs.latency_ms),
-        Operation::InvokeModel => invoke_reply(model_id, request),
+        Operation::Converse => Ok(Reply {
+            body: converse_reply(model_id, request, knobs.latency_ms)?,
+            headers: Vec::new(),
+        }),
+        Operation::InvokeModel => {
+            let (body, tokens) = invoke_reply(model_id, request)?;
+            Ok(Reply {
+                body,
+                headers: invoke_headers(knobs.latency_ms, tokens),
+            })
+        }
     }
+}
+
+/// A successful answer: the JSON body and any headers besides the content type.
+struct Reply {
+    body: Value,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Input and output tokens of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tokens {
+    input: i64,
+    output: i64,
+}
+
+/// The headers Bedrock adds to every InvokeModel answer, whatever the model:
+/// its processing time and the token counts.
+fn invoke_headers(latency_ms: u64, tokens: Tokens) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-amzn-bedrock-invocation-latency", latency_ms.to_string()),
+        ("x-amzn-bedrock-input-token-count", tokens.input.to_string()),
+        (
+            "x-amzn-bedrock-output-token-count",
+            tokens.output.to_string(),
+        ),
+    ]
 }
 
 fn take_fault(shared: &Shared, model_id: &str) -> Option<Fault> {
@@ -612,7 +655,12 @@ fn shape_output(full: &str, max_tokens: Option<i64>, stops: &[String]) -> (Strin
     }
 }
 
-fn invoke_reply(model_id: &str, request: &Value) -> Result<Value, (u16, &'static str, String)> {
+/// The model family's answer to an InvokeModel body, and its token counts
+/// (input: the words of every string in the request; output: of the answer).
+fn invoke_reply(
+    model_id: &str,
+    request: &Value,
+) -> Result<(Value, Tokens), (u16, &'static str, String)> {
     if request.is_null() {
         return Err((
             400,
@@ -625,7 +673,14 @@ fn invoke_reply(model_id: &str, request: &Value) -> Result<Value, (u16, &'static
         let embedding: Vec<f64> = (0..8)
             .map(|i| ((text.len() + i * 31) % 97) as f64 / 97.0)
             .collect();
-        return Ok(json!({"embedding": embedding, "inputTextTokenCount": words(text)}));
+        let tokens = Tokens {
+            input: words(text),
+            output: 0,
+        };
+        return Ok((
+            json!({"embedding": embedding, "inputTextTokenCount": words(text)}),
+            tokens,
+        ));
     }
     if let Some(messages) = request.get("messages").and_then(Value::as_array) {
         // Anthropic messages API.
@@ -649,14 +704,38 @@ fn invoke_reply(model_id: &str, request: &Value) -> Result<Value, (u16, &'static
             })
             .unwrap_or_default();
         let text = format!("Echo from {model_id}: {last}");
-        return Ok(json!({
-            "id": "msg_lab", "type": "message", "role": "assistant", "model": model_id,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
-            "usage": {"input_tokens": words(&last), "output_tokens": words(&text)}
-        }));
+        let tokens = Tokens {
+            input: words(&last),
+            output: words(&text),
+        };
+        return Ok((
+            json!({
+                "id": "msg_lab", "type": "message", "role": "assistant", "model": model_id,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "usage": {"input_tokens": tokens.input, "output_tokens": tokens.output}
+            }),
+            tokens,
+        ));
     }
-    Ok(json!({"outputText": format!("Echo from {model_id}: {request}")}))
+    // Any other family: an echo, with no usage in the body (as several
+    // families send), so only the headers count its tokens.
+    let text = format!("Echo from {model_id}: {request}");
+    let tokens = Tokens {
+        input: string_words(request),
+        output: words(&text),
+    };
+    Ok((json!({"outputText": text}), tokens))
+}
+
+/// The words of every string in a JSON value.
+fn string_words(value: &Value) -> i64 {
+    match value {
+        Value::String(s) => words(s),
+        Value::Array(items) => items.iter().map(string_words).sum(),
+        Value::Object(map) => map.values().map(string_words).sum(),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
