@@ -4,7 +4,7 @@
 //! A batch is deadline-aware: an item is started only while the time left
 //! (less the reserve kept to save results) can hold the model's slowest
 //! recent answer. Items are sent through a per-account pacer (see
-//! [`crate::pacer`]) so that a batch uses its quota without storms of
+//! `src/pacer.rs`) so that a batch uses its quota without storms of
 //! throttles. Items not started are `pending`; their progress is saved and the
 //! invocation ends with a retryable `BatchIncomplete`, so Lambda's retry picks
 //! up where this one stopped. Items that already succeeded, in this or an

@@ -6,7 +6,7 @@
 //! call, retries included, by the time left before the Lambda deadline, and
 //! classifies what is left when the SDK gives up. A batch item's throttles
 //! are the exception: they end the call and go back to the target's
-//! [`crate::pacer::Pacer`] ([`Attempts::Paced`]).
+//! pacer (`src/pacer.rs`, [`Attempts::Paced`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -451,7 +451,7 @@ pub enum Attempts {
     One,
     /// As many as the deadline allows for 5xx answers and transport errors
     /// (backoff from 50 ms up to 1 s), none for throttling: a batch item, whose
-    /// throttled attempts go back to the target's [`crate::pacer::Pacer`] for
+    /// throttled attempts go back to the target's pacer (`src/pacer.rs`) for
     /// the next send slot instead of sleeping on their own.
     Paced,
 }

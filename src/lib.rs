@@ -21,7 +21,7 @@
 //! - [`documents`]: the S3 objects a job reads with account B's credentials
 //!   (`documents` as Converse document/image blocks, `items_from` JSON Lines).
 //! - [`bedrock`]: the RoleA-signed Bedrock client, Converse, error classes.
-//! - [`pacer`]: a batch's send rate per model and account, learned from
+//! - `pacer` (crate-private): a batch's send rate per model and account, learned from
 //!   throttles.
 //! - [`batch`]: one job per item, bounded concurrency, deadline-aware.
 //! - [`ledger`]: idempotency: finished work read back, and claims against
@@ -57,7 +57,7 @@ pub mod input;
 pub mod job;
 pub mod ledger;
 pub mod metrics;
-pub mod pacer;
+pub(crate) mod pacer;
 pub mod record;
 pub mod relay;
 pub mod schema;

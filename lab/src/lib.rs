@@ -9,7 +9,7 @@
 //!   checks SigV4 against moto's sessions and records who called.
 //! - [`runtime_api`]: a minimal Lambda Runtime API and the function process.
 //! - [`sigv4`]: signature checking and signing.
-//! - [`bench`]: the benchmark against the Python baselines.
+//! - [`mod@bench`]: the benchmark against the Python baselines.
 //! - [`soak`]: many events with faults and duplicates; nothing lost or answered twice.
 //! - [`Lab`]: all of it wired as account B (`222222222222`, the function, the
 //!   results bucket) and account A (`111111111111`, RoleA and the models).
