@@ -25,7 +25,7 @@ use crate::error::RelayError;
 use crate::job::{Job, JobError, ResolvedJob};
 use crate::metrics::CallStats;
 use crate::record::{ItemRecord, Record, Status};
-use crate::relay::{attach_documents, Claimed, Delivery, Relay};
+use crate::relay::{attach_documents, Claimed, Delivery, MetricScope, Relay};
 use crate::target::Target;
 use crate::template::Scope;
 
@@ -262,12 +262,12 @@ impl Relay {
         match result {
             Ok(reply) => {
                 self.emit_metrics(
+                    MetricScope::item(job_id, &ctx.request_id),
                     Some(&served_by.alias),
                     Some(&resolved.model),
                     None,
                     Some(&reply),
                     &stats,
-                    true,
                 );
                 ItemRecord::succeeded(
                     job_id,
@@ -284,12 +284,12 @@ impl Relay {
             Err(err) => {
                 let err = RelayError::from(err);
                 self.emit_metrics(
+                    MetricScope::item(job_id, &ctx.request_id),
                     Some(&served_by.alias),
                     Some(&resolved.model),
                     Some(err.code()),
                     None,
                     &stats,
-                    true,
                 );
                 tracing::warn!(index, error_type = err.code(), "item failed: {err}");
                 ItemRecord::failed(

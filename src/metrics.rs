@@ -5,7 +5,8 @@
 //! Namespace `BedrockRelay` (`RELAY_METRICS_NAMESPACE`), dimensions `target`
 //! and `model` (and `target`, `model`, `error_type` for errors). Metrics:
 //! `Jobs`, `Errors`, `Throttles` (throttled attempts), `Retries` (attempts
-//! after the first), `InputTokens`, `OutputTokens`, `ModelLatency` (ms).
+//! after the first), `InputTokens`, `OutputTokens`, `ModelLatency` (ms);
+//! `job_id` and `requestId` ride along as properties, not dimensions.
 //! Attempts are counted by [`AttemptCounter`], an SDK interceptor attached to
 //! each Bedrock call, which also keeps what Bedrock's InvokeModel headers say
 //! ([`InvocationHeaders`]): the only token counts and latency common to every
@@ -148,6 +149,11 @@ pub struct JobMetrics {
     pub throttled: u32,
     /// One item of a batch, counted in `Items` rather than `Jobs`.
     pub is_item: bool,
+    /// The job, written as a property (not a dimension) so a CloudWatch Logs
+    /// Insights query can go from a metric's line to the job's logs and record.
+    pub job_id: String,
+    /// The Lambda request id, likewise.
+    pub request_id: String,
 }
 
 /// The EMF document for one job.
@@ -164,6 +170,11 @@ pub fn emf_document(namespace: &str, job: &JobMetrics, timestamp_ms: u128) -> Va
     fields.insert(unit.into(), json!(1));
     fields.insert("Throttles".into(), json!(job.throttled));
     fields.insert("Retries".into(), json!(job.attempts.saturating_sub(1)));
+    for (name, value) in [("job_id", &job.job_id), ("requestId", &job.request_id)] {
+        if !value.is_empty() {
+            fields.insert(name.into(), json!(value));
+        }
+    }
     let mut dimensions = vec![json!(["target", "model"])];
     if let Some(usage) = job.usage {
         metrics.push(json!({"Name": "InputTokens", "Unit": "Count"}));
@@ -250,6 +261,8 @@ mod tests {
                 model_latency_ms: Some(400),
                 attempts: 3,
                 throttled: 2,
+                job_id: "job-7".into(),
+                request_id: "req-7".into(),
                 ..JobMetrics::default()
             },
             1,
@@ -260,7 +273,12 @@ mod tests {
         );
         assert_eq!(
             doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
-            json!([["target", "model"]])
+            json!([["target", "model"]]),
+            "job and request ids are properties, never dimensions (one metric per job would cost a fortune)"
+        );
+        assert_eq!(
+            (doc["job_id"].as_str(), doc["requestId"].as_str()),
+            (Some("job-7"), Some("req-7"))
         );
         assert_eq!(doc["InputTokens"], 15);
         assert_eq!(doc["OutputTokens"], 12);

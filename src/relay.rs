@@ -184,6 +184,34 @@ pub(crate) enum Claimed {
     Elsewhere(RelayError),
 }
 
+/// Which job, item and invocation an EMF line belongs to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetricScope<'a> {
+    pub(crate) job_id: &'a str,
+    pub(crate) request_id: &'a str,
+    pub(crate) is_item: bool,
+}
+
+impl<'a> MetricScope<'a> {
+    /// A whole job (a single model call).
+    pub(crate) fn job(record: &'a Record) -> Self {
+        Self {
+            job_id: &record.job_id,
+            request_id: &record.request_id,
+            is_item: false,
+        }
+    }
+
+    /// One item of a batch job.
+    pub(crate) fn item(job_id: &'a str, request_id: &'a str) -> Self {
+        Self {
+            job_id,
+            request_id,
+            is_item: true,
+        }
+    }
+}
+
 impl Relay {
     /// Builds the clients from the Lambda environment: account B's credentials
     /// for STS and the destinations, RoleA's (through the identity cache) for Bedrock.
@@ -239,12 +267,12 @@ impl Relay {
     /// One EMF line for a job or a batch item.
     pub(crate) fn emit_metrics(
         &self,
+        scope: MetricScope<'_>,
         target: Option<&str>,
         model: Option<&str>,
         error_type: Option<&str>,
         reply: Option<&ModelReply>,
         stats: &CallStats,
-        is_item: bool,
     ) {
         let Some(namespace) = &self.metrics_namespace else {
             return;
@@ -259,7 +287,9 @@ impl Relay {
                 model_latency_ms: reply.and_then(|r| r.model_latency_ms),
                 attempts: stats.attempts(),
                 throttled: stats.throttled(),
-                is_item,
+                is_item: scope.is_item,
+                job_id: scope.job_id.to_owned(),
+                request_id: scope.request_id.to_owned(),
             },
         );
     }
@@ -543,12 +573,12 @@ impl Relay {
             }
         };
         self.emit_metrics(
+            MetricScope::job(&record),
             Some(&served_by.alias),
             record.model.as_deref(),
             None,
             Some(&reply),
             &stats,
-            false,
         );
         tracing::info!(
             input_tokens = reply.usage.map(|u| u.input_tokens),
@@ -914,12 +944,12 @@ impl Relay {
         stats: &CallStats,
     ) -> Result<Value, RelayError> {
         self.emit_metrics(
+            MetricScope::job(&record),
             record.target.as_ref().map(|t| t.alias.as_str()),
             record.model.as_deref(),
             Some(err.code()),
             None,
             stats,
-            false,
         );
         let record = record.fail(err.to_record());
         match self.deliver_record(delivery, &record).await {

@@ -320,6 +320,10 @@ async fn throttling_and_5xx_are_retried_inside_the_invocation() {
         (m["InputTokens"].as_u64(), m["Errors"].as_u64()),
         (Some(15), Some(0))
     );
+    // Properties that lead from the metric line to the job's logs and record.
+    assert_eq!(m["job_id"], "6f2c1f5e-2b1d-4c8e-9a57-0d3c2b9e7a11");
+    assert!(m["requestId"].is_string(), "{m}");
+    assert_eq!(m["requestId"], record["request_id"]);
 }
 
 /// A lab with a second model account, `333333333333`: its RoleA ARN and the
