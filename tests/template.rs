@@ -51,6 +51,8 @@ fn dashboard_charts_the_metrics_the_function_emits() {
             attempts: 1,
             throttled: 0,
             is_item: false,
+            job_id: "j".into(),
+            request_id: "r".into(),
         },
         0,
     );
