@@ -6,7 +6,8 @@
 //! and `model` (and `target`, `model`, `error_type` for errors). Metrics:
 //! `Jobs`, `Errors`, `Throttles` (throttled attempts), `Retries` (attempts
 //! after the first), `InputTokens`, `OutputTokens`, `ModelLatency` (ms);
-//! `job_id` and `requestId` ride along as properties, not dimensions.
+//! `job_id` and `requestId` ride along as properties, not dimensions. Once
+//! per execution environment, `ColdStart` by `function_name`.
 //! Attempts are counted by [`AttemptCounter`], an SDK interceptor attached to
 //! each Bedrock call, which also keeps what Bedrock's InvokeModel headers say
 //! ([`InvocationHeaders`]): the only token counts and latency common to every
@@ -202,13 +203,55 @@ pub fn emf_document(namespace: &str, job: &JobMetrics, timestamp_ms: u128) -> Va
     Value::Object(fields)
 }
 
-/// Writes the job's EMF line to stdout (one write, so lines never interleave).
+/// The EMF document Powertools users know as `ColdStart`: 1 on the first
+/// invocation of an execution environment, by `function_name`. (Lambda's
+/// `REPORT` line has the init duration; this makes cold starts a metric.)
+pub fn cold_start_document(
+    namespace: &str,
+    function_name: &str,
+    request_id: &str,
+    timestamp_ms: u128,
+) -> Value {
+    json!({
+        "function_name": function_name,
+        "ColdStart": 1,
+        "requestId": request_id,
+        "_aws": {
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": namespace,
+                "Dimensions": [["function_name"]],
+                "Metrics": [{"Name": "ColdStart", "Unit": "Count"}]
+            }]
+        }
+    })
+}
+
+/// Writes the job's EMF line to stdout.
 pub fn emit(namespace: &str, job: &JobMetrics) {
-    let now = SystemTime::now()
+    write_line(&emf_document(namespace, job, now_ms()));
+}
+
+/// Writes the `ColdStart` line to stdout.
+pub fn emit_cold_start(namespace: &str, function_name: &str, request_id: &str) {
+    write_line(&cold_start_document(
+        namespace,
+        function_name,
+        request_id,
+        now_ms(),
+    ));
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let line = format!("{}\n", emf_document(namespace, job, now));
+        .unwrap_or(0)
+}
+
+/// One write per line, so lines never interleave with logs.
+fn write_line(document: &Value) {
+    let line = format!("{document}\n");
     let _ = std::io::stdout().lock().write_all(line.as_bytes());
 }
 
@@ -243,6 +286,19 @@ mod tests {
                 output_tokens: 3,
                 total_tokens: 15
             })
+        );
+    }
+
+    #[test]
+    fn a_cold_start_is_one_count_by_function_name() {
+        let doc = cold_start_document("BedrockRelay", "relay-fn", "req-1", 5);
+        let declared = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(declared["Namespace"], "BedrockRelay");
+        assert_eq!(declared["Dimensions"], json!([["function_name"]]));
+        assert_eq!(declared["Metrics"][0]["Name"], "ColdStart");
+        assert_eq!(
+            (doc["ColdStart"].as_u64(), doc["function_name"].as_str()),
+            (Some(1), Some("relay-fn"))
         );
     }
 

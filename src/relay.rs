@@ -4,7 +4,7 @@
 //! owns the clients, so credentials and connections stay warm between events.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -157,6 +157,8 @@ pub struct Relay {
     pacers: Arc<Pacers>,
     /// EMF namespace; `None` writes no metrics.
     metrics_namespace: Option<String>,
+    /// Cleared by the first invocation, which reports the cold start.
+    cold: Arc<AtomicBool>,
 }
 
 /// Where a job's results go and how it remembers finished work.
@@ -254,6 +256,7 @@ impl Relay {
             pool: Arc::default(),
             latency: Arc::default(),
             pacers: Arc::default(),
+            cold: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -311,6 +314,15 @@ impl Relay {
 
     /// Handles one event; the Lambda error type says whether a retry may help.
     pub async fn handle(&self, event: LambdaEvent<Payload>) -> Result<Value, Diagnostic> {
+        if self.cold.swap(false, Ordering::Relaxed) {
+            if let Some(namespace) = &self.metrics_namespace {
+                metrics::emit_cold_start(
+                    namespace,
+                    &event.context.env_config.function_name,
+                    &event.context.request_id,
+                );
+            }
+        }
         self.run(&event.payload, &event.context)
             .await
             .map_err(Diagnostic::from)

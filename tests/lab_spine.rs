@@ -339,8 +339,16 @@ async fn lab_with_research() -> (Lab, String, String) {
     (lab, role, targets)
 }
 
-/// The CloudWatch EMF lines the function wrote.
+/// The CloudWatch EMF lines the function wrote for jobs and items.
 fn emf_lines(bench: &Bench) -> Vec<Value> {
+    all_emf_lines(bench)
+        .into_iter()
+        .filter(|v| v.get("ColdStart").is_none())
+        .collect()
+}
+
+/// Every CloudWatch EMF line the function wrote, `ColdStart` included.
+fn all_emf_lines(bench: &Bench) -> Vec<Value> {
     bench
         .function
         .logs()
@@ -882,6 +890,19 @@ async fn invoke_jobs_send_raw_bodies_and_keep_the_answer() {
 
     let metrics = emf_lines(&bench);
     assert_eq!(metrics.len(), 3, "one EMF line per job");
+    // Powertools' ColdStart metric: once per execution environment, first.
+    let all = all_emf_lines(&bench);
+    let cold: Vec<&Value> = all
+        .iter()
+        .filter(|m| m.get("ColdStart").is_some())
+        .collect();
+    assert_eq!(cold.len(), 1, "one cold start for three invocations");
+    assert_eq!(all[0]["ColdStart"], 1);
+    assert_eq!(all[0]["function_name"], "bedrock-relay");
+    assert_eq!(
+        all[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        json!([["function_name"]])
+    );
     for m in &metrics {
         assert_eq!(m["ModelLatency"], 35, "Bedrock's latency header: {m}");
         assert!(m["InputTokens"].as_u64() > Some(0), "{m}");
