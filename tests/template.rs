@@ -40,41 +40,77 @@ fn dashboard_charts_the_metrics_the_function_emits() {
         .collect();
     assert!(!expressions.is_empty());
 
-    let emitted = bedrock_relay::metrics::emf_document(
-        bedrock_relay::metrics::DEFAULT_NAMESPACE,
-        &bedrock_relay::metrics::JobMetrics {
-            target: "t".into(),
-            model: "m".into(),
-            error_type: Some("E".into()),
-            usage: Some(bedrock_relay::bedrock::Usage::default()),
-            model_latency_ms: Some(1),
-            attempts: 1,
-            throttled: 0,
-            is_item: false,
-            job_id: "j".into(),
-            request_id: "r".into(),
-        },
-        0,
-    );
-    let names: Vec<&str> = emitted["_aws"]["CloudWatchMetrics"][0]["Metrics"]
-        .as_array()
-        .expect("metrics")
-        .iter()
-        .filter_map(|m| m["Name"].as_str())
-        .collect();
+    // What the function writes: a failed job, a batch item, a cold start.
+    let job = |is_item: bool| bedrock_relay::metrics::JobMetrics {
+        target: "t".into(),
+        model: "m".into(),
+        error_type: Some("E".into()),
+        usage: Some(bedrock_relay::bedrock::Usage::default()),
+        model_latency_ms: Some(1),
+        attempts: 1,
+        throttled: 0,
+        is_item,
+        job_id: "j".into(),
+        request_id: "r".into(),
+    };
+    let namespace = bedrock_relay::metrics::DEFAULT_NAMESPACE;
+    let documents = [
+        bedrock_relay::metrics::emf_document(namespace, &job(false), 0),
+        bedrock_relay::metrics::emf_document(namespace, &job(true), 0),
+        bedrock_relay::metrics::cold_start_document(namespace, "f", "r", 0),
+    ];
+    // Every (metric, dimension set) pair written, as SEARCH's `{ns,dims}` schema.
+    let mut emitted: Vec<(String, String)> = Vec::new();
+    for document in &documents {
+        let declared = &document["_aws"]["CloudWatchMetrics"][0];
+        for metric in declared["Metrics"].as_array().expect("metrics") {
+            for dimensions in declared["Dimensions"].as_array().expect("dimensions") {
+                let dims: Vec<&str> = dimensions
+                    .as_array()
+                    .expect("a dimension set")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                emitted.push((
+                    metric["Name"].as_str().expect("name").to_owned(),
+                    format!(
+                        "{{{},{}}}",
+                        declared["Namespace"].as_str().expect("ns"),
+                        dims.join(",")
+                    ),
+                ));
+            }
+        }
+    }
     for expression in &expressions {
-        assert!(
-            expression.contains("{BedrockRelay,target,model"),
-            "{expression}"
-        );
+        let schema = expression
+            .split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(inside, _)| format!("{{{inside}}}"))
+            .expect("a {namespace,dimensions} schema");
         let name = expression
             .split("MetricName=\"")
             .nth(1)
             .and_then(|rest| rest.split('"').next())
             .expect("a metric name");
         assert!(
-            names.contains(&name),
-            "dashboard charts `{name}`, which the function does not emit"
+            emitted.contains(&(name.to_owned(), schema.clone())),
+            "dashboard charts `{name}` in `{schema}`, which the function does not write"
+        );
+    }
+    // Tokens, errors and cold starts are all on it.
+    for name in [
+        "InputTokens",
+        "OutputTokens",
+        "Errors",
+        "Items",
+        "ColdStart",
+    ] {
+        assert!(
+            expressions
+                .iter()
+                .any(|e| e.contains(&format!("MetricName=\"{name}\""))),
+            "the dashboard charts {name}"
         );
     }
 }
