@@ -189,11 +189,13 @@ impl Renderer {
     /// item or document is known: `id`, `destination`, `group`, `items_from`
     /// and, for a job without items, `documents`.
     pub fn render_head(&self, job: &mut Job, scope: &Scope) -> Result<(), TemplateError> {
-        let context = scope.context();
-        let field = |name: &str, slot: &mut Option<String>| -> Result<(), TemplateError> {
+        // The context copies the whole event: built only if a field needs it.
+        let mut context = None;
+        let mut field = |name: &str, slot: &mut Option<String>| -> Result<(), TemplateError> {
             if let Some(text) = slot.as_mut() {
                 if is_template(text) {
-                    *text = self.render_with(name, text, &context)?;
+                    let context = context.get_or_insert_with(|| scope.context());
+                    *text = self.render_with(name, text, context)?;
                 }
             }
             Ok(())
