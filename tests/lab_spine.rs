@@ -577,6 +577,54 @@ async fn logs_are_structured_and_hold_no_secrets_or_text() {
     );
 }
 
+/// `AWS_LAMBDA_LOG_LEVEL` and `AWS_LAMBDA_LOG_FORMAT` are honoured: at `error`
+/// a successful job writes no log line at all (its EMF metric line still goes
+/// out: metrics are not logs), and the text format writes no JSON log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_and_format_come_from_the_lambda_settings() {
+    let quiet = Bench::start(&[
+        ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+        ("AWS_LAMBDA_LOG_LEVEL", "error"),
+    ])
+    .await;
+    assert!(matches!(
+        quiet.invoke("job-event.json").await,
+        Outcome::Response { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = quiet.function.logs();
+    assert!(
+        logs.iter().all(|l| l.contains("\"_aws\"")),
+        "only EMF lines at level error: {logs:#?}"
+    );
+    assert_eq!(
+        emf_lines(&quiet).len(),
+        1,
+        "the job's metric line is still written"
+    );
+
+    let text = Bench::start(&[
+        ("AWS_LAMBDA_LOG_FORMAT", "Text"),
+        ("AWS_LAMBDA_LOG_LEVEL", "info"),
+    ])
+    .await;
+    assert!(matches!(
+        text.invoke("job-event.json").await,
+        Outcome::Response { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = text.function.logs();
+    let accepted = logs
+        .iter()
+        .find(|l| l.contains("job accepted"))
+        .unwrap_or_else(|| panic!("an INFO line at level info: {logs:#?}"));
+    assert!(
+        serde_json::from_str::<Value>(accepted).is_err(),
+        "text format, not JSON: {accepted}"
+    );
+    assert!(accepted.contains("INFO"), "{accepted}");
+}
+
 /// The `EventBridgeRule` pattern in `template.yaml` matches the job events in
 /// `events/` and nothing else, by EventBridge's (moto's) own matcher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
