@@ -582,16 +582,20 @@ async fn logs_are_structured_and_hold_no_secrets_or_text() {
 /// out: metrics are not logs), and the text format writes no JSON log lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_level_and_format_come_from_the_lambda_settings() {
-    let quiet = Bench::start(&[
+    // A function started with `env` that has answered `events/job-event.json`.
+    async fn after_one_job(env: &[(&str, &str)]) -> Bench {
+        let bench = Bench::start(env).await;
+        let outcome = bench.invoke("job-event.json").await;
+        assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        bench
+    }
+
+    let quiet = after_one_job(&[
         ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
         ("AWS_LAMBDA_LOG_LEVEL", "error"),
     ])
     .await;
-    assert!(matches!(
-        quiet.invoke("job-event.json").await,
-        Outcome::Response { .. }
-    ));
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = quiet.function.logs();
     assert!(
         logs.iter().all(|l| l.contains("\"_aws\"")),
@@ -603,16 +607,11 @@ async fn log_level_and_format_come_from_the_lambda_settings() {
         "the job's metric line is still written"
     );
 
-    let text = Bench::start(&[
+    let text = after_one_job(&[
         ("AWS_LAMBDA_LOG_FORMAT", "Text"),
         ("AWS_LAMBDA_LOG_LEVEL", "info"),
     ])
     .await;
-    assert!(matches!(
-        text.invoke("job-event.json").await,
-        Outcome::Response { .. }
-    ));
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = text.function.logs();
     let accepted = logs
         .iter()
