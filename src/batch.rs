@@ -84,13 +84,11 @@ impl Relay {
             Ok(Claimed::Again(token)) => match succeeded().await {
                 Ok(done) => (token, done),
                 Err(err) => {
-                    if let Some(token) = &token {
-                        batch
-                            .delivery
-                            .ledger
-                            .release(&self.destinations, token)
-                            .await;
-                    }
+                    batch
+                        .delivery
+                        .ledger
+                        .release(&self.destinations, token.as_ref())
+                        .await;
                     return self.fail(batch.record, &batch.delivery, err).await;
                 }
             },
@@ -104,11 +102,11 @@ impl Relay {
             Err(err) => return self.fail(batch.record, &batch.delivery, err).await,
         };
         let result = self.run_claimed_batch(&batch, items, done, ctx).await;
-        if let (Err(_), Some(claim)) = (&result, &claim) {
+        if result.is_err() {
             batch
                 .delivery
                 .ledger
-                .release(&self.destinations, claim)
+                .release(&self.destinations, claim.as_ref())
                 .await;
         }
         match result {

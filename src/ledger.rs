@@ -250,9 +250,13 @@ impl Ledger {
         }
     }
 
-    /// Releases a held claim. Best effort: a claim left behind expires at the
-    /// invocation's deadline anyway.
-    pub async fn release(&self, destinations: &Destinations, token: &ClaimToken) {
+    /// Releases the claim, if one is held (an unguarded destination holds
+    /// none). Best effort: a claim left behind expires at the invocation's
+    /// deadline anyway.
+    pub async fn release(&self, destinations: &Destinations, token: Option<&ClaimToken>) {
+        let Some(token) = token else {
+            return;
+        };
         let result = match self {
             Self::Off => Ok(()),
             Self::Table { table, .. } => {

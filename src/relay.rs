@@ -451,8 +451,11 @@ impl Relay {
                     .ledger
                     .succeeded_job(&self.destinations, &record.job_id)
                     .await;
-                if let (false, Some(token)) = (matches!(earlier, Ok(None)), &token) {
-                    delivery.ledger.release(&self.destinations, token).await;
+                if !matches!(earlier, Ok(None)) {
+                    delivery
+                        .ledger
+                        .release(&self.destinations, token.as_ref())
+                        .await;
                 }
                 match earlier {
                     Ok(None) => token,
@@ -478,8 +481,11 @@ impl Relay {
         let result = self
             .run_single_claimed(job, pool, scope, &delivery, record, ctx)
             .await;
-        if let (Err(_), Some(claim)) = (&result, &claim) {
-            delivery.ledger.release(&self.destinations, claim).await;
+        if result.is_err() {
+            delivery
+                .ledger
+                .release(&self.destinations, claim.as_ref())
+                .await;
         }
         result
     }
