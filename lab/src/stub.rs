@@ -1,5 +1,7 @@
-//! A fixed-answer HTTP server: a stand-in for an AWS endpoint that fails in
-//! one specific way (an STS that denies, an S3 that is down), for fault tests.
+//! Small servers in front of or in place of lab services: a fixed-answer
+//! stand-in for an AWS endpoint that fails in one specific way (an STS that
+//! denies), an outage proxy (an S3 that goes down and comes back), and the
+//! benchmark's keep-alive front.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,17 +13,35 @@ use axum::Router;
 
 use crate::LabError;
 
-/// A running stub; stops when dropped.
-pub struct FixedResponse {
+/// A task serving on a loopback address: what every server here holds. The
+/// task stops when this is dropped.
+struct Listening {
     addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for FixedResponse {
+impl Drop for Listening {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+impl Listening {
+    /// Serves `app` on a free loopback port.
+    async fn serve(app: Router) -> Result<Self, LabError> {
+        let (addr, task) = crate::serve(app, "127.0.0.1:0").await?;
+        Ok(Self { addr, task })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A running stub; stops when dropped.
+pub struct FixedResponse {
+    listening: Listening,
+    hits: Arc<AtomicUsize>,
 }
 
 impl FixedResponse {
@@ -38,8 +58,10 @@ impl FixedResponse {
             counter.fetch_add(1, Ordering::SeqCst);
             async move { (status, [("content-type", content_type)], body).into_response() }
         });
-        let (addr, task) = crate::serve(app, "127.0.0.1:0").await?;
-        Ok(Self { addr, hits, task })
+        Ok(Self {
+            listening: Listening::serve(app).await?,
+            hits,
+        })
     }
 
     /// An STS that denies every AssumeRole, as STS does for a trust-policy or
@@ -58,7 +80,7 @@ impl FixedResponse {
 
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.listening.endpoint()
     }
 
     /// Requests answered so far.
@@ -71,15 +93,8 @@ impl FixedResponse {
 /// outage: while down, new connections are closed at once and open ones are
 /// cut, so clients see connection errors (not HTTP errors) until it is back.
 pub struct OutageProxy {
-    addr: SocketAddr,
+    listening: Listening,
     down: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for OutageProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl OutageProxy {
@@ -114,12 +129,15 @@ impl OutageProxy {
                 });
             }
         });
-        Ok(Self { addr, down, task })
+        Ok(Self {
+            listening: Listening { addr, task },
+            down,
+        })
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.listening.endpoint()
     }
 
     /// Takes the service down (`true`) or brings it back (`false`).
@@ -136,15 +154,8 @@ impl OutageProxy {
 /// forwarded unchanged, `Host` included, so what is signed is what the
 /// service sees.
 pub struct KeepAliveFront {
-    addr: SocketAddr,
+    listening: Listening,
     busy_nanos: Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for KeepAliveFront {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl KeepAliveFront {
@@ -202,11 +213,9 @@ impl KeepAliveFront {
                 }
             }
         });
-        let (addr, task) = crate::serve(app, "127.0.0.1:0").await?;
         Ok(Self {
-            addr,
+            listening: Listening::serve(app).await?,
             busy_nanos,
-            task,
         })
     }
 
@@ -217,6 +226,6 @@ impl KeepAliveFront {
 
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.listening.endpoint()
     }
 }
