@@ -170,13 +170,12 @@ pub async fn measure(
     let peak_rss_mb = peak_rss_kb(pid)? / 1024.0;
     drop(function);
 
-    walls.sort_by(f64::total_cmp);
     let ticks_per_second = 100.0; // USER_HZ on Linux
     Ok(Figures {
         name: name.to_owned(),
         init_ms: median(&mut inits),
         first_ms: median(&mut firsts),
-        warm_p50_ms: walls.get(walls.len() / 2).copied().unwrap_or(f64::NAN),
+        warm_p50_ms: median(&mut walls),
         added_per_event_ms: ms(warm_wall.saturating_sub(in_emulators)) / warm_events as f64,
         cpu_per_event_ms: (cpu_after - cpu_before) as f64 / ticks_per_second * 1000.0
             / warm_events as f64,
