@@ -21,12 +21,12 @@ use serde_json::{json, Value};
 use crate::bedrock::BedrockError;
 use crate::destination::{DestinationError, DestinationSpec, Outgoing, S3Destination};
 use crate::documents::{self, Document};
+use crate::domain::job::{Job, JobError, ResolvedJob};
+use crate::domain::record::{ItemRecord, Record, Status};
+use crate::domain::target::Target;
 use crate::error::RelayError;
-use crate::job::{Job, JobError, ResolvedJob};
-use crate::metrics::CallStats;
-use crate::record::{ItemRecord, Record, Status};
+use crate::observe::metrics::CallStats;
 use crate::relay::{attach_documents, Claimed, Delivery, MetricScope, Relay};
-use crate::target::Target;
 use crate::template::Scope;
 
 /// Largest `items_from` object read: a JSON Lines file of this size holds far

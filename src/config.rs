@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::destination::{dynamodb, DestinationError, DestinationSpec, S3Location};
-use crate::job::{Job, JobError};
-use crate::target::{RoleArn, Target, Targets, DEFAULT_ALIAS};
+use crate::domain::job::{Job, JobError};
+use crate::domain::target::{RoleArn, Target, Targets, DEFAULT_ALIAS};
 
 /// STS refuses chained sessions (Lambda execution role → RoleA) longer than an hour.
 const MAX_CHAINED_SESSION_SECS: u64 = 3600;
@@ -87,7 +87,7 @@ pub struct Config {
     pub metrics_namespace: String,
     /// Which CAs the HTTPS client trusts (`RELAY_TLS_ROOTS`: `amazon`, the
     /// default, or `system`).
-    pub tls_roots: crate::tls::TlsRoots,
+    pub tls_roots: crate::aws::tls::TlsRoots,
 }
 
 impl Config {
@@ -274,7 +274,7 @@ impl Config {
 
         let default_model = get("RELAY_DEFAULT_MODEL").map(|m| m.trim().to_owned());
         if let Some(model) = &default_model {
-            crate::job::check_model_id(model).map_err(|reason| ConfigError::Invalid {
+            crate::domain::job::check_model_id(model).map_err(|reason| ConfigError::Invalid {
                 var: "RELAY_DEFAULT_MODEL",
                 reason,
             })?;
@@ -343,11 +343,11 @@ impl Config {
             )? as usize,
             log_content: parse_bool(get("RELAY_LOG_CONTENT"), "RELAY_LOG_CONTENT")?,
             metrics_namespace: get("RELAY_METRICS_NAMESPACE")
-                .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
+                .unwrap_or_else(|| crate::observe::metrics::DEFAULT_NAMESPACE.into()),
             tls_roots: match get("RELAY_TLS_ROOTS") {
-                None => crate::tls::TlsRoots::default(),
+                None => crate::aws::tls::TlsRoots::default(),
                 Some(value) => {
-                    crate::tls::TlsRoots::parse(&value).ok_or_else(|| ConfigError::Invalid {
+                    crate::aws::tls::TlsRoots::parse(&value).ok_or_else(|| ConfigError::Invalid {
                         var: "RELAY_TLS_ROOTS",
                         reason: format!(
                             "`{value}` is not `amazon` (only Amazon Trust Services roots) or `system` (the OS trust store)"

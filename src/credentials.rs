@@ -15,7 +15,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use thiserror::Error;
 
-use crate::target::Target;
+use crate::domain::target::Target;
 
 /// How long before expiry the identity cache fetches new credentials. Longer than
 /// the SDK's 10 s default so a refresh never races a slow STS call or a long model
@@ -70,8 +70,8 @@ impl AssumeRoleError {
 /// `AWS_REGION`), so only those providers are built, not the default chains'
 /// web-identity, SSO, container and IMDS providers that can never answer
 /// there. Anywhere else (the CLI on a laptop) the default chains apply. The
-/// HTTPS client trusts `roots` (see [`crate::tls`]).
-pub async fn load_base_config(roots: crate::tls::TlsRoots) -> aws_config::SdkConfig {
+/// HTTPS client trusts `roots` (see [`crate::aws::tls`]).
+pub async fn load_base_config(roots: crate::aws::tls::TlsRoots) -> aws_config::SdkConfig {
     use aws_config::environment::{
         EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
     };
@@ -100,7 +100,7 @@ pub async fn load_base_config(roots: crate::tls::TlsRoots) -> aws_config::SdkCon
 /// and an X-Ray subsegment per call.
 pub fn sts_client(base: &aws_config::SdkConfig) -> aws_sdk_sts::Client {
     let conf = aws_sdk_sts::config::Builder::from(base)
-        .interceptor(crate::xray::Recorder::new())
+        .interceptor(crate::observe::xray::Recorder::new())
         .build();
     aws_sdk_sts::Client::from_conf(conf)
 }
@@ -214,7 +214,7 @@ fn classify(
 pub fn find_assume_role_error<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a AssumeRoleError> {
-    crate::error::chain(err).find_map(|e| e.downcast_ref::<AssumeRoleError>())
+    crate::aws::errors::chain(err).find_map(|e| e.downcast_ref::<AssumeRoleError>())
 }
 
 #[cfg(test)]
@@ -227,7 +227,7 @@ mod tests {
     use aws_smithy_types::error::ErrorMetadata;
 
     use super::*;
-    use crate::target::RoleArn;
+    use crate::domain::target::RoleArn;
 
     pub(crate) fn target() -> Target {
         Target {

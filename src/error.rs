@@ -13,10 +13,10 @@ use thiserror::Error;
 use crate::bedrock::BedrockError;
 use crate::destination::DestinationError;
 use crate::documents::DocumentError;
-use crate::input::InputError;
-use crate::job::JobError;
-use crate::record::ErrorRecord;
-use crate::target::TargetError;
+use crate::domain::input::InputError;
+use crate::domain::job::JobError;
+use crate::domain::record::ErrorRecord;
+use crate::domain::target::TargetError;
 use crate::template::TemplateError;
 
 /// Why an invocation did not produce a success record.
@@ -108,21 +108,7 @@ impl RelayError {
     }
 }
 
-/// An error and its sources, outermost first: the SDK wraps what went wrong in
-/// layers of its own, and what to tell the user is often inside.
-pub fn chain<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(err), |e| e.source())
-}
-
-/// The messages of an error's chain joined with `: `.
-pub fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
-    chain(err)
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
-}
+pub use crate::aws::errors::{chain, chain_text};
 
 impl From<RelayError> for Diagnostic {
     fn from(err: RelayError) -> Self {

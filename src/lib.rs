@@ -45,6 +45,7 @@
 
 #![warn(missing_docs)]
 
+pub mod aws;
 pub mod batch;
 pub mod bedrock;
 pub mod cli;
@@ -52,20 +53,14 @@ pub mod config;
 pub mod credentials;
 pub mod destination;
 pub mod documents;
+pub mod domain;
 pub mod error;
-pub mod input;
-pub mod job;
 pub mod ledger;
-pub mod metrics;
-pub(crate) mod pacer;
-pub mod record;
+pub mod observe;
 pub mod relay;
+pub(crate) mod scheduling;
 pub mod schema;
-pub mod target;
 pub mod template;
-pub mod tls;
-pub mod trail;
-pub mod xray;
 
 pub use config::Config;
 pub use error::RelayError;

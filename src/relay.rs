@@ -20,14 +20,14 @@ use crate::destination::{
     DestinationError, DestinationSpec, Destinations, Outgoing, S3Destination,
 };
 use crate::documents::{self, Document};
+use crate::domain::input::{Envelope, Input, Payload, PayloadGuardLayer};
+use crate::domain::job::{Job, JobError, ResolvedJob};
+use crate::domain::record::Record;
+use crate::domain::target::Target;
 use crate::error::RelayError;
-use crate::input::{Envelope, Input, Payload, PayloadGuardLayer};
-use crate::job::{Job, JobError, ResolvedJob};
 use crate::ledger::{Claim, ClaimToken, Ledger};
-use crate::metrics::{self, CallStats, JobMetrics};
-use crate::pacer::Pacer;
-use crate::record::Record;
-use crate::target::Target;
+use crate::observe::metrics::{self, CallStats, JobMetrics};
+use crate::scheduling::pacer::Pacer;
 use crate::template::{is_template, Renderer, Scope};
 
 /// Below this, a model call cannot be worth starting.
@@ -337,7 +337,7 @@ impl Relay {
             Err(err) => {
                 record.event = Envelope::peek(payload);
                 if let Some(id) = record.event.as_ref().and_then(|e| e.id.clone()) {
-                    record.job_id = crate::job::sanitize_id(&id);
+                    record.job_id = crate::domain::job::sanitize_id(&id);
                 }
                 return self.fail(record, &fallback, err.into()).await;
             }
@@ -352,8 +352,8 @@ impl Relay {
         let identify = |record: &mut Record, job: &Job| {
             // A templated id that did not render cannot name the record.
             record.job_id = match job.id.as_deref() {
-                Some(id) if !is_template(id) => crate::job::sanitize_id(id),
-                _ => crate::job::sanitize_id(fallback_id),
+                Some(id) if !is_template(id) => crate::domain::job::sanitize_id(id),
+                _ => crate::domain::job::sanitize_id(fallback_id),
             };
             record.model = job
                 .model
@@ -832,7 +832,7 @@ impl Relay {
         }
     }
 
-    /// Runs a batch item through the pacers of its pool (see [`crate::pacer`]):
+    /// Runs a batch item through the pacers of its pool (see [`crate::scheduling::pacer`]):
     /// each send takes a slot from the member whose next slot comes first
     /// (members that failed lately after the others), and a throttled send
     /// takes a new slot, on whichever member is free first, instead of backing

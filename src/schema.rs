@@ -1,4 +1,4 @@
-//! The job format as JSON Schema, generated from the wire types in [`crate::job`].
+//! The job format as JSON Schema, generated from the wire types in [`crate::domain::job`].
 //!
 //! [`job_schema`] describes a job (an event's `detail`, a bare job,
 //! `RELAY_DEFAULT_JOB`); [`job_event_schema`] a whole `Bedrock Relay Job`
@@ -7,9 +7,9 @@
 //! `tests/schema.rs` fails when they drift from the types (`BLESS=1` rewrites
 //! them).
 //!
-//! The schema mirrors what [`Job::from_value`](crate::job::Job::from_value)
+//! The schema mirrors what [`Job::from_value`](crate::domain::job::Job::from_value)
 //! parses (unknown fields are refused) plus the checks of
-//! [`Job::resolve`](crate::job::Job::resolve) that JSON Schema can state.
+//! [`Job::resolve`](crate::domain::job::Job::resolve) that JSON Schema can state.
 //! Fields may hold Jinja templates (`{{ ... }}`, `{% ... %}`), whose rendered
 //! text is what the checks see; so where a check is a pattern (`id`, `model`)
 //! the schema accepts either a value that passes it or one that contains a
@@ -18,11 +18,11 @@
 //! for an optional field, which the parser treats as absent, is not part of
 //! the published format.
 
-use schemars::{Schema, SchemaGenerator};
+use schemars::SchemaGenerator;
 use serde_json::{json, Map, Value};
 
-use crate::input::JOB_DETAIL_TYPE;
-use crate::job::Job;
+use crate::domain::input::JOB_DETAIL_TYPE;
+use crate::domain::job::Job;
 
 /// Where the published schemas live: each schema's `$id` is this plus its file name.
 pub const SCHEMA_BASE_URL: &str =
@@ -33,19 +33,6 @@ pub const JOB_SCHEMA_FILE: &str = "job.schema.json";
 pub const JOB_EVENT_SCHEMA_FILE: &str = "job-event.schema.json";
 
 const META_SCHEMA: &str = "https://json-schema.org/draft/2020-12/schema";
-/// Some character other than whitespace: what `trim().is_empty()` refuses.
-const NOT_BLANK_PATTERN: &str = r"\S";
-/// A value holding a Jinja expression or statement; its checks apply once rendered.
-const TEMPLATE_PATTERN: &str = r"\{\{|\{%";
-/// Mirrors `check_job_id`: segments of letters, digits and `!_.*'():-` joined by
-/// `/`, none empty, `.` or `..`.
-const JOB_ID_PATTERN: &str = r"^(?:[A-Za-z0-9!_*'():-][A-Za-z0-9!_.*'():-]*|\.[A-Za-z0-9!_*'():-][A-Za-z0-9!_.*'():-]*|\.\.[A-Za-z0-9!_.*'():-]+)(?:/(?:[A-Za-z0-9!_*'():-][A-Za-z0-9!_.*'():-]*|\.[A-Za-z0-9!_*'():-][A-Za-z0-9!_.*'():-]*|\.\.[A-Za-z0-9!_.*'():-]+))*$";
-/// Mirrors `MAX_ID_LEN` in `job.rs`.
-const JOB_ID_MAX_LEN: u64 = 512;
-/// Mirrors `check_model_id`: no whitespace or control characters.
-const MODEL_ID_PATTERN: &str = r"^[^\s\x00-\x1f\x7f-\x9f]+$";
-const MODEL_ID_MAX_LEN: u64 = 2048;
-
 /// The JSON Schema (draft 2020-12) of a job.
 pub fn job_schema() -> Value {
     let generated = SchemaGenerator::default().into_root_schema_for::<Job>();
@@ -123,49 +110,6 @@ pub fn pretty(schema: &Value) -> String {
 
 fn schema_id(file: &str) -> String {
     format!("{SCHEMA_BASE_URL}{file}")
-}
-
-/// `#[schemars(transform)]` for `Job::id`: a key-safe id, or a template.
-pub(crate) fn job_id_rule(schema: &mut Schema) {
-    literal_or_template(
-        schema,
-        json!({"pattern": JOB_ID_PATTERN, "maxLength": JOB_ID_MAX_LEN}),
-        "Rendered, it is 1-512 characters of letters, digits and !_.*'()-/: with no leading `/` \
-         and no empty, `.` or `..` segment (it becomes part of an S3 key).",
-    );
-}
-
-/// `#[schemars(transform)]` for `Job::model`: an id without whitespace, or a template.
-pub(crate) fn model_id_rule(schema: &mut Schema) {
-    literal_or_template(
-        schema,
-        json!({"pattern": MODEL_ID_PATTERN, "maxLength": MODEL_ID_MAX_LEN}),
-        "Rendered, it is 1-2048 characters without whitespace.",
-    );
-}
-
-/// `#[schemars(transform)]` for `ContentBlock::Text`: `{"text": ...}` with some non-blank text.
-pub(crate) fn text_block_rule(schema: &mut Schema) {
-    if let Some(Value::Object(text)) = schema
-        .get_mut("properties")
-        .and_then(|properties| properties.get_mut("text"))
-    {
-        text.insert("minLength".into(), 1.into());
-        text.insert("pattern".into(), NOT_BLANK_PATTERN.into());
-    }
-}
-
-fn literal_or_template(schema: &mut Schema, literal: Value, rule: &str) {
-    schema.insert("minLength".into(), 1.into());
-    schema.insert(
-        "anyOf".into(),
-        json!([literal, {"pattern": TEMPLATE_PATTERN}]),
-    );
-    let description = match schema.get("description").and_then(Value::as_str) {
-        Some(doc) => format!("{doc} {rule}"),
-        None => rule.to_owned(),
-    };
-    schema.insert("description".into(), description.into());
 }
 
 /// Drops `null` from optional properties and joins doc-comment line breaks.

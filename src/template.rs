@@ -27,7 +27,8 @@ use minijinja::{Environment, ErrorKind, State, UndefinedBehavior, Value as Conte
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::job::{ContentBlock, Job, System};
+pub use crate::domain::job::is_template;
+use crate::domain::job::{ContentBlock, Job, System};
 
 /// Instructions one template may run: generous for any real prompt, a hard
 /// stop for a loop that tries to run forever.
@@ -113,11 +114,6 @@ impl Scope {
         }
         Context::from_serialize(Value::Object(vars))
     }
-}
-
-/// Whether `text` has any template syntax in it.
-pub fn is_template(text: &str) -> bool {
-    text.contains("{{") || text.contains("{%") || text.contains("{#")
 }
 
 impl Renderer {

@@ -15,8 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use bedrock_relay::input::{Input, InputError, Payload, MAX_JSON_DEPTH};
-use bedrock_relay::job::Job;
+use bedrock_relay::domain::input::{Input, InputError, Payload, MAX_JSON_DEPTH};
+use bedrock_relay::domain::job::Job;
 use bedrock_relay::template::{Renderer, Scope};
 use bedrock_relay::RelayError;
 use lab::runtime_api::Outcome;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bedrock_relay::job::{Job, JobError};
+use bedrock_relay::domain::job::{Job, JobError};
 use bedrock_relay::schema::{
     job_event_schema, job_schema, pretty, JOB_EVENT_SCHEMA_FILE, JOB_SCHEMA_FILE,
 };

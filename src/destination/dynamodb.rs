@@ -142,7 +142,7 @@ pub(crate) async fn send(
     ready: &[Prepared<'_>],
 ) -> Result<Vec<String>, DestinationError> {
     let delivery = table.delivery("dynamodb:BatchWriteItem");
-    let written_at = crate::record::now_rfc3339();
+    let written_at = crate::domain::record::now_rfc3339();
     let mut last_of_key: HashMap<(&str, usize), usize> = HashMap::new();
     for (position, prepared) in ready.iter().enumerate() {
         let outgoing = prepared.outgoing;

@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::xray::Recorder;
+use crate::observe::xray::Recorder;
 
 pub use s3::{S3Destination, S3Location};
 

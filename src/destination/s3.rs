@@ -5,7 +5,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
 use super::DestinationError;
-use crate::record::Record;
+use crate::domain::record::Record;
 
 /// `s3://bucket/prefix/`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,7 +231,7 @@ impl S3Destination {
     pub async fn probe(&self) -> Result<String, DestinationError> {
         let key = format!("{}_doctor/probe.json", self.location.prefix);
         let uri = format!("s3://{}/{key}", self.location.bucket);
-        let body = serde_json::json!({"written_by": "bedrock-relay doctor", "at": crate::record::now_rfc3339()});
+        let body = serde_json::json!({"written_by": "bedrock-relay doctor", "at": crate::domain::record::now_rfc3339()});
         self.client
             .put_object()
             .bucket(&self.location.bucket)

@@ -11,8 +11,6 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::template::is_template;
-
 /// Longest job id accepted: it becomes part of an S3 key (1024 bytes at most).
 const MAX_ID_LEN: usize = 512;
 /// Bedrock takes at most four stop sequences for most models; none takes more than this.
@@ -64,10 +62,10 @@ impl JobError {
 ]))]
 pub struct Job {
     /// The result's key; defaults to the envelope's id, else the Lambda request id.
-    #[schemars(transform = crate::schema::job_id_rule)]
+    #[schemars(transform = crate::domain::schema_rules::job_id_rule)]
     pub id: Option<String>,
     /// Model ID, inference-profile ID or ARN; defaults to `RELAY_DEFAULT_MODEL`.
-    #[schemars(transform = crate::schema::model_id_rule)]
+    #[schemars(transform = crate::domain::schema_rules::model_id_rule)]
     pub model: Option<String>,
     /// The target alias (from `RELAY_TARGETS`), or a list of aliases to pool;
     /// defaults to `default`.
@@ -151,7 +149,7 @@ pub enum Role {
 #[serde(rename_all = "camelCase")]
 pub enum ContentBlock {
     /// Text.
-    #[schemars(transform = crate::schema::text_block_rule)]
+    #[schemars(transform = crate::domain::schema_rules::text_block_rule)]
     Text(String),
     /// An image, inline.
     Image(MediaBlock),
@@ -588,6 +586,11 @@ pub(crate) fn json_kind(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// Whether `text` has any template syntax in it.
+pub fn is_template(text: &str) -> bool {
+    text.contains("{{") || text.contains("{%") || text.contains("{#")
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use futures_util::future::try_join_all;
 use serde_json::{json, Value};
 use thiserror::Error;
 
-use crate::job::{ContentBlock, MediaBlock, MediaSource};
+use crate::domain::job::{ContentBlock, MediaBlock, MediaSource};
 
 /// Document blocks Converse takes in one request (Bedrock API reference, `Message.content`).
 pub const MAX_DOCUMENTS: usize = 5;
@@ -1102,7 +1102,7 @@ mod tests {
             ContentBlock::Image(media) => {
                 assert_eq!((media.format.as_str(), media.name), ("png", None));
                 assert_eq!(
-                    crate::job::decode_media(&MediaBlock {
+                    crate::domain::job::decode_media(&MediaBlock {
                         format: "png".into(),
                         name: None,
                         source: media.source

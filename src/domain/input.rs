@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::job::{json_kind, Job, JobError};
+use crate::domain::job::{json_kind, Job, JobError};
 
 /// The `detail-type` that marks an event whose `detail` is a job.
 pub const JOB_DETAIL_TYPE: &str = "Bedrock Relay Job";

@@ -30,16 +30,16 @@ use aws_smithy_runtime_api::client::retries::classifiers::{
     ClassifyRetry, RetryAction, RetryClassifierPriority, RetryReason,
 };
 use aws_smithy_types::retry::ErrorKind;
-use serde::Serialize;
 use thiserror::Error;
 
 use crate::credentials::{
     find_assume_role_error, AssumeRoleError, AssumeRoleProvider, REFRESH_BEFORE_EXPIRY,
 };
-use crate::job::{decode_media, ContentBlock, MediaBlock, ResolvedJob, Role};
-use crate::metrics::{AttemptCounter, CallStats};
-use crate::target::Target;
-use crate::xray::Recorder;
+use crate::domain::job::{decode_media, ContentBlock, MediaBlock, ResolvedJob, Role};
+pub use crate::domain::record::{ModelReply, Usage};
+use crate::domain::target::Target;
+use crate::observe::metrics::{AttemptCounter, CallStats};
+use crate::observe::xray::Recorder;
 
 /// A Bedrock call that did not produce an answer, with which side to fix.
 #[derive(Debug, Error)]
@@ -145,34 +145,6 @@ impl BedrockError {
             Self::AccessDenied { .. } | Self::Rejected { .. } | Self::NotFound { .. } => false,
         }
     }
-}
-
-/// Token counts as Bedrock reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    /// Prompt tokens.
-    pub input_tokens: i32,
-    /// Generated tokens.
-    pub output_tokens: i32,
-    /// Their sum.
-    pub total_tokens: i32,
-}
-
-/// What the model answered.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelReply {
-    /// The text blocks of the answer, joined.
-    pub text: String,
-    /// Why generation stopped (`end_turn`, `max_tokens`, ...).
-    pub stop_reason: String,
-    /// Token counts, when the model reports them.
-    pub usage: Option<Usage>,
-    /// Bedrock's own latency figure.
-    pub model_latency_ms: Option<i64>,
-    /// Wall time of the call here, retries included.
-    pub call_latency_ms: u128,
-    /// The parsed response body, for InvokeModel jobs.
-    pub body: Option<serde_json::Value>,
 }
 
 /// The Bedrock Runtime client for one target, signed as RoleA.
@@ -422,7 +394,7 @@ impl Bedrock {
                 model,
                 message: {
                     // The SDK's own top line ("dispatch failure") says nothing; its sources do.
-                    let detail: Vec<String> = crate::error::chain(&err)
+                    let detail: Vec<String> = crate::aws::errors::chain(&err)
                         .skip(1)
                         .map(|e| e.to_string())
                         .collect();
@@ -679,8 +651,8 @@ pub(crate) mod tests {
     use aws_smithy_types::error::ErrorMetadata;
 
     use super::*;
-    use crate::job::Job;
-    use crate::target::RoleArn;
+    use crate::domain::job::Job;
+    use crate::domain::target::RoleArn;
 
     fn target() -> Target {
         Target {

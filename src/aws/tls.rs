@@ -14,7 +14,8 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 /// The Amazon Trust Services roots: Amazon Root CA 1-4 and Starfield Services
 /// Root Certificate Authority - G2, which cross-signs them for older clients.
-pub const AMAZON_TRUST_SERVICES_PEM: &[u8] = include_bytes!("../certs/amazon-trust-services.pem");
+pub const AMAZON_TRUST_SERVICES_PEM: &[u8] =
+    include_bytes!("../../certs/amazon-trust-services.pem");
 
 /// The trust store choice (`RELAY_TLS_ROOTS`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -14,6 +14,8 @@
 //!
 //! Exit codes: 0 all good, 1 a job or check failed, 2 usage or configuration.
 
+pub mod trail;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::{BehaviorVersion, SdkConfig};
@@ -22,12 +24,12 @@ use lambda_runtime::{Context, LambdaEvent};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::aws::errors::chain_text;
 use crate::bedrock::Bedrock;
 use crate::config::Config;
 use crate::credentials::{find_assume_role_error, AssumeRoleProvider};
-use crate::error::chain_text;
-use crate::input::Payload;
-use crate::job::{Inference, Job};
+use crate::domain::input::Payload;
+use crate::domain::job::{Inference, Job};
 use crate::relay::Relay;
 
 /// Exit code: everything passed.
@@ -67,7 +69,7 @@ pub async fn run(args: &[String]) -> i32 {
         Some("doctor") => doctor(flag("--target"), flag("--model"), json_output).await,
         Some("trail") => {
             let since = flag("--since").unwrap_or_else(|| "1h".into());
-            let Some(seconds) = crate::trail::parse_since(&since) else {
+            let Some(seconds) = crate::cli::trail::parse_since(&since) else {
                 eprintln!("--since takes minutes, hours or days: 30m, 1h, 2d");
                 return EXIT_USAGE;
             };
@@ -349,7 +351,7 @@ async fn trail(seconds: u64, json_output: bool) -> i32 {
     let base = aws_config::load_defaults(BehaviorVersion::latest()).await;
     let start = aws_smithy_types::DateTime::from(SystemTime::now() - Duration::from_secs(seconds));
     let trail_b = aws_sdk_cloudtrail::Client::new(&base);
-    let assume_events = match crate::trail::lookup(
+    let assume_events = match crate::cli::trail::lookup(
         &trail_b,
         LookupAttributeKey::EventName,
         "AssumeRole",
@@ -376,7 +378,7 @@ async fn trail(seconds: u64, json_output: bool) -> i32 {
                 .region(aws_config::Region::new(target.region.clone()))
                 .build(),
         );
-        match crate::trail::lookup(
+        match crate::cli::trail::lookup(
             &client,
             LookupAttributeKey::EventSource,
             "bedrock.amazonaws.com",
@@ -390,11 +392,11 @@ async fn trail(seconds: u64, json_output: bool) -> i32 {
         }
     }
     let roles: Vec<String> = config.targets.iter().map(|t| t.role.arn.clone()).collect();
-    let report = crate::trail::pair(&assume_events, &model_events, &roles);
+    let report = crate::cli::trail::pair(&assume_events, &model_events, &roles);
     if json_output {
         println!("{}", json!({"report": report, "problems": problems}));
     } else {
-        print!("{}", crate::trail::render(&report));
+        print!("{}", crate::cli::trail::render(&report));
         for problem in &problems {
             println!("could not read: {problem}");
         }
@@ -435,7 +437,7 @@ async fn identity_in_b(base: &SdkConfig) -> Check {
 async fn model_check(
     base: &SdkConfig,
     sts: &aws_sdk_sts::Client,
-    target: &crate::target::Target,
+    target: &crate::domain::target::Target,
     config: &Config,
     model_id: &str,
 ) -> Check {

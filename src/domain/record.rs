@@ -4,9 +4,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::bedrock::{ModelReply, Usage};
-use crate::input::{Envelope, Shape};
-use crate::target::TargetRecord;
+use crate::domain::input::{Envelope, Shape};
+use crate::domain::target::TargetRecord;
 
 /// `succeeded` or `failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -226,4 +225,32 @@ pub fn now_rfc3339() -> String {
     aws_smithy_types::DateTime::from(std::time::SystemTime::now())
         .fmt(aws_smithy_types::date_time::Format::DateTime)
         .unwrap_or_default()
+}
+
+/// Token counts as Bedrock reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: i32,
+    /// Generated tokens.
+    pub output_tokens: i32,
+    /// Their sum.
+    pub total_tokens: i32,
+}
+
+/// What the model answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelReply {
+    /// The text blocks of the answer, joined.
+    pub text: String,
+    /// Why generation stopped (`end_turn`, `max_tokens`, ...).
+    pub stop_reason: String,
+    /// Token counts, when the model reports them.
+    pub usage: Option<Usage>,
+    /// Bedrock's own latency figure.
+    pub model_latency_ms: Option<i64>,
+    /// Wall time of the call here, retries included.
+    pub call_latency_ms: u128,
+    /// The parsed response body, for InvokeModel jobs.
+    pub body: Option<serde_json::Value>,
 }

@@ -23,7 +23,7 @@ use aws_sdk_bedrockruntime::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_runtime_api::box_error::BoxError;
 use serde_json::{json, Map, Value};
 
-use crate::bedrock::Usage;
+use crate::domain::record::Usage;
 
 /// The default namespace.
 pub const DEFAULT_NAMESPACE: &str = "BedrockRelay";

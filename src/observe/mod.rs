@@ -1,0 +1,5 @@
+//! What the function tells operators about itself: CloudWatch EMF metrics and
+//! X-Ray subsegments.
+
+pub mod metrics;
+pub mod xray;
