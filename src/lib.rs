@@ -46,7 +46,6 @@
 #![warn(missing_docs)]
 
 pub mod aws;
-pub mod batch;
 pub mod bedrock;
 pub mod cli;
 pub mod config;
@@ -57,11 +56,12 @@ pub mod domain;
 pub mod error;
 pub mod ledger;
 pub mod observe;
-pub mod relay;
+pub mod lambda;
+mod run;
 pub(crate) mod scheduling;
 pub mod schema;
 pub mod template;
 
 pub use config::Config;
 pub use error::RelayError;
-pub use relay::Relay;
+pub use lambda::Relay;

@@ -3,4 +3,5 @@
 //! retry helper.
 
 pub mod errors;
+pub mod retry;
 pub mod tls;

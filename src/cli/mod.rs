@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::credentials::{find_assume_role_error, AssumeRoleProvider};
 use crate::domain::input::Payload;
 use crate::domain::job::{Inference, Job};
-use crate::relay::Relay;
+use crate::lambda::Relay;
 
 /// Exit code: everything passed.
 pub const EXIT_OK: i32 = 0;

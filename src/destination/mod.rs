@@ -19,10 +19,12 @@ pub mod s3;
 pub mod sns;
 pub mod sqs;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -32,6 +34,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::aws::retry::{retry, Backoff};
+use crate::domain::deadline::Deadline;
+use crate::domain::record::{ItemRecord, Record, Status};
 use crate::observe::xray::Recorder;
 
 pub use s3::{S3Destination, S3Location};
@@ -378,6 +383,92 @@ impl Destinations {
         }
     }
 
+    /// Writes one job's record to `dest`: an object at the job's key in S3,
+    /// one message, event or item elsewhere. Returns where it went and what
+    /// was sent, for the ledger to remember.
+    pub async fn write_record(
+        &self,
+        dest: &DestinationSpec,
+        group: &str,
+        record: &Record,
+    ) -> Result<Written, DestinationError> {
+        let body = serde_json::to_value(record).map_err(|err| DestinationError::Unavailable {
+            destination: dest.to_string(),
+            message: format!("the record does not serialise: {err}"),
+        })?;
+        let results = vec![Outgoing {
+            job_id: record.job_id.clone(),
+            index: None,
+            group: group.to_owned(),
+            body,
+        }];
+        let reference = match dest {
+            DestinationSpec::S3(location) => {
+                S3Destination::new(self.s3_client().clone(), location.clone())
+                    .write(record)
+                    .await?
+            }
+            _ => self.send(dest, &results).await?.join(","),
+        };
+        Ok(Written { reference, results })
+    }
+
+    /// Writes the results of one attempt at a batch to `dest`. To S3: one
+    /// JSON Lines object with every item in input order (earlier successes
+    /// from `lines.done` included, items not run as `pending`): the final
+    /// `<id>.jsonl` once no item is pending, else `<id>.progress.jsonl`; the
+    /// whole object is written again while S3 is unavailable and `deadline`
+    /// allows, since a rewrite is harmless. Elsewhere: one message, event or
+    /// item per result settled in this attempt, sent once (a resend could
+    /// deliver some twice).
+    pub async fn write_items(
+        &self,
+        dest: &DestinationSpec,
+        group: &str,
+        lines: ItemLines,
+        deadline: &Deadline,
+    ) -> Result<Written, DestinationError> {
+        let unserialisable = |err: serde_json::Error| DestinationError::Unavailable {
+            destination: dest.to_string(),
+            message: format!("an item result does not serialise: {err}"),
+        };
+        if let DestinationSpec::S3(location) = dest {
+            let s3 = S3Destination::new(self.s3_client().clone(), location.clone());
+            let (key, all) = lines.into_s3_object(location).map_err(unserialisable)?;
+            let reference = retry(
+                "delivery",
+                DELIVERY_BACKOFF,
+                deadline,
+                DELIVERY_MARGIN,
+                is_unavailable,
+                || s3.write_lines(&key, &all),
+            )
+            .await?;
+            return Ok(Written {
+                reference,
+                results: Vec::new(),
+            });
+        }
+        let results = lines
+            .fresh
+            .iter()
+            .filter(|item| item.status != Status::Pending)
+            .map(|item| {
+                Ok(Outgoing {
+                    job_id: lines.job_id.clone(),
+                    index: Some(item.index),
+                    group: group.to_owned(),
+                    body: serde_json::to_value(item).map_err(unserialisable)?,
+                })
+            })
+            .collect::<Result<Vec<_>, DestinationError>>()?;
+        self.send(dest, &results).await?;
+        Ok(Written {
+            reference: format!("{dest} ({} results)", results.len()),
+            results,
+        })
+    }
+
     /// The results already recorded as succeeded for `job_id` in `table`, by
     /// item index (0 for a single job); see [`dynamodb::succeeded`].
     pub async fn succeeded_in_table(
@@ -458,6 +549,68 @@ impl Destinations {
         pointer.insert("bytes".into(), Value::from(bytes));
         Ok(Value::Object(pointer))
     }
+}
+
+/// What a write delivered.
+#[derive(Debug)]
+pub struct Written {
+    /// Where it went: an S3 URI, message ids, or the destination and a count.
+    pub reference: String,
+    /// The results sent, for a ledger that remembers them.
+    pub results: Vec<Outgoing>,
+}
+
+/// One attempt's results of a batch.
+#[derive(Debug)]
+pub struct ItemLines {
+    /// The batch's job id.
+    pub job_id: String,
+    /// How many items the batch has.
+    pub total: usize,
+    /// Results of earlier attempts that already succeeded, by index.
+    pub done: BTreeMap<usize, Value>,
+    /// This attempt's results, in input order.
+    pub fresh: Vec<ItemRecord>,
+    /// Some items are pending: the batch is not finished.
+    pub incomplete: bool,
+}
+
+impl ItemLines {
+    /// The key and lines of the S3 object that holds every item in input order.
+    fn into_s3_object(
+        self,
+        location: &S3Location,
+    ) -> Result<(String, Vec<Value>), serde_json::Error> {
+        let mut done = self.done;
+        for item in &self.fresh {
+            done.insert(item.index, serde_json::to_value(item)?);
+        }
+        let lines = (0..self.total)
+            .map(|index| match done.remove(&index) {
+                Some(line) => Ok(line),
+                None => serde_json::to_value(ItemRecord::pending(&self.job_id, index)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = if self.incomplete {
+            location.progress_key_for(&self.job_id)
+        } else {
+            location.batch_key_for(&self.job_id)
+        };
+        Ok((key, lines))
+    }
+}
+
+/// Waits between attempts at a write while the destination is unavailable,
+/// and the time kept back so the last attempt still ends before the deadline.
+pub const DELIVERY_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+/// See [`DELIVERY_BACKOFF`].
+pub const DELIVERY_MARGIN: Duration = Duration::from_millis(300);
+
+/// Whether a failed write is worth another attempt in this invocation: an
+/// outage or throttling the SDK's own retries did not outlast.
+pub fn is_unavailable(err: &DestinationError) -> bool {
+    matches!(err, DestinationError::Unavailable { .. })
 }
 
 /// A result with the text to send: its record, or the pointer to where the

@@ -24,8 +24,8 @@
 //! over any window up to a minute — a 1 s sliding window in the lab, Bedrock's
 //! per-minute quotas in an account — is tracked the same way.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -181,6 +181,27 @@ impl State {
             .min(ANCHOR_HORIZON)
             .max(Duration::from_millis(1));
         self.answered.len() as f64 / span.as_secs_f64()
+    }
+}
+
+/// The pacers, one per target alias and model: Bedrock's quotas are per
+/// model and account (and region, which an alias fixes). Kept across the
+/// invocations of a warm function, like the quota they track.
+#[derive(Debug, Default)]
+pub(crate) struct Pacers(Mutex<HashMap<(String, String), Arc<Pacer>>>);
+
+impl Pacers {
+    /// The pacer of `model` in the account of `alias`.
+    pub(crate) fn get(&self, alias: &str, model: &str) -> Arc<Pacer> {
+        let mut pacers = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(
+            pacers
+                .entry((alias.to_owned(), model.to_owned()))
+                .or_default(),
+        )
     }
 }
 

@@ -1,0 +1,363 @@
+//! The batch run mode: one job run once per item of `items` or `items_from`,
+//! a bounded number at a time, with one result line per item in input order.
+//!
+//! A batch is deadline-aware: an item is started only while the time left
+//! (less the reserve kept to save results) can hold the model's slowest
+//! recent answer. Items are sent through a per-account pacer (see
+//! [`crate::scheduling`]) so that a batch uses its quota without storms of
+//! throttles. Items not started are `pending`; their progress is saved and the
+//! invocation ends with a retryable `BatchIncomplete`, so Lambda's retry picks
+//! up where this one stopped. Items that already succeeded, in this or an
+//! earlier delivery of the same event, are never sent to the model again (see
+//! [`crate::ledger`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt};
+use serde_json::{json, Value};
+
+use super::guarded::{Guard, GuardError};
+use super::outcome::{self, MetricScope};
+use super::plan::Plan;
+use super::prepare::prepare;
+use super::Services;
+use crate::bedrock::BedrockError;
+use crate::destination::ItemLines;
+use crate::documents;
+use crate::domain::deadline::Deadline;
+use crate::domain::job::{Job, JobError};
+use crate::domain::record::{ItemRecord, Status};
+use crate::error::RelayError;
+use crate::observe::metrics::CallStats;
+use crate::scheduling::Pace;
+
+/// Largest `items_from` object read: a JSON Lines file of this size holds far
+/// more items than one invocation can run.
+const MAX_ITEMS_FILE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How one attempt at a batch ended.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    succeeded: usize,
+    failed: usize,
+    retryable: usize,
+    pending: usize,
+    already_done: usize,
+}
+
+impl Tally {
+    /// Counts this attempt's item results beside `already_done` earlier successes.
+    fn of(fresh: &[ItemRecord], already_done: usize) -> Self {
+        let mut tally = Self {
+            already_done,
+            ..Self::default()
+        };
+        for item in fresh {
+            match (&item.status, &item.error) {
+                (Status::Succeeded, _) => tally.succeeded += 1,
+                (Status::Pending, _) => tally.pending += 1,
+                (Status::Failed, Some(error)) if error.retryable => tally.retryable += 1,
+                (Status::Failed, _) => tally.failed += 1,
+            }
+        }
+        tally
+    }
+
+    /// Items this attempt leaves for a retry of the event.
+    fn unsettled(&self) -> usize {
+        self.pending + self.retryable
+    }
+}
+
+/// Runs a planned batch: the items not yet done, `RELAY_MAX_CONCURRENCY` at
+/// a time, under the batch's claim.
+pub(crate) async fn run(
+    services: &Services,
+    plan: Plan<'_>,
+    request_id: &str,
+    deadline: &Deadline,
+) -> Result<Value, RelayError> {
+    let sinks = services.sinks();
+    let job_id = plan.resolved.id.as_str();
+    let items = match batch_items(services, &plan.job).await {
+        Ok(items) => items,
+        Err(err) => {
+            return outcome::fail(
+                services,
+                plan.record,
+                &plan.delivery,
+                err,
+                &Arc::default(),
+            )
+            .await
+        }
+    };
+    let guard = Guard::new(
+        &plan.delivery.ledger,
+        sinks,
+        job_id,
+        request_id,
+        *deadline,
+    );
+    let result = guard
+        .run(
+            || async {
+                Ok(plan
+                    .delivery
+                    .ledger
+                    .succeeded_items(sinks, job_id)
+                    .await?)
+            },
+            |done: &BTreeMap<usize, Value>| done.len() >= items.len(),
+            |done| run_claimed(services, &plan, &items, done, request_id, deadline),
+        )
+        .await;
+    match result {
+        Ok(answer) => Ok(answer),
+        Err(GuardError::Busy(err)) => Err(err),
+        Err(GuardError::Run(err @ RelayError::Destination(_)) | GuardError::Ledger(err)) => {
+            outcome::fail(
+                services,
+                plan.record,
+                &plan.delivery,
+                err,
+                &Arc::default(),
+            )
+            .await
+        }
+        Err(GuardError::Run(err)) => Err(err),
+    }
+}
+
+/// [`run`] once the batch is claimed: runs the items not done.
+async fn run_claimed(
+    services: &Services,
+    plan: &Plan<'_>,
+    items: &[Value],
+    done: BTreeMap<usize, Value>,
+    request_id: &str,
+    deadline: &Deadline,
+) -> Result<Value, RelayError> {
+    let job_id = plan.resolved.id.clone();
+    let concurrency = services.config().max_concurrency;
+    let to_run: Vec<usize> = (0..items.len()).filter(|i| !done.contains_key(i)).collect();
+    tracing::info!(
+        items = items.len(),
+        already_done = items.len() - to_run.len(),
+        concurrency,
+        "batch started"
+    );
+
+    // Unordered: an item held up by throttling must not stop the next
+    // ones from starting; the results are put back in input order below.
+    let mut fresh: Vec<ItemRecord> = stream::iter(to_run)
+        .map(|index| run_item(services, plan, index, &items[index], request_id, deadline))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    fresh.sort_by_key(|item| item.index);
+
+    let tally = Tally::of(&fresh, done.len());
+    let lines = ItemLines {
+        job_id: job_id.clone(),
+        total: items.len(),
+        done,
+        fresh,
+        incomplete: tally.pending > 0,
+    };
+    let delivery = &plan.delivery;
+    let written = services
+        .sinks()
+        .write_items(&delivery.destination, &delivery.group, lines, deadline)
+        .await?;
+    delivery
+        .ledger
+        .remember(services.sinks(), &written.results)
+        .await?;
+    let written = written.reference;
+    tracing::info!(
+        succeeded = tally.succeeded,
+        failed = tally.failed + tally.retryable,
+        pending = tally.pending,
+        already_done = tally.already_done,
+        results = %written,
+        "batch attempt finished"
+    );
+
+    if tally.unsettled() > 0 {
+        return Err(RelayError::BatchIncomplete {
+            job_id,
+            total: items.len(),
+            settled: items.len() - tally.unsettled(),
+            pending: tally.pending,
+            retryable: tally.retryable,
+            progress: written,
+        });
+    }
+    Ok(json!({
+        "job_id": job_id,
+        "status": if tally.failed == 0 { "succeeded" } else { "partial" },
+        "items": items.len(),
+        "succeeded": tally.succeeded + tally.already_done,
+        "failed": tally.failed,
+        "already_done": tally.already_done,
+        "record": written,
+        "model": plan.resolved.model,
+    }))
+}
+
+/// The batch's items: inline, or read from the `items_from` JSON Lines object.
+async fn batch_items(services: &Services, job: &Job) -> Result<Vec<Value>, RelayError> {
+    let max_items = services.config().max_items;
+    let items = match (&job.items, &job.items_from) {
+        (Some(items), _) => items.clone(),
+        (None, Some(uri)) => {
+            documents::load_items(
+                services.sinks().s3_client(),
+                uri,
+                max_items,
+                MAX_ITEMS_FILE_BYTES,
+            )
+            .await?
+        }
+        (None, None) => Vec::new(),
+    };
+    check_item_count(items.len(), max_items)?;
+    Ok(items)
+}
+
+/// Refuses a batch over `RELAY_MAX_ITEMS`.
+fn check_item_count(count: usize, max_items: usize) -> Result<(), JobError> {
+    if count > max_items {
+        return Err(JobError::field(
+            "items",
+            format!(
+                "{count} items, over the limit of {max_items} (RELAY_MAX_ITEMS); split the batch into several jobs"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one item, unless too little time is left to finish it.
+async fn run_item(
+    services: &Services,
+    plan: &Plan<'_>,
+    index: usize,
+    item: &Value,
+    request_id: &str,
+    deadline: &Deadline,
+) -> ItemRecord {
+    let job_id = &plan.resolved.id;
+    let model = &plan.resolved.model;
+    let caller = services.caller();
+    // No time for any call: not worth reading the item's documents.
+    if caller.budget(deadline).is_none() {
+        return ItemRecord::pending(job_id, index);
+    }
+    let scope = plan.scope.with_item(item);
+    let mut job = plan.job.clone();
+    let prepared = match services.renderer().render_documents(&mut job, &scope) {
+        Ok(()) => prepare(services, job, scope, job_id).await,
+        Err(err) => Err(err.into()),
+    };
+    let resolved = match prepared {
+        Ok(resolved) => resolved,
+        Err(err) => return ItemRecord::failed(job_id, index, None, Some(model), err.to_record()),
+    };
+
+    let stats = Arc::new(CallStats::default());
+    let (served_by, result) = caller
+        .call_in_time(&resolved, &plan.pool, deadline, &stats, Pace::Item)
+        .await;
+    let scope = MetricScope::item(job_id, request_id);
+    match result {
+        Ok(reply) => {
+            services.report().emit(
+                scope,
+                Some(&served_by.alias),
+                Some(&resolved.model),
+                None,
+                Some(&reply),
+                &stats,
+            );
+            ItemRecord::succeeded(job_id, index, served_by.to_record(), &resolved.model, &reply)
+        }
+        // Not sent: the deadline came first. The retry runs it.
+        Err(BedrockError::Deadline { .. }) if stats.attempts() == 0 => {
+            ItemRecord::pending(job_id, index)
+        }
+        Err(err) => {
+            let err = RelayError::from(err);
+            services.report().emit(
+                scope,
+                Some(&served_by.alias),
+                Some(&resolved.model),
+                Some(err.code()),
+                None,
+                &stats,
+            );
+            tracing::warn!(index, error_type = err.code(), "item failed: {err}");
+            ItemRecord::failed(
+                job_id,
+                index,
+                Some(served_by.to_record()),
+                Some(&resolved.model),
+                err.to_record(),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::record::ErrorRecord;
+
+    fn item(index: usize, status: Status, retryable: Option<bool>) -> ItemRecord {
+        let mut record = ItemRecord::pending("b", index);
+        record.status = status;
+        record.error = retryable.map(|retryable| ErrorRecord {
+            kind: "X".into(),
+            message: "x".into(),
+            retryable,
+        });
+        record
+    }
+
+    /// Each item's result counts once, by status, and a failure's
+    /// retryability decides whether the batch is left for a retry.
+    #[test]
+    fn a_tally_counts_each_outcome_and_what_is_left_for_a_retry() {
+        let fresh = [
+            item(0, Status::Succeeded, None),
+            item(1, Status::Failed, Some(false)),
+            item(2, Status::Failed, Some(true)),
+            item(3, Status::Pending, None),
+            item(4, Status::Succeeded, None),
+        ];
+        let tally = Tally::of(&fresh, 7);
+        assert_eq!(
+            tally,
+            Tally {
+                succeeded: 2,
+                failed: 1,
+                retryable: 1,
+                pending: 1,
+                already_done: 7
+            }
+        );
+        assert_eq!(tally.unsettled(), 2);
+        assert_eq!(Tally::of(&fresh[..2], 0).unsettled(), 0, "settled, partial");
+    }
+
+    /// A batch over the limit is refused naming the count, the limit and the fix.
+    #[test]
+    fn a_batch_over_the_item_limit_is_refused_with_the_fix() {
+        assert!(check_item_count(10, 10).is_ok());
+        let err = check_item_count(11, 10).expect_err("over").to_string();
+        assert!(err.contains("11 items, over the limit of 10 (RELAY_MAX_ITEMS)"), "{err}");
+        assert!(err.contains("split the batch"), "{err}");
+    }
+}

@@ -1,0 +1,152 @@
+//! The run layer: one event's work, from a planned job to its delivered
+//! results. Each run mode is a peer module composing the same lower parts:
+//! [`plan`] (event → plan), [`guarded`] (claim → read back → run → release),
+//! [`prepare`] (documents and rendering), [`crate::scheduling`] (calling the
+//! model on time) and [`outcome`] (records, delivery, metrics).
+//!
+//! | mode | module | when |
+//! |---|---|---|
+//! | single job | [`single`] | a job without `items` or `items_from` |
+//! | batch in one invocation | [`batch`] | a job with `items` or `items_from` |
+
+mod batch;
+mod guarded;
+mod outcome;
+mod plan;
+mod prepare;
+mod single;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::bedrock::Bedrock;
+use crate::config::Config;
+use crate::destination::Destinations;
+use crate::domain::deadline::Deadline;
+use crate::domain::input::Payload;
+use crate::domain::job::Job;
+use crate::error::RelayError;
+use crate::scheduling::ModelCaller;
+use crate::template::Renderer;
+
+pub(crate) use outcome::Report;
+
+/// What every run shares, built once at cold start and kept across the
+/// invocations of a warm function: the configuration, account B's clients for
+/// destinations and documents, the template engine, the model caller (RoleA's
+/// clients and what is known about their quotas) and the metrics report.
+#[derive(Debug)]
+pub(crate) struct Services {
+    config: Config,
+    sinks: Destinations,
+    renderer: Renderer,
+    caller: ModelCaller,
+    report: Report,
+}
+
+impl Services {
+    /// `bedrock` holds a client for each target alias.
+    pub(crate) fn new(
+        config: Config,
+        bedrock: HashMap<String, Bedrock>,
+        sinks: Destinations,
+        report: Report,
+    ) -> Self {
+        Self {
+            caller: ModelCaller::new(bedrock, config.deadline_reserve),
+            config,
+            sinks,
+            renderer: Renderer::new(),
+            report,
+        }
+    }
+
+    /// The function's configuration.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Account B's clients: destinations, ledgers, documents and items.
+    pub(crate) fn sinks(&self) -> &Destinations {
+        &self.sinks
+    }
+
+    /// The template engine.
+    pub(crate) fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
+    /// The model caller.
+    pub(crate) fn caller(&self) -> &ModelCaller {
+        &self.caller
+    }
+
+    /// Where metric lines go.
+    pub(crate) fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// Writes no metric lines from now on.
+    pub(crate) fn silence_metrics(&mut self) {
+        self.report = Report::silent();
+    }
+}
+
+/// The run modes, by the job that selects them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Single,
+    Batch,
+}
+
+impl Mode {
+    fn of(job: &Job) -> Self {
+        if job.is_batch() {
+            Self::Batch
+        } else {
+            Self::Single
+        }
+    }
+}
+
+/// Runs one event: plans it, then hands the plan to its run mode. Every
+/// failure leaves an error record where one can be written.
+pub(crate) async fn run_event(
+    services: &Arc<Services>,
+    payload: &Payload,
+    request_id: &str,
+    deadline: Deadline,
+) -> Result<Value, RelayError> {
+    let plan = match plan::plan(services, payload, request_id) {
+        Ok(plan) => plan,
+        Err(unplanned) => {
+            let plan::Unplanned {
+                record,
+                delivery,
+                err,
+            } = *unplanned;
+            return outcome::fail(services, record, &delivery, err, &Arc::default()).await;
+        }
+    };
+    let span = tracing::info_span!(
+        "job",
+        job_id = %plan.resolved.id,
+        model = %plan.resolved.model,
+        target = %plan.pool.iter().map(|t| t.alias.as_str()).collect::<Vec<_>>().join(","),
+        target_account = %plan.pool.iter().map(|t| t.role.account.as_str()).collect::<Vec<_>>().join(","),
+        shape = ?plan.shape,
+        destination = %plan.delivery.destination,
+    );
+    async move {
+        tracing::info!("job accepted");
+        match Mode::of(&plan.job) {
+            Mode::Single => single::run(services, plan, request_id, &deadline).await,
+            Mode::Batch => batch::run(services, plan, request_id, &deadline).await,
+        }
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,177 @@
+//! How a run ends: a success record delivered until it is delivered (within
+//! the deadline), a failure record written once, and one EMF metric line per
+//! job or batch item.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::plan::Delivery;
+use super::Services;
+use crate::aws::retry::retry;
+use crate::destination::{
+    is_unavailable, DestinationError, Destinations, DELIVERY_BACKOFF, DELIVERY_MARGIN,
+};
+use crate::domain::deadline::Deadline;
+use crate::domain::record::{ModelReply, Record};
+use crate::error::RelayError;
+use crate::observe::metrics::{self, CallStats, JobMetrics};
+
+/// Which job, item and invocation an EMF line belongs to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetricScope<'a> {
+    job_id: &'a str,
+    request_id: &'a str,
+    is_item: bool,
+}
+
+impl<'a> MetricScope<'a> {
+    /// A whole job (a single model call).
+    pub(crate) fn job(record: &'a Record) -> Self {
+        Self {
+            job_id: &record.job_id,
+            request_id: &record.request_id,
+            is_item: false,
+        }
+    }
+
+    /// One item of a batch job.
+    pub(crate) fn item(job_id: &'a str, request_id: &'a str) -> Self {
+        Self {
+            job_id,
+            request_id,
+            is_item: true,
+        }
+    }
+}
+
+/// Where EMF metric lines go: stdout under a namespace, or nowhere (the CLI,
+/// whose stdout is its own output).
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    namespace: Option<String>,
+}
+
+impl Report {
+    /// Metrics under `namespace`.
+    pub(crate) fn to_namespace(namespace: String) -> Self {
+        Self {
+            namespace: Some(namespace),
+        }
+    }
+
+    /// No metric lines.
+    pub(crate) fn silent() -> Self {
+        Self { namespace: None }
+    }
+
+    /// One EMF line for a job or a batch item.
+    pub(crate) fn emit(
+        &self,
+        scope: MetricScope<'_>,
+        target: Option<&str>,
+        model: Option<&str>,
+        error_type: Option<&str>,
+        reply: Option<&ModelReply>,
+        stats: &CallStats,
+    ) {
+        let Some(namespace) = &self.namespace else {
+            return;
+        };
+        metrics::emit(
+            namespace,
+            &JobMetrics {
+                target: target.unwrap_or("none").to_owned(),
+                model: model.unwrap_or("none").to_owned(),
+                error_type: error_type.map(str::to_owned),
+                usage: reply.and_then(|r| r.usage),
+                model_latency_ms: reply.and_then(|r| r.model_latency_ms),
+                attempts: stats.attempts(),
+                throttled: stats.throttled(),
+                is_item: scope.is_item,
+                job_id: scope.job_id.to_owned(),
+                request_id: scope.request_id.to_owned(),
+            },
+        );
+    }
+
+    /// The `ColdStart` line of an execution environment's first invocation.
+    pub(crate) fn cold_start(&self, function_name: &str, request_id: &str) {
+        if let Some(namespace) = &self.namespace {
+            metrics::emit_cold_start(namespace, function_name, request_id);
+        }
+    }
+}
+
+/// Writes one record to its destination and remembers it in the ledger;
+/// returns where it went.
+pub(crate) async fn deliver_record(
+    sinks: &Destinations,
+    delivery: &Delivery,
+    record: &Record,
+) -> Result<String, DestinationError> {
+    let written = sinks
+        .write_record(&delivery.destination, &delivery.group, record)
+        .await?;
+    delivery.ledger.remember(sinks, &written.results).await?;
+    Ok(written.reference)
+}
+
+/// Delivers a success record, again while the destination is unavailable (an
+/// outage, throttling the SDK's own retries did not outlast) and the deadline
+/// allows: the result in hand cost a model call, and a retry of the whole
+/// event would pay for it again.
+pub(crate) async fn deliver_success(
+    sinks: &Destinations,
+    delivery: &Delivery,
+    record: &Record,
+    deadline: &Deadline,
+) -> Result<String, DestinationError> {
+    retry(
+        "delivery",
+        DELIVERY_BACKOFF,
+        deadline,
+        DELIVERY_MARGIN,
+        is_unavailable,
+        || deliver_record(sinks, delivery, record),
+    )
+    .await
+}
+
+/// Writes the failure record and returns the error for Lambda; `stats` holds
+/// the job's Bedrock attempts, if it made any. When even the record cannot be
+/// written, the error still reaches Lambda, whose retries and on-failure
+/// destination keep the event.
+pub(crate) async fn fail(
+    services: &Services,
+    record: Record,
+    delivery: &Delivery,
+    err: RelayError,
+    stats: &Arc<CallStats>,
+) -> Result<Value, RelayError> {
+    services.report().emit(
+        MetricScope::job(&record),
+        record.target.as_ref().map(|t| t.alias.as_str()),
+        record.model.as_deref(),
+        Some(err.code()),
+        None,
+        stats,
+    );
+    let record = record.fail(err.to_record());
+    match deliver_record(services.sinks(), delivery, &record).await {
+        Ok(uri) => tracing::error!(
+            job_id = %record.job_id,
+            error_type = err.code(),
+            retryable = err.is_retryable(),
+            record = %uri,
+            "job failed: {err}"
+        ),
+        Err(write_err) => tracing::error!(
+            job_id = %record.job_id,
+            error_type = err.code(),
+            retryable = err.is_retryable(),
+            "job failed: {err}; and its error record was not written: {write_err}"
+        ),
+    }
+    Err(err)
+}

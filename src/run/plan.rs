@@ -1,0 +1,169 @@
+//! Planning: an event becomes a [`Plan`] — the job with its head rendered,
+//! its id and model settled, the targets it may use, where its results go and
+//! the ledger that guards it — before any document, STS or Bedrock call.
+
+use crate::destination::DestinationSpec;
+use crate::domain::input::{Envelope, Input, Payload, Shape};
+use crate::domain::job::{is_template, sanitize_id, Job, ResolvedJob};
+use crate::domain::record::Record;
+use crate::domain::target::Target;
+use crate::error::RelayError;
+use crate::ledger::Ledger;
+use crate::template::Scope;
+
+use super::Services;
+
+/// Where a job's results go and how it remembers finished work.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    /// The destination.
+    pub destination: DestinationSpec,
+    /// Where finished work is looked up and claims are written.
+    pub ledger: Ledger,
+    /// FIFO message group.
+    pub group: String,
+}
+
+impl Delivery {
+    /// The destination and ledger for a job's results.
+    pub(crate) fn new(
+        services: &Services,
+        destination: DestinationSpec,
+        job_id: &str,
+        group: Option<&str>,
+    ) -> Self {
+        Self {
+            ledger: Ledger::for_destination(
+                &destination,
+                services.config().idempotency_table.as_ref(),
+                services.sinks(),
+            ),
+            destination,
+            group: group.unwrap_or(job_id).to_owned(),
+        }
+    }
+
+    /// The configured destination, for failures before the job's own is known.
+    pub(crate) fn fallback(services: &Services, request_id: &str) -> Self {
+        Self {
+            destination: services.config().destination.clone(),
+            ledger: Ledger::Off,
+            group: request_id.to_owned(),
+        }
+    }
+}
+
+/// A job checked and ready to run.
+#[derive(Debug)]
+pub(crate) struct Plan<'s> {
+    /// The job with its head (id, destination, group, items_from and, for a
+    /// single job, documents) rendered.
+    pub job: Job,
+    /// Id, model and targets, settled.
+    pub resolved: ResolvedJob,
+    /// The targets the work is spread over, checked against the model.
+    pub pool: Vec<&'s Target>,
+    /// The event's shape.
+    pub shape: Shape,
+    /// The envelope, for templates.
+    pub scope: Scope,
+    /// Where results go.
+    pub delivery: Delivery,
+    /// The job's record so far (id, shape, event, model, metadata).
+    pub record: Record,
+}
+
+/// An event that cannot be planned: the record to fail and where to write it.
+#[derive(Debug)]
+pub(crate) struct Unplanned {
+    pub record: Record,
+    pub delivery: Delivery,
+    pub err: RelayError,
+}
+
+/// Turns an event into a plan; where, who and what are settled before any
+/// document, STS or Bedrock call.
+pub(crate) fn plan<'s>(
+    services: &'s Services,
+    payload: &Payload,
+    request_id: &str,
+) -> Result<Plan<'s>, Box<Unplanned>> {
+    let config = services.config();
+    let mut record = Record::started(request_id);
+    let refuse = |record: Record, delivery: Delivery, err: RelayError| {
+        Box::new(Unplanned {
+            record,
+            delivery,
+            err,
+        })
+    };
+    let fallback = Delivery::fallback(services, request_id);
+
+    let input = match Input::from_payload(payload, config.default_job.as_ref()) {
+        Ok(input) => input,
+        Err(err) => {
+            record.event = Envelope::peek(payload);
+            if let Some(id) = record.event.as_ref().and_then(|e| e.id.clone()) {
+                record.job_id = sanitize_id(&id);
+            }
+            return Err(refuse(record, fallback, err.into()));
+        }
+    };
+    record.shape = Some(input.shape);
+    record.event = input.envelope.clone();
+    let fallback_id = input
+        .envelope
+        .as_ref()
+        .and_then(|e| e.id.as_deref())
+        .unwrap_or(request_id);
+    let identify = |record: &mut Record, job: &Job| {
+        // A templated id that did not render cannot name the record.
+        record.job_id = match job.id.as_deref() {
+            Some(id) if !is_template(id) => sanitize_id(id),
+            _ => sanitize_id(fallback_id),
+        };
+        record.model = job.model.clone().or_else(|| config.default_model.clone());
+        record.metadata = job.metadata.clone();
+    };
+
+    let scope = Scope::event(input.envelope.as_ref().map(|e| e.event.clone()));
+    let mut job = input.job;
+    if let Err(err) = services.renderer().render_head(&mut job, &scope) {
+        identify(&mut record, &job);
+        return Err(refuse(record, fallback, err.into()));
+    }
+    let destination = match config.destination_for(job.destination.as_deref()) {
+        Ok(destination) => destination,
+        Err(err) => {
+            identify(&mut record, &job);
+            return Err(refuse(record, fallback, err.into()));
+        }
+    };
+    let resolved = match job.resolve(config.default_model.as_deref(), fallback_id) {
+        Ok(resolved) => resolved,
+        Err(err) => {
+            identify(&mut record, &job);
+            let delivery = Delivery::new(services, destination, &record.job_id, None);
+            return Err(refuse(record, delivery, err.into()));
+        }
+    };
+    record.job_id = resolved.id.clone();
+    record.model = Some(resolved.model.clone());
+    record.metadata = resolved.metadata.clone();
+    let delivery = Delivery::new(services, destination, &resolved.id, job.group.as_deref());
+
+    // The targets and model are checked before any STS or Bedrock call.
+    let pool = match config.targets.select_pool(&resolved.targets, &resolved.model) {
+        Ok(pool) => pool,
+        Err(err) => return Err(refuse(record, delivery, err.into())),
+    };
+    Ok(Plan {
+        job,
+        resolved,
+        pool,
+        shape: input.shape,
+        scope,
+        delivery,
+        record,
+    })
+}

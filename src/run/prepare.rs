@@ -1,0 +1,61 @@
+//! Making a job ready for its model call, the same way for a single job and
+//! for each batch item: its documents read (with account B's credentials),
+//! its body rendered with them in scope, the result resolved and the
+//! documents attached.
+
+use crate::documents::{self, Document};
+use crate::domain::job::{Job, JobError, ResolvedJob};
+use crate::error::RelayError;
+use crate::template::Scope;
+
+use super::Services;
+
+/// Reads `job`'s (already rendered) documents, renders its body in `scope`
+/// with them, and resolves it under `job_id`.
+pub(crate) async fn prepare(
+    services: &Services,
+    mut job: Job,
+    mut scope: Scope,
+    job_id: &str,
+) -> Result<ResolvedJob, RelayError> {
+    let documents = match job.documents.as_deref() {
+        None | Some([]) => Vec::new(),
+        Some(uris) => documents::load_documents(services.sinks().s3_client(), uris).await?,
+    };
+    if !documents.is_empty() {
+        scope.documents = Some(documents.iter().map(Document::template_value).collect());
+    }
+    services.renderer().render_body(&mut job, &scope)?;
+    let mut resolved = job.resolve(services.config().default_model.as_deref(), job_id)?;
+    resolved.id = job_id.to_owned();
+    attach_documents(&mut resolved, &documents)?;
+    Ok(resolved)
+}
+
+/// Puts the loaded documents in front of the first user message's text (the
+/// order Bedrock's document guidance recommends). An InvokeModel job's body is
+/// the model's own format, so its documents reach it only through templates.
+fn attach_documents(job: &mut ResolvedJob, documents: &[Document]) -> Result<(), JobError> {
+    if documents.is_empty() {
+        return Ok(());
+    }
+    if job.invoke.is_some() {
+        if let Some((i, doc)) = documents.iter().enumerate().find(|(_, d)| d.text.is_none()) {
+            return Err(JobError::field(
+                format!("documents[{i}]"),
+                format!(
+                    "`{}` is not text: an `invoke` job uses documents only through templates (`{{{{ documents[{i}].text }}}}`); use `prompt` or `messages` to send it as a block",
+                    doc.uri
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let Some(first) = job.messages.first_mut() else {
+        return Ok(());
+    };
+    first
+        .content
+        .splice(0..0, documents.iter().map(Document::to_block));
+    Ok(())
+}
