@@ -127,8 +127,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::domain::target::Target;
     use crate::bedrock::tests::{converse_error, converse_output};
+    use crate::domain::target::Target;
 
     fn config() -> Config {
         let vars = [

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bedrock_relay::destination::{
     dynamodb, eventbridge, DestinationError, DestinationSpec, Destinations, Outgoing, S3Location,
 };
+use bedrock_relay::ledger::Ledger;
 use lab::services::{sdk_config, Received, Services};
 use lab::{Lab, ACCOUNT_B, BUCKET};
 use serde_json::{json, Value};
@@ -313,9 +314,7 @@ async fn a_table_holds_one_item_per_result_and_reads_back_the_succeeded() {
     assert_eq!(items[30]["item"], 0);
 
     let table = dynamodb::Table::parse(&arn).expect("arn");
-    let done = bench
-        .destinations
-        .succeeded_in_table(&table, "ddb-job")
+    let done = succeeded_in_table(&bench, &table, "ddb-job")
         .await
         .expect("read back");
     let expected: BTreeMap<usize, Value> = (0..30)
@@ -325,15 +324,11 @@ async fn a_table_holds_one_item_per_result_and_reads_back_the_succeeded() {
     assert_eq!(done, expected);
 
     let by_name = dynamodb::Table::from_name_or_arn("relay-results").expect("name");
-    let single_done = bench
-        .destinations
-        .succeeded_in_table(&by_name, "ddb-single")
+    let single_done = succeeded_in_table(&bench, &by_name, "ddb-single")
         .await
         .expect("read back by name");
     assert_eq!(single_done, BTreeMap::from([(0, results[30].body.clone())]));
-    assert!(bench
-        .destinations
-        .succeeded_in_table(&by_name, "never-ran")
+    assert!(succeeded_in_table(&bench, &by_name, "never-ran")
         .await
         .expect("read back")
         .is_empty());
@@ -399,9 +394,7 @@ async fn large_results_are_spilled_to_s3_with_a_pointer_sent() {
         big_single.body
     );
     let table = dynamodb::Table::parse(&arn).expect("arn");
-    let done = bench
-        .destinations
-        .succeeded_in_table(&table, "big-single")
+    let done = succeeded_in_table(&bench, &table, "big-single")
         .await
         .expect("read back");
     assert_eq!(
@@ -487,4 +480,18 @@ async fn an_ungranted_destination_is_denied_with_the_grant_to_make() {
         )),
         "{err}"
     );
+}
+
+/// What the ledger reads back from a DynamoDB destination table for `job_id`.
+async fn succeeded_in_table(
+    bench: &Bench,
+    table: &dynamodb::Table,
+    job_id: &str,
+) -> Result<BTreeMap<usize, Value>, bedrock_relay::destination::DestinationError> {
+    Ledger::Table {
+        table: table.clone(),
+        is_destination: true,
+    }
+    .succeeded_items(&bench.destinations, job_id)
+    .await
 }

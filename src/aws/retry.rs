@@ -110,7 +110,10 @@ mod tests {
         let ceilings = [100, 200, 400, 800, 1600, 2000, 2000, 2000];
         for ceiling in ceilings {
             let wait = waits.next_wait();
-            assert!(wait <= Duration::from_millis(ceiling), "{wait:?} over {ceiling} ms");
+            assert!(
+                wait <= Duration::from_millis(ceiling),
+                "{wait:?} over {ceiling} ms"
+            );
         }
         // Full jitter: over many draws the waits spread across the range.
         let draws: Vec<Duration> = (0..200).map(|_| BACKOFF.waits().next_wait()).collect();
@@ -125,15 +128,26 @@ mod tests {
         let deadline = Deadline::after(Duration::from_secs(10));
         let keep = Duration::from_millis(300);
         let attempts = Cell::new(0);
-        let result: Result<(), String> = retry("test", BACKOFF, &deadline, keep, |_| true, || {
-            attempts.set(attempts.get() + 1);
-            async { Err("unavailable".to_owned()) }
-        })
+        let result: Result<(), String> = retry(
+            "test",
+            BACKOFF,
+            &deadline,
+            keep,
+            |_| true,
+            || {
+                attempts.set(attempts.get() + 1);
+                async { Err("unavailable".to_owned()) }
+            },
+        )
         .await;
         assert_eq!(result, Err("unavailable".to_owned()));
         // Waits average under 1 s once the ceiling is 2 s: many attempts fit in 10 s.
         assert!(attempts.get() >= 5, "{} attempts", attempts.get());
-        assert!(deadline.remaining() >= keep, "{:?} left", deadline.remaining());
+        assert!(
+            deadline.remaining() >= keep,
+            "{:?} left",
+            deadline.remaining()
+        );
     }
 
     /// An error the caller does not retry, and a success, end the loop at once.
@@ -141,18 +155,29 @@ mod tests {
     async fn success_or_a_lasting_error_ends_the_loop_at_once() {
         let deadline = Deadline::after(Duration::from_secs(10));
         let attempts = Cell::new(0);
-        let denied: Result<(), String> =
-            retry("test", BACKOFF, &deadline, Duration::ZERO, |e: &String| e != "denied", || {
+        let denied: Result<(), String> = retry(
+            "test",
+            BACKOFF,
+            &deadline,
+            Duration::ZERO,
+            |e: &String| e != "denied",
+            || {
                 attempts.set(attempts.get() + 1);
                 async { Err("denied".to_owned()) }
-            })
-            .await;
+            },
+        )
+        .await;
         assert_eq!(denied, Err("denied".to_owned()));
         assert_eq!(attempts.get(), 1);
 
         attempts.set(0);
-        let recovered: Result<u32, String> =
-            retry("test", BACKOFF, &deadline, Duration::ZERO, |_| true, || {
+        let recovered: Result<u32, String> = retry(
+            "test",
+            BACKOFF,
+            &deadline,
+            Duration::ZERO,
+            |_| true,
+            || {
                 attempts.set(attempts.get() + 1);
                 let n = attempts.get();
                 async move {
@@ -162,8 +187,9 @@ mod tests {
                         Ok(n)
                     }
                 }
-            })
-            .await;
+            },
+        )
+        .await;
         assert_eq!(recovered, Ok(3));
     }
 
@@ -172,12 +198,18 @@ mod tests {
     async fn no_time_left_means_no_retry() {
         let deadline = Deadline::after(Duration::from_millis(200));
         let attempts = Cell::new(0);
-        let result: Result<(), String> =
-            retry("test", BACKOFF, &deadline, Duration::from_millis(300), |_| true, || {
+        let result: Result<(), String> = retry(
+            "test",
+            BACKOFF,
+            &deadline,
+            Duration::from_millis(300),
+            |_| true,
+            || {
                 attempts.set(attempts.get() + 1);
                 async { Err("unavailable".to_owned()) }
-            })
-            .await;
+            },
+        )
+        .await;
         assert!(result.is_err());
         assert_eq!(attempts.get(), 1);
     }

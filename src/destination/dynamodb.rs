@@ -6,11 +6,13 @@
 //! 0 for a single job), `status` (S, the record's), `record` (S, the record's
 //! JSON, or the pointer to where it was spilled) and `written_at` (S, RFC 3339).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use serde_json::Value;
+
+use crate::aws::retry::Backoff;
 
 use super::{split_arn, Delivery, DestinationError, Outgoing, Prepared};
 
@@ -20,10 +22,12 @@ pub(crate) const ITEM_LIMIT: usize = 409_600;
 /// Items per `BatchWriteItem` call.
 const BATCH_ITEMS: usize = 25;
 
-/// How often unprocessed items are sent again, and the first wait (doubled
-/// each time): throttling that outlasts ~0.75 s is left to the event's retry.
+/// How often unprocessed items are sent again, and the waits between (full
+/// jitter under a ceiling from 50 ms, doubled each time): throttling that
+/// outlasts ~0.75 s of ceilings is left to the event's retry.
 const UNPROCESSED_RETRIES: u32 = 4;
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const UNPROCESSED_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
 
 /// `written_at` is at most this long (`2026-11-28T12:00:00.123456789Z` is 30);
 /// counted in an item's size before the time is known.
@@ -81,7 +85,7 @@ impl Table {
         }
     }
 
-    fn delivery(&self, action: &'static str) -> Delivery {
+    pub(crate) fn delivery(&self, action: &'static str) -> Delivery {
         Delivery {
             destination: self.arn.clone(),
             action,
@@ -211,11 +215,10 @@ async fn write_chunk(
     delivery: &Delivery,
     mut requests: Vec<WriteRequest>,
 ) -> Result<(), DestinationError> {
-    let mut backoff = FIRST_BACKOFF;
+    let mut waits = UNPROCESSED_BACKOFF.waits();
     for retry in 0..=UNPROCESSED_RETRIES {
         if retry > 0 {
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            tokio::time::sleep(waits.next_wait()).await;
         }
         let output = client
             .batch_write_item()
@@ -241,130 +244,6 @@ async fn write_chunk(
     )))
 }
 
-/// The results recorded as succeeded for `job_id`, by item index (0 for a
-/// single job): each item's `record` parsed, which for a spilled result is the
-/// pointer object. Reads are consistent, so a write just made is seen. Items
-/// whose record does not parse are left out (and so done again).
-pub async fn succeeded(
-    client: &aws_sdk_dynamodb::Client,
-    table: &Table,
-    job_id: &str,
-) -> Result<BTreeMap<usize, Value>, DestinationError> {
-    let delivery = table.delivery("dynamodb:Query");
-    let mut found = BTreeMap::new();
-    let mut start_key = None;
-    loop {
-        let output = client
-            .query()
-            .table_name(&table.arn)
-            .key_condition_expression("job_id = :id")
-            .expression_attribute_values(":id", AttributeValue::S(job_id.to_owned()))
-            .consistent_read(true)
-            .set_exclusive_start_key(start_key)
-            .send()
-            .await
-            .map_err(|err| delivery.failed(err))?;
-        for item in output.items() {
-            let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
-            if text("status").map(String::as_str) != Some("succeeded") {
-                continue;
-            }
-            let index = item
-                .get("item")
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse::<usize>().ok());
-            let record = text("record").and_then(|r| serde_json::from_str::<Value>(r).ok());
-            match (index, record) {
-                (Some(index), Some(record)) => {
-                    found.insert(index, record);
-                }
-                _ => tracing::warn!(
-                    table = %table.arn,
-                    job_id,
-                    "a succeeded item has no readable `item` or `record`; it will be done again"
-                ),
-            }
-        }
-        match output.last_evaluated_key {
-            Some(key) if !key.is_empty() => start_key = Some(key),
-            _ => return Ok(found),
-        }
-    }
-}
-
-/// The sort key of a job's claim item: below every item index.
-const CLAIM_ITEM: &str = "-1";
-
-/// Claims `job_id` for `request_id` until `until_ms` (epoch ms): one
-/// conditional write of the claim item (`item` = -1, `status` = `claimed`),
-/// which succeeds when there is no claim or the last one has expired. Returns
-/// whether this invocation now holds the job.
-pub async fn claim(
-    client: &aws_sdk_dynamodb::Client,
-    table: &Table,
-    job_id: &str,
-    request_id: &str,
-    until_ms: u64,
-    now_ms: u64,
-) -> Result<Option<bool>, DestinationError> {
-    let result = client
-        .put_item()
-        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
-        .table_name(&table.arn)
-        .item("job_id", AttributeValue::S(job_id.to_owned()))
-        .item("item", AttributeValue::N(CLAIM_ITEM.into()))
-        .item("status", AttributeValue::S("claimed".into()))
-        .item("request_id", AttributeValue::S(request_id.to_owned()))
-        .item("claim_until", AttributeValue::N(until_ms.to_string()))
-        .condition_expression("attribute_not_exists(job_id) OR claim_until < :now")
-        .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
-        .send()
-        .await;
-    match result {
-        Ok(output) => Ok(Some(output.attributes.is_some_and(|old| !old.is_empty()))),
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-        {
-            Ok(None)
-        }
-        Err(err) => Err(table.delivery("dynamodb:PutItem").failed(err)),
-    }
-}
-
-/// Ends `request_id`'s claim on `job_id` early, so a retry need not wait for
-/// the claim to expire. Only this invocation's own claim is touched.
-pub async fn release(
-    client: &aws_sdk_dynamodb::Client,
-    table: &Table,
-    job_id: &str,
-    request_id: &str,
-) -> Result<(), DestinationError> {
-    let result = client
-        .update_item()
-        .table_name(&table.arn)
-        .key("job_id", AttributeValue::S(job_id.to_owned()))
-        .key("item", AttributeValue::N(CLAIM_ITEM.into()))
-        .update_expression("SET claim_until = :zero")
-        .condition_expression("request_id = :me")
-        .expression_attribute_values(":zero", AttributeValue::N("0".into()))
-        .expression_attribute_values(":me", AttributeValue::S(request_id.to_owned()))
-        .send()
-        .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-        {
-            Ok(())
-        }
-        Err(err) => Err(table.delivery("dynamodb:UpdateItem").failed(err)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -372,7 +251,6 @@ mod tests {
     use aws_sdk_dynamodb::operation::batch_write_item::{
         BatchWriteItemError, BatchWriteItemOutput,
     };
-    use aws_sdk_dynamodb::operation::query::QueryOutput;
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
     use aws_smithy_types::error::ErrorMetadata;
     use serde_json::json;
@@ -605,50 +483,5 @@ mod tests {
             assert_eq!(err.code(), expected, "{code}: {err}");
             assert!(err.to_string().contains(&text), "{err}");
         }
-    }
-
-    #[tokio::test]
-    async fn succeeded_reads_every_page_and_keeps_succeeded_items() {
-        let item = |index: &str, status: &str, record: &str| {
-            HashMap::from([
-                ("job_id".to_owned(), AttributeValue::S("j".into())),
-                ("item".to_owned(), AttributeValue::N(index.into())),
-                ("status".to_owned(), AttributeValue::S(status.into())),
-                ("record".to_owned(), AttributeValue::S(record.into())),
-            ])
-        };
-        let first = item("0", "succeeded", r#"{"n":0}"#);
-        let pages = mock!(aws_sdk_dynamodb::Client::query)
-            .match_requests(|req| {
-                req.consistent_read() == Some(true)
-                    && req.key_condition_expression() == Some("job_id = :id")
-                    && req.expression_attribute_values().and_then(|v| v.get(":id"))
-                        == Some(&AttributeValue::S("j".into()))
-            })
-            .sequence()
-            .output(move || {
-                QueryOutput::builder()
-                    .items(first.clone())
-                    .items(item("1", "failed", r#"{"n":1}"#))
-                    .last_evaluated_key("job_id", AttributeValue::S("j".into()))
-                    .last_evaluated_key("item", AttributeValue::N("1".into()))
-                    .build()
-            })
-            .output(move || {
-                QueryOutput::builder()
-                    .items(item("2", "succeeded", r#"{"spilled_to":"s3://b/k"}"#))
-                    .items(item("3", "succeeded", "not json"))
-                    .build()
-            })
-            .build();
-        let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&pages]);
-        let found = succeeded(&client, &Table::parse(ARN).expect("arn"), "j")
-            .await
-            .expect("read");
-        assert_eq!(
-            found,
-            BTreeMap::from([(0, json!({"n": 0})), (2, json!({"spilled_to": "s3://b/k"}))])
-        );
-        assert_eq!(pages.num_calls(), 2);
     }
 }

@@ -469,16 +469,6 @@ impl Destinations {
         })
     }
 
-    /// The results already recorded as succeeded for `job_id` in `table`, by
-    /// item index (0 for a single job); see [`dynamodb::succeeded`].
-    pub async fn succeeded_in_table(
-        &self,
-        table: &dynamodb::Table,
-        job_id: &str,
-    ) -> Result<std::collections::BTreeMap<usize, Value>, DestinationError> {
-        dynamodb::succeeded(self.dynamodb_client(), table, job_id).await
-    }
-
     /// Renders each result's record, spilling the ones over `limit` (as
     /// `size_of` measures them for the service) to S3.
     async fn prepare<'a>(

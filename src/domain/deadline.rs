@@ -99,8 +99,7 @@ mod tests {
             None
         );
         assert_eq!(
-            Deadline::after(Duration::from_secs(1))
-                .budget(Duration::from_secs(2), Duration::ZERO),
+            Deadline::after(Duration::from_secs(1)).budget(Duration::from_secs(2), Duration::ZERO),
             None
         );
     }

@@ -22,11 +22,14 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::destination::s3::WriteCondition;
+mod dynamodb;
+mod s3;
+
+use crate::destination::dynamodb::Table;
 use crate::destination::{
-    dynamodb, DestinationError, DestinationSpec, Destinations, Outgoing, S3Destination,
+    DestinationError, DestinationSpec, Destinations, Outgoing, S3Destination,
 };
 
 /// Where finished work is looked up and remembered.
@@ -37,7 +40,7 @@ pub enum Ledger {
     /// A DynamoDB table: the destination itself, or the idempotency table.
     Table {
         /// The table.
-        table: dynamodb::Table,
+        table: Table,
         /// Whether the table is the destination (results are already in it).
         is_destination: bool,
     },
@@ -49,7 +52,7 @@ impl Ledger {
     /// The ledger for results going to `destination`.
     pub fn for_destination(
         destination: &DestinationSpec,
-        idempotency_table: Option<&dynamodb::Table>,
+        idempotency_table: Option<&Table>,
         destinations: &Destinations,
     ) -> Self {
         match (destination, idempotency_table) {
@@ -76,20 +79,14 @@ impl Ledger {
         job_id: &str,
     ) -> Result<Option<Value>, DestinationError> {
         match self {
-            Self::S3(s3) => {
-                let Some(bytes) = s3.read(&s3.location().key_for(job_id)).await? else {
-                    return Ok(None);
-                };
-                // A record that does not parse is treated as absent: the job runs again
-                // and replaces it.
-                Ok(serde_json::from_slice::<Value>(&bytes)
-                    .ok()
-                    .filter(is_succeeded))
+            Self::S3(s3) => s3::succeeded_job(s3, job_id).await,
+            Self::Table { table, .. } => {
+                Ok(
+                    dynamodb::succeeded(destinations.dynamodb_client(), table, job_id)
+                        .await?
+                        .remove(&0),
+                )
             }
-            Self::Table { table, .. } => Ok(destinations
-                .succeeded_in_table(table, job_id)
-                .await?
-                .remove(&0)),
             Self::Off => Ok(None),
         }
     }
@@ -101,19 +98,10 @@ impl Ledger {
         job_id: &str,
     ) -> Result<BTreeMap<usize, Value>, DestinationError> {
         match self {
-            Self::S3(s3) => {
-                let location = s3.location();
-                // The final object holds every item once the batch has finished;
-                // before that, the progress object holds what is done.
-                let mut lines = s3.read(&location.batch_key_for(job_id)).await?;
-                if lines.is_none() {
-                    lines = s3.read(&location.progress_key_for(job_id)).await?;
-                }
-                Ok(lines
-                    .map(|bytes| succeeded_lines(&bytes))
-                    .unwrap_or_default())
+            Self::S3(s3) => s3::succeeded_items(s3, job_id).await,
+            Self::Table { table, .. } => {
+                dynamodb::succeeded(destinations.dynamodb_client(), table, job_id).await
             }
-            Self::Table { table, .. } => destinations.succeeded_in_table(table, job_id).await,
             Self::Off => Ok(BTreeMap::new()),
         }
     }
@@ -208,45 +196,12 @@ impl Ledger {
                     None => Claim::Elsewhere { until_ms: None },
                 })
             }
-            Self::S3(s3) => {
-                let key = s3.location().claim_key_for(job_id);
-                let body = json!({"request_id": request_id, "until_ms": until_ms})
-                    .to_string()
-                    .into_bytes();
-                if let Some(etag) = s3
-                    .put_if(&key, body.clone(), WriteCondition::Absent)
-                    .await?
-                {
-                    return Ok(token(Some(etag), false));
-                }
-                let Some((current, etag)) = s3.read_tagged(&key).await? else {
-                    // Released and removed in between: one more try.
-                    return Ok(match s3.put_if(&key, body, WriteCondition::Absent).await? {
-                        Some(etag) => token(Some(etag), true),
-                        None => Claim::Elsewhere { until_ms: None },
-                    });
-                };
-                let other_until = serde_json::from_slice::<Value>(&current)
-                    .ok()
-                    .and_then(|c| c.get("until_ms").and_then(Value::as_u64))
-                    .unwrap_or(0);
-                if other_until > now_ms {
-                    return Ok(Claim::Elsewhere {
-                        until_ms: Some(other_until),
-                    });
-                }
-                // The other claim has expired (or was released): take it over,
-                // unless someone else just did.
-                Ok(
-                    match s3
-                        .put_if(&key, body, WriteCondition::Unchanged(&etag))
-                        .await?
-                    {
-                        Some(etag) => token(Some(etag), true),
-                        None => Claim::Elsewhere { until_ms: None },
-                    },
-                )
-            }
+            Self::S3(s3) => Ok(
+                match s3::claim(s3, job_id, request_id, until_ms, now_ms).await? {
+                    s3::Claimed::Held { etag, took_over } => token(Some(etag), took_over),
+                    s3::Claimed::Elsewhere { until_ms } => Claim::Elsewhere { until_ms },
+                },
+            ),
         }
     }
 
@@ -269,16 +224,7 @@ impl Ledger {
                 .await
             }
             Self::S3(s3) => match &token.etag {
-                Some(etag) => s3
-                    .put_if(
-                        &s3.location().claim_key_for(&token.job_id),
-                        json!({"request_id": token.request_id, "until_ms": 0, "released": true})
-                            .to_string()
-                            .into_bytes(),
-                        WriteCondition::Unchanged(etag),
-                    )
-                    .await
-                    .map(|_| ()),
+                Some(etag) => s3::release(s3, &token.job_id, &token.request_id, etag).await,
                 None => Ok(()),
             },
         };
@@ -288,37 +234,7 @@ impl Ledger {
     }
 }
 
+/// Whether a record or item line says `succeeded`.
 fn is_succeeded(record: &Value) -> bool {
     record.get("status").and_then(Value::as_str) == Some("succeeded")
-}
-
-/// The succeeded lines of a batch's JSON Lines, by their `index`.
-fn succeeded_lines(bytes: &[u8]) -> BTreeMap<usize, Value> {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
-        .filter(is_succeeded)
-        .filter_map(|line| {
-            let index = usize::try_from(line.get("index")?.as_u64()?).ok()?;
-            Some((index, line))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_succeeded_lines_count_as_done() {
-        let jsonl = br#"{"index":0,"status":"succeeded","output":{"text":"a"}}
-{"index":1,"status":"failed","error":{"type":"BedrockThrottled"}}
-{"index":2,"status":"pending"}
-not json
-{"index":3,"status":"succeeded"}
-"#;
-        let done = succeeded_lines(jsonl);
-        assert_eq!(done.keys().copied().collect::<Vec<_>>(), vec![0, 3]);
-        assert_eq!(done[&0]["output"]["text"], "a");
-    }
 }

@@ -83,32 +83,13 @@ pub(crate) async fn run(
     let items = match batch_items(services, &plan.job).await {
         Ok(items) => items,
         Err(err) => {
-            return outcome::fail(
-                services,
-                plan.record,
-                &plan.delivery,
-                err,
-                &Arc::default(),
-            )
-            .await
+            return outcome::fail(services, plan.record, &plan.delivery, err, &Arc::default()).await
         }
     };
-    let guard = Guard::new(
-        &plan.delivery.ledger,
-        sinks,
-        job_id,
-        request_id,
-        *deadline,
-    );
+    let guard = Guard::new(&plan.delivery.ledger, sinks, job_id, request_id, *deadline);
     let result = guard
         .run(
-            || async {
-                Ok(plan
-                    .delivery
-                    .ledger
-                    .succeeded_items(sinks, job_id)
-                    .await?)
-            },
+            || async { Ok(plan.delivery.ledger.succeeded_items(sinks, job_id).await?) },
             |done: &BTreeMap<usize, Value>| done.len() >= items.len(),
             |done| run_claimed(services, &plan, &items, done, request_id, deadline),
         )
@@ -117,14 +98,7 @@ pub(crate) async fn run(
         Ok(answer) => Ok(answer),
         Err(GuardError::Busy(err)) => Err(err),
         Err(GuardError::Run(err @ RelayError::Destination(_)) | GuardError::Ledger(err)) => {
-            outcome::fail(
-                services,
-                plan.record,
-                &plan.delivery,
-                err,
-                &Arc::default(),
-            )
-            .await
+            outcome::fail(services, plan.record, &plan.delivery, err, &Arc::default()).await
         }
         Err(GuardError::Run(err)) => Err(err),
     }
@@ -282,7 +256,13 @@ async fn run_item(
                 Some(&reply),
                 &stats,
             );
-            ItemRecord::succeeded(job_id, index, served_by.to_record(), &resolved.model, &reply)
+            ItemRecord::succeeded(
+                job_id,
+                index,
+                served_by.to_record(),
+                &resolved.model,
+                &reply,
+            )
         }
         // Not sent: the deadline came first. The retry runs it.
         Err(BedrockError::Deadline { .. }) if stats.attempts() == 0 => {
@@ -357,7 +337,10 @@ mod tests {
     fn a_batch_over_the_item_limit_is_refused_with_the_fix() {
         assert!(check_item_count(10, 10).is_ok());
         let err = check_item_count(11, 10).expect_err("over").to_string();
-        assert!(err.contains("11 items, over the limit of 10 (RELAY_MAX_ITEMS)"), "{err}");
+        assert!(
+            err.contains("11 items, over the limit of 10 (RELAY_MAX_ITEMS)"),
+            "{err}"
+        );
         assert!(err.contains("split the batch"), "{err}");
     }
 }

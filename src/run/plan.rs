@@ -153,7 +153,10 @@ pub(crate) fn plan<'s>(
     let delivery = Delivery::new(services, destination, &resolved.id, job.group.as_deref());
 
     // The targets and model are checked before any STS or Bedrock call.
-    let pool = match config.targets.select_pool(&resolved.targets, &resolved.model) {
+    let pool = match config
+        .targets
+        .select_pool(&resolved.targets, &resolved.model)
+    {
         Ok(pool) => pool,
         Err(err) => return Err(refuse(record, delivery, err.into())),
     };

@@ -26,13 +26,7 @@ pub(crate) async fn run(
     let sinks = services.sinks();
     let plan = &plan;
     let job_id = plan.record.job_id.as_str();
-    let guard = Guard::new(
-        &plan.delivery.ledger,
-        sinks,
-        job_id,
-        request_id,
-        *deadline,
-    );
+    let guard = Guard::new(&plan.delivery.ledger, sinks, job_id, request_id, *deadline);
     let result = guard
         .run(
             || async {
