@@ -12,9 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{self, error::CredentialsError, ProvideCredentials};
 use aws_credential_types::Credentials;
-use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::error::SdkError;
 use thiserror::Error;
 
+use crate::aws::errors::{Class, SdkFailure};
 use crate::domain::target::Target;
 
 /// How long before expiry the identity cache fetches new credentials. Longer than
@@ -179,24 +180,17 @@ fn classify(
     >,
 ) -> AssumeRoleError {
     let role_arn = role_arn.to_owned();
-    let code = err.code().unwrap_or_default().to_owned();
-    let message = err.message().map(str::to_owned).unwrap_or_else(|| {
-        // No service message: a network or timeout failure. Say so without the
-        // request's details, which may hold headers.
-        match &err {
-            SdkError::TimeoutError(_) => "timed out".into(),
-            SdkError::DispatchFailure(_) => "could not reach STS".into(),
-            _ => format!("{code} (no message)"),
-        }
-    });
-    let status = err.raw_response().map(|r| r.status().as_u16());
-    match code.as_str() {
-        "AccessDenied" | "AccessDeniedException" => AssumeRoleError::Denied { role_arn, message },
-        "ValidationError"
-        | "MalformedPolicyDocument"
-        | "PackedPolicyTooLarge"
-        | "RegionDisabledException" => AssumeRoleError::Invalid { role_arn, message },
-        "ExpiredTokenException" | "InvalidClientTokenId" | "SignatureDoesNotMatch" => {
+    let failure = SdkFailure::read(&err);
+    let code = failure.code.clone().unwrap_or_default();
+    // No service message: a network or timeout failure. Say so without the
+    // request's details, which may hold headers.
+    let message = match (&failure.message, &failure.code) {
+        (Some(message), _) => message.clone(),
+        (None, Some(code)) => format!("{code} (no message)"),
+        (None, None) => failure.unanswered("STS"),
+    };
+    match (code.as_str(), failure.class()) {
+        ("ExpiredTokenException" | "InvalidClientTokenId" | "SignatureDoesNotMatch", _) => {
             AssumeRoleError::Denied {
                 role_arn,
                 message: format!(
@@ -204,7 +198,8 @@ fn classify(
                 ),
             }
         }
-        _ if status == Some(403) => AssumeRoleError::Denied { role_arn, message },
+        (_, Class::Denied) => AssumeRoleError::Denied { role_arn, message },
+        (_, Class::Rejected) => AssumeRoleError::Invalid { role_arn, message },
         _ => AssumeRoleError::Unavailable { role_arn, message },
     }
 }

@@ -1,7 +1,7 @@
 //! The Lambda wiring: [`Relay`] is built once at cold start, owns the shared
-//! [`Services`] (so credentials and connections stay warm between events) and
+//! services (so credentials and connections stay warm between events) and
 //! serves the Runtime API: each invocation's payload, request id and deadline
-//! go to [`crate::run`].
+//! go to the run layer (`src/run/`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

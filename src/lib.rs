@@ -6,42 +6,34 @@
 //!
 //! # Layout
 //!
-//! Data flows one way, one module a step:
+//! Layers run one way: a module uses only modules below it
+//! (`../shared/tools/module-cycles src` prints `no cycles`). Read
+//! `docs/architecture.md` first; top to bottom:
 //!
-//! - [`config`]: `RELAY_*` environment → [`Config`], validated at cold start.
-//! - [`input`]: the three event shapes (job event, other envelope + default
-//!   job, bare job) → [`input::Input`]; the raw-payload guard.
-//! - [`job`]: the job format, strict parsing and validation; [`schema`]: the
-//!   same as a JSON Schema.
-//! - [`template`]: Jinja templates in job fields, locked down.
-//! - [`target`]: the model accounts (aliases → RoleA, region, allowlist) and
-//!   the choice of one for a job.
-//! - [`credentials`]: AssumeRole into RoleA with SourceIdentity, as a
-//!   credentials provider under the SDK's identity cache.
-//! - [`documents`]: the S3 objects a job reads with account B's credentials
-//!   (`documents` as Converse document/image blocks, `items_from` JSON Lines).
-//! - [`bedrock`]: the RoleA-signed Bedrock client, Converse, error classes.
-//! - `pacer` (crate-private): a batch's send rate per model and account, learned from
-//!   throttles.
-//! - [`batch`]: one job per item, bounded concurrency, deadline-aware.
-//! - [`ledger`]: idempotency: finished work read back, and claims against
-//!   concurrent duplicates.
-//! - [`record`]: the result/error record, and a batch's item lines.
-//! - [`metrics`]: CloudWatch EMF metrics, one line per job.
-//! - [`xray`]: an X-Ray subsegment per AWS call (STS, Bedrock, destinations),
-//!   sent to Lambda's X-Ray daemon when the invocation is sampled.
-//! - [`destination`]: delivering results with account B's credentials: S3,
-//!   SQS, SNS, EventBridge, DynamoDB, spill to S3.
-//! - [`error`]: [`RelayError`] and its mapping to Lambda's error type.
-//! - [`relay`]: one invocation end to end; the Lambda runtime wiring.
-//! - [`tls`]: the CAs the HTTPS client trusts (Amazon Trust Services by default).
-//! - [`cli`]: the same binary outside Lambda: `invoke`, `doctor`, `trail`.
-//! - [`trail`]: pairing account B's AssumeRole events with the target
-//!   accounts' Bedrock events from CloudTrail.
+//! - `main.rs` (thin), [`lambda`] ([`Relay`]: the Lambda wiring, the
+//!   runtime's deadline as a [`domain::deadline::Deadline`]) and [`cli`]
+//!   (`invoke`, `doctor`, `trail`, `schema`).
+//! - `run` (crate-private): the run modes as peers (a single job, a batch in
+//!   one invocation) over the same parts: planning, the guarded run (claim →
+//!   read back → run → release), preparing a job, and its outcome (records,
+//!   delivery, metrics). [`error`] gathers the other modules' errors into
+//!   [`RelayError`] and maps them to Lambda's error type.
+//! - `scheduling` (crate-private): calling the model on time (pool choice,
+//!   pacer, latency book); [`config`]: `RELAY_*` environment → [`Config`].
+//! - Adapters that call AWS: [`credentials`] (AssumeRole into RoleA under the
+//!   identity cache), [`bedrock`] (Converse and InvokeModel, error classes),
+//!   [`documents`] (S3 objects as content blocks, `items_from` JSON Lines),
+//!   [`destination`] (S3, SQS, SNS, EventBridge, DynamoDB, spill), [`ledger`]
+//!   (claims and finished work, S3 and DynamoDB side by side).
+//! - [`template`] (locked-down Jinja), [`schema`] (the job as JSON Schema),
+//!   [`observe`] (EMF metrics, X-Ray subsegments).
+//! - [`aws`]: what every adapter shares (trust store, SDK-error classes,
+//!   the retry helper, S3 URIs and ARNs); [`domain`]: plain data (job, input,
+//!   target, record, deadline).
 //!
-//! `main.rs` only starts tracing, reads the config and serves. The local lab
-//! (`lab/`, a separate crate) emulates Bedrock and the Lambda Runtime API for
-//! the end-to-end tests in `tests/`.
+//! The local lab (`lab/`, a separate crate never linked into the function)
+//! emulates Bedrock and the Lambda Runtime API for the end-to-end tests in
+//! `tests/`.
 
 #![warn(missing_docs)]
 

@@ -1,6 +1,6 @@
 //! The entry point: start tracing, then either serve Lambda events (started
 //! by the Lambda service, no arguments) or run the operator command line
-//! (`invoke`, `doctor`). Everything else lives in the library.
+//! (`invoke`, `doctor`, `trail`, `schema`). Everything else lives in the library.
 
 use bedrock_relay::{cli, Config, Relay};
 

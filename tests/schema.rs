@@ -75,7 +75,7 @@ fn checked_in_schemas_match_the_rust_types() {
     }
     assert!(
         stale.is_empty(),
-        "{}: out of date with the types in src/job.rs; regenerate with \
+        "{}: out of date with the types in src/domain/job.rs; regenerate with \
          `BLESS=1 cargo test --test schema` and commit the result",
         stale.join(", ")
     );
@@ -205,7 +205,7 @@ fn invalid_jobs_are_refused_as_the_relay_refuses_them() {
     }
 }
 
-/// The jobs `src/job.rs`'s unit tests accept, and the example shapes, validate.
+/// The jobs `src/domain/job.rs`'s unit tests accept, and the example shapes, validate.
 #[test]
 fn jobs_the_relay_accepts_validate() {
     let validator = job_validator();

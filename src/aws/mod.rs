@@ -1,7 +1,9 @@
-//! The bottom layer every AWS adapter uses: the HTTPS trust store, client
-//! building, S3 URI and ARN parsing, SDK-error classification and the one
-//! retry helper.
+//! The bottom layer every AWS adapter uses: the HTTPS trust store, S3 URI
+//! and ARN parsing, SDK-error classification and the one retry helper.
+//! (Clients are built from one base config: `credentials::load_base_config`,
+//! then `Destinations` and `Bedrock` derive theirs from it.)
 
 pub mod errors;
 pub mod retry;
 pub mod tls;
+pub mod uri;

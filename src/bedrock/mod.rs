@@ -6,7 +6,7 @@
 //! call, retries included, by the time left before the Lambda deadline, and
 //! classifies what is left when the SDK gives up. A batch item's throttles
 //! are the exception: they end the call and go back to the target's
-//! pacer (`src/pacer.rs`, [`Attempts::Paced`]).
+//! pacer (`src/scheduling/pacer.rs`, [`Attempts::Paced`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,9 +29,11 @@ use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
 use aws_smithy_runtime_api::client::retries::classifiers::{
     ClassifyRetry, RetryAction, RetryClassifierPriority, RetryReason,
 };
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 use aws_smithy_types::retry::ErrorKind;
 use thiserror::Error;
 
+use crate::aws::errors::{Class, SdkFailure};
 use crate::credentials::{
     find_assume_role_error, AssumeRoleError, AssumeRoleProvider, REFRESH_BEFORE_EXPIRY,
 };
@@ -343,10 +345,14 @@ impl Bedrock {
         }
     }
 
-    fn classify<E, R>(&self, model: &str, err: SdkError<E, R>, budget: Duration) -> BedrockError
+    fn classify<E>(
+        &self,
+        model: &str,
+        err: SdkError<E, HttpResponse>,
+        budget: Duration,
+    ) -> BedrockError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug + 'static,
     {
         if let Some(assume) = find_assume_role_error(&err) {
             return assume.clone().into();
@@ -358,39 +364,11 @@ impl Bedrock {
                 left_ms: budget.as_millis(),
             };
         }
-        let code = err.code().unwrap_or_default().to_owned();
-        let message = err.message().unwrap_or("no message").to_owned();
-        match code.as_str() {
-            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" => {
-                BedrockError::AccessDenied {
-                    model,
-                    role_arn: self.role_arn.clone(),
-                    message,
-                }
-            }
-            "ThrottlingException"
-            | "TooManyRequestsException"
-            | "ServiceQuotaExceededException" => BedrockError::Throttled { model, message },
-            "InternalServerException"
-            | "ServiceUnavailableException"
-            | "ModelNotReadyException"
-            | "ModelTimeoutException" => BedrockError::Unavailable {
-                model,
-                code,
-                message,
-            },
-            "ResourceNotFoundException" => BedrockError::NotFound {
-                model,
-                region: self.region.clone(),
-                message,
-            },
-            "ValidationException" | "ModelErrorException" => BedrockError::Rejected {
-                model,
-                code,
-                message,
-            },
+        let failure = SdkFailure::read(&err);
+        let message = failure.message().to_owned();
+        let Some(code) = failure.code.clone() else {
             // No error code: the request never got a service answer.
-            "" => BedrockError::Unreachable {
+            return BedrockError::Unreachable {
                 model,
                 message: {
                     // The SDK's own top line ("dispatch failure") says nothing; its sources do.
@@ -404,8 +382,26 @@ impl Bedrock {
                         detail.join(": ")
                     }
                 },
+            };
+        };
+        match failure.class() {
+            Class::Denied => BedrockError::AccessDenied {
+                model,
+                role_arn: self.role_arn.clone(),
+                message,
             },
-            _ => BedrockError::Unavailable {
+            Class::Throttled => BedrockError::Throttled { model, message },
+            Class::Missing => BedrockError::NotFound {
+                model,
+                region: self.region.clone(),
+                message,
+            },
+            Class::Rejected => BedrockError::Rejected {
+                model,
+                code,
+                message,
+            },
+            Class::Transient | Class::Other => BedrockError::Unavailable {
                 model,
                 code,
                 message,
@@ -423,7 +419,7 @@ pub enum Attempts {
     One,
     /// As many as the deadline allows for 5xx answers and transport errors
     /// (backoff from 50 ms up to 1 s), none for throttling: a batch item, whose
-    /// throttled attempts go back to the target's pacer (`src/pacer.rs`) for
+    /// throttled attempts go back to the target's pacer (`src/scheduling/pacer.rs`) for
     /// the next send slot instead of sleeping on their own.
     Paced,
 }

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::aws::retry::Backoff;
 
-use super::{split_arn, Delivery, DestinationError, Outgoing, Prepared};
+use super::{Delivery, DestinationError, Outgoing, Prepared};
+use crate::aws::uri::split_arn;
 
 /// The largest item DynamoDB stores, in bytes (400 KB).
 pub(crate) const ITEM_LIMIT: usize = 409_600;

@@ -5,9 +5,10 @@
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
 use super::{
-    batches, send_batch_with_retry, split_arn, Delivery, DestinationError, EntryOutcome, Outgoing,
-    Prepared, MAX_BATCH_ENTRIES,
+    batches, send_batch_with_retry, Delivery, DestinationError, EntryOutcome, Outgoing, Prepared,
+    MAX_BATCH_ENTRIES,
 };
+use crate::aws::uri::split_arn;
 
 /// Every event's `Source`: what rules match on.
 pub const SOURCE: &str = "bedrock-relay";

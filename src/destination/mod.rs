@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::aws::errors::{class_of, Class, SdkFailure};
 use crate::aws::retry::{retry, Backoff};
 use crate::domain::deadline::Deadline;
 use crate::domain::record::{ItemRecord, Record, Status};
@@ -656,57 +657,6 @@ pub(crate) fn fifo_id(text: &str) -> String {
     format!("sha256:{hex}")
 }
 
-/// The parts of an ARN, checked for the service it should name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ArnParts<'a> {
-    /// `aws`, `aws-cn`, `aws-us-gov`, ...
-    pub partition: &'a str,
-    /// The region.
-    pub region: &'a str,
-    /// The 12-digit account id.
-    pub account: &'a str,
-    /// Everything after the account (`name`, `table/name`, `event-bus/name`).
-    pub resource: &'a str,
-}
-
-/// Splits `arn:<partition>:<service>:<region>:<account>:<resource>`; `form` is
-/// the expected shape, quoted in errors.
-pub(crate) fn split_arn<'a>(
-    text: &'a str,
-    service: &str,
-    form: &str,
-) -> Result<ArnParts<'a>, String> {
-    let parts: Vec<&str> = text.splitn(6, ':').collect();
-    let [arn, partition, found_service, region, account, resource] = parts[..] else {
-        return Err(format!("`{text}` is not an ARN; expected {form}"));
-    };
-    if arn != "arn" || partition.is_empty() {
-        return Err(format!("`{text}` is not an ARN; expected {form}"));
-    }
-    if found_service != service {
-        return Err(format!(
-            "`{text}` is an ARN of `{found_service}`, not `{service}`; expected {form}"
-        ));
-    }
-    if region.is_empty() {
-        return Err(format!("`{text}` has no region; expected {form}"));
-    }
-    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "`{account}` in `{text}` is not a 12-digit account id; expected {form}"
-        ));
-    }
-    if resource.is_empty() {
-        return Err(format!("`{text}` names no resource; expected {form}"));
-    }
-    Ok(ArnParts {
-        partition,
-        region,
-        account,
-        resource,
-    })
-}
-
 /// What a delivery failure is reported against, and what to grant when denied.
 #[derive(Debug, Clone)]
 pub(crate) struct Delivery {
@@ -726,23 +676,17 @@ impl Delivery {
     /// Maps an error code (of a whole call or of one batch entry) to what the
     /// user should fix; `None` for codes that say nothing about the destination.
     fn by_code(&self, code: &str, message: &str) -> Option<DestinationError> {
-        match code {
-            "AccessDenied" | "AccessDeniedException" | "AuthorizationError" => {
-                Some(DestinationError::Denied {
-                    action: self.action,
-                    destination: self.destination.clone(),
-                    message: message.to_owned(),
-                    fix: format!(
-                        "grant the execution role {} on {}",
-                        self.action, self.resource
-                    ),
-                })
-            }
-            "AWS.SimpleQueueService.NonExistentQueue"
-            | "QueueDoesNotExist"
-            | "NotFound"
-            | "NotFoundException"
-            | "ResourceNotFoundException" => Some(DestinationError::Missing {
+        match class_of(code) {
+            Class::Denied => Some(DestinationError::Denied {
+                action: self.action,
+                destination: self.destination.clone(),
+                message: message.to_owned(),
+                fix: format!(
+                    "grant the execution role {} on {}",
+                    self.action, self.resource
+                ),
+            }),
+            Class::Missing => Some(DestinationError::Missing {
                 destination: self.destination.clone(),
                 what: self.what.clone(),
             }),
@@ -755,25 +699,19 @@ impl Delivery {
         &self,
         err: SdkError<E, HttpResponse>,
     ) -> DestinationError {
-        let message = err.message().unwrap_or("no message").to_owned();
-        if let Some(code) = err.code() {
+        let failure = SdkFailure::read(&err);
+        let message = failure.message().to_owned();
+        if let Some(code) = &failure.code {
             return self
                 .by_code(code, &message)
                 .unwrap_or_else(|| self.unavailable(format!("{code}: {message}")));
         }
-        // A 403 whose body is not the service's error shape (an endpoint
-        // policy, a proxy, or moto's XML answer to a JSON-protocol call) is a
-        // denial all the same.
-        if err.raw_response().map(|r| r.status().as_u16()) == Some(403) {
+        if failure.class() == Class::Denied {
             return self
                 .by_code("AccessDenied", "HTTP 403 without an error code")
                 .unwrap_or_else(|| self.unavailable("HTTP 403".into()));
         }
-        self.unavailable(match err {
-            SdkError::TimeoutError(_) => "timed out".into(),
-            SdkError::DispatchFailure(_) => format!("could not reach {}", self.service),
-            _ => format!("no answer from {}", self.service),
-        })
+        self.unavailable(failure.unanswered(self.service))
     }
 
     /// A transient failure.

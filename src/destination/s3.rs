@@ -4,76 +4,12 @@
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
+use aws_smithy_runtime_api::http::Response as HttpResponse;
+
 use super::DestinationError;
+use crate::aws::errors::{Class, SdkFailure};
+pub use crate::aws::uri::S3Location;
 use crate::domain::record::Record;
-
-/// `s3://bucket/prefix/`, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Location {
-    /// The bucket.
-    pub bucket: String,
-    /// The key prefix: empty, or ending in `/`.
-    pub prefix: String,
-}
-
-impl S3Location {
-    /// Parses `s3://bucket[/prefix[/]]`; a prefix without a trailing `/` gets one.
-    pub fn parse(uri: &str) -> Result<Self, String> {
-        let rest = uri
-            .strip_prefix("s3://")
-            .ok_or_else(|| format!("`{uri}` is not an s3:// URI; expected s3://bucket/prefix/"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-            && !bucket.starts_with(['.', '-'])
-            && !bucket.ends_with(['.', '-']);
-        if !bucket_ok {
-            return Err(format!(
-                "`{bucket}` is not an S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)"
-            ));
-        }
-        let mut prefix = prefix.to_owned();
-        if !prefix.is_empty() && !prefix.ends_with('/') {
-            prefix.push('/');
-        }
-        Ok(Self {
-            bucket: bucket.to_owned(),
-            prefix,
-        })
-    }
-
-    /// The object key for a job.
-    pub fn key_for(&self, job_id: &str) -> String {
-        format!("{}{job_id}.json", self.prefix)
-    }
-
-    /// `s3://bucket/key`.
-    pub fn uri_for(&self, job_id: &str) -> String {
-        self.uri_of(&self.key_for(job_id))
-    }
-
-    /// The JSON Lines object of a finished batch.
-    pub fn batch_key_for(&self, job_id: &str) -> String {
-        format!("{}{job_id}.jsonl", self.prefix)
-    }
-
-    /// The object that says which invocation is running a job.
-    pub fn claim_key_for(&self, job_id: &str) -> String {
-        format!("{}_claims/{job_id}.json", self.prefix)
-    }
-
-    /// The JSON Lines object a batch cut short keeps its progress in.
-    pub fn progress_key_for(&self, job_id: &str) -> String {
-        format!("{}{job_id}.progress.jsonl", self.prefix)
-    }
-
-    /// `s3://bucket/<key>`.
-    pub fn uri_of(&self, key: &str) -> String {
-        format!("s3://{}/{key}", self.bucket)
-    }
-}
 
 /// The precondition of a conditional write.
 #[derive(Debug, Clone, Copy)]
@@ -244,28 +180,28 @@ impl S3Destination {
         Ok(uri)
     }
 
-    fn classify<E: ProvideErrorMetadata, R>(
+    fn classify<E: ProvideErrorMetadata>(
         &self,
         uri: String,
-        err: SdkError<E, R>,
+        err: SdkError<E, HttpResponse>,
     ) -> DestinationError {
         classify(&self.location, "s3:PutObject", uri, err)
     }
 }
 
 /// Maps an S3 error to what the user should fix; `action` is the denied permission.
-pub(crate) fn classify<E: ProvideErrorMetadata, R>(
+pub(crate) fn classify<E: ProvideErrorMetadata>(
     location: &S3Location,
     action: &'static str,
     uri: String,
-    err: SdkError<E, R>,
+    err: SdkError<E, HttpResponse>,
 ) -> DestinationError {
-    let message = err.message().unwrap_or("no message").to_owned();
-    match err.code() {
-        Some("AccessDenied") | Some("AllAccessDisabled") => DestinationError::Denied {
+    let failure = SdkFailure::read(&err);
+    match (failure.code.as_deref(), failure.class()) {
+        (Some(_), Class::Denied) => DestinationError::Denied {
             action,
             destination: uri,
-            message,
+            message: failure.message().to_owned(),
             fix: match action {
                 // Without ListBucket, S3 answers AccessDenied for a key that does not exist.
                 "s3:GetObject" => format!(
@@ -279,21 +215,13 @@ pub(crate) fn classify<E: ProvideErrorMetadata, R>(
                 ),
             },
         },
-        Some("NoSuchBucket") => DestinationError::Missing {
+        (Some("NoSuchBucket"), _) => DestinationError::Missing {
             destination: uri,
             what: format!("bucket `{}`", location.bucket),
         },
-        Some(code) => DestinationError::Unavailable {
+        _ => DestinationError::Unavailable {
             destination: uri,
-            message: format!("{code}: {message}"),
-        },
-        None => DestinationError::Unavailable {
-            destination: uri,
-            message: match err {
-                SdkError::TimeoutError(_) => "timed out".into(),
-                SdkError::DispatchFailure(_) => "could not reach S3".into(),
-                _ => "no answer from S3".into(),
-            },
+            message: failure.summary("S3"),
         },
     }
 }

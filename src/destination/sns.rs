@@ -5,9 +5,10 @@
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
 use super::{
-    batches, fifo_id, send_batch_with_retry, split_arn, sqs, Delivery, DestinationError,
-    EntryOutcome, Outgoing, Prepared, MAX_BATCH_ENTRIES,
+    batches, fifo_id, send_batch_with_retry, sqs, Delivery, DestinationError, EntryOutcome,
+    Outgoing, Prepared, MAX_BATCH_ENTRIES,
 };
+use crate::aws::uri::split_arn;
 
 /// The largest message, and the most one `PublishBatch` call carries, in bytes.
 pub(crate) const MESSAGE_LIMIT: usize = 262_144;

@@ -6,9 +6,10 @@
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use super::{
-    batches, fifo_id, send_batch_with_retry, split_arn, Delivery, DestinationError, EntryOutcome,
-    Outgoing, Prepared, MAX_BATCH_ENTRIES,
+    batches, fifo_id, send_batch_with_retry, Delivery, DestinationError, EntryOutcome, Outgoing,
+    Prepared, MAX_BATCH_ENTRIES,
 };
+use crate::aws::uri::split_arn;
 
 /// The largest message, and the most one `SendMessageBatch` call carries, in
 /// bytes. SQS has taken 1 MiB since 2025; 256 KiB keeps messages readable by

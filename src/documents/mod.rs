@@ -16,7 +16,10 @@ use futures_util::future::try_join_all;
 use serde_json::{json, Value};
 use thiserror::Error;
 
+use crate::aws::errors::{Class, SdkFailure};
+use crate::aws::uri::S3Object;
 use crate::domain::job::{ContentBlock, MediaBlock, MediaSource};
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 
 /// Document blocks Converse takes in one request (Bedrock API reference, `Message.content`).
 pub const MAX_DOCUMENTS: usize = 5;
@@ -29,8 +32,6 @@ pub const MAX_DOCUMENT_BYTES: u64 = 4_500_000;
 pub const MAX_IMAGE_BYTES: u64 = 3_750_000;
 /// Longest document name Bedrock accepts (Bedrock API reference, `DocumentBlock.name`).
 const MAX_NAME_LEN: usize = 200;
-/// Longest S3 object key, in bytes.
-const MAX_KEY_LEN: usize = 1024;
 
 /// Whether an object goes to Converse as a document or an image block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -504,56 +505,12 @@ impl UniqueNames {
     }
 }
 
-/// `s3://bucket/key`, parsed strictly.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ObjectUri {
-    bucket: String,
-    key: String,
-}
-
-impl ObjectUri {
-    /// Same bucket rules as the S3 destination; the key is taken as written (no
-    /// percent-decoding) and must not be empty.
-    fn parse(uri: &str) -> Result<Self, DocumentError> {
-        let invalid = |reason: String| DocumentError::InvalidUri {
-            uri: uri.to_owned(),
-            reason,
-        };
-        let rest = uri
-            .strip_prefix("s3://")
-            .ok_or_else(|| invalid("expected s3://bucket/key".into()))?;
-        let (bucket, key) = rest
-            .split_once('/')
-            .ok_or_else(|| invalid("no key; expected s3://bucket/key".into()))?;
-        let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-            && !bucket.starts_with(['.', '-'])
-            && !bucket.ends_with(['.', '-']);
-        if !bucket_ok {
-            return Err(invalid(format!(
-                "`{bucket}` is not an S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)"
-            )));
-        }
-        if key.is_empty() {
-            return Err(invalid("the key is empty; expected s3://bucket/key".into()));
-        }
-        if key.len() > MAX_KEY_LEN {
-            return Err(invalid(format!(
-                "the key is {} bytes; S3 keys are at most {MAX_KEY_LEN}",
-                key.len()
-            )));
-        }
-        Ok(Self {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-        })
-    }
-
-    fn arn(&self) -> String {
-        format!("arn:aws:s3:::{}/{}", self.bucket, self.key)
-    }
+/// Parses an object URI of `documents` or `items_from` (see [`S3Object::parse`]).
+fn parse_object(uri: &str) -> Result<S3Object, DocumentError> {
+    S3Object::parse(uri).map_err(|reason| DocumentError::InvalidUri {
+        uri: uri.to_owned(),
+        reason,
+    })
 }
 
 /// Fails when a kind's count is over its Converse limit.
@@ -594,7 +551,7 @@ pub async fn load_documents(
 ) -> Result<Vec<Document>, DocumentError> {
     let objects = uris
         .iter()
-        .map(|uri| ObjectUri::parse(uri))
+        .map(|uri| parse_object(uri))
         .collect::<Result<Vec<_>, _>>()?;
     if uris.len() > MAX_DOCUMENTS + MAX_IMAGES {
         return Err(DocumentError::TooMany {
@@ -648,7 +605,7 @@ pub async fn load_documents(
 async fn fetch_media(
     s3: &aws_sdk_s3::Client,
     uri: &str,
-    object: &ObjectUri,
+    object: &S3Object,
 ) -> Result<(&'static Format, Bytes), DocumentError> {
     let output = get_object(s3, uri, object).await?;
     let format = detect_format(uri, &object.key, output.content_type())?;
@@ -673,7 +630,7 @@ async fn fetch_media(
 async fn get_object(
     s3: &aws_sdk_s3::Client,
     uri: &str,
-    object: &ObjectUri,
+    object: &S3Object,
 ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, DocumentError> {
     s3.get_object()
         .bucket(&object.bucket)
@@ -716,37 +673,30 @@ async fn read_body(
 }
 
 /// Maps a GetObject failure to what the user should fix.
-fn classify<E: ProvideErrorMetadata, R>(
+fn classify<E: ProvideErrorMetadata>(
     uri: &str,
-    object: &ObjectUri,
-    err: SdkError<E, R>,
+    object: &S3Object,
+    err: SdkError<E, HttpResponse>,
 ) -> DocumentError {
-    let message = err.message().unwrap_or("no message").to_owned();
-    match err.code() {
-        Some("NoSuchKey") => DocumentError::NotFound {
-            uri: uri.to_owned(),
+    let failure = SdkFailure::read(&err);
+    let uri = uri.to_owned();
+    match (failure.code.as_deref(), failure.class()) {
+        (Some("NoSuchKey"), _) => DocumentError::NotFound {
+            uri,
             what: format!("key `{}`", object.key),
         },
-        Some("NoSuchBucket") => DocumentError::NotFound {
-            uri: uri.to_owned(),
+        (Some("NoSuchBucket"), _) => DocumentError::NotFound {
+            uri,
             what: format!("bucket `{}`", object.bucket),
         },
-        Some("AccessDenied") | Some("AllAccessDisabled") => DocumentError::Denied {
-            uri: uri.to_owned(),
+        (Some(_), Class::Denied) => DocumentError::Denied {
+            uri,
             object_arn: object.arn(),
-            message,
+            message: failure.message().to_owned(),
         },
-        Some(code) => DocumentError::Unavailable {
-            uri: uri.to_owned(),
-            message: format!("{code}: {message}"),
-        },
-        None => DocumentError::Unavailable {
-            uri: uri.to_owned(),
-            message: match err {
-                SdkError::TimeoutError(_) => "timed out".into(),
-                SdkError::DispatchFailure(_) => "could not reach S3".into(),
-                _ => "no answer from S3".into(),
-            },
+        _ => DocumentError::Unavailable {
+            uri,
+            message: failure.summary("S3"),
         },
     }
 }
@@ -761,7 +711,7 @@ pub async fn load_items(
     max_items: usize,
     max_bytes: usize,
 ) -> Result<Vec<Value>, DocumentError> {
-    let object = ObjectUri::parse(uri)?;
+    let object = parse_object(uri)?;
     let output = get_object(s3, uri, &object).await?;
     let limit = max_bytes as u64;
     let bytes = read_body(uri, output.content_length(), output.body, limit, |size| {
@@ -1020,7 +970,7 @@ mod tests {
 
     #[test]
     fn object_uris_are_parsed_strictly() {
-        let uri = ObjectUri::parse("s3://my-bucket/in/a b+c.pdf").expect("valid");
+        let uri = parse_object("s3://my-bucket/in/a b+c.pdf").expect("valid");
         assert_eq!(uri.bucket, "my-bucket");
         assert_eq!(uri.key, "in/a b+c.pdf", "the key is taken as written");
         assert_eq!(uri.arn(), "arn:aws:s3:::my-bucket/in/a b+c.pdf");
@@ -1032,12 +982,15 @@ mod tests {
             "s3://-bucket/a.pdf",
             "s3://ab/a.pdf",
         ] {
-            let err = ObjectUri::parse(bad).expect_err(bad);
+            let err = parse_object(bad).expect_err(bad);
             assert_eq!(err.code(), "InvalidDocumentUri", "{bad}");
             assert!(err.to_string().contains(bad), "{err}");
         }
-        let too_long = format!("s3://my-bucket/{}", "k".repeat(MAX_KEY_LEN + 1));
-        assert!(ObjectUri::parse(&too_long).is_err());
+        let too_long = format!(
+            "s3://my-bucket/{}",
+            "k".repeat(crate::aws::uri::MAX_KEY_LEN + 1)
+        );
+        assert!(parse_object(&too_long).is_err());
     }
 
     #[tokio::test]

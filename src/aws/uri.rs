@@ -1,0 +1,170 @@
+//! S3 URIs and ARNs, parsed and checked once for every module that takes
+//! them: destination prefixes (`s3://bucket/prefix/`), objects
+//! (`s3://bucket/key`, for `documents` and `items_from`) and service ARNs.
+
+/// The longest S3 object key, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Checks an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens,
+/// starting and ending with a letter or digit.
+pub fn check_bucket(bucket: &str) -> Result<(), String> {
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && !bucket.starts_with(['.', '-'])
+        && !bucket.ends_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{bucket}` is not an S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)"
+        ))
+    }
+}
+
+/// `s3://bucket/prefix/`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix: empty, or ending in `/`.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket[/prefix[/]]`; a prefix without a trailing `/` gets one.
+    pub fn parse(uri: &str) -> Result<Self, String> {
+        let rest = uri
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("`{uri}` is not an s3:// URI; expected s3://bucket/prefix/"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        check_bucket(bucket)?;
+        let mut prefix = prefix.to_owned();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            prefix,
+        })
+    }
+
+    /// The object key for a job.
+    pub fn key_for(&self, job_id: &str) -> String {
+        format!("{}{job_id}.json", self.prefix)
+    }
+
+    /// `s3://bucket/key`.
+    pub fn uri_for(&self, job_id: &str) -> String {
+        self.uri_of(&self.key_for(job_id))
+    }
+
+    /// The JSON Lines object of a finished batch.
+    pub fn batch_key_for(&self, job_id: &str) -> String {
+        format!("{}{job_id}.jsonl", self.prefix)
+    }
+
+    /// The object that says which invocation is running a job.
+    pub fn claim_key_for(&self, job_id: &str) -> String {
+        format!("{}_claims/{job_id}.json", self.prefix)
+    }
+
+    /// The JSON Lines object a batch cut short keeps its progress in.
+    pub fn progress_key_for(&self, job_id: &str) -> String {
+        format!("{}{job_id}.progress.jsonl", self.prefix)
+    }
+
+    /// `s3://bucket/<key>`.
+    pub fn uri_of(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+}
+
+/// One S3 object, `s3://bucket/key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Object {
+    /// The bucket.
+    pub bucket: String,
+    /// The key, as written (no percent-decoding).
+    pub key: String,
+}
+
+impl S3Object {
+    /// Parses `s3://bucket/key`: the bucket as for [`S3Location`], a key that
+    /// is not empty and at most [`MAX_KEY_LEN`] bytes.
+    pub fn parse(uri: &str) -> Result<Self, String> {
+        let rest = uri
+            .strip_prefix("s3://")
+            .ok_or_else(|| "expected s3://bucket/key".to_owned())?;
+        let (bucket, key) = rest
+            .split_once('/')
+            .ok_or_else(|| "no key; expected s3://bucket/key".to_owned())?;
+        check_bucket(bucket)?;
+        if key.is_empty() {
+            return Err("the key is empty; expected s3://bucket/key".into());
+        }
+        if key.len() > MAX_KEY_LEN {
+            return Err(format!(
+                "the key is {} bytes; S3 keys are at most {MAX_KEY_LEN}",
+                key.len()
+            ));
+        }
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// The object's ARN, for a grant to name.
+    pub fn arn(&self) -> String {
+        format!("arn:aws:s3:::{}/{}", self.bucket, self.key)
+    }
+}
+
+/// The parts of an ARN, checked for the service it should name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArnParts<'a> {
+    /// `aws`, `aws-cn`, `aws-us-gov`, ...
+    pub partition: &'a str,
+    /// The region.
+    pub region: &'a str,
+    /// The 12-digit account id.
+    pub account: &'a str,
+    /// Everything after the account (`name`, `table/name`, `event-bus/name`).
+    pub resource: &'a str,
+}
+
+/// Splits `arn:<partition>:<service>:<region>:<account>:<resource>`; `form` is
+/// the expected shape, quoted in errors.
+pub fn split_arn<'a>(text: &'a str, service: &str, form: &str) -> Result<ArnParts<'a>, String> {
+    let parts: Vec<&str> = text.splitn(6, ':').collect();
+    let [arn, partition, found_service, region, account, resource] = parts[..] else {
+        return Err(format!("`{text}` is not an ARN; expected {form}"));
+    };
+    if arn != "arn" || partition.is_empty() {
+        return Err(format!("`{text}` is not an ARN; expected {form}"));
+    }
+    if found_service != service {
+        return Err(format!(
+            "`{text}` is an ARN of `{found_service}`, not `{service}`; expected {form}"
+        ));
+    }
+    if region.is_empty() {
+        return Err(format!("`{text}` has no region; expected {form}"));
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{account}` in `{text}` is not a 12-digit account id; expected {form}"
+        ));
+    }
+    if resource.is_empty() {
+        return Err(format!("`{text}` names no resource; expected {form}"));
+    }
+    Ok(ArnParts {
+        partition,
+        region,
+        account,
+        resource,
+    })
+}
