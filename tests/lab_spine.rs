@@ -525,7 +525,6 @@ async fn logs_are_structured_and_hold_no_secrets_or_text() {
         bench.invoke("malformed-job-event.json").await,
         Outcome::Error { .. }
     ));
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = bench.function.logs();
     assert!(!logs.is_empty());
     let parsed: Vec<Value> = logs
@@ -587,7 +586,6 @@ async fn log_level_and_format_come_from_the_lambda_settings() {
         let bench = Bench::start(env).await;
         let outcome = bench.invoke("job-event.json").await;
         assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
         bench
     }
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
@@ -297,9 +296,15 @@ async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCod
 }
 
 /// The function's process, with its output (Lambda's log stream) captured.
+///
+/// Output goes to a file rather than a pipe: the function writes each log
+/// line before it answers the Runtime API, so once an invocation's outcome is
+/// back, [`FunctionProcess::logs`] holds every line written for it. A pipe read
+/// by a task would leave that to the scheduler.
 pub struct FunctionProcess {
     child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
+    log_path: PathBuf,
+    echo: Option<tokio::task::JoinHandle<()>>,
     started: Instant,
 }
 
@@ -326,6 +331,12 @@ impl FunctionProcess {
             .get_program()
             .to_string_lossy()
             .into_owned();
+        let log_path = log_file_path();
+        let log_error = |e: std::io::Error| {
+            LabError::Function(format!("cannot open {}: {e}", log_path.display()))
+        };
+        let stdout = std::fs::File::create(&log_path).map_err(log_error)?;
+        let stderr = stdout.try_clone().map_err(log_error)?;
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -339,29 +350,26 @@ impl FunctionProcess {
             .env("AWS_DEFAULT_REGION", crate::moto::REGION)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
-        let mut child = command
+        let child = command
             .spawn()
             .map_err(|e| LabError::Function(format!("cannot start {program}: {e}")))?;
-        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(collect(out, Arc::clone(&logs)));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(collect(err, Arc::clone(&logs)));
-        }
+        let echo = std::env::var_os("LAB_ECHO_LOGS")
+            .is_some()
+            .then(|| tokio::spawn(echo_lines(log_path.clone())));
         Ok(Self {
             child,
-            logs,
+            log_path,
+            echo,
             started: Instant::now(),
         })
     }
 
     /// Every line the function wrote so far.
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+        read_lines(&self.log_path)
     }
 
     /// Waits up to `timeout` for the process to exit; its exit code if it did.
@@ -383,14 +391,50 @@ impl FunctionProcess {
     }
 }
 
-async fn collect<R: tokio::io::AsyncRead + Unpin>(reader: R, logs: Arc<Mutex<Vec<String>>>) {
-    let mut lines = BufReader::new(reader).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if std::env::var_os("LAB_ECHO_LOGS").is_some() {
+impl Drop for FunctionProcess {
+    fn drop(&mut self) {
+        if let Some(echo) = self.echo.take() {
+            echo.abort();
+        }
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// A log file no other process of this or another test binary uses.
+fn log_file_path() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    std::env::temp_dir().join(format!(
+        "bedrock-relay-lab-{}-{}-{nanos}.log",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read(path)
+        .map(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `LAB_ECHO_LOGS`: copies the function's lines to the test's stderr as they come.
+async fn echo_lines(path: PathBuf) {
+    let mut shown = 0;
+    loop {
+        let lines = read_lines(&path);
+        for line in lines.iter().skip(shown) {
             eprintln!("[function] {line}");
         }
-        if let Ok(mut logs) = logs.lock() {
-            logs.push(line);
-        }
+        shown = lines.len();
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
