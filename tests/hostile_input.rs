@@ -201,6 +201,26 @@ proptest! {
         }
     }
 
+    /// The engine's whole offer (every filter, test and function it ships,
+    /// allowed or not) with huge, negative and zero numeric arguments, nested
+    /// and chained, in loops and `set`s, over a 1 MB document: each case is
+    /// text or an error with a message, within the bound, and never a panic
+    /// or an allocation failure (either would end this test process).
+    #[test]
+    fn the_engines_whole_offer_with_hostile_arguments_renders_or_fails_cleanly(
+        source in offer_template(),
+        item in json_value(),
+    ) {
+        let mut scope = Scope::event(Some(job_event(&json!({"prompt": "p"})))).with_item(&item);
+        scope.documents = Some(vec![json!({"name": "big", "text": "ab\n".repeat(350_000)})]);
+        let started = Instant::now();
+        let result = Renderer::new().render("prompt", &source, &scope);
+        prop_assert!(started.elapsed() < CASE_BOUND, "{:?} for {source}", started.elapsed());
+        if let Err(err) = result {
+            prop_assert!(!err.message.trim().is_empty(), "empty message for {source}");
+        }
+    }
+
     /// Loops nested to any depth with any bounds: rendered, or stopped by fuel
     /// or the output limit with a clear message, within the bound.
     #[test]
@@ -222,6 +242,203 @@ proptest! {
             );
         }
     }
+}
+
+/// Every filter the template engine ships (minijinja 2.24 with the
+/// `builtins` feature) and the relay's own: the whole offer, allowed or not.
+const ENGINE_FILTERS: &[&str] = &[
+    "safe",
+    "escape",
+    "e",
+    "lower",
+    "upper",
+    "title",
+    "capitalize",
+    "replace",
+    "length",
+    "count",
+    "dictsort",
+    "items",
+    "reverse",
+    "trim",
+    "join",
+    "split",
+    "lines",
+    "default",
+    "d",
+    "round",
+    "abs",
+    "int",
+    "float",
+    "attr",
+    "first",
+    "last",
+    "min",
+    "max",
+    "sort",
+    "list",
+    "string",
+    "bool",
+    "batch",
+    "slice",
+    "sum",
+    "indent",
+    "select",
+    "reject",
+    "selectattr",
+    "rejectattr",
+    "map",
+    "groupby",
+    "unique",
+    "chain",
+    "zip",
+    "pprint",
+    "format",
+    "tojson",
+    "urlencode",
+    "safe_id",
+];
+
+/// Every test the engine ships.
+const ENGINE_TESTS: &[&str] = &[
+    "undefined",
+    "defined",
+    "none",
+    "safe",
+    "escaped",
+    "boolean",
+    "odd",
+    "even",
+    "divisibleby",
+    "number",
+    "integer",
+    "int",
+    "float",
+    "string",
+    "sequence",
+    "iterable",
+    "mapping",
+    "startingwith",
+    "endingwith",
+    "lower",
+    "upper",
+    "sameas",
+    "eq",
+    "equalto",
+    "ne",
+    "lt",
+    "lessthan",
+    "le",
+    "gt",
+    "greaterthan",
+    "ge",
+    "in",
+    "true",
+    "false",
+    "filter",
+    "test",
+];
+
+/// Numeric and other arguments chosen to overflow, underflow, divide by zero
+/// or ask for far too much.
+fn hostile_argument() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("0".to_owned()),
+        Just("-1".to_owned()),
+        Just("1".to_owned()),
+        Just("2".to_owned()),
+        Just("100000".to_owned()),
+        Just("4294967296".to_owned()),
+        Just("9223372036854775807".to_owned()),
+        Just("-9223372036854775808".to_owned()),
+        Just("170141183460469231731687303715884105727".to_owned()),
+        Just("1e308".to_owned()),
+        Just("-1e308".to_owned()),
+        Just("''".to_owned()),
+        Just("'x'".to_owned()),
+        Just("'%999999999s'".to_owned()),
+        Just("true".to_owned()),
+        Just("none".to_owned()),
+        Just("item".to_owned()),
+        Just("documents[0].text".to_owned()),
+        Just("range(100000)".to_owned()),
+        Just("'upper'".to_owned()),
+        Just("'odd'".to_owned()),
+        Just("attribute='x'".to_owned()),
+        Just("width=9223372036854775807".to_owned()),
+    ]
+}
+
+/// A value to pipe into the filters: the item, a large document, ranges with
+/// hostile bounds, literals.
+fn piped_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("item".to_owned()),
+        Just("documents[0].text".to_owned()),
+        Just("documents".to_owned()),
+        Just("event".to_owned()),
+        Just("'ab\\n'".to_owned()),
+        Just("[1, 2, 3]".to_owned()),
+        Just("{'a': [1, 2]}".to_owned()),
+        Just("-9223372036854775808".to_owned()),
+        Just("1e308".to_owned()),
+        (hostile_argument(), hostile_argument(), hostile_argument())
+            .prop_map(|(a, b, c)| format!("range({a}, {b}, {c})")),
+    ]
+}
+
+/// One call of a filter with zero to three hostile arguments.
+fn filter_call() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(ENGINE_FILTERS),
+        prop::collection::vec(hostile_argument(), 0..4),
+    )
+        .prop_map(|(name, args)| match args.is_empty() {
+            true => name.to_owned(),
+            false => format!("{name}({})", args.join(", ")),
+        })
+}
+
+/// A template over the engine's whole offer: filter chains, tests, calls,
+/// and the same inside loops and `set`s.
+fn offer_template() -> impl Strategy<Value = String> {
+    let chain = || {
+        (piped_value(), prop::collection::vec(filter_call(), 1..5))
+            .prop_map(|(value, filters)| format!("{value}|{}", filters.join("|")))
+    };
+    let expression = || {
+        let test = (
+            piped_value(),
+            prop::sample::select(ENGINE_TESTS),
+            prop::collection::vec(hostile_argument(), 0..2),
+        )
+            .prop_map(|(value, name, args)| match args.is_empty() {
+                true => format!("{value} is {name}"),
+                false => format!("{value} is {name}({})", args.join(", ")),
+            });
+        prop_oneof![
+            chain(),
+            test,
+            (hostile_argument(), hostile_argument()).prop_map(|(a, b)| format!("range({a}, {b})")),
+            Just("dict(a=item, b=item)".to_owned()),
+            Just("namespace(x=item)".to_owned()),
+            Just("debug()".to_owned()),
+            Just("[item, item]".to_owned()),
+            Just("item[1:99999999999]".to_owned()),
+        ]
+    };
+    prop_oneof![
+        expression().prop_map(|e| format!("{{{{ {e} }}}}")),
+        (expression(), expression()).prop_map(|(a, b)| {
+            format!("{{% for x in range(1000) %}}{{% set y = {a} %}}{{{{ y }}}}{{{{ {b} }}}}{{% endfor %}}")
+        }),
+        (chain(), 1..40usize).prop_map(|(e, n)| {
+            let sets: String = (0..n)
+                .map(|i| format!("{{% set v{i} = {} %}}", e.replace("item", &format!("v{}", i.max(1) - 1))))
+                .collect();
+            format!("{{% set v0 = item %}}{sets}{{{{ v{} }}}}", n - 1)
+        }),
+    ]
 }
 
 /// Bits of template syntax, hostile and plain, to be strung together.
@@ -533,5 +750,56 @@ async fn the_function_refuses_hostile_events_without_calling_the_model() {
         bench.lab.bedrock.stats().requests,
         0,
         "the model was called"
+    );
+}
+
+/// The built function, through the Runtime API: templates drawn from the
+/// engine's whole offer with hostile arguments, in `prompt` and in `id`, over
+/// batches of hostile items. Every event gets an answer (a result or an
+/// `InvalidTemplate`-style error), the process is alive at the end, and no
+/// event leaves a claim behind that stops a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_templates_through_the_function_never_abort_it() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let mut bench = Bench::start(&[]).await;
+    let mut runner = TestRunner::deterministic();
+    let cases = 24;
+    let mut answered = 0;
+    for n in 0..cases {
+        let template = offer_template()
+            .new_tree(&mut runner)
+            .map(|tree| tree.current())
+            .unwrap_or_default();
+        let items = prop::collection::vec(json_value(), 1..4)
+            .new_tree(&mut runner)
+            .map(|tree| tree.current())
+            .unwrap_or_default();
+        let mut detail = json!({"model": "amazon.nova-lite-v1:0", "items": items});
+        if n % 2 == 0 {
+            detail["prompt"] = json!(template);
+            detail["id"] = json!(format!("hostile-{n}"));
+        } else {
+            detail["prompt"] = json!("p {{ item }}");
+            detail["id"] = json!(format!("hostile-{n}-{template}"));
+        }
+        let mut event = job_event(&detail);
+        event["id"] = json!(format!("6c1e0000-0000-4000-8000-{n:012}"));
+        let outcome = bench
+            .invoke_bytes(event.to_string().into_bytes(), TIMEOUT)
+            .await;
+        assert!(
+            matches!(outcome, Outcome::Response { .. } | Outcome::Error { .. }),
+            "case {n} ({template}): {outcome:?}"
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, cases);
+    assert_eq!(
+        bench.function.wait_exit(Duration::from_millis(100)).await,
+        None,
+        "the process is alive after every case:\n{}",
+        bench.function.logs().join("\n")
     );
 }

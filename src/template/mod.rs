@@ -1,29 +1,32 @@
 //! Jinja templates in job fields, rendered against the event that triggered
 //! the job, the batch item and the loaded documents.
 //!
-//! The engine is `minijinja` with a locked-down environment: undefined values
-//! are errors (a typo must not send an empty prompt to a paid model), there is
-//! no loader (`include`/`import` cannot read files), no function reads the
-//! environment or the network, and fuel, recursion and output limits stop a
-//! template that tries to run forever or grow without bound.
-//!
-//! Fuel counts instructions, not bytes, and the output limit only sees what
-//! is written: a value built in between (`'x' * 100000000`, a string doubled
-//! with `~` a few dozen times) would exhaust memory and kill the process
-//! before either limit fires. So the operators that multiply or concatenate
-//! (`*`, `+`, `~`) are refused before rendering, and the filters whose output
-//! can be far larger than their input (`replace`, `join`, `indent`) refuse a
-//! result over the output limit before building it.
+//! The engine is `minijinja`, started empty and given only what
+//! [`builtins`] allows: undefined values are errors (a typo must not send an
+//! empty prompt to a paid model), there is no loader (`include`/`import`
+//! cannot read files), no function reads the environment or the network.
+//! A template is bounded four ways, so that whatever it does the outcome is
+//! its text or an `InvalidTemplate` error, and the process lives:
+//! - its length per expression ([`MAX_CODE_BYTES`]), before it is parsed: the
+//!   parser recurses once per chained operator;
+//! - its syntax ([`policy`]): nothing that copies or multiplies a value
+//!   outside a filter;
+//! - its calls ([`builtins`]): an allowlist of filters, tests and functions,
+//!   each charged for its input against one work budget per render;
+//! - its run: fuel (instructions), recursion depth and the size of the
+//!   rendered text ([`MAX_OUTPUT_BYTES`]).
 //!
 //! Only strings that contain template syntax (`{{`, `{%`, `{#`) are rendered;
 //! the rest are used as they are, so a plain job pays nothing for templating.
+
+mod builtins;
+mod policy;
 
 use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
-use minijinja::value::{Kwargs, StringInput};
-use minijinja::{Environment, ErrorKind, State, UndefinedBehavior, Value as Context};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value as Context};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -119,16 +122,11 @@ impl Scope {
 impl Renderer {
     /// The engine with strict undefined values, no loader and bounded work.
     pub fn new() -> Self {
-        let mut env = Environment::new();
+        let mut env = Environment::empty();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(RECURSION_LIMIT);
-        // `debug()` would print the whole context, event included, into a prompt.
-        env.remove_global("debug");
-        env.add_filter("safe_id", safe_id);
-        env.add_filter("replace", bounded_replace);
-        env.add_filter("join", bounded_join);
-        env.add_filter("indent", bounded_indent);
+        builtins::install(&mut env);
         Self { env }
     }
 
@@ -156,12 +154,13 @@ impl Renderer {
             field: field.to_owned(),
             message: describe(&err, source),
         };
-        if let Some(message) = refuse_code(source) {
+        if let Some(message) = refuse_code(source).or_else(|| policy::refusal(source)) {
             return Err(TemplateError {
                 field: field.to_owned(),
                 message,
             });
         }
+        builtins::start_render();
         let template = self.env.template_from_str(source).map_err(fail)?;
         let mut out = BoundedText::default();
         template
@@ -263,32 +262,10 @@ impl Renderer {
     }
 }
 
-/// `{{ detail.object.key | safe_id }}`: any text made fit for a job id (and so
-/// an object key or message id): characters outside letters, digits and
-/// `!_.*'()-/:` become `-`, and empty, `.` and `..` path segments are dropped.
-fn safe_id(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "!_.*'()-/:".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    cleaned
-        .split('/')
-        .filter(|segment| !segment.is_empty() && *segment != "." && *segment != "..")
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// Why `source` is refused before the engine sees it: an expression or
-/// statement over [`MAX_CODE_BYTES`], or `*`, `+` or `~` used as an operator
-/// (string literals, comments and text outside `{{ }}` / `{% %}` do not
-/// count). A `{% raw %}` block's content is checked too: refusing such a
-/// template is the safe side of this check.
+/// Why `source` is refused before it is parsed: an expression or statement
+/// over [`MAX_CODE_BYTES`] (string literals, comments and text outside
+/// `{{ }}` / `{% %}` do not count). A `{% raw %}` block's content is checked
+/// too: refusing such a template is the safe side of this check.
 fn refuse_code(source: &str) -> Option<String> {
     let mut rest = source;
     while let Some(open) = rest.find('{') {
@@ -322,12 +299,6 @@ fn refuse_code(source: &str) -> Option<String> {
                     }
                 }
                 None if c == '\'' || c == '"' => quote = Some(c),
-                None if matches!(c, '*' | '+' | '~') => {
-                    return Some(format!(
-                        "`{c}` is not available in templates: `*`, `+` and `~` can build text without bound; \
-                         write literal text around the expressions instead (`{{{{ a }}}}-{{{{ b }}}}`, not `{{{{ a ~ '-' ~ b }}}}`)"
-                    ))
-                }
                 None if c == '{' => depth += 1,
                 None if c == '}' && depth > 0 => depth -= 1,
                 None if after[1 + i..].starts_with(close) => {
@@ -345,72 +316,6 @@ fn refuse_code(source: &str) -> Option<String> {
         rest = &after[end..];
     }
     None
-}
-
-/// Refuses a result longer than [`MAX_OUTPUT_BYTES`] before it is built.
-fn check_size(what: &str, bytes: usize) -> Result<(), minijinja::Error> {
-    if bytes > MAX_OUTPUT_BYTES {
-        return Err(minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!("`{what}` would make over {MAX_OUTPUT_BYTES} bytes of text"),
-        ));
-    }
-    Ok(())
-}
-
-/// `replace`, refusing a result over the output limit (`replace('', big)`
-/// inserts `big` between every character).
-fn bounded_replace(
-    state: &State,
-    value: StringInput<'_>,
-    from: StringInput<'_>,
-    to: StringInput<'_>,
-) -> Result<Context, minijinja::Error> {
-    let text = value.as_str();
-    let grows = text
-        .matches(from.as_str())
-        .count()
-        .saturating_mul(to.as_str().len());
-    check_size("replace", text.len().saturating_add(grows))?;
-    minijinja::filters::replace(state, value, from, to)
-}
-
-/// `join`, refusing a result over the output limit (a long joiner between many
-/// items); it walks the items once to measure, then joins.
-fn bounded_join(
-    state: &State,
-    value: &Context,
-    joiner: Option<StringInput<'_>>,
-) -> Result<Context, minijinja::Error> {
-    let gap = joiner.as_ref().map_or(0, |j| j.as_str().len());
-    let mut total = 0usize;
-    if let Ok(items) = value.try_iter() {
-        for (i, item) in items.enumerate() {
-            let len = item
-                .as_str()
-                .map_or_else(|| item.to_string().len(), str::len);
-            total = total
-                .saturating_add(len)
-                .saturating_add(if i > 0 { gap } else { 0 });
-            check_size("join", total)?;
-        }
-    }
-    minijinja::filters::join(state, value, joiner)
-}
-
-/// `indent`, refusing a result over the output limit (a huge width).
-fn bounded_indent(
-    value: StringInput<'_>,
-    width: Option<usize>,
-    indent_first_line: Option<bool>,
-    indent_blank_lines: Option<bool>,
-    kwargs: Kwargs,
-) -> Result<Context, minijinja::Error> {
-    let text = value.as_str();
-    let lines = text.matches('\n').count().saturating_add(1);
-    let pad = width.unwrap_or(0).saturating_mul(lines);
-    check_size("indent", text.len().saturating_add(pad))?;
-    minijinja::filters::indent(value, width, indent_first_line, indent_blank_lines, kwargs)
 }
 
 /// Calls `render` on every string in a JSON value, with its path.
@@ -473,7 +378,7 @@ fn describe(err: &minijinja::Error, source: &str) -> String {
         }
         ErrorKind::UnknownFunction | ErrorKind::UnknownFilter | ErrorKind::UnknownTest => {
             format!(
-                "{}{}; only minijinja's built-in filters and functions are available",
+                "{}{}; templates may use only the filters, tests and functions listed in docs/README",
                 err.kind(),
                 snippet.map(|s| format!(" in `{s}`")).unwrap_or_default()
             )
@@ -605,6 +510,66 @@ mod tests {
         assert!(env.message.contains("unknown function"), "{}", env.message);
         let debug = r.render("prompt", "{{ debug() }}", &s3_event());
         assert!(debug.is_err(), "debug() would print the context");
+    }
+
+    /// The reported aborts (a printf width in `format`, the count given to
+    /// `batch` or `slice`, a list doubled with `chain` and then materialised)
+    /// and the panics found by the property test (`divisibleby(0)`, a
+    /// `range` whose length overflows): each is an error naming what to fix.
+    #[test]
+    fn templates_that_aborted_the_process_are_errors() {
+        let r = Renderer::new();
+        let scope = Scope::default().with_item(&json!(["a", "b"]));
+        for (source, expected) in [
+            ("{{ '%999999999999s'|format('x') }}", "unknown filter `format`"),
+            ("{{ item|batch(99999999999) }}", "unknown filter `batch`"),
+            ("{{ item|slice(99999999999) }}", "unknown filter `slice`"),
+            (
+                "{% set ns = namespace(x=item) %}{% for i in range(64) %}{% set ns.x = ns.x|chain(ns.x) %}{% endfor %}{{ ns.x|list|length }}",
+                "unknown function `namespace`",
+            ),
+            ("{{ item|chain(item)|list }}", "unknown filter `chain`"),
+            ("{{ [item, item] }}", "lists in templates may hold only constants"),
+            ("{{ item[0:99] }}", "slices"),
+            ("{% set x %}{{ item }}{% endset %}", "endset"),
+            ("{% filter upper %}x{% endfilter %}", "`{% filter %}`"),
+            ("{{ 7 is divisibleby(0) }}", ""),
+            (
+                "{{ range(-9223372036854775808, 9223372036854775807, -9223372036854775808)|list }}",
+                "",
+            ),
+            ("{{ range(0, 9223372036854775807, 1) }}", "too many elements"),
+            ("{{ item|first|indent(9223372036854775807) }}", "over"),
+        ] {
+            match r.render("prompt", source, &scope) {
+                Ok(text) => assert!(expected.is_empty(), "{source} rendered {text:?}"),
+                Err(err) => assert!(err.message.contains(expected), "{source}: {}", err.message),
+            }
+        }
+        assert_eq!(
+            r.render("prompt", "{{ 7 is divisibleby(0) }}", &scope)
+                .ok()
+                .as_deref(),
+            Some("False")
+        );
+    }
+
+    /// Filters are charged for their input: a long document walked value by
+    /// value a few times goes over the work budget instead of running on.
+    #[test]
+    fn filters_are_charged_against_one_budget_per_render() {
+        let r = Renderer::new();
+        let scope = Scope {
+            documents: Some(vec![json!({"text": "ab".repeat(400_000)})]),
+            ..Scope::default()
+        };
+        let once = "{{ documents[0].text|min }}";
+        assert_eq!(r.render("prompt", once, &scope).ok().as_deref(), Some("a"));
+        let many = "{% for i in range(10) %}{{ documents[0].text|min }}{% endfor %}";
+        let err = r.render("prompt", many, &scope).expect_err("over budget");
+        assert!(err.message.contains("work limit"), "{}", err.message);
+        // The budget is per render: the next one starts full.
+        assert!(r.render("prompt", once, &scope).is_ok());
     }
 
     #[test]
