@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::destination::{dynamodb, DestinationError, DestinationSpec, S3Location};
 use crate::domain::job::{Job, JobError};
+use crate::domain::sources::SourcePolicy;
 use crate::domain::target::{RoleArn, Target, Targets, DEFAULT_ALIAS};
 
 /// STS refuses chained sessions (Lambda execution role → RoleA) longer than an hour.
@@ -88,6 +89,12 @@ pub struct Config {
     /// Which CAs the HTTPS client trusts (`RELAY_TLS_ROOTS`: `amazon`, the
     /// default, or `system`).
     pub tls_roots: crate::aws::tls::TlsRoots,
+    /// What `documents` and `items_from` may read (`RELAY_ALLOWED_SOURCES`,
+    /// minus the relay's own prefixes).
+    pub sources: SourcePolicy,
+    /// A template rendered from the envelope that scopes every job id of an
+    /// EventBridge event (`RELAY_ID_PREFIX`, e.g. `{{ event.source }}/`).
+    pub id_prefix: Option<String>,
 }
 
 impl Config {
@@ -248,15 +255,7 @@ impl Config {
                 var: "RELAY_DESTINATION",
                 reason: err.to_string(),
             })?;
-        let allowed_destinations: Vec<String> = get("RELAY_ALLOWED_DESTINATIONS")
-            .map(|raw| {
-                raw.split([',', '\n'])
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let allowed_destinations = patterns(get("RELAY_ALLOWED_DESTINATIONS"));
         let idempotency_table = get("RELAY_IDEMPOTENCY_TABLE")
             .map(|raw| dynamodb::Table::from_name_or_arn(raw.trim()))
             .transpose()
@@ -271,6 +270,18 @@ impl Config {
                 var: "RELAY_SPILL_S3",
                 reason,
             })?;
+
+        let sources = SourcePolicy::new(
+            &patterns(get("RELAY_ALLOWED_SOURCES")),
+            &own_prefixes(&destination, &allowed_destinations, spill.as_ref()),
+        );
+        let id_prefix = get("RELAY_ID_PREFIX").map(|p| p.trim().to_owned());
+        if let Some(prefix) = id_prefix.as_deref() {
+            check_id_prefix(prefix).map_err(|reason| ConfigError::Invalid {
+                var: "RELAY_ID_PREFIX",
+                reason,
+            })?;
+        }
 
         let default_model = get("RELAY_DEFAULT_MODEL").map(|m| m.trim().to_owned());
         if let Some(model) = &default_model {
@@ -344,6 +355,8 @@ impl Config {
             log_content: parse_bool(get("RELAY_LOG_CONTENT"), "RELAY_LOG_CONTENT")?,
             metrics_namespace: get("RELAY_METRICS_NAMESPACE")
                 .unwrap_or_else(|| crate::observe::metrics::DEFAULT_NAMESPACE.into()),
+            sources,
+            id_prefix,
             tls_roots: match get("RELAY_TLS_ROOTS") {
                 None => crate::aws::tls::TlsRoots::default(),
                 Some(value) => {
@@ -391,6 +404,52 @@ impl Config {
             })
         }
     }
+}
+
+/// A comma- or newline-separated list of patterns.
+fn patterns(raw: Option<String>) -> Vec<String> {
+    raw.map(|raw| {
+        raw.split([',', '\n'])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Where the relay writes in S3, so never a source: the results prefix, every
+/// S3 destination a job may choose, and the spill location.
+fn own_prefixes(
+    destination: &DestinationSpec,
+    allowed_destinations: &[String],
+    spill: Option<&S3Location>,
+) -> Vec<String> {
+    let mut own = Vec::new();
+    if let DestinationSpec::S3(_) = destination {
+        own.push(destination.to_string());
+    }
+    own.extend(
+        allowed_destinations
+            .iter()
+            .filter(|p| p.starts_with("s3://"))
+            .cloned(),
+    );
+    if let Some(spill) = spill {
+        own.push(format!("s3://{}/{}", spill.bucket, spill.prefix));
+    }
+    own
+}
+
+/// `RELAY_ID_PREFIX` is a template (rendered per event) or literal text that
+/// keeps to a job id's characters.
+fn check_id_prefix(prefix: &str) -> Result<(), String> {
+    if crate::template::is_template(prefix) {
+        return Ok(());
+    }
+    let probe = format!("{prefix}x");
+    crate::domain::job::check_job_id(&probe)
+        .map_err(|reason| format!("a prefix for job ids must make a valid id: {reason}"))
 }
 
 /// One entry of `RELAY_TARGETS`.

@@ -16,6 +16,7 @@ use crate::documents::DocumentError;
 use crate::domain::input::InputError;
 use crate::domain::job::JobError;
 use crate::domain::record::ErrorRecord;
+use crate::domain::sources::SourceError;
 use crate::domain::target::TargetError;
 use crate::template::TemplateError;
 
@@ -40,6 +41,9 @@ pub enum RelayError {
     /// A document or item file could not be read.
     #[error(transparent)]
     Document(#[from] DocumentError),
+    /// A document or item file is not one a job may read.
+    #[error("source not allowed: {0}")]
+    Source(#[from] SourceError),
     /// The record could not be written.
     #[error(transparent)]
     Destination(#[from] DestinationError),
@@ -81,6 +85,7 @@ impl RelayError {
             Self::Bedrock(err) => err.code(),
             Self::Template(_) => "InvalidTemplate",
             Self::Document(err) => err.code(),
+            Self::Source(_) => "SourceNotAllowed",
             Self::Destination(err) => err.code(),
             Self::BatchIncomplete { .. } => "BatchIncomplete",
             Self::InProgress { .. } => "JobInProgress",
@@ -90,7 +95,11 @@ impl RelayError {
     /// Whether a Lambda retry of the same event may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Input(_) | Self::Job(_) | Self::Target(_) | Self::Template(_) => false,
+            Self::Input(_)
+            | Self::Job(_)
+            | Self::Target(_)
+            | Self::Template(_)
+            | Self::Source(_) => false,
             Self::Document(err) => err.is_retryable(),
             Self::BatchIncomplete { .. } | Self::InProgress { .. } => true,
             Self::Bedrock(err) => err.is_retryable(),

@@ -143,6 +143,8 @@ impl Lab {
             ("RELAY_ROLE_ARN", self.role_a_arn.clone()),
             ("RELAY_EXTERNAL_ID", EXTERNAL_ID.to_owned()),
             ("RELAY_DESTINATION", format!("s3://{BUCKET}/{PREFIX}")),
+            // Any bucket in the lab; the relay's own prefixes stay refused.
+            ("RELAY_ALLOWED_SOURCES", "s3://*".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -238,6 +238,23 @@ pub struct ResolvedJob {
     pub metadata: Option<Map<String, Value>>,
 }
 
+impl ResolvedJob {
+    /// Puts `prefix` (`RELAY_ID_PREFIX`, rendered) in front of the id, so
+    /// senders of different sources cannot reach each other's results; the
+    /// scoped id is checked like any id.
+    pub fn scope_id(&mut self, prefix: &str) -> Result<(), JobError> {
+        if prefix.is_empty() {
+            return Ok(());
+        }
+        let scoped = format!("{prefix}{}", self.id);
+        check_job_id(&scoped).map_err(|reason| {
+            JobError::field("id", format!("scoped by RELAY_ID_PREFIX: {reason}"))
+        })?;
+        self.id = scoped;
+        Ok(())
+    }
+}
+
 impl Job {
     /// Whether the job runs once per item (`items` or `items_from`).
     pub fn is_batch(&self) -> bool {
@@ -419,8 +436,10 @@ pub fn check_model_id(model: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Job ids become S3 keys, so they keep to S3's safe characters.
-fn check_job_id(id: &str) -> Result<(), String> {
+/// Job ids become S3 keys, so they keep to S3's safe characters; a segment
+/// starting with `_` is the relay's own bookkeeping (`_claims/`, `_spill/`,
+/// parts and manifests), never a job's.
+pub(crate) fn check_job_id(id: &str) -> Result<(), String> {
     // `:` too, so an id can carry a timestamp such as EventBridge Scheduler's
     // `<aws.scheduler.scheduled-time>`.
     let allowed = |c: char| c.is_ascii_alphanumeric() || "!_.*'()-/:".contains(c);
@@ -438,6 +457,11 @@ fn check_job_id(id: &str) -> Result<(), String> {
             .any(|seg| seg.is_empty() || seg == "." || seg == "..")
     {
         return Err(format!("`{id}` has an empty, `.` or `..` path segment"));
+    }
+    if id.split('/').any(|seg| seg.starts_with('_')) {
+        return Err(format!(
+            "`{id}` has a path segment starting with `_`; those names are the relay's own (claims, spill, parts), so start the segment with another character"
+        ));
     }
     Ok(())
 }
@@ -457,9 +481,11 @@ pub(crate) fn sanitize_id(id: &str) -> String {
         })
         .collect();
     if cleaned.is_empty() {
-        "unnamed".into()
-    } else {
-        cleaned
+        return "unnamed".into();
+    }
+    match cleaned.strip_prefix('_') {
+        Some(rest) => format!("-{rest}"),
+        None => cleaned,
     }
 }
 

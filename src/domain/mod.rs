@@ -6,4 +6,5 @@ pub mod input;
 pub mod job;
 pub mod record;
 pub(crate) mod schema_rules;
+pub mod sources;
 pub mod target;

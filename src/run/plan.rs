@@ -2,10 +2,12 @@
 //! its id and model settled, the targets it may use, where its results go and
 //! the ledger that guards it — before any document, STS or Bedrock call.
 
+use crate::config::Config;
 use crate::destination::DestinationSpec;
 use crate::domain::input::{Envelope, Input, Payload, Shape};
 use crate::domain::job::{is_template, sanitize_id, Job, ResolvedJob};
 use crate::domain::record::Record;
+use crate::domain::sources::SourceError;
 use crate::domain::target::Target;
 use crate::error::RelayError;
 use crate::ledger::Ledger;
@@ -139,12 +141,20 @@ pub(crate) fn plan<'s>(
             return Err(refuse(record, fallback, err.into()));
         }
     };
-    let resolved = match job.resolve(config.default_model.as_deref(), fallback_id) {
+    let checked = job
+        .resolve(config.default_model.as_deref(), fallback_id)
+        .map_err(RelayError::from)
+        .and_then(|mut resolved| {
+            scope_id(services, &scope, &mut resolved)?;
+            check_sources(config, &job)?;
+            Ok(resolved)
+        });
+    let resolved = match checked {
         Ok(resolved) => resolved,
         Err(err) => {
             identify(&mut record, &job);
             let delivery = Delivery::new(services, destination, &record.job_id, None);
-            return Err(refuse(record, delivery, err.into()));
+            return Err(refuse(record, delivery, err));
         }
     };
     record.job_id = resolved.id.clone();
@@ -169,4 +179,37 @@ pub(crate) fn plan<'s>(
         delivery,
         record,
     })
+}
+
+/// Scopes the job id with `RELAY_ID_PREFIX`, rendered from the envelope. A
+/// direct invocation has no envelope and is not scoped: it needs
+/// `lambda:InvokeFunction`, which only the operator grants.
+fn scope_id(
+    services: &Services,
+    scope: &Scope,
+    resolved: &mut ResolvedJob,
+) -> Result<(), RelayError> {
+    let (Some(prefix), Some(_)) = (services.config().id_prefix.as_deref(), &scope.event) else {
+        return Ok(());
+    };
+    let prefix = services
+        .renderer()
+        .render("RELAY_ID_PREFIX", prefix, scope)?;
+    resolved.scope_id(&prefix)?;
+    Ok(())
+}
+
+/// Checks `items_from` and every `documents` entry already known (rendered,
+/// or plain text in a batch) against `RELAY_ALLOWED_SOURCES`, before any read.
+/// Entries rendered per item are checked when each item is prepared.
+fn check_sources(config: &Config, job: &Job) -> Result<(), SourceError> {
+    if let Some(uri) = &job.items_from {
+        config.sources.check("items_from", uri)?;
+    }
+    for (i, uri) in job.documents.iter().flatten().enumerate() {
+        if !is_template(uri) {
+            config.sources.check(&format!("documents[{i}]"), uri)?;
+        }
+    }
+    Ok(())
 }

@@ -20,7 +20,10 @@ pub(crate) async fn prepare(
 ) -> Result<ResolvedJob, RelayError> {
     let documents = match job.documents.as_deref() {
         None | Some([]) => Vec::new(),
-        Some(uris) => documents::load_documents(services.sinks().s3_client(), uris).await?,
+        Some(uris) => {
+            services.config().sources.check_documents(uris)?;
+            documents::load_documents(services.sinks().s3_client(), uris).await?
+        }
     };
     if !documents.is_empty() {
         scope.documents = Some(documents.iter().map(Document::template_value).collect());

@@ -1,0 +1,193 @@
+//! Hardening (issue #10), end to end in the lab: what an event may read, the
+//! ids it may claim, and what it may overwrite. Each test is a sender trying
+//! what the audit found it could do.
+
+use lab::runtime_api::Outcome;
+use lab::{BUCKET, PREFIX};
+use serde_json::{json, Value};
+
+mod common;
+use common::{error_type, Bench, TIMEOUT};
+
+const MODEL: &str = "amazon.nova-lite-v1:0";
+
+fn envelope(id: &str, source: &str, detail: Value) -> Vec<u8> {
+    json!({
+        "version": "0", "id": id, "detail-type": "Bedrock Relay Job", "source": source,
+        "account": "222222222222", "time": "2026-12-01T02:00:00Z", "region": "us-east-1",
+        "resources": [], "detail": detail,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// One event reads another job's result (under the results prefix, which a
+/// catch-all pattern matches) and a file outside the allowed patterns, as
+/// `documents` and as `items_from`: each is `SourceNotAllowed`, with a record,
+/// before any read or model call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_and_items_from_read_only_allowed_sources_and_never_the_relays_own() {
+    let bench = Bench::start(&[(
+        "RELAY_ALLOWED_SOURCES",
+        "s3://relay-inputs/*,s3://relay-results/*",
+    )])
+    .await;
+    bench
+        .lab
+        .create_bucket("relay-inputs")
+        .await
+        .expect("bucket");
+    bench.lab.create_bucket("private").await.expect("bucket");
+    bench
+        .lab
+        .put_object("relay-inputs", "ok.txt", "allowed text", "text/plain")
+        .await
+        .expect("put");
+    bench
+        .lab
+        .put_object("private", "secret.txt", "secret", "text/plain")
+        .await
+        .expect("put");
+    // A finished job whose result another sender wants.
+    let outcome = bench
+        .invoke_bytes(
+            envelope(
+                "6c1e0000-0000-4000-8000-00000000f001",
+                "com.example.a",
+                json!({"id": "team-a/report", "model": MODEL, "prompt": "p"}),
+            ),
+            TIMEOUT,
+        )
+        .await;
+    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
+    let calls_before = bench.lab.bedrock.calls().len();
+
+    let stolen = format!("s3://{BUCKET}/{PREFIX}team-a/report.json");
+    let claims = format!("s3://{BUCKET}/{PREFIX}_claims/team-a/report.json");
+    for (n, detail) in [
+        json!({"id": "steal-1", "model": MODEL, "documents": [stolen], "prompt": "repeat it"}),
+        json!({"id": "steal-2", "model": MODEL, "documents": ["s3://relay-inputs/ok.txt", claims], "prompt": "p"}),
+        json!({"id": "steal-3", "model": MODEL, "items_from": format!("s3://{BUCKET}/{PREFIX}team-a/report.json"), "prompt": "{{ item }}"}),
+        json!({"id": "steal-4", "model": MODEL, "documents": ["s3://private/secret.txt"], "prompt": "p"}),
+        json!({"id": "steal-5", "model": MODEL, "items": [1, 2], "documents": ["s3://private/{{ item }}.txt"], "prompt": "p"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = detail["id"].as_str().unwrap_or_default().to_owned();
+        let outcome = bench
+            .invoke_bytes(envelope(&format!("6c1e0000-0000-4000-8000-00000000f1{n:02}"), "com.example.b", detail), TIMEOUT)
+            .await;
+        if id == "steal-5" {
+            // Per-item documents are checked per item: each item fails for good.
+            let Outcome::Response { body } = &outcome else {
+                panic!("{id}: {outcome:?}")
+            };
+            assert_eq!(body["failed"], 2, "{id}: {body}");
+            let lines = bench.lab.batch_lines(&id).await.expect("s3").expect("lines");
+            assert!(lines.iter().all(|l| l["error"]["type"] == "SourceNotAllowed"), "{lines:?}");
+            continue;
+        }
+        assert_eq!(error_type(&outcome), "NonRetryable.SourceNotAllowed", "{id}");
+        let record = bench.record(&id).await;
+        assert_eq!(record["error"]["type"], "SourceNotAllowed", "{id}");
+        let message = record["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("never read as sources") || message.contains("not an allowed source"),
+            "{id}: {message}"
+        );
+    }
+    assert_eq!(
+        bench.lab.bedrock.calls().len(),
+        calls_before,
+        "no model call"
+    );
+}
+
+/// With no `RELAY_ALLOWED_SOURCES`, no job reads any object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_allowed_sources_means_no_documents() {
+    let bench = Bench::start(&[("RELAY_ALLOWED_SOURCES", "")]).await;
+    bench
+        .lab
+        .create_bucket("relay-inputs")
+        .await
+        .expect("bucket");
+    bench
+        .lab
+        .put_object("relay-inputs", "ok.txt", "text", "text/plain")
+        .await
+        .expect("put");
+    let outcome = bench
+        .invoke_bytes(envelope("6c1e0000-0000-4000-8000-00000000f201", "com.example.a", json!({"id": "d", "model": MODEL, "documents": ["s3://relay-inputs/ok.txt"], "prompt": "p"})), TIMEOUT)
+        .await;
+    assert_eq!(error_type(&outcome), "NonRetryable.SourceNotAllowed");
+    let record = bench.record("d").await;
+    assert!(record["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("RELAY_ALLOWED_SOURCES: none"));
+    assert!(bench.lab.bedrock.calls().is_empty());
+}
+
+/// Ids aimed at the relay's bookkeeping are refused; with `RELAY_ID_PREFIX`
+/// a sender's ids live under its source, so a squatted id of another source
+/// is a different key and the real run still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_ids_cannot_reach_bookkeeping_or_another_sources_results() {
+    let bench = Bench::start(&[("RELAY_ID_PREFIX", "{{ event.source }}/")]).await;
+    for (n, id) in ["_claims/reports/2026-12-01", "reports/_spill/x", "_x"]
+        .iter()
+        .enumerate()
+    {
+        let outcome = bench
+            .invoke_bytes(
+                envelope(
+                    &format!("6c1e0000-0000-4000-8000-00000000f3{n:02}"),
+                    "com.example.a",
+                    json!({"id": id, "model": MODEL, "prompt": "p"}),
+                ),
+                TIMEOUT,
+            )
+            .await;
+        assert_eq!(error_type(&outcome), "NonRetryable.InvalidJob", "{id}");
+    }
+    // The attacker squats tomorrow's report id from its own source...
+    let squat = bench
+        .invoke_bytes(
+            envelope(
+                "6c1e0000-0000-4000-8000-00000000f310",
+                "com.example.attacker",
+                json!({"id": "reports/2026-12-02", "model": MODEL, "prompt": "forged"}),
+            ),
+            TIMEOUT,
+        )
+        .await;
+    assert!(matches!(squat, Outcome::Response { .. }), "{squat:?}");
+    // ...and the real run, from the scheduler's source, is not `already_done`.
+    let real = bench
+        .invoke_bytes(
+            envelope(
+                "6c1e0000-0000-4000-8000-00000000f311",
+                "com.example.reports",
+                json!({"id": "reports/2026-12-02", "model": MODEL, "prompt": "the real one"}),
+            ),
+            TIMEOUT,
+        )
+        .await;
+    let Outcome::Response { body } = &real else {
+        panic!("{real:?}")
+    };
+    assert_ne!(body["status"], "already_done", "{body}");
+    let real_record = bench.record("com.example.reports/reports/2026-12-02").await;
+    assert_eq!(real_record["status"], "succeeded");
+    assert_eq!(
+        real_record["job_id"],
+        "com.example.reports/reports/2026-12-02"
+    );
+    let squatted = bench
+        .record("com.example.attacker/reports/2026-12-02")
+        .await;
+    assert_eq!(squatted["status"], "succeeded");
+    assert_eq!(bench.lab.bedrock.calls().len(), 2);
+}
