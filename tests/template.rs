@@ -664,10 +664,13 @@ fn kms_keys_are_usable_only_through_sqs_and_sns() {
 }
 
 /// `documents` and `items_from` objects are readable exactly as listed, and
-/// nothing is readable without the parameter.
+/// nothing is readable without the parameter: the one list is both the IAM
+/// grant and the function's own allowlist (`RELAY_ALLOWED_SOURCES`).
 #[test]
 fn input_objects_are_readable_only_as_named() {
-    assert!(Stack::relay(&[]).statement("ReadInputs").is_none());
+    let none = Stack::relay(&[]);
+    assert!(none.statement("ReadInputs").is_none());
+    assert_eq!(none.env("RELAY_ALLOWED_SOURCES"), "");
     let stack = Stack::relay(&[(
         "InputObjectArns",
         "arn:aws:s3:::relay-inputs/batches/*,arn:aws:s3:::uploads/incoming/*",
@@ -680,6 +683,10 @@ fn input_objects_are_readable_only_as_named() {
             "arn:aws:s3:::relay-inputs/batches/*",
             "arn:aws:s3:::uploads/incoming/*"
         ])
+    );
+    assert_eq!(
+        stack.env("RELAY_ALLOWED_SOURCES"),
+        "arn:aws:s3:::relay-inputs/batches/*,arn:aws:s3:::uploads/incoming/*"
     );
 }
 

@@ -45,13 +45,19 @@ pub struct SourcePolicy {
 impl SourcePolicy {
     /// Sources matching one of `allowed`, minus anything under `own`. Both
     /// are `s3://bucket/key` patterns where `*` and `?` are wildcards; an
+    /// allowed pattern may also be an S3 object ARN pattern
+    /// (`arn:aws:s3:::bucket/key*`, what the template's IAM grant uses). An
     /// `own` entry is a prefix (`s3://results/relay/` covers every key under
     /// it).
     pub fn new(allowed: &[String], own: &[String]) -> Self {
         Self {
             allowed: allowed
                 .iter()
-                .map(|p| (p.clone(), WildMatch::new(p)))
+                .map(|p| as_s3_uri(p.trim()))
+                .map(|p| {
+                    let pattern = WildMatch::new(&p);
+                    (p, pattern)
+                })
                 .collect(),
             own: own
                 .iter()
@@ -93,6 +99,17 @@ impl SourcePolicy {
         uris.iter()
             .enumerate()
             .try_for_each(|(i, uri)| self.check(&format!("documents[{i}]"), uri))
+    }
+}
+
+/// `arn:aws:s3:::bucket/key` (any partition) as `s3://bucket/key`.
+fn as_s3_uri(pattern: &str) -> String {
+    match pattern
+        .strip_prefix("arn:")
+        .and_then(|rest| rest.split_once(":s3:::"))
+    {
+        Some((partition, object)) if partition.starts_with("aws") => format!("s3://{object}"),
+        _ => pattern.to_owned(),
     }
 }
 
@@ -151,6 +168,18 @@ mod tests {
         }
         assert!(p
             .check_documents(&["s3://uploads/a".into(), "s3://uploads/relay/b".into()])
+            .is_err());
+    }
+
+    /// The template's IAM grant list (object ARNs) works as the pattern list.
+    #[test]
+    fn object_arns_are_patterns_too() {
+        let p = SourcePolicy::new(&["arn:aws:s3:::relay-inputs/contracts/*".into()], &[]);
+        assert!(p
+            .check("documents[0]", "s3://relay-inputs/contracts/C-1.pdf")
+            .is_ok());
+        assert!(p
+            .check("documents[0]", "s3://relay-inputs/other.pdf")
             .is_err());
     }
 }
