@@ -517,12 +517,12 @@ fn apply_allowlist(raw: &str, targets: &mut BTreeMap<String, Target>) -> Result<
             return Err(invalid(format!("`{alias}` is not a configured target")));
         }
     }
+    // Once an allowlist is set, it is the whole rule: a target it does not
+    // mention, with no `*` entry, may call nothing (failing closed).
     for (alias, target) in targets.iter_mut() {
         let mut patterns: Vec<String> = by_alias.get("*").cloned().unwrap_or_default();
         patterns.extend(by_alias.get(alias).cloned().unwrap_or_default());
-        if by_alias.contains_key("*") || by_alias.contains_key(alias) {
-            target.allowed_models = Some(patterns);
-        }
+        target.allowed_models = Some(patterns);
     }
     Ok(())
 }
@@ -785,6 +785,28 @@ mod tests {
             r#"{"bad alias": {"role_arn": "arn:aws:iam::333333333333:role/R"}}"#,
         )]);
         assert!(msg.contains("alias `bad alias`"), "{msg}");
+    }
+
+    /// A per-target allowlist that names only some targets and has no `*`
+    /// entry denies the others every model, rather than allowing them all.
+    #[test]
+    fn a_target_the_allowlist_does_not_mention_may_call_nothing() {
+        let targets = r#"{"research": {"role_arn": "arn:aws:iam::333333333333:role/RoleA"}}"#;
+        let config = Config::from_lookup(env(&[
+            ("RELAY_TARGETS", targets),
+            ("RELAY_ALLOWED_MODELS", r#"{"research": ["anthropic.*"]}"#),
+        ]))
+        .expect("valid");
+        assert!(config
+            .targets
+            .select(Some("research"), "anthropic.claude-v2")
+            .is_ok());
+        let err = config
+            .targets
+            .select(None, "amazon.nova-lite-v1:0")
+            .expect_err("default is not mentioned");
+        assert_eq!(err.code(), "ModelNotAllowed");
+        assert!(err.to_string().contains("does not name this target"), "{err}");
     }
 
     #[test]

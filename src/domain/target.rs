@@ -185,11 +185,10 @@ impl Targets {
             return Err(TargetError::ModelNotAllowed {
                 model: model.to_owned(),
                 alias: target.alias.clone(),
-                allowed: target
-                    .allowed_models
-                    .as_deref()
-                    .unwrap_or_default()
-                    .join(", "),
+                allowed: match target.allowed_models.as_deref().unwrap_or_default() {
+                    [] => "none: the allowlist does not name this target and has no `*` entry".into(),
+                    patterns => patterns.join(", "),
+                },
             });
         }
         Ok(target)
