@@ -98,6 +98,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// `RELAY_LOG_CONTENT` on its own, before the rest is read, so logging can
+    /// start first (and log a configuration error); a value that is not a
+    /// boolean counts as off here and fails [`Config::from_env`].
+    pub fn log_content_from_env() -> bool {
+        parse_bool(std::env::var("RELAY_LOG_CONTENT").ok(), "RELAY_LOG_CONTENT").unwrap_or(false)
+    }
+
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -806,7 +813,10 @@ mod tests {
             .select(None, "amazon.nova-lite-v1:0")
             .expect_err("default is not mentioned");
         assert_eq!(err.code(), "ModelNotAllowed");
-        assert!(err.to_string().contains("does not name this target"), "{err}");
+        assert!(
+            err.to_string().contains("does not name this target"),
+            "{err}"
+        );
     }
 
     #[test]

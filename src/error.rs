@@ -107,6 +107,52 @@ impl RelayError {
         }
     }
 
+    /// What to log of this error. With `content` (`RELAY_LOG_CONTENT`) the
+    /// whole message; without it, errors about the event's own content (its
+    /// JSON, job, templates, sources, models and documents, whose messages
+    /// quote what the event said) give their code and the field only: the
+    /// message is in the record.
+    pub fn log_text(&self, content: bool) -> String {
+        let job_field = |err: &JobError| match err {
+            JobError::Field { path, .. } => Some(path.clone()),
+            _ => None,
+        };
+        let field = match self {
+            _ if content => return self.to_string(),
+            Self::Input(InputError::JobDetail(err) | InputError::BareJob(err)) | Self::Job(err) => {
+                job_field(err)
+            }
+            Self::Template(err) => Some(err.field.clone()),
+            Self::Source(SourceError::NotAllowed { field, .. })
+            | Self::Source(SourceError::RelayOwned { field, .. }) => Some(field.clone()),
+            Self::Target(_) | Self::Document(_) => None,
+            Self::Input(_)
+            | Self::Bedrock(_)
+            | Self::Destination(_)
+            | Self::InProgress { .. }
+            | Self::BatchIncomplete { .. } => return self.to_string(),
+        };
+        let at = field.map(|f| format!(" at `{f}`")).unwrap_or_default();
+        format!(
+            "{}{at} (the message is in the record; RELAY_LOG_CONTENT=true logs it)",
+            self.code()
+        )
+    }
+
+    /// What Lambda gets back: the class and code as the error type, and
+    /// [`RelayError::log_text`] as the message (the runtime logs it).
+    pub fn to_diagnostic(&self, content: bool) -> Diagnostic {
+        let class = if self.is_retryable() {
+            "Retryable"
+        } else {
+            "NonRetryable"
+        };
+        Diagnostic {
+            error_type: format!("{class}.{}", self.code()),
+            error_message: self.log_text(content),
+        }
+    }
+
     /// The `error` part of a failure record.
     pub fn to_record(&self) -> ErrorRecord {
         ErrorRecord {
@@ -120,16 +166,10 @@ impl RelayError {
 pub use crate::aws::errors::{chain, chain_text};
 
 impl From<RelayError> for Diagnostic {
+    /// With the whole message; the Lambda wiring uses
+    /// [`RelayError::to_diagnostic`] to honour `RELAY_LOG_CONTENT`.
     fn from(err: RelayError) -> Self {
-        let class = if err.is_retryable() {
-            "Retryable"
-        } else {
-            "NonRetryable"
-        };
-        Diagnostic {
-            error_type: format!("{class}.{}", err.code()),
-            error_message: err.to_string(),
-        }
+        err.to_diagnostic(true)
     }
 }
 

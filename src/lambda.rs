@@ -102,9 +102,10 @@ impl Relay {
                 .cold_start(&ctx.env_config.function_name, &ctx.request_id);
         }
         let deadline = Deadline::from_lambda_ms(ctx.deadline);
+        let content = self.services.config().log_content;
         run_event(&self.services, &event.payload, &ctx.request_id, deadline)
             .await
-            .map_err(Diagnostic::from)
+            .map_err(|err| err.to_diagnostic(content))
     }
 }
 

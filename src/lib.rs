@@ -57,3 +57,4 @@ pub mod template;
 pub use config::Config;
 pub use error::RelayError;
 pub use lambda::Relay;
+pub use observe::logs::init as init_logs;

@@ -191,3 +191,63 @@ async fn job_ids_cannot_reach_bookkeeping_or_another_sources_results() {
     assert_eq!(squatted["status"], "succeeded");
     assert_eq!(bench.lab.bedrock.calls().len(), 2);
 }
+
+/// With `RELAY_LOG_CONTENT` off, nothing an event says reaches the logs, even
+/// at TRACE: not the raw event, not the HTTP bodies, not a value quoted by a
+/// parse error or a template error. With it on, the same run logs them (so
+/// the check can see a leak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_content_logging_off_no_event_value_reaches_the_logs_at_any_level() {
+    let events = |tag: &str| {
+        vec![
+            json!({"id": "ok", "model": MODEL, "prompt": format!("summarise {tag}-PROMPT")}),
+            json!({"id": "bad-type", "model": MODEL, "prompt": "p", "inference": {"maxTokens": format!("{tag}-TYPE")}}),
+            json!({"id": "bad-variant", "model": MODEL, "messages": [{"role": format!("{tag}-ROLE in a sentence"), "content": [{"text": "x"}]}]}),
+            json!({"id": "bad-template", "model": MODEL, "prompt": format!("{{{{ detail.{tag}_TEMPLATE }}}}")}),
+        ]
+    };
+    for (content, tag) in [("false", "SECRETOFF"), ("true", "SECRETON")] {
+        let bench = Bench::start(&[
+            ("AWS_LAMBDA_LOG_LEVEL", "trace"),
+            ("RELAY_LOG_CONTENT", content),
+        ])
+        .await;
+        for (n, detail) in events(tag).into_iter().enumerate() {
+            let _ = bench
+                .invoke_bytes(
+                    envelope(
+                        &format!("6c1e0000-0000-4000-8000-00000000f4{n:02}"),
+                        "com.example.a",
+                        detail,
+                    ),
+                    TIMEOUT,
+                )
+                .await;
+        }
+        let logs = bench.function.logs().join("\n");
+        assert!(logs.contains("job failed"), "the failures are logged");
+        let leaked: Vec<&str> = ["PROMPT", "TYPE", "ROLE", "TEMPLATE"]
+            .into_iter()
+            .filter(|part| {
+                logs.contains(&format!("{tag}-{part}")) || logs.contains(&format!("{tag}_{part}"))
+            })
+            .collect();
+        if content == "false" {
+            assert!(leaked.is_empty(), "leaked {leaked:?}:\n{logs}");
+            // The record (under the envelope id: the job did not parse) still
+            // says what to fix, naming the field.
+            let record = bench.record("6c1e0000-0000-4000-8000-00000000f401").await;
+            let message = record["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("inference.maxTokens") && message.contains("expected"),
+                "{message}"
+            );
+            assert!(!message.contains("SECRETOFF"), "{message}");
+        } else {
+            assert!(
+                leaked.contains(&"PROMPT"),
+                "content logging on shows content:\n{logs}"
+            );
+        }
+    }
+}

@@ -283,8 +283,11 @@ impl Input {
             });
         }
 
-        let event: EventBridgeEvent<Value> = serde_path_to_error::deserialize(value)
-            .map_err(|err| InputError::Envelope(format!("{}: {}", err.path(), err.inner())))?;
+        let event: EventBridgeEvent<Value> =
+            serde_path_to_error::deserialize(value).map_err(|err| {
+                let message = crate::domain::job::without_values(&err.inner().to_string());
+                InputError::Envelope(format!("{}: {message}", err.path()))
+            })?;
         let envelope = Envelope {
             id: event.id.clone(),
             source: event.source.clone(),

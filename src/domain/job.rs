@@ -279,7 +279,7 @@ impl Job {
             let path = err.path().to_string();
             JobError::field(
                 if path.is_empty() { ".".into() } else { path },
-                err.into_inner().to_string(),
+                without_values(&err.into_inner().to_string()),
             )
         })
     }
@@ -464,6 +464,41 @@ pub(crate) fn check_job_id(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A parse error with the offending value taken out: serde quotes it
+/// (`invalid type: string "…", expected u32`), and an event's values are
+/// prompts and documents, which must not reach logs or records unasked. What
+/// is left names the kind found and what was expected; the caller adds the
+/// path.
+pub(crate) fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            // The value may itself contain ", expected ": the last one is serde's.
+            let (found, expected) = rest
+                .rfind(", expected ")
+                .map_or((rest, ""), |at| rest.split_at(at));
+            let kind = found.split(['`', '"']).next().unwrap_or_default().trim();
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        // An externally tagged enum's variant is a key the user typed
+        // (`toolUse`); a key-like name is shown, anything else is a value.
+        let Some(at) = rest.rfind("`, expected") else {
+            return "unknown variant".into();
+        };
+        let (variant, expected) = rest.split_at(at);
+        let key_like = variant.len() <= 32
+            && variant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        return match key_like {
+            true => message.to_owned(),
+            false => format!("unknown variant{}", &expected[1..]),
+        };
+    }
+    message.to_owned()
 }
 
 /// Envelope and request ids come from AWS and are UUIDs; anything else is made safe
@@ -671,6 +706,19 @@ mod tests {
             job.metadata.as_ref().map(|m| m["team"].clone()),
             Some(json!("finance"))
         );
+    }
+
+    /// Parse errors name the path and what was expected, never the value.
+    #[test]
+    fn parse_errors_do_not_quote_the_value() {
+        let msg = error(json!({"prompt": "hi", "inference": {"maxTokens": "secret, expected x"}}));
+        assert!(msg.starts_with("inference.maxTokens"), "{msg}");
+        assert!(msg.contains("invalid type: string, expected"), "{msg}");
+        assert!(!msg.contains("secret"), "{msg}");
+        let msg =
+            error(json!({"messages": [{"role": "the secret plan", "content": [{"text": "x"}]}]}));
+        assert!(msg.contains("unknown variant, expected"), "{msg}");
+        assert!(!msg.contains("secret"), "{msg}");
     }
 
     #[test]

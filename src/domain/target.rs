@@ -186,7 +186,9 @@ impl Targets {
                 model: model.to_owned(),
                 alias: target.alias.clone(),
                 allowed: match target.allowed_models.as_deref().unwrap_or_default() {
-                    [] => "none: the allowlist does not name this target and has no `*` entry".into(),
+                    [] => {
+                        "none: the allowlist does not name this target and has no `*` entry".into()
+                    }
                     patterns => patterns.join(", "),
                 },
             });

@@ -278,7 +278,12 @@ async fn run_item(
                 None,
                 &stats,
             );
-            tracing::warn!(index, error_type = err.code(), "item failed: {err}");
+            tracing::warn!(
+                index,
+                error_type = err.code(),
+                "item failed: {}",
+                err.log_text(services.config().log_content)
+            );
             ItemRecord::failed(
                 job_id,
                 index,

@@ -158,19 +158,20 @@ pub(crate) async fn fail(
         stats,
     );
     let record = record.fail(err.to_record());
+    let text = err.log_text(services.config().log_content);
     match deliver_record(services.sinks(), delivery, &record).await {
         Ok(uri) => tracing::error!(
             job_id = %record.job_id,
             error_type = err.code(),
             retryable = err.is_retryable(),
             record = %uri,
-            "job failed: {err}"
+            "job failed: {text}"
         ),
         Err(write_err) => tracing::error!(
             job_id = %record.job_id,
             error_type = err.code(),
             retryable = err.is_retryable(),
-            "job failed: {err}; and its error record was not written: {write_err}"
+            "job failed: {text}; and its error record was not written: {write_err}"
         ),
     }
     Err(err)
