@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`moto`]: starts `moto_server` (STS, IAM, S3, SQS, EventBridge) and reads
-//!   the sessions it issued.
+//! - [`moto`]: starts `moto_server` (STS, IAM, S3, SQS, EventBridge) through
+//!   `lab/moto_server.py`, which makes S3's conditional writes atomic, and
+//!   reads the sessions it issued.
 //! - [`emulator`]: a Bedrock Runtime emulator (Converse, InvokeModel) that
 //!   checks SigV4 against moto's sessions and records who called.
 //! - [`runtime_api`]: a minimal Lambda Runtime API and the function process.

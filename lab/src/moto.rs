@@ -1,5 +1,7 @@
-//! moto: starting `moto_server` on a free loopback port, reading the STS
-//! sessions it issued, and the few admin calls the lab makes to it.
+//! moto: starting `moto_server` on a free loopback port (through the lab's
+//! launcher, `lab/moto_server.py`, which makes S3 writes atomic per key),
+//! reading the STS sessions it issued, and the few admin calls the lab makes
+//! to it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -95,22 +97,29 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts `moto_server`. The executable is `LAB_MOTO_SERVER`, else
-    /// `.venv/bin/moto_server` at the workspace root.
+    /// Starts moto's server: the lab's launcher `lab/moto_server.py` run by
+    /// `.venv/bin/python` at the workspace root, which is `moto_server` with
+    /// S3 writes made atomic per key (so that of two conditional PUTs of one
+    /// key only one wins, as in S3). `LAB_MOTO_SERVER` names another
+    /// executable taking `moto_server`'s flags (`-H`, `-p`) instead, e.g.
+    /// `.venv/bin/moto_server` itself.
     ///
     /// `MOTO_ACCOUNT_ID` is removed from its environment: it would pin every
     /// request to one account, where the lab needs each call to land in the
     /// account of the session that signed it.
     pub async fn start() -> Result<Self, LabError> {
-        let exe = moto_server_path();
-        if !exe.exists() {
-            return Err(LabError::Setup(format!(
-                "{} not found: run scripts/setup to install the lab's Python tools (or set LAB_MOTO_SERVER)",
-                exe.display()
-            )));
+        let (exe, launcher_args) = moto_server_command();
+        for needed in std::iter::once(&exe).chain(&launcher_args) {
+            if !needed.exists() {
+                return Err(LabError::Setup(format!(
+                    "{} not found: run scripts/setup to install the lab's Python tools (or set LAB_MOTO_SERVER)",
+                    needed.display()
+                )));
+            }
         }
         let port = free_port()?;
         let child = Command::new(&exe)
+            .args(&launcher_args)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env_remove("MOTO_ACCOUNT_ID")
             .stdin(Stdio::null())
@@ -119,17 +128,28 @@ impl Moto {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| LabError::Setup(format!("cannot start {}: {e}", exe.display())))?;
-        let moto = Self {
+        let mut moto = Self {
             endpoint: format!("http://127.0.0.1:{port}"),
             child,
             http: reqwest::Client::new(),
         };
-        moto.wait_ready().await?;
+        let command = std::iter::once(&exe)
+            .chain(&launcher_args)
+            .map(|part| part.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        moto.wait_ready(&command).await?;
         Ok(moto)
     }
 
-    async fn wait_ready(&self) -> Result<(), LabError> {
+    /// Waits for the server to answer; `command` names it in errors.
+    async fn wait_ready(&mut self, command: &str) -> Result<(), LabError> {
         for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(LabError::Setup(format!(
+                    "{command} exited ({status}) before answering: run it by hand to see why"
+                )));
+            }
             let ready = self
                 .http
                 .get(format!("{}/moto-api/data.json", self.endpoint))
@@ -141,9 +161,9 @@ impl Moto {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(LabError::Setup(
-            "moto_server did not answer within 15 s".into(),
-        ))
+        Err(LabError::Setup(format!(
+            "{command} did not answer within 15 s"
+        )))
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -255,10 +275,16 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn moto_server_path() -> PathBuf {
-    std::env::var_os("LAB_MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/moto_server"))
+/// The program that serves moto and the arguments before its flags:
+/// `LAB_MOTO_SERVER` alone if set, else the venv's Python and the launcher.
+fn moto_server_command() -> (PathBuf, Vec<PathBuf>) {
+    match std::env::var_os("LAB_MOTO_SERVER") {
+        Some(exe) => (PathBuf::from(exe), Vec::new()),
+        None => (
+            workspace_root().join(".venv/bin/python"),
+            vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("moto_server.py")],
+        ),
+    }
 }
 
 /// A free loopback port (bound then released; the lab starts its server at once).

@@ -11,11 +11,13 @@
 //! Meanwhile the Bedrock emulator throws bursts of 429/500/503, holds a quota
 //! and slows down now and then.
 //!
-//! Claims rest on S3 conditional writes. moto checks `If-None-Match` and then
-//! writes, in a threaded server, so two claims landing within a few
-//! milliseconds can both win there (S3 itself answers one of them 412/409);
-//! an item answered twice is printed with its deliveries and model calls so
-//! such a case can be told from a relay fault.
+//! Claims rest on S3 conditional writes. Plain `moto_server` checks
+//! `If-None-Match` / `If-Match` and then writes, in a threaded server, so two
+//! claims landing within a few milliseconds could both win there; the lab
+//! starts moto through `lab/moto_server.py`, which serialises the writes to a
+//! key, so that one of them is refused (412) as S3 refuses it (412/409). An
+//! item answered twice is a relay fault; it is printed with its deliveries and
+//! model calls.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
