@@ -269,16 +269,6 @@ mod tests {
         }
     }
 
-    fn prepared(results: &[Outgoing]) -> Vec<Prepared<'_>> {
-        results
-            .iter()
-            .map(|outgoing| Prepared {
-                outgoing,
-                text: outgoing.body.to_string(),
-            })
-            .collect()
-    }
-
     type Calls = Arc<Mutex<Vec<Vec<WriteRequest>>>>;
 
     /// A BatchWriteItem mock recording each call's requests, leaving the
@@ -356,7 +346,7 @@ mod tests {
         let refs = send(
             &client,
             &Table::parse(ARN).expect("arn"),
-            &prepared(&results),
+            &Prepared::unspilled(&results),
         )
         .await
         .expect("written");
@@ -391,7 +381,7 @@ mod tests {
         let refs = send(
             &client,
             &Table::parse(ARN).expect("arn"),
-            &prepared(&results),
+            &Prepared::unspilled(&results),
         )
         .await
         .expect("written");
@@ -414,7 +404,7 @@ mod tests {
         send(
             &client,
             &Table::parse(ARN).expect("arn"),
-            &prepared(&results),
+            &Prepared::unspilled(&results),
         )
         .await
         .expect("written");
@@ -431,7 +421,7 @@ mod tests {
         let err = send(
             &client,
             &Table::parse(ARN).expect("arn"),
-            &prepared(&results),
+            &Prepared::unspilled(&results),
         )
         .await
         .expect_err("unprocessed");
@@ -478,7 +468,7 @@ mod tests {
             });
             let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule]);
             let table = Table::from_name_or_arn(table).expect("table");
-            let err = send(&client, &table, &prepared(&results))
+            let err = send(&client, &table, &Prepared::unspilled(&results))
                 .await
                 .expect_err(code);
             assert_eq!(err.code(), expected, "{code}: {err}");
