@@ -271,6 +271,22 @@ mod tests {
             .expect("entry")
     }
 
+    /// A SendMessageBatch mock failing every entry of every call with `code`.
+    fn failing_every_entry(code: &'static str, sender_fault: bool) -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_sqs::Client::send_message_batch).then_compute_output(move |req| {
+            SendMessageBatchOutput::builder()
+                .set_successful(Some(Vec::new()))
+                .set_failed(Some(
+                    req.entries()
+                        .iter()
+                        .map(|e| failed_entry(e.id(), code, sender_fault))
+                        .collect(),
+                ))
+                .build()
+                .expect("output")
+        })
+    }
+
     type Calls = Arc<Mutex<Vec<Vec<SendMessageBatchRequestEntry>>>>;
 
     /// A SendMessageBatch mock accepting every entry and recording each call's entries.
@@ -471,19 +487,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_failing_twice_are_unavailable_and_sender_faults_are_not_retried() {
-        let always_failing =
-            mock!(aws_sdk_sqs::Client::send_message_batch).then_compute_output(|req| {
-                SendMessageBatchOutput::builder()
-                    .set_successful(Some(Vec::new()))
-                    .set_failed(Some(
-                        req.entries()
-                            .iter()
-                            .map(|e| failed_entry(e.id(), "InternalError", false))
-                            .collect(),
-                    ))
-                    .build()
-                    .expect("output")
-            });
+        let always_failing = failing_every_entry("InternalError", false);
         let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&always_failing]);
         let results = [outgoing("j", None, json!({}))];
         let queue = Queue::parse(URL).expect("url");
@@ -494,18 +498,7 @@ mod tests {
         assert!(err.is_retryable());
         assert_eq!(always_failing.num_calls(), 2);
 
-        let rejecting = mock!(aws_sdk_sqs::Client::send_message_batch).then_compute_output(|req| {
-            SendMessageBatchOutput::builder()
-                .set_successful(Some(Vec::new()))
-                .set_failed(Some(
-                    req.entries()
-                        .iter()
-                        .map(|e| failed_entry(e.id(), "InvalidParameterValue", true))
-                        .collect(),
-                ))
-                .build()
-                .expect("output")
-        });
+        let rejecting = failing_every_entry("InvalidParameterValue", true);
         let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&rejecting]);
         let err = send_in_batches(&client, &queue, &Prepared::unspilled(&results))
             .await
