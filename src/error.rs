@@ -108,8 +108,6 @@ impl RelayError {
     }
 }
 
-pub use crate::aws::errors::{chain, chain_text};
-
 impl From<RelayError> for Diagnostic {
     fn from(err: RelayError) -> Self {
         let class = if err.is_retryable() {

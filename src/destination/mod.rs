@@ -17,12 +17,12 @@
 //! `RELAY_SPILL_S3`.
 
 mod batching;
-pub mod dynamodb;
-pub mod eventbridge;
-pub mod s3;
-pub mod sns;
+pub(crate) mod dynamodb;
+pub(crate) mod eventbridge;
+pub(crate) mod s3;
+mod sns;
 mod spill;
-pub mod sqs;
+mod sqs;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -340,7 +340,7 @@ impl Destinations {
     /// result, in order (the message id, the event id, or `table#job#index`).
     /// A result too large for the service is spilled to `RELAY_SPILL_S3` and a
     /// pointer sent in its place. S3 destinations are written by
-    /// [`S3Destination`], so an S3 spec is refused here.
+    /// `S3Destination`, so an S3 spec is refused here.
     pub async fn send(
         &self,
         dest: &DestinationSpec,

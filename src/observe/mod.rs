@@ -1,5 +1,5 @@
 //! What the function tells operators about itself: CloudWatch EMF metrics and
 //! X-Ray subsegments.
 
-pub mod metrics;
-pub mod xray;
+pub(crate) mod metrics;
+pub(crate) mod xray;
