@@ -163,8 +163,6 @@ impl RelayError {
     }
 }
 
-pub use crate::aws::errors::{chain, chain_text};
-
 impl From<RelayError> for Diagnostic {
     /// With the whole message; the Lambda wiring uses
     /// [`RelayError::to_diagnostic`] to honour `RELAY_LOG_CONTENT`.

@@ -10,26 +10,37 @@
 //! (`../shared/tools/module-cycles src` prints `no cycles`). Read
 //! `docs/architecture.md` first; top to bottom:
 //!
-//! - `main.rs` (thin), [`lambda`] ([`Relay`]: the Lambda wiring, the
-//!   runtime's deadline as a [`domain::deadline::Deadline`]) and [`cli`]
-//!   (`invoke`, `doctor`, `trail`, `schema`).
-//! - `run` (crate-private): the run modes as peers (a single job, a batch in
-//!   one invocation) over the same parts: planning, the guarded run (claim →
-//!   read back → run → release), preparing a job, and its outcome (records,
-//!   delivery, metrics). [`error`] gathers the other modules' errors into
-//!   [`RelayError`] and maps them to Lambda's error type.
-//! - `scheduling` (crate-private): calling the model on time (pool choice,
-//!   pacer, latency book); [`config`]: `RELAY_*` environment → [`Config`].
-//! - Adapters that call AWS: [`credentials`] (AssumeRole into RoleA under the
-//!   identity cache), [`bedrock`] (Converse and InvokeModel, error classes),
-//!   [`documents`] (S3 objects as content blocks, `items_from` JSON Lines),
-//!   [`destination`] (S3, SQS, SNS, EventBridge, DynamoDB, spill), [`ledger`]
-//!   (claims and finished work, S3 and DynamoDB side by side).
-//! - [`template`] (locked-down Jinja), [`schema`] (the job as JSON Schema),
-//!   [`observe`] (EMF metrics, X-Ray subsegments).
-//! - [`aws`]: what every adapter shares (trust store, SDK-error classes,
-//!   the retry helper, S3 URIs and ARNs); [`domain`]: plain data (job, input,
+//! - `main.rs` (thin), `lambda` ([`Relay`]: the Lambda wiring, the runtime's
+//!   deadline as a `Deadline`) and [`cli`] (`invoke`, `doctor`, `trail`,
+//!   `schema`).
+//! - `run`: the run modes as peers (a single job, a batch in one invocation)
+//!   over the same parts: planning, the guarded run (claim → read back → run
+//!   → release), preparing a job, and its outcome (records, delivery,
+//!   metrics). `error` gathers the other modules' errors into [`RelayError`]
+//!   and maps them to Lambda's error type.
+//! - `scheduling`: calling the model on time (pool choice, pacer, latency
+//!   book); `config`: `RELAY_*` environment → [`Config`].
+//! - Adapters that call AWS: `credentials` (AssumeRole into RoleA under the
+//!   identity cache), `bedrock` (Converse and InvokeModel, error classes),
+//!   `documents` (S3 objects as content blocks; `formats`, `items` for
+//!   `items_from` JSON Lines), `destination` (S3, SQS, SNS, EventBridge,
+//!   DynamoDB; `batching`, `spill`), `ledger` (claims and finished work, S3
+//!   and DynamoDB side by side).
+//! - `template` (locked-down Jinja), `schema` (the job as JSON Schema),
+//!   `observe` (EMF metrics, X-Ray subsegments).
+//! - `aws`: what every adapter shares (trust store, SDK-error classes, the
+//!   retry helper, S3 URIs and ARNs); `domain`: plain data (job, input,
 //!   target, record, deadline).
+//!
+//! # Public API
+//!
+//! Every module but [`cli`] is private. What the binary and the tests use is
+//! re-exported here: [`Config`] and [`Relay`] (the function), [`cli`] (the
+//! operator commands), [`RelayError`]; the job and event types ([`Job`],
+//! [`Input`], [`Payload`]) and the template engine ([`Renderer`], [`Scope`])
+//! for the property tests; [`Destinations`], [`DestinationSpec`] and
+//! [`Ledger`] for the lab's destination tests; the JSON Schema functions; and
+//! the EMF and X-Ray constants the template and lab tests check against.
 //!
 //! The local lab (`lab/`, a separate crate never linked into the function)
 //! emulates Bedrock and the Lambda Runtime API for the end-to-end tests in
@@ -37,24 +48,39 @@
 
 #![warn(missing_docs)]
 
-pub mod aws;
-pub mod bedrock;
+mod aws;
+mod bedrock;
 pub mod cli;
-pub mod config;
-pub mod credentials;
-pub mod destination;
-pub mod documents;
-pub mod domain;
-pub mod error;
-pub mod lambda;
-pub mod ledger;
-pub mod observe;
+mod config;
+mod credentials;
+mod destination;
+mod documents;
+mod domain;
+mod error;
+mod lambda;
+mod ledger;
+mod observe;
 mod run;
-pub(crate) mod scheduling;
-pub mod schema;
-pub mod template;
+mod scheduling;
+mod schema;
+mod template;
 
 pub use config::Config;
+pub use destination::dynamodb::Table;
+pub use destination::eventbridge::{DETAIL_TYPE as EVENT_DETAIL_TYPE, SOURCE as EVENT_SOURCE};
+pub use destination::{DestinationError, DestinationSpec, Destinations, Outgoing, S3Location};
+pub use domain::input::{Input, InputError, Payload, MAX_JSON_DEPTH};
+pub use domain::job::{Job, JobError};
+pub use domain::record::Usage;
 pub use error::RelayError;
 pub use lambda::Relay;
+pub use ledger::Ledger;
+pub use observe::metrics::{
+    cold_start_document, emf_document, JobMetrics, DEFAULT_NAMESPACE as DEFAULT_METRICS_NAMESPACE,
+};
+pub use observe::xray::DAEMON_HEADER as XRAY_DAEMON_HEADER;
+pub use schema::{
+    job_event_schema, job_schema, pretty as pretty_schema, JOB_EVENT_SCHEMA_FILE, JOB_SCHEMA_FILE,
+};
+pub use template::{Renderer, Scope};
 pub use observe::logs::init as init_logs;

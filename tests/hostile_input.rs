@@ -15,10 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use bedrock_relay::domain::input::{Input, InputError, Payload, MAX_JSON_DEPTH};
-use bedrock_relay::domain::job::Job;
-use bedrock_relay::template::{Renderer, Scope};
-use bedrock_relay::RelayError;
+use bedrock_relay::{Input, InputError, Job, Payload, RelayError, Renderer, Scope, MAX_JSON_DEPTH};
 use lab::runtime_api::Outcome;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};

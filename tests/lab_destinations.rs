@@ -6,10 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bedrock_relay::destination::{
-    dynamodb, eventbridge, DestinationError, DestinationSpec, Destinations, Outgoing, S3Location,
+use bedrock_relay::{
+    DestinationError, DestinationSpec, Destinations, Ledger, Outgoing, S3Location, Table,
+    EVENT_DETAIL_TYPE, EVENT_SOURCE,
 };
-use bedrock_relay::ledger::Ledger;
 use lab::services::{sdk_config, Received, Services};
 use lab::{Lab, ACCOUNT_B, BUCKET};
 use serde_json::{json, Value};
@@ -262,8 +262,8 @@ async fn a_bus_gets_one_event_per_result() {
     assert_eq!(envelopes.len(), 12);
     let mut seen = BTreeSet::new();
     for envelope in &envelopes {
-        assert_eq!(envelope["source"], eventbridge::SOURCE);
-        assert_eq!(envelope["detail-type"], eventbridge::DETAIL_TYPE);
+        assert_eq!(envelope["source"], EVENT_SOURCE);
+        assert_eq!(envelope["detail-type"], EVENT_DETAIL_TYPE);
         let index = envelope["detail"]["index"].as_u64().expect("index") as usize;
         assert_eq!(envelope["detail"], results[index].body);
         assert_eq!(
@@ -313,7 +313,7 @@ async fn a_table_holds_one_item_per_result_and_reads_back_the_succeeded() {
     assert_eq!(items[30]["job_id"], "ddb-single");
     assert_eq!(items[30]["item"], 0);
 
-    let table = dynamodb::Table::parse(&arn).expect("arn");
+    let table = Table::parse(&arn).expect("arn");
     let done = succeeded_in_table(&bench, &table, "ddb-job")
         .await
         .expect("read back");
@@ -323,7 +323,7 @@ async fn a_table_holds_one_item_per_result_and_reads_back_the_succeeded() {
         .collect();
     assert_eq!(done, expected);
 
-    let by_name = dynamodb::Table::from_name_or_arn("relay-results").expect("name");
+    let by_name = Table::from_name_or_arn("relay-results").expect("name");
     let single_done = succeeded_in_table(&bench, &by_name, "ddb-single")
         .await
         .expect("read back by name");
@@ -393,7 +393,7 @@ async fn large_results_are_spilled_to_s3_with_a_pointer_sent() {
         serde_json::from_slice::<Value>(&object).expect("json"),
         big_single.body
     );
-    let table = dynamodb::Table::parse(&arn).expect("arn");
+    let table = Table::parse(&arn).expect("arn");
     let done = succeeded_in_table(&bench, &table, "big-single")
         .await
         .expect("read back");
@@ -485,9 +485,9 @@ async fn an_ungranted_destination_is_denied_with_the_grant_to_make() {
 /// What the ledger reads back from a DynamoDB destination table for `job_id`.
 async fn succeeded_in_table(
     bench: &Bench,
-    table: &dynamodb::Table,
+    table: &Table,
     job_id: &str,
-) -> Result<BTreeMap<usize, Value>, bedrock_relay::destination::DestinationError> {
+) -> Result<BTreeMap<usize, Value>, DestinationError> {
     Ledger::Table {
         table: table.clone(),
         is_destination: true,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use bedrock_relay::observe::xray::DAEMON_HEADER;
+use bedrock_relay::XRAY_DAEMON_HEADER as DAEMON_HEADER;
 use lab::runtime_api::Outcome;
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;

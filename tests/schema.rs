@@ -7,9 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use bedrock_relay::domain::job::{Job, JobError};
-use bedrock_relay::schema::{
-    job_event_schema, job_schema, pretty, JOB_EVENT_SCHEMA_FILE, JOB_SCHEMA_FILE,
+use bedrock_relay::{
+    job_event_schema, job_schema, pretty_schema as pretty, Job, JobError, JOB_EVENT_SCHEMA_FILE,
+    JOB_SCHEMA_FILE,
 };
 use jsonschema::Validator;
 use serde_json::{json, Value};

@@ -41,11 +41,11 @@ fn dashboard_charts_the_metrics_the_function_emits() {
     assert!(!expressions.is_empty());
 
     // What the function writes: a failed job, a batch item, a cold start.
-    let job = |is_item: bool| bedrock_relay::observe::metrics::JobMetrics {
+    let job = |is_item: bool| bedrock_relay::JobMetrics {
         target: "t".into(),
         model: "m".into(),
         error_type: Some("E".into()),
-        usage: Some(bedrock_relay::bedrock::Usage::default()),
+        usage: Some(bedrock_relay::Usage::default()),
         model_latency_ms: Some(1),
         attempts: 1,
         throttled: 0,
@@ -53,11 +53,11 @@ fn dashboard_charts_the_metrics_the_function_emits() {
         job_id: "j".into(),
         request_id: "r".into(),
     };
-    let namespace = bedrock_relay::observe::metrics::DEFAULT_NAMESPACE;
+    let namespace = bedrock_relay::DEFAULT_METRICS_NAMESPACE;
     let documents = [
-        bedrock_relay::observe::metrics::emf_document(namespace, &job(false), 0),
-        bedrock_relay::observe::metrics::emf_document(namespace, &job(true), 0),
-        bedrock_relay::observe::metrics::cold_start_document(namespace, "f", "r", 0),
+        bedrock_relay::emf_document(namespace, &job(false), 0),
+        bedrock_relay::emf_document(namespace, &job(true), 0),
+        bedrock_relay::cold_start_document(namespace, "f", "r", 0),
     ];
     // Every (metric, dimension set) pair written, as SEARCH's `{ns,dims}` schema.
     let mut emitted: Vec<(String, String)> = Vec::new();
@@ -968,7 +968,7 @@ fn example_passes_the_relay_valid_parameters_and_default_job() {
     assert!(parsed["id"]
         .as_str()
         .is_some_and(|id| id.contains("detail.object.etag")));
-    bedrock_relay::domain::job::Job::from_json(&job).expect("a valid job");
+    bedrock_relay::Job::from_json(&job).expect("a valid job");
 }
 
 /// Delivery settings: every event source retries and dead-letters to the

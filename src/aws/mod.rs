@@ -3,7 +3,7 @@
 //! (Clients are built from one base config: `credentials::load_base_config`,
 //! then `Destinations` and `Bedrock` derive theirs from it.)
 
-pub mod errors;
-pub mod retry;
-pub mod tls;
-pub mod uri;
+pub(crate) mod errors;
+pub(crate) mod retry;
+pub(crate) mod tls;
+pub(crate) mod uri;

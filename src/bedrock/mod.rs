@@ -535,6 +535,55 @@ fn reply_from(output: ConverseOutput, call_latency_ms: u128) -> ModelReply {
     }
 }
 
+/// Where an InvokeModel answer with its text in one place keeps what
+/// [`read_invoke_body`] reads: JSON pointers to the text, the stop reason and
+/// the token counts (`None`: the family does not report it).
+struct OneTextShape {
+    text: &'static str,
+    stop: &'static str,
+    input: Option<&'static str>,
+    output: Option<&'static str>,
+}
+
+/// The families with one text, tried in order after Anthropic's blocks.
+const ONE_TEXT_SHAPES: &[OneTextShape] = &[
+    // Amazon Nova (messages-v1).
+    OneTextShape {
+        text: "/output/message/content/0/text",
+        stop: "/stopReason",
+        input: Some("/usage/inputTokens"),
+        output: Some("/usage/outputTokens"),
+    },
+    // Amazon Titan text.
+    OneTextShape {
+        text: "/results/0/outputText",
+        stop: "/results/0/completionReason",
+        input: Some("/inputTextTokenCount"),
+        output: Some("/results/0/tokenCount"),
+    },
+    // Meta Llama.
+    OneTextShape {
+        text: "/generation",
+        stop: "/stop_reason",
+        input: Some("/prompt_token_count"),
+        output: Some("/generation_token_count"),
+    },
+    // Mistral.
+    OneTextShape {
+        text: "/outputs/0/text",
+        stop: "/outputs/0/stop_reason",
+        input: None,
+        output: None,
+    },
+    // Cohere Command R.
+    OneTextShape {
+        text: "/text",
+        stop: "/finish_reason",
+        input: None,
+        output: None,
+    },
+];
+
 /// Reads text, stop reason and token usage out of an InvokeModel answer, for
 /// the families whose shapes are known (Anthropic messages, Amazon Nova and
 /// Titan, Meta Llama, Mistral, Cohere); anything else keeps only the body.
@@ -576,50 +625,12 @@ pub fn read_invoke_body(body: &serde_json::Value) -> (String, String, Option<Usa
             ),
         );
     }
-    if let Some(text) = text_at("/output/message/content/0/text") {
-        // Amazon Nova (messages-v1).
-        let stop = text_at("/stopReason").unwrap_or_default();
-        return (
-            text,
-            stop,
-            usage(int_at("/usage/inputTokens"), int_at("/usage/outputTokens")),
-        );
-    }
-    if let Some(text) = text_at("/results/0/outputText") {
-        // Amazon Titan text.
-        let stop = text_at("/results/0/completionReason").unwrap_or_default();
-        return (
-            text,
-            stop,
-            usage(
-                int_at("/inputTextTokenCount"),
-                int_at("/results/0/tokenCount"),
-            ),
-        );
-    }
-    if let Some(text) = text_at("/generation") {
-        // Meta Llama.
-        let stop = text_at("/stop_reason").unwrap_or_default();
-        return (
-            text,
-            stop,
-            usage(
-                int_at("/prompt_token_count"),
-                int_at("/generation_token_count"),
-            ),
-        );
-    }
-    if let Some(text) = text_at("/outputs/0/text") {
-        // Mistral.
-        return (
-            text,
-            text_at("/outputs/0/stop_reason").unwrap_or_default(),
-            None,
-        );
-    }
-    if let Some(text) = text_at("/text") {
-        // Cohere Command R.
-        return (text, text_at("/finish_reason").unwrap_or_default(), None);
+    for shape in ONE_TEXT_SHAPES {
+        if let Some(text) = text_at(shape.text) {
+            let stop = text_at(shape.stop).unwrap_or_default();
+            let count = |pointer: Option<&str>| pointer.and_then(&int_at);
+            return (text, stop, usage(count(shape.input), count(shape.output)));
+        }
     }
     // Embeddings and the rest: usage when an input count is reported.
     (

@@ -14,7 +14,7 @@
 //!
 //! Exit codes: 0 all good, 1 a job or check failed, 2 usage or configuration.
 
-pub mod trail;
+mod trail;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -269,14 +269,15 @@ mod tests {
         }
     }
 
-    fn prepared(results: &[Outgoing]) -> Vec<Prepared<'_>> {
-        results
-            .iter()
-            .map(|outgoing| Prepared {
-                outgoing,
-                text: outgoing.body.to_string(),
-            })
-            .collect()
+    /// Writes `results` to the table at [`ARN`], unspilled; their references.
+    async fn write_all(client: &aws_sdk_dynamodb::Client, results: &[Outgoing]) -> Vec<String> {
+        send(
+            client,
+            &Table::parse(ARN).expect("arn"),
+            &Prepared::unspilled(results),
+        )
+        .await
+        .expect("written")
     }
 
     type Calls = Arc<Mutex<Vec<Vec<WriteRequest>>>>;
@@ -353,13 +354,7 @@ mod tests {
             .map(|i| outgoing("b", Some(i), "succeeded"))
             .collect();
         results.push(outgoing("single", None, "failed"));
-        let refs = send(
-            &client,
-            &Table::parse(ARN).expect("arn"),
-            &prepared(&results),
-        )
-        .await
-        .expect("written");
+        let refs = write_all(&client, &results).await;
         assert_eq!(refs[3], "relay-results#b#3");
         assert_eq!(refs[30], "relay-results#single#0");
         let calls = calls.lock().expect("lock");
@@ -388,13 +383,7 @@ mod tests {
             outgoing("j", Some(1), "failed"),
             outgoing("j", Some(1), "succeeded"),
         ];
-        let refs = send(
-            &client,
-            &Table::parse(ARN).expect("arn"),
-            &prepared(&results),
-        )
-        .await
-        .expect("written");
+        let refs = write_all(&client, &results).await;
         assert_eq!(refs, ["relay-results#j#1", "relay-results#j#1"]);
         let calls = calls.lock().expect("lock");
         assert_eq!(calls[0].len(), 1);
@@ -411,13 +400,7 @@ mod tests {
         let results: Vec<Outgoing> = (0..5)
             .map(|i| outgoing("j", Some(i), "succeeded"))
             .collect();
-        send(
-            &client,
-            &Table::parse(ARN).expect("arn"),
-            &prepared(&results),
-        )
-        .await
-        .expect("written");
+        write_all(&client, &results).await;
         let calls = calls.lock().expect("lock");
         assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), [5, 2, 2]);
         assert_eq!(item_of(&calls[2][1])["item"], AttributeValue::N("1".into()));
@@ -431,7 +414,7 @@ mod tests {
         let err = send(
             &client,
             &Table::parse(ARN).expect("arn"),
-            &prepared(&results),
+            &Prepared::unspilled(&results),
         )
         .await
         .expect_err("unprocessed");
@@ -478,7 +461,7 @@ mod tests {
             });
             let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule]);
             let table = Table::from_name_or_arn(table).expect("table");
-            let err = send(&client, &table, &prepared(&results))
+            let err = send(&client, &table, &Prepared::unspilled(&results))
                 .await
                 .expect_err(code);
             assert_eq!(err.code(), expected, "{code}: {err}");

@@ -4,10 +4,7 @@
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
-use super::{
-    batches, send_batch_with_retry, Delivery, DestinationError, EntryOutcome, Outgoing, Prepared,
-    MAX_BATCH_ENTRIES,
-};
+use super::{BatchService, Delivery, DestinationError, EntryOutcome, Outgoing, Prepared};
 use crate::aws::uri::split_arn;
 
 /// Every event's `Source`: what rules match on.
@@ -60,16 +57,6 @@ impl Bus {
             .map(|(_, name)| name)
             .unwrap_or_default()
     }
-
-    fn delivery(&self) -> Delivery {
-        Delivery {
-            destination: self.arn.clone(),
-            action: "events:PutEvents",
-            resource: self.arn.clone(),
-            what: format!("event bus `{}`", self.name()),
-            service: "EventBridge",
-        }
-    }
 }
 
 /// An entry's size as EventBridge documents it ("Calculating Amazon
@@ -80,81 +67,73 @@ pub(crate) fn entry_size(_outgoing: &Outgoing, text: &str) -> usize {
     SOURCE.len() + DETAIL_TYPE.len() + text.len()
 }
 
-/// Puts one event per prepared result; the event ids, in order.
-pub(crate) async fn send(
-    client: &aws_sdk_eventbridge::Client,
-    bus: &Bus,
-    ready: &[Prepared<'_>],
-) -> Result<Vec<String>, DestinationError> {
-    let delivery = bus.delivery();
-    let sizes: Vec<usize> = ready
-        .iter()
-        .map(|p| entry_size(p.outgoing, &p.text))
-        .collect();
-    let mut ids = Vec::with_capacity(ready.len());
-    for run in batches(&sizes, MAX_BATCH_ENTRIES, ENTRY_LIMIT) {
-        let batch = &ready[run];
-        let sent = send_batch_with_retry(
-            &delivery,
-            batch.len(),
-            |position| batch[position].outgoing.key(),
-            |positions| put_entries(client, bus, &delivery, batch, positions),
-        )
-        .await?;
-        ids.extend(sent);
-    }
-    Ok(ids)
-}
-
 /// Whether a failed entry may go through when sent again.
 fn is_transient(code: &str) -> bool {
     matches!(code, "ThrottlingException" | "InternalFailure")
 }
 
-/// One `PutEvents` call with the entries of `batch` at `positions`. Results
-/// come back in request order, so the n-th result is `positions[n]`'s.
-async fn put_entries(
-    client: &aws_sdk_eventbridge::Client,
-    bus: &Bus,
-    delivery: &Delivery,
-    batch: &[Prepared<'_>],
-    positions: Vec<usize>,
-) -> Result<Vec<(usize, EntryOutcome)>, DestinationError> {
-    let entries: Vec<PutEventsRequestEntry> = positions
-        .iter()
-        .filter_map(|&position| batch.get(position))
-        .map(|prepared| {
-            PutEventsRequestEntry::builder()
-                .event_bus_name(&bus.arn)
-                .source(SOURCE)
-                .detail_type(DETAIL_TYPE)
-                .detail(&prepared.text)
-                .build()
-        })
-        .collect();
-    let output = client
-        .put_events()
-        .set_entries(Some(entries))
-        .send()
-        .await
-        .map_err(|err| delivery.failed(err))?;
-    let outcomes = positions
-        .iter()
-        .zip(output.entries())
-        .filter_map(|(&position, result)| {
-            let outcome = match (result.event_id(), result.error_code()) {
-                (_, Some(code)) => EntryOutcome::Failed {
-                    code: code.to_owned(),
-                    message: result.error_message().unwrap_or("no message").to_owned(),
-                    sender_fault: !is_transient(code),
-                },
-                (Some(id), None) => EntryOutcome::Sent(id.to_owned()),
-                (None, None) => return None,
-            };
-            Some((position, outcome))
-        })
-        .collect();
-    Ok(outcomes)
+/// One event per result, with `PutEvents`.
+impl BatchService for Bus {
+    type Client = aws_sdk_eventbridge::Client;
+    const MAX_BYTES: usize = ENTRY_LIMIT;
+
+    fn size_of(outgoing: &Outgoing, text: &str) -> usize {
+        entry_size(outgoing, text)
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery {
+            destination: self.arn.clone(),
+            action: "events:PutEvents",
+            resource: self.arn.clone(),
+            what: format!("event bus `{}`", self.name()),
+            service: "EventBridge",
+        }
+    }
+
+    /// One `PutEvents` call. Results come back in request order, so the n-th
+    /// result is `positions[n]`'s.
+    async fn call(
+        &self,
+        client: &aws_sdk_eventbridge::Client,
+        delivery: &Delivery,
+        batch: &[Prepared<'_>],
+        positions: Vec<usize>,
+    ) -> Result<Vec<(usize, EntryOutcome)>, DestinationError> {
+        let entries: Vec<PutEventsRequestEntry> = positions
+            .iter()
+            .filter_map(|&position| batch.get(position))
+            .map(|prepared| {
+                PutEventsRequestEntry::builder()
+                    .event_bus_name(&self.arn)
+                    .source(SOURCE)
+                    .detail_type(DETAIL_TYPE)
+                    .detail(&prepared.text)
+                    .build()
+            })
+            .collect();
+        let output = client
+            .put_events()
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|err| delivery.failed(err))?;
+        let outcomes = positions
+            .iter()
+            .zip(output.entries())
+            .filter_map(|(&position, result)| {
+                let outcome = match (result.event_id(), result.error_code()) {
+                    (_, Some(code)) => {
+                        EntryOutcome::failed(code, result.error_message(), !is_transient(code))
+                    }
+                    (Some(id), None) => EntryOutcome::Sent(id.to_owned()),
+                    (None, None) => return None,
+                };
+                Some((position, outcome))
+            })
+            .collect();
+        Ok(outcomes)
+    }
 }
 
 #[cfg(test)]
@@ -168,6 +147,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::destination::send_in_batches;
 
     const ARN: &str = "arn:aws:events:us-east-1:222222222222:event-bus/relay";
 
@@ -178,16 +158,6 @@ mod tests {
             group: "job".into(),
             body,
         }
-    }
-
-    fn prepared(results: &[Outgoing]) -> Vec<Prepared<'_>> {
-        results
-            .iter()
-            .map(|outgoing| Prepared {
-                outgoing,
-                text: outgoing.body.to_string(),
-            })
-            .collect()
     }
 
     type Calls = Arc<Mutex<Vec<Vec<PutEventsRequestEntry>>>>;
@@ -275,9 +245,13 @@ mod tests {
         let mut results: Vec<Outgoing> = (0..12).map(|i| outgoing(i, json!({"i": i}))).collect();
         results.push(outgoing(12, json!("a".repeat(200_000))));
         results.push(outgoing(13, json!("b".repeat(200_000))));
-        let ids = send(&client, &Bus::parse(ARN).expect("arn"), &prepared(&results))
-            .await
-            .expect("sent");
+        let ids = send_in_batches(
+            &client,
+            &Bus::parse(ARN).expect("arn"),
+            &Prepared::unspilled(&results),
+        )
+        .await
+        .expect("sent");
         assert_eq!(ids.len(), 14);
         assert_eq!(ids[0], "ev-0-0");
         assert_eq!(ids[13], "ev-2-0");
@@ -298,7 +272,7 @@ mod tests {
         let client = mock_client!(aws_sdk_eventbridge, RuleMode::MatchAny, [&rule]);
         let results: Vec<Outgoing> = (0..3).map(|i| outgoing(i, json!({"i": i}))).collect();
         let bus = Bus::parse(ARN).expect("arn");
-        let ids = send(&client, &bus, &prepared(&results))
+        let ids = send_in_batches(&client, &bus, &Prepared::unspilled(&results))
             .await
             .expect("sent");
         assert_eq!(ids, ["ev-0-0", "ev-1-0", "ev-0-2"]);
@@ -309,7 +283,7 @@ mod tests {
 
         let (rule, calls) = putting("{\"i\":1}", "MalformedDetail");
         let client = mock_client!(aws_sdk_eventbridge, RuleMode::MatchAny, [&rule]);
-        let err = send(&client, &bus, &prepared(&results))
+        let err = send_in_batches(&client, &bus, &Prepared::unspilled(&results))
             .await
             .expect_err("malformed");
         assert_eq!(err.code(), "InvalidDestination", "{err}");
@@ -330,7 +304,7 @@ mod tests {
                 PutEventsError::generic(ErrorMetadata::builder().code(code).message("no").build())
             });
             let client = mock_client!(aws_sdk_eventbridge, RuleMode::MatchAny, [&rule]);
-            let err = send(&client, &bus, &prepared(&results))
+            let err = send_in_batches(&client, &bus, &Prepared::unspilled(&results))
                 .await
                 .expect_err(code);
             assert_eq!(err.code(), expected, "{code}: {err}");

@@ -9,38 +9,40 @@
 //! that only writes to S3 never builds the others.
 //!
 //! Layout: [`s3`] (records, JSONL batches, spill objects, read-back), [`sqs`],
-//! [`sns`], [`eventbridge`] (message services, batched within each API's entry
-//! and size limits) and [`dynamodb`] (one item per result, also the idempotency
-//! ledger).
+//! [`sns`], [`eventbridge`] (message services, each a `BatchService`: its
+//! entries and its batch call) and [`dynamodb`] (one item per result, also the
+//! idempotency ledger). `batching` sends any `BatchService` in runs within its
+//! API's entry and size limits, with one retry of failed entries; `spill`
+//! renders each result's text and moves records too large for a service to
+//! `RELAY_SPILL_S3`.
 
-pub mod dynamodb;
-pub mod eventbridge;
-pub mod s3;
-pub mod sns;
-pub mod sqs;
+mod batching;
+pub(crate) mod dynamodb;
+pub(crate) mod eventbridge;
+pub(crate) mod s3;
+mod sns;
+mod spill;
+mod sqs;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
-use std::ops::Range;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_runtime_api::http::Response as HttpResponse;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
 use thiserror::Error;
 
-use crate::aws::errors::{class_of, Class, SdkFailure};
 use crate::aws::retry::{retry, Backoff};
 use crate::domain::deadline::Deadline;
 use crate::domain::record::{ItemRecord, Record, Status};
 use crate::observe::xray::Recorder;
 
 pub use s3::{S3Destination, S3Location};
+
+pub(crate) use batching::{
+    by_entry_id, entries_at, fifo_id, send_in_batches, BatchService, Delivery, EntryOutcome,
+};
+pub(crate) use spill::Prepared;
 
 /// A result that could not be delivered.
 #[derive(Debug, Error)]
@@ -308,6 +310,13 @@ impl Destinations {
         self
     }
 
+    /// Uses `client` for SQS.
+    #[cfg(test)]
+    pub(crate) fn with_sqs_client(mut self, client: aws_sdk_sqs::Client) -> Self {
+        self.sqs = OnceLock::from(client);
+        self
+    }
+
     /// The doctor's write check: a probe object under an S3 destination's
     /// prefix. Other kinds are not probed (a probe message would reach
     /// consumers); returns an empty string for them.
@@ -331,7 +340,7 @@ impl Destinations {
     /// result, in order (the message id, the event id, or `table#job#index`).
     /// A result too large for the service is spilled to `RELAY_SPILL_S3` and a
     /// pointer sent in its place. S3 destinations are written by
-    /// [`S3Destination`], so an S3 spec is refused here.
+    /// `S3Destination`, so an S3 spec is refused here.
     pub async fn send(
         &self,
         dest: &DestinationSpec,
@@ -348,40 +357,42 @@ impl Destinations {
                     .into(),
             }),
             DestinationSpec::Sqs(queue) => {
-                let ready = self
-                    .prepare(&destination, results, sqs::MESSAGE_LIMIT, sqs::message_size)
-                    .await?;
-                sqs::send(self.sqs_client(), queue, &ready).await
+                self.send_batched(self.sqs_client(), queue, &destination, results)
+                    .await
             }
             DestinationSpec::Sns(topic) => {
-                let ready = self
-                    .prepare(&destination, results, sns::MESSAGE_LIMIT, sns::message_size)
-                    .await?;
-                sns::send(self.sns_client(), topic, &ready).await
+                self.send_batched(self.sns_client(), topic, &destination, results)
+                    .await
             }
             DestinationSpec::EventBus(bus) => {
-                let ready = self
-                    .prepare(
-                        &destination,
-                        results,
-                        eventbridge::ENTRY_LIMIT,
-                        eventbridge::entry_size,
-                    )
-                    .await?;
-                eventbridge::send(self.events_client(), bus, &ready).await
+                self.send_batched(self.events_client(), bus, &destination, results)
+                    .await
             }
             DestinationSpec::Dynamo(table) => {
-                let ready = self
-                    .prepare(
-                        &destination,
-                        results,
-                        dynamodb::ITEM_LIMIT,
-                        dynamodb::item_size,
-                    )
-                    .await?;
+                let ready = spill::prepare(
+                    self,
+                    &destination,
+                    results,
+                    dynamodb::ITEM_LIMIT,
+                    dynamodb::item_size,
+                )
+                .await?;
                 dynamodb::send(self.dynamodb_client(), table, &ready).await
             }
         }
+    }
+
+    /// [`send`](Self::send) to a service that takes batch calls: the results
+    /// prepared (spilled where too large), then sent in runs.
+    async fn send_batched<S: BatchService>(
+        &self,
+        client: &S::Client,
+        service: &S,
+        destination: &str,
+        results: &[Outgoing],
+    ) -> Result<Vec<String>, DestinationError> {
+        let ready = spill::prepare(self, destination, results, S::MAX_BYTES, S::size_of).await?;
+        send_in_batches(client, service, &ready).await
     }
 
     /// Writes one job's record to `dest`: an object at the job's key in S3,
@@ -469,77 +480,6 @@ impl Destinations {
             results,
         })
     }
-
-    /// Renders each result's record, spilling the ones over `limit` (as
-    /// `size_of` measures them for the service) to S3.
-    async fn prepare<'a>(
-        &self,
-        destination: &str,
-        results: &'a [Outgoing],
-        limit: usize,
-        size_of: fn(&Outgoing, &str) -> usize,
-    ) -> Result<Vec<Prepared<'a>>, DestinationError> {
-        let mut ready = Vec::with_capacity(results.len());
-        for outgoing in results {
-            let mut text = outgoing.body.to_string();
-            let bytes = size_of(outgoing, &text);
-            if bytes > limit {
-                let too_large = DestinationError::TooLarge {
-                    item: outgoing.key(),
-                    destination: destination.to_owned(),
-                    bytes,
-                    limit,
-                };
-                let Some(spill) = &self.spill else {
-                    return Err(too_large);
-                };
-                text = self.spill_record(spill, outgoing, text).await?.to_string();
-                // A pointer is a few hundred bytes; only a job id near its own
-                // length limit on a tiny service limit could still not fit.
-                if size_of(outgoing, &text) > limit {
-                    return Err(too_large);
-                }
-            }
-            ready.push(Prepared { outgoing, text });
-        }
-        Ok(ready)
-    }
-
-    /// Writes a record to the spill location and returns the pointer to send
-    /// instead: `job_id`, `index`, `status`, `spilled_to` and `bytes`.
-    async fn spill_record(
-        &self,
-        spill: &S3Location,
-        outgoing: &Outgoing,
-        text: String,
-    ) -> Result<Value, DestinationError> {
-        let key = match outgoing.index {
-            Some(index) => format!("{}{}/{index}.json", spill.prefix, outgoing.job_id),
-            None => spill.key_for(&outgoing.job_id),
-        };
-        let uri = format!("s3://{}/{key}", spill.bucket);
-        let bytes = text.len();
-        self.s3_client()
-            .put_object()
-            .bucket(&spill.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(text.into_bytes()))
-            .send()
-            .await
-            .map_err(|err| s3::classify(spill, "s3:PutObject", uri.clone(), err))?;
-        let mut pointer = Map::new();
-        pointer.insert("job_id".into(), Value::from(outgoing.job_id.as_str()));
-        if let Some(index) = outgoing.index {
-            pointer.insert("index".into(), Value::from(index));
-        }
-        if let Some(status) = outgoing.body.get("status") {
-            pointer.insert("status".into(), status.clone());
-        }
-        pointer.insert("spilled_to".into(), Value::from(uri));
-        pointer.insert("bytes".into(), Value::from(bytes));
-        Ok(Value::Object(pointer))
-    }
 }
 
 /// What a write delivered.
@@ -604,235 +544,11 @@ pub fn is_unavailable(err: &DestinationError) -> bool {
     matches!(err, DestinationError::Unavailable { .. })
 }
 
-/// A result with the text to send: its record, or the pointer to where the
-/// record was spilled.
-#[derive(Debug, Clone)]
-pub(crate) struct Prepared<'a> {
-    /// The result.
-    pub outgoing: &'a Outgoing,
-    /// The JSON text that goes in the message, event or item.
-    pub text: String,
-}
-
-/// The most one SendMessageBatch, PublishBatch or PutEvents call carries.
-pub(crate) const MAX_BATCH_ENTRIES: usize = 10;
-
-/// Splits entries of the given sizes, in order, into runs of at most
-/// `max_entries` entries and `max_bytes` bytes together. An entry larger than
-/// `max_bytes` on its own gets a run of its own (callers have spilled those).
-pub(crate) fn batches(sizes: &[usize], max_entries: usize, max_bytes: usize) -> Vec<Range<usize>> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0;
-    for (position, &size) in sizes.iter().enumerate() {
-        let full = position - start == max_entries || bytes + size > max_bytes;
-        if position > start && full {
-            runs.push(start..position);
-            start = position;
-            bytes = 0;
-        }
-        bytes += size;
-    }
-    if start < sizes.len() {
-        runs.push(start..sizes.len());
-    }
-    runs
-}
-
-/// The longest FIFO message group or deduplication id SQS and SNS take.
-const FIFO_ID_LIMIT: usize = 128;
-
-/// A FIFO group or deduplication id for `text`: the text itself when it fits
-/// (at most 128 ASCII letters, digits and punctuation), else `sha256:` and the
-/// hex SHA-256 of it, which is stable across retries and so still deduplicates.
-pub(crate) fn fifo_id(text: &str) -> String {
-    let fits = !text.is_empty()
-        && text.len() <= FIFO_ID_LIMIT
-        && text.bytes().all(|b| b.is_ascii_graphic());
-    if fits {
-        return text.to_owned();
-    }
-    let digest = Sha256::digest(text.as_bytes());
-    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-/// What a delivery failure is reported against, and what to grant when denied.
-#[derive(Debug, Clone)]
-pub(crate) struct Delivery {
-    /// The destination as given (queue URL or ARN).
-    pub destination: String,
-    /// The permission a denial asks for, e.g. `sqs:SendMessage`.
-    pub action: &'static str,
-    /// The resource to grant it on (an ARN).
-    pub resource: String,
-    /// What a missing destination is, e.g. "queue `results`".
-    pub what: String,
-    /// The service, for messages: "SQS", "SNS", ...
-    pub service: &'static str,
-}
-
-impl Delivery {
-    /// Maps an error code (of a whole call or of one batch entry) to what the
-    /// user should fix; `None` for codes that say nothing about the destination.
-    fn by_code(&self, code: &str, message: &str) -> Option<DestinationError> {
-        match class_of(code) {
-            Class::Denied => Some(DestinationError::Denied {
-                action: self.action,
-                destination: self.destination.clone(),
-                message: message.to_owned(),
-                fix: format!(
-                    "grant the execution role {} on {}",
-                    self.action, self.resource
-                ),
-            }),
-            Class::Missing => Some(DestinationError::Missing {
-                destination: self.destination.clone(),
-                what: self.what.clone(),
-            }),
-            _ => None,
-        }
-    }
-
-    /// Maps a failed call.
-    pub fn failed<E: ProvideErrorMetadata>(
-        &self,
-        err: SdkError<E, HttpResponse>,
-    ) -> DestinationError {
-        let failure = SdkFailure::read(&err);
-        let message = failure.message().to_owned();
-        if let Some(code) = &failure.code {
-            return self
-                .by_code(code, &message)
-                .unwrap_or_else(|| self.unavailable(format!("{code}: {message}")));
-        }
-        if failure.class() == Class::Denied {
-            return self
-                .by_code("AccessDenied", "HTTP 403 without an error code")
-                .unwrap_or_else(|| self.unavailable("HTTP 403".into()));
-        }
-        self.unavailable(failure.unanswered(self.service))
-    }
-
-    /// A transient failure.
-    pub fn unavailable(&self, message: String) -> DestinationError {
-        DestinationError::Unavailable {
-            destination: self.destination.clone(),
-            message,
-        }
-    }
-
-    /// A request the SDK would not build (a required field left out): a bug
-    /// here, reported rather than panicking.
-    pub fn unbuildable(&self, err: impl fmt::Display) -> DestinationError {
-        self.unavailable(format!(
-            "the {} request could not be built: {err}",
-            self.service
-        ))
-    }
-}
-
-/// How one entry of a batch call went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum EntryOutcome {
-    /// Accepted, with the service's id for it.
-    Sent(String),
-    /// Refused; `sender_fault` entries are not retried.
-    Failed {
-        /// The service's error code.
-        code: String,
-        /// The service's message.
-        message: String,
-        /// The request was at fault, so sending it again will not help.
-        sender_fault: bool,
-    },
-}
-
-/// Sends the entries `0..count` of a batch with `call`, which sends the
-/// entries at the positions given and reports each one's outcome by position.
-/// Entries that failed through no fault of the request are sent once more;
-/// a denied, missing or rejected entry fails the delivery at once. `key_of`
-/// names an entry's result in errors.
-pub(crate) async fn send_batch_with_retry<F, Fut>(
-    delivery: &Delivery,
-    count: usize,
-    key_of: impl Fn(usize) -> String,
-    mut call: F,
-) -> Result<Vec<String>, DestinationError>
-where
-    F: FnMut(Vec<usize>) -> Fut,
-    Fut: Future<Output = Result<Vec<(usize, EntryOutcome)>, DestinationError>>,
-{
-    let mut ids: Vec<Option<String>> = vec![None; count];
-    let mut pending: Vec<usize> = (0..count).collect();
-    let mut last_failure = String::new();
-    for _attempt in 0..2 {
-        let mut retry = Vec::new();
-        for (position, outcome) in call(pending.clone()).await? {
-            let Some(slot) = ids.get_mut(position) else {
-                continue;
-            };
-            match outcome {
-                EntryOutcome::Sent(id) => *slot = Some(id),
-                EntryOutcome::Failed {
-                    code,
-                    message,
-                    sender_fault,
-                } => {
-                    if let Some(err) = delivery.by_code(&code, &message) {
-                        return Err(err);
-                    }
-                    let item = key_of(position);
-                    if sender_fault {
-                        return Err(DestinationError::Invalid {
-                            destination: delivery.destination.clone(),
-                            reason: format!(
-                                "{} rejected the message for {item} ({code}: {message}); \
-                                 sending it again would fail the same way",
-                                delivery.service
-                            ),
-                        });
-                    }
-                    last_failure = format!("{item}: {code}: {message}");
-                    retry.push(position);
-                }
-            }
-        }
-        pending = retry;
-        if pending.is_empty() {
-            break;
-        }
-    }
-    if !pending.is_empty() {
-        return Err(delivery.unavailable(format!(
-            "{} of {count} entries still failed after a retry, e.g. {last_failure}",
-            pending.len()
-        )));
-    }
-    ids.into_iter()
-        .enumerate()
-        .map(|(position, id)| {
-            id.ok_or_else(|| {
-                delivery.unavailable(format!(
-                    "{} reported no outcome for {}",
-                    delivery.service,
-                    key_of(position)
-                ))
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use aws_sdk_s3::operation::put_object::PutObjectOutput;
-    use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
-    use aws_sdk_sqs::types::SendMessageBatchResultEntry;
-    use aws_smithy_mocks::{mock, mock_client, RuleMode};
     use serde_json::json;
 
+    use super::spill::tests::mocked;
     use super::*;
 
     const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/222222222222/results";
@@ -865,145 +581,6 @@ mod tests {
         let err = DestinationSpec::parse("arn:aws:sns:us-east-1:222:t").expect_err("bad account");
         assert_eq!(err.code(), "InvalidDestination");
         assert!(err.to_string().contains("12-digit account id"), "{err}");
-    }
-
-    #[test]
-    fn batches_respect_entry_count_and_total_size() {
-        assert_eq!(batches(&[1; 23], 10, 100), [0..10, 10..20, 20..23]);
-        assert_eq!(batches(&[40, 40, 40, 10], 10, 100), [0..2, 2..4]);
-        assert_eq!(
-            batches(&[150, 10], 10, 100),
-            [0..1, 1..2],
-            "an oversized entry goes alone"
-        );
-        assert!(batches(&[], 10, 100).is_empty());
-    }
-
-    #[test]
-    fn fifo_ids_are_the_key_when_it_fits_else_a_stable_hash() {
-        assert_eq!(fifo_id("job-1#3"), "job-1#3");
-        let long = "x".repeat(129);
-        let hashed = fifo_id(&long);
-        assert_eq!(hashed.len(), "sha256:".len() + 64);
-        assert_eq!(hashed, fifo_id(&long));
-        assert_ne!(hashed, fifo_id(&"x".repeat(130)));
-        assert!(fifo_id("has space").starts_with("sha256:"));
-        assert_eq!(fifo_id(&"y".repeat(128)), "y".repeat(128));
-    }
-
-    /// The objects put: (key, content type, body).
-    type Puts = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
-
-    /// Destinations with a mocked S3 (recording puts) and SQS (accepting all,
-    /// recording bodies).
-    fn mocked(spill: Option<&str>) -> (Destinations, Puts, Arc<Mutex<Vec<String>>>) {
-        let puts: Puts = Arc::default();
-        let seen_puts = puts.clone();
-        let s3_rule = mock!(aws_sdk_s3::Client::put_object).then_compute_output(move |req| {
-            let body = req.body().bytes().map(<[u8]>::to_vec).unwrap_or_default();
-            seen_puts.lock().expect("lock").push((
-                req.key().unwrap_or_default().to_owned(),
-                req.content_type().unwrap_or_default().to_owned(),
-                body,
-            ));
-            PutObjectOutput::builder().build()
-        });
-        let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
-        let seen_bodies = bodies.clone();
-        let sqs_rule =
-            mock!(aws_sdk_sqs::Client::send_message_batch).then_compute_output(move |req| {
-                let mut output = SendMessageBatchOutput::builder().set_failed(Some(Vec::new()));
-                for entry in req.entries() {
-                    seen_bodies
-                        .lock()
-                        .expect("lock")
-                        .push(entry.message_body().to_owned());
-                    output = output.successful(
-                        SendMessageBatchResultEntry::builder()
-                            .id(entry.id())
-                            .message_id(format!("m{}", entry.id()))
-                            .md5_of_message_body("x")
-                            .build()
-                            .expect("entry"),
-                    );
-                }
-                output.build().expect("output")
-            });
-        let spill = spill.map(|uri| S3Location::parse(uri).expect("spill uri"));
-        let destinations =
-            Destinations::new(&aws_config::SdkConfig::builder().build(), true, spill);
-        let _ = destinations
-            .s3
-            .set(mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&s3_rule]));
-        let _ = destinations
-            .sqs
-            .set(mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&sqs_rule]));
-        (destinations, puts, bodies)
-    }
-
-    fn big_result(index: Option<usize>) -> Outgoing {
-        Outgoing {
-            job_id: "big-job".into(),
-            index,
-            group: "big-job".into(),
-            body: json!({"status": "succeeded", "output": {"text": "z".repeat(300_000)}}),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_result_over_the_limit_is_spilled_and_a_pointer_sent() {
-        let (destinations, puts, bodies) = mocked(Some("s3://spill-bucket/large"));
-        let small = Outgoing {
-            job_id: "big-job".into(),
-            index: Some(0),
-            group: "big-job".into(),
-            body: json!({"status": "succeeded"}),
-        };
-        let results = [small.clone(), big_result(Some(1)), big_result(None)];
-        let dest = DestinationSpec::parse(QUEUE).expect("queue");
-        let ids = destinations.send(&dest, &results).await.expect("sent");
-        assert_eq!(ids, ["m0", "m1", "m2"]);
-
-        let puts = puts.lock().expect("lock");
-        let keys: Vec<&str> = puts.iter().map(|(key, _, _)| key.as_str()).collect();
-        assert_eq!(keys, ["large/big-job/1.json", "large/big-job.json"]);
-        assert_eq!(puts[0].1, "application/json");
-        let spilled: Value = serde_json::from_slice(&puts[0].2).expect("json");
-        assert_eq!(spilled, results[1].body);
-
-        let bodies = bodies.lock().expect("lock");
-        assert_eq!(
-            bodies[0],
-            small.body.to_string(),
-            "a small result is sent as is"
-        );
-        let pointer: Value = serde_json::from_str(&bodies[1]).expect("pointer");
-        assert_eq!(
-            pointer,
-            json!({"job_id": "big-job", "index": 1, "status": "succeeded",
-                   "spilled_to": "s3://spill-bucket/large/big-job/1.json", "bytes": puts[0].2.len()})
-        );
-        let single: Value = serde_json::from_str(&bodies[2]).expect("pointer");
-        assert!(single.get("index").is_none(), "{single}");
-        assert_eq!(single["spilled_to"], "s3://spill-bucket/large/big-job.json");
-    }
-
-    #[tokio::test]
-    async fn a_result_over_the_limit_without_a_spill_location_is_too_large() {
-        let (destinations, puts, bodies) = mocked(None);
-        let dest = DestinationSpec::parse(QUEUE).expect("queue");
-        let err = destinations
-            .send(&dest, &[big_result(Some(4))])
-            .await
-            .expect_err("too large");
-        assert!(
-            matches!(&err, DestinationError::TooLarge { item, limit: 262_144, .. } if item == "big-job#4"),
-            "{err:?}"
-        );
-        assert!(!err.is_retryable());
-        assert!(err.to_string().contains("RELAY_SPILL_S3"));
-        assert!(puts.lock().expect("lock").is_empty());
-        assert!(bodies.lock().expect("lock").is_empty(), "nothing is sent");
     }
 
     #[tokio::test]

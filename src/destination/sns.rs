@@ -5,8 +5,8 @@
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
 use super::{
-    batches, fifo_id, send_batch_with_retry, sqs, Delivery, DestinationError, EntryOutcome,
-    Outgoing, Prepared, MAX_BATCH_ENTRIES,
+    by_entry_id, entries_at, fifo_id, sqs, BatchService, Delivery, DestinationError, EntryOutcome,
+    Outgoing, Prepared,
 };
 use crate::aws::uri::split_arn;
 
@@ -50,6 +50,22 @@ impl Topic {
     pub fn name(&self) -> &str {
         self.arn.rsplit(':').next().unwrap_or_default()
     }
+}
+
+/// A message's size as SNS counts it: the body plus each attribute's name,
+/// data type and value (the same attributes as SQS messages carry).
+pub(crate) fn message_size(outgoing: &Outgoing, text: &str) -> usize {
+    sqs::message_size(outgoing, text)
+}
+
+/// One message per result, with `PublishBatch`.
+impl BatchService for Topic {
+    type Client = aws_sdk_sns::Client;
+    const MAX_BYTES: usize = MESSAGE_LIMIT;
+
+    fn size_of(outgoing: &Outgoing, text: &str) -> usize {
+        message_size(outgoing, text)
+    }
 
     fn delivery(&self) -> Delivery {
         Delivery {
@@ -60,83 +76,36 @@ impl Topic {
             service: "SNS",
         }
     }
-}
 
-/// A message's size as SNS counts it: the body plus each attribute's name,
-/// data type and value (the same attributes as SQS messages carry).
-pub(crate) fn message_size(outgoing: &Outgoing, text: &str) -> usize {
-    sqs::message_size(outgoing, text)
-}
-
-/// Publishes one message per prepared result; the message ids, in order.
-pub(crate) async fn send(
-    client: &aws_sdk_sns::Client,
-    topic: &Topic,
-    ready: &[Prepared<'_>],
-) -> Result<Vec<String>, DestinationError> {
-    let delivery = topic.delivery();
-    let sizes: Vec<usize> = ready
-        .iter()
-        .map(|p| message_size(p.outgoing, &p.text))
-        .collect();
-    let mut ids = Vec::with_capacity(ready.len());
-    for run in batches(&sizes, MAX_BATCH_ENTRIES, MESSAGE_LIMIT) {
-        let batch = &ready[run];
-        let sent = send_batch_with_retry(
-            &delivery,
-            batch.len(),
-            |position| batch[position].outgoing.key(),
-            |positions| publish_entries(client, topic, &delivery, batch, positions),
-        )
-        .await?;
-        ids.extend(sent);
+    /// One `PublishBatch` call, whose entry ids are the positions.
+    async fn call(
+        &self,
+        client: &aws_sdk_sns::Client,
+        delivery: &Delivery,
+        batch: &[Prepared<'_>],
+        positions: Vec<usize>,
+    ) -> Result<Vec<(usize, EntryOutcome)>, DestinationError> {
+        let entries = entries_at(delivery, batch, &positions, |prepared, position| {
+            entry(self, prepared, position)
+        })?;
+        let output = client
+            .publish_batch()
+            .topic_arn(&self.arn)
+            .set_publish_batch_request_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|err| delivery.failed(err))?;
+        Ok(by_entry_id(
+            output
+                .successful()
+                .iter()
+                .map(|sent| (sent.id(), sent.message_id())),
+            output
+                .failed()
+                .iter()
+                .map(|f| (f.id(), f.code(), f.message(), f.sender_fault())),
+        ))
     }
-    Ok(ids)
-}
-
-/// One `PublishBatch` call with the entries of `batch` at `positions`, whose
-/// entry ids are the positions.
-async fn publish_entries(
-    client: &aws_sdk_sns::Client,
-    topic: &Topic,
-    delivery: &Delivery,
-    batch: &[Prepared<'_>],
-    positions: Vec<usize>,
-) -> Result<Vec<(usize, EntryOutcome)>, DestinationError> {
-    let mut entries = Vec::with_capacity(positions.len());
-    for &position in &positions {
-        let Some(prepared) = batch.get(position) else {
-            continue;
-        };
-        entries.push(entry(topic, prepared, position).map_err(|e| delivery.unbuildable(e))?);
-    }
-    let output = client
-        .publish_batch()
-        .topic_arn(&topic.arn)
-        .set_publish_batch_request_entries(Some(entries))
-        .send()
-        .await
-        .map_err(|err| delivery.failed(err))?;
-    let mut outcomes = Vec::with_capacity(positions.len());
-    for sent in output.successful() {
-        let position = sent.id().and_then(|id| id.parse().ok());
-        if let (Some(position), Some(message_id)) = (position, sent.message_id()) {
-            outcomes.push((position, EntryOutcome::Sent(message_id.to_owned())));
-        }
-    }
-    for failed in output.failed() {
-        if let Ok(position) = failed.id().parse() {
-            outcomes.push((
-                position,
-                EntryOutcome::Failed {
-                    code: failed.code().to_owned(),
-                    message: failed.message().unwrap_or("no message").to_owned(),
-                    sender_fault: failed.sender_fault(),
-                },
-            ));
-        }
-    }
-    Ok(outcomes)
 }
 
 fn entry(
@@ -174,6 +143,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::destination::send_in_batches;
 
     const ARN: &str = "arn:aws:sns:us-east-1:222222222222:results";
 
@@ -184,16 +154,6 @@ mod tests {
             group: "tenant-a".into(),
             body: json!({"status": "succeeded", "index": index}),
         }
-    }
-
-    fn prepared(results: &[Outgoing]) -> Vec<Prepared<'_>> {
-        results
-            .iter()
-            .map(|outgoing| Prepared {
-                outgoing,
-                text: outgoing.body.to_string(),
-            })
-            .collect()
     }
 
     type Calls = Arc<Mutex<Vec<Vec<PublishBatchRequestEntry>>>>;
@@ -270,7 +230,7 @@ mod tests {
         let client = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&rule]);
         let results: Vec<Outgoing> = (0..12).map(|i| outgoing(Some(i))).collect();
         let topic = Topic::parse("arn:aws:sns:us-east-1:222222222222:out.fifo").expect("arn");
-        let ids = send(&client, &topic, &prepared(&results))
+        let ids = send_in_batches(&client, &topic, &Prepared::unspilled(&results))
             .await
             .expect("sent");
         assert_eq!(ids.len(), 12);
@@ -292,7 +252,7 @@ mod tests {
         let client = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&rule]);
         let results: Vec<Outgoing> = (0..3).map(|i| outgoing(Some(i))).collect();
         let topic = Topic::parse(ARN).expect("arn");
-        let ids = send(&client, &topic, &prepared(&results))
+        let ids = send_in_batches(&client, &topic, &Prepared::unspilled(&results))
             .await
             .expect("sent");
         assert_eq!(ids, ["sns-0", "sns-1", "sns-2"]);
@@ -300,7 +260,7 @@ mod tests {
 
         let (rule, calls) = publishing("1", "InvalidParameter", true);
         let client = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&rule]);
-        let err = send(&client, &topic, &prepared(&results))
+        let err = send_in_batches(&client, &topic, &Prepared::unspilled(&results))
             .await
             .expect_err("rejected");
         assert_eq!(err.code(), "InvalidDestination", "{err}");
@@ -309,7 +269,7 @@ mod tests {
 
         let (rule, _) = publishing("0", "AuthorizationError", true);
         let client = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&rule]);
-        let err = send(&client, &topic, &prepared(&results))
+        let err = send_in_batches(&client, &topic, &Prepared::unspilled(&results))
             .await
             .expect_err("denied");
         assert_eq!(err.code(), "DestinationDenied", "{err}");
@@ -330,7 +290,7 @@ mod tests {
                 )
             });
             let client = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&rule]);
-            let err = send(&client, &topic, &prepared(&results))
+            let err = send_in_batches(&client, &topic, &Prepared::unspilled(&results))
                 .await
                 .expect_err(code);
             assert_eq!(err.code(), expected, "{code}: {err}");

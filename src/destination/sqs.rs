@@ -6,8 +6,8 @@
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use super::{
-    batches, fifo_id, send_batch_with_retry, Delivery, DestinationError, EntryOutcome, Outgoing,
-    Prepared, MAX_BATCH_ENTRIES,
+    by_entry_id, entries_at, fifo_id, BatchService, Delivery, DestinationError, EntryOutcome,
+    Outgoing, Prepared,
 };
 use crate::aws::uri::split_arn;
 
@@ -91,16 +91,6 @@ impl Queue {
     pub fn name(&self) -> &str {
         self.url.rsplit('/').next().unwrap_or_default()
     }
-
-    fn delivery(&self) -> Delivery {
-        Delivery {
-            destination: self.url.clone(),
-            action: "sqs:SendMessage",
-            resource: self.arn.clone(),
-            what: format!("queue `{}`", self.name()),
-            service: "SQS",
-        }
-    }
 }
 
 /// Queue names are 1-80 letters, digits, hyphens and underscores, with `.fifo`
@@ -161,74 +151,55 @@ pub(crate) fn message_size(outgoing: &Outgoing, text: &str) -> usize {
             .sum::<usize>()
 }
 
-/// Sends one message per prepared result; the message ids, in order.
-pub(crate) async fn send(
-    client: &aws_sdk_sqs::Client,
-    queue: &Queue,
-    ready: &[Prepared<'_>],
-) -> Result<Vec<String>, DestinationError> {
-    let delivery = queue.delivery();
-    let sizes: Vec<usize> = ready
-        .iter()
-        .map(|p| message_size(p.outgoing, &p.text))
-        .collect();
-    let mut ids = Vec::with_capacity(ready.len());
-    for run in batches(&sizes, MAX_BATCH_ENTRIES, MESSAGE_LIMIT) {
-        let batch = &ready[run];
-        let sent = send_batch_with_retry(
-            &delivery,
-            batch.len(),
-            |position| batch[position].outgoing.key(),
-            |positions| send_entries(client, queue, &delivery, batch, positions),
-        )
-        .await?;
-        ids.extend(sent);
-    }
-    Ok(ids)
-}
+/// One message per result, with `SendMessageBatch`.
+impl BatchService for Queue {
+    type Client = aws_sdk_sqs::Client;
+    const MAX_BYTES: usize = MESSAGE_LIMIT;
 
-/// One `SendMessageBatch` call with the entries of `batch` at `positions`; the
-/// entry ids are the positions, so they are unique within the batch.
-async fn send_entries(
-    client: &aws_sdk_sqs::Client,
-    queue: &Queue,
-    delivery: &Delivery,
-    batch: &[Prepared<'_>],
-    positions: Vec<usize>,
-) -> Result<Vec<(usize, EntryOutcome)>, DestinationError> {
-    let mut entries = Vec::with_capacity(positions.len());
-    for &position in &positions {
-        let Some(prepared) = batch.get(position) else {
-            continue;
-        };
-        entries.push(entry(queue, prepared, position).map_err(|e| delivery.unbuildable(e))?);
+    fn size_of(outgoing: &Outgoing, text: &str) -> usize {
+        message_size(outgoing, text)
     }
-    let output = client
-        .send_message_batch()
-        .queue_url(&queue.url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-        .map_err(|err| delivery.failed(err))?;
-    let mut outcomes = Vec::with_capacity(positions.len());
-    for sent in output.successful() {
-        if let Ok(position) = sent.id().parse() {
-            outcomes.push((position, EntryOutcome::Sent(sent.message_id().to_owned())));
+
+    fn delivery(&self) -> Delivery {
+        Delivery {
+            destination: self.url.clone(),
+            action: "sqs:SendMessage",
+            resource: self.arn.clone(),
+            what: format!("queue `{}`", self.name()),
+            service: "SQS",
         }
     }
-    for failed in output.failed() {
-        if let Ok(position) = failed.id().parse() {
-            outcomes.push((
-                position,
-                EntryOutcome::Failed {
-                    code: failed.code().to_owned(),
-                    message: failed.message().unwrap_or("no message").to_owned(),
-                    sender_fault: failed.sender_fault(),
-                },
-            ));
-        }
+
+    /// One `SendMessageBatch` call; the entry ids are the positions, so they
+    /// are unique within the batch.
+    async fn call(
+        &self,
+        client: &aws_sdk_sqs::Client,
+        delivery: &Delivery,
+        batch: &[Prepared<'_>],
+        positions: Vec<usize>,
+    ) -> Result<Vec<(usize, EntryOutcome)>, DestinationError> {
+        let entries = entries_at(delivery, batch, &positions, |prepared, position| {
+            entry(self, prepared, position)
+        })?;
+        let output = client
+            .send_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|err| delivery.failed(err))?;
+        Ok(by_entry_id(
+            output
+                .successful()
+                .iter()
+                .map(|sent| (Some(sent.id()), Some(sent.message_id()))),
+            output
+                .failed()
+                .iter()
+                .map(|f| (f.id(), f.code(), f.message(), f.sender_fault())),
+        ))
     }
-    Ok(outcomes)
 }
 
 fn entry(
@@ -268,6 +239,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::destination::send_in_batches;
 
     const URL: &str = "https://sqs.eu-west-1.amazonaws.com/222222222222/results";
 
@@ -278,16 +250,6 @@ mod tests {
             group: "group-1".into(),
             body,
         }
-    }
-
-    fn prepared(results: &[Outgoing]) -> Vec<Prepared<'_>> {
-        results
-            .iter()
-            .map(|outgoing| Prepared {
-                outgoing,
-                text: outgoing.body.to_string(),
-            })
-            .collect()
     }
 
     fn success_entry(id: &str) -> SendMessageBatchResultEntry {
@@ -307,6 +269,22 @@ mod tests {
             .sender_fault(sender_fault)
             .build()
             .expect("entry")
+    }
+
+    /// A SendMessageBatch mock failing every entry of every call with `code`.
+    fn failing_every_entry(code: &'static str, sender_fault: bool) -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_sqs::Client::send_message_batch).then_compute_output(move |req| {
+            SendMessageBatchOutput::builder()
+                .set_successful(Some(Vec::new()))
+                .set_failed(Some(
+                    req.entries()
+                        .iter()
+                        .map(|e| failed_entry(e.id(), code, sender_fault))
+                        .collect(),
+                ))
+                .build()
+                .expect("output")
+        })
     }
 
     type Calls = Arc<Mutex<Vec<Vec<SendMessageBatchRequestEntry>>>>;
@@ -399,10 +377,10 @@ mod tests {
         let results: Vec<Outgoing> = (0..23)
             .map(|i| outgoing("batch", Some(i), json!({"i": i})))
             .collect();
-        let ids = send(
+        let ids = send_in_batches(
             &client,
             &Queue::parse(URL).expect("url"),
-            &prepared(&results),
+            &Prepared::unspilled(&results),
         )
         .await
         .expect("sent");
@@ -435,10 +413,10 @@ mod tests {
         let results: Vec<Outgoing> = (0..3)
             .map(|i| outgoing("big", Some(i), json!("x".repeat(100_000))))
             .collect();
-        send(
+        send_in_batches(
             &client,
             &Queue::parse(URL).expect("url"),
-            &prepared(&results),
+            &Prepared::unspilled(&results),
         )
         .await
         .expect("sent");
@@ -456,7 +434,7 @@ mod tests {
             outgoing(&long_id, None, json!({})),
         ];
         let queue = Queue::parse("arn:aws:sqs:us-east-1:222222222222:out.fifo").expect("arn");
-        send(&client, &queue, &prepared(&results))
+        send_in_batches(&client, &queue, &Prepared::unspilled(&results))
             .await
             .expect("sent");
         let calls = calls.lock().expect("lock");
@@ -493,10 +471,10 @@ mod tests {
         });
         let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&rule]);
         let results: Vec<Outgoing> = (0..3).map(|i| outgoing("j", Some(i), json!(i))).collect();
-        let ids = send(
+        let ids = send_in_batches(
             &client,
             &Queue::parse(URL).expect("url"),
-            &prepared(&results),
+            &Prepared::unspilled(&results),
         )
         .await
         .expect("sent after a retry");
@@ -509,43 +487,20 @@ mod tests {
 
     #[tokio::test]
     async fn entries_failing_twice_are_unavailable_and_sender_faults_are_not_retried() {
-        let always_failing =
-            mock!(aws_sdk_sqs::Client::send_message_batch).then_compute_output(|req| {
-                SendMessageBatchOutput::builder()
-                    .set_successful(Some(Vec::new()))
-                    .set_failed(Some(
-                        req.entries()
-                            .iter()
-                            .map(|e| failed_entry(e.id(), "InternalError", false))
-                            .collect(),
-                    ))
-                    .build()
-                    .expect("output")
-            });
+        let always_failing = failing_every_entry("InternalError", false);
         let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&always_failing]);
         let results = [outgoing("j", None, json!({}))];
         let queue = Queue::parse(URL).expect("url");
-        let err = send(&client, &queue, &prepared(&results))
+        let err = send_in_batches(&client, &queue, &Prepared::unspilled(&results))
             .await
             .expect_err("fails");
         assert_eq!(err.code(), "DestinationUnavailable", "{err}");
         assert!(err.is_retryable());
         assert_eq!(always_failing.num_calls(), 2);
 
-        let rejecting = mock!(aws_sdk_sqs::Client::send_message_batch).then_compute_output(|req| {
-            SendMessageBatchOutput::builder()
-                .set_successful(Some(Vec::new()))
-                .set_failed(Some(
-                    req.entries()
-                        .iter()
-                        .map(|e| failed_entry(e.id(), "InvalidParameterValue", true))
-                        .collect(),
-                ))
-                .build()
-                .expect("output")
-        });
+        let rejecting = failing_every_entry("InvalidParameterValue", true);
         let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&rejecting]);
-        let err = send(&client, &queue, &prepared(&results))
+        let err = send_in_batches(&client, &queue, &Prepared::unspilled(&results))
             .await
             .expect_err("rejected");
         assert_eq!(err.code(), "InvalidDestination", "{err}");
@@ -563,10 +518,10 @@ mod tests {
         });
         let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&rule]);
         let results = [outgoing("j", None, json!({}))];
-        let err = send(
+        let err = send_in_batches(
             &client,
             &Queue::parse(URL).expect("url"),
-            &prepared(&results),
+            &Prepared::unspilled(&results),
         )
         .await
         .expect_err("denied");
@@ -593,7 +548,7 @@ mod tests {
                 )
             });
             let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&rule]);
-            let err = send(&client, &queue, &prepared(&results))
+            let err = send_in_batches(&client, &queue, &Prepared::unspilled(&results))
                 .await
                 .expect_err(code);
             assert_eq!(err.code(), expected, "{code}: {err}");

@@ -6,6 +6,15 @@
 //! with RoleA's credentials. This module owns the `s3://bucket/key` parsing for
 //! those objects, the choice of Converse format and block name, the Converse
 //! count and size limits, and the mapping of S3 failures to what to fix.
+//!
+//! Layout: this file reads documents ([`load_documents`], [`Document`]), names
+//! their blocks, and holds what both kinds of object share (the URI parsing,
+//! GetObject within a size limit, S3 failures as [`DocumentError`]);
+//! `formats` tells a document from an image and picks its Converse format;
+//! `items` reads and parses an `items_from` file ([`load_items`]).
+
+mod formats;
+mod items;
 
 use std::collections::HashSet;
 
@@ -21,6 +30,10 @@ use crate::aws::uri::S3Object;
 use crate::domain::job::{ContentBlock, MediaBlock, MediaSource};
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 
+pub use formats::MediaKind;
+use formats::{accepted_formats, detect_format, file_name, format_by_extension, Format};
+pub use items::load_items;
+
 /// Document blocks Converse takes in one request (Bedrock API reference, `Message.content`).
 pub const MAX_DOCUMENTS: usize = 5;
 /// Image blocks Converse takes in one request (Bedrock API reference, `Message.content`).
@@ -32,33 +45,6 @@ pub const MAX_DOCUMENT_BYTES: u64 = 4_500_000;
 pub const MAX_IMAGE_BYTES: u64 = 3_750_000;
 /// Longest document name Bedrock accepts (Bedrock API reference, `DocumentBlock.name`).
 const MAX_NAME_LEN: usize = 200;
-
-/// Whether an object goes to Converse as a document or an image block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MediaKind {
-    /// A document block (pdf, csv, doc, docx, xls, xlsx, html, txt, md).
-    Document,
-    /// An image block (png, jpeg, gif, webp).
-    Image,
-}
-
-impl MediaKind {
-    /// `document` or `image`, as templates see it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Document => "document",
-            Self::Image => "image",
-        }
-    }
-
-    /// The Converse size limit for one block of this kind.
-    pub fn max_bytes(self) -> u64 {
-        match self {
-            Self::Document => MAX_DOCUMENT_BYTES,
-            Self::Image => MAX_IMAGE_BYTES,
-        }
-    }
-}
 
 /// An object that cannot be read or sent, with what to fix.
 #[derive(Debug, Error)]
@@ -274,172 +260,6 @@ impl Document {
             "text": self.text,
         })
     }
-}
-
-/// A Converse format and how to recognise it.
-struct Format {
-    /// The Converse name (`DocumentFormat` / `ImageFormat` value).
-    name: &'static str,
-    kind: MediaKind,
-    /// Key extensions, lowercase, without the dot.
-    extensions: &'static [&'static str],
-    /// Content-Types, lowercase, without parameters.
-    content_types: &'static [&'static str],
-}
-
-impl Format {
-    /// Text formats are offered to templates as text.
-    fn is_text(&self) -> bool {
-        matches!(self.name, "csv" | "html" | "txt" | "md")
-    }
-}
-
-/// Every format Converse takes (aws-sdk-bedrockruntime `DocumentFormat` and `ImageFormat`).
-const FORMATS: &[Format] = &[
-    Format {
-        name: "pdf",
-        kind: MediaKind::Document,
-        extensions: &["pdf"],
-        content_types: &["application/pdf"],
-    },
-    Format {
-        name: "csv",
-        kind: MediaKind::Document,
-        extensions: &["csv"],
-        content_types: &["text/csv"],
-    },
-    Format {
-        name: "doc",
-        kind: MediaKind::Document,
-        extensions: &["doc"],
-        content_types: &["application/msword"],
-    },
-    Format {
-        name: "docx",
-        kind: MediaKind::Document,
-        extensions: &["docx"],
-        content_types: &["application/vnd.openxmlformats-officedocument.wordprocessingml.document"],
-    },
-    Format {
-        name: "xls",
-        kind: MediaKind::Document,
-        extensions: &["xls"],
-        content_types: &["application/vnd.ms-excel"],
-    },
-    Format {
-        name: "xlsx",
-        kind: MediaKind::Document,
-        extensions: &["xlsx"],
-        content_types: &["application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"],
-    },
-    Format {
-        name: "html",
-        kind: MediaKind::Document,
-        extensions: &["html", "htm"],
-        content_types: &["text/html"],
-    },
-    Format {
-        name: "txt",
-        kind: MediaKind::Document,
-        extensions: &["txt", "text", "log"],
-        content_types: &["text/plain"],
-    },
-    Format {
-        name: "md",
-        kind: MediaKind::Document,
-        extensions: &["md", "markdown"],
-        content_types: &["text/markdown", "text/x-markdown"],
-    },
-    Format {
-        name: "png",
-        kind: MediaKind::Image,
-        extensions: &["png"],
-        content_types: &["image/png"],
-    },
-    Format {
-        name: "jpeg",
-        kind: MediaKind::Image,
-        extensions: &["jpeg", "jpg"],
-        content_types: &["image/jpeg"],
-    },
-    Format {
-        name: "gif",
-        kind: MediaKind::Image,
-        extensions: &["gif"],
-        content_types: &["image/gif"],
-    },
-    Format {
-        name: "webp",
-        kind: MediaKind::Image,
-        extensions: &["webp"],
-        content_types: &["image/webp"],
-    },
-];
-
-fn accepted_formats() -> String {
-    FORMATS
-        .iter()
-        .map(|f| f.name)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The key's last path segment.
-fn file_name(key: &str) -> &str {
-    key.rsplit('/').next().unwrap_or(key)
-}
-
-/// The extension of the key's file name, if it has one (`.env` has none).
-fn extension(key: &str) -> Option<&str> {
-    match file_name(key).rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => Some(ext),
-        _ => None,
-    }
-}
-
-fn format_by_extension(key: &str) -> Option<&'static Format> {
-    let ext = extension(key)?.to_ascii_lowercase();
-    FORMATS
-        .iter()
-        .find(|f| f.extensions.contains(&ext.as_str()))
-}
-
-fn format_by_content_type(content_type: &str) -> Option<&'static Format> {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    FORMATS
-        .iter()
-        .find(|f| f.content_types.contains(&essence.as_str()))
-}
-
-/// The key's extension if it names a format, else the Content-Type.
-fn detect_format(
-    uri: &str,
-    key: &str,
-    content_type: Option<&str>,
-) -> Result<&'static Format, DocumentError> {
-    if let Some(format) = format_by_extension(key) {
-        return Ok(format);
-    }
-    if let Some(format) = content_type.and_then(format_by_content_type) {
-        return Ok(format);
-    }
-    let extension = match extension(key) {
-        Some(ext) => format!("extension `.{ext}`"),
-        None => "no extension".to_owned(),
-    };
-    let content_type = match content_type {
-        Some(ct) => format!("Content-Type `{ct}`"),
-        None => "no Content-Type".to_owned(),
-    };
-    Err(DocumentError::Unsupported {
-        uri: uri.to_owned(),
-        found: format!("{extension} and {content_type}"),
-    })
 }
 
 /// A block name from the key's file stem in the characters Bedrock accepts:
@@ -701,75 +521,8 @@ fn classify<E: ProvideErrorMetadata>(
     }
 }
 
-/// Reads a batch's `items_from` object: JSON Lines, one item a line.
-///
-/// Blank lines are skipped and CRLF line ends accepted. An empty file gives no
-/// items; whether that is an error is the batch's call.
-pub async fn load_items(
-    s3: &aws_sdk_s3::Client,
-    uri: &str,
-    max_items: usize,
-    max_bytes: usize,
-) -> Result<Vec<Value>, DocumentError> {
-    let object = parse_object(uri)?;
-    let output = get_object(s3, uri, &object).await?;
-    let limit = max_bytes as u64;
-    let bytes = read_body(uri, output.content_length(), output.body, limit, |size| {
-        DocumentError::ItemsTooLarge {
-            uri: uri.to_owned(),
-            size,
-            limit,
-        }
-    })
-    .await?;
-    parse_items(uri, &bytes, max_items)
-}
-
-/// Parses JSON Lines; errors name the 1-based line.
-fn parse_items(uri: &str, bytes: &[u8], max_items: usize) -> Result<Vec<Value>, DocumentError> {
-    let invalid = |line: usize, message: String| DocumentError::InvalidItems {
-        uri: uri.to_owned(),
-        line,
-        message,
-    };
-    // A byte-order mark is not part of the first item.
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let mut items = Vec::new();
-    for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
-        let line_number = index + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = std::str::from_utf8(raw).map_err(|err| {
-            invalid(
-                line_number,
-                format!(
-                    "not UTF-8 text (bad byte at column {})",
-                    err.valid_up_to() + 1
-                ),
-            )
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if items.len() == max_items {
-            return Err(DocumentError::TooManyItems {
-                uri: uri.to_owned(),
-                limit: max_items,
-            });
-        }
-        let item = serde_json::from_str::<Value>(line).map_err(|err| {
-            // serde_json says "at line 1 column N": the line is ours, the column is its.
-            let text = err.to_string();
-            let position = format!(" at line {} column {}", err.line(), err.column());
-            let what = text.strip_suffix(&position).unwrap_or(&text);
-            invalid(line_number, format!("{what} at column {}", err.column()))
-        })?;
-        items.push(item);
-    }
-    Ok(items)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
 
@@ -783,12 +536,12 @@ mod tests {
     use super::*;
 
     /// An object as S3 would store it: content and, maybe, a Content-Type.
-    struct Stored {
+    pub(crate) struct Stored {
         body: Vec<u8>,
         content_type: Option<&'static str>,
     }
 
-    fn stored(body: impl Into<Vec<u8>>, content_type: Option<&'static str>) -> Stored {
+    pub(crate) fn stored(body: impl Into<Vec<u8>>, content_type: Option<&'static str>) -> Stored {
         Stored {
             body: body.into(),
             content_type,
@@ -796,7 +549,7 @@ mod tests {
     }
 
     /// A GetObject mock serving `objects` by key, with their real Content-Length.
-    fn s3_serving(objects: Vec<(String, Stored)>) -> (Rule, aws_sdk_s3::Client) {
+    pub(crate) fn s3_serving(objects: Vec<(String, Stored)>) -> (Rule, aws_sdk_s3::Client) {
         let objects: Arc<HashMap<String, Stored>> = Arc::new(objects.into_iter().collect());
         let rule = mock!(aws_sdk_s3::Client::get_object).then_compute_output(move |req| {
             let object = req.key().and_then(|key| objects.get(key));
@@ -812,7 +565,7 @@ mod tests {
     }
 
     /// A GetObject mock answering every call with `status` and an S3 XML error.
-    fn s3_failing(status: u16, code: &'static str) -> (Rule, aws_sdk_s3::Client) {
+    pub(crate) fn s3_failing(status: u16, code: &'static str) -> (Rule, aws_sdk_s3::Client) {
         let rule = mock!(aws_sdk_s3::Client::get_object).then_http_response(move || {
             let body = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
@@ -831,92 +584,6 @@ mod tests {
 
     fn uris(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn format_comes_from_the_extension_then_the_content_type() {
-        let by = |key: &str, content_type: Option<&str>| {
-            detect_format("s3://b/k", key, content_type).map(|f| (f.name, f.kind))
-        };
-        assert_eq!(
-            by("a/Report.PDF", None).ok(),
-            Some(("pdf", MediaKind::Document))
-        );
-        assert_eq!(by("photo.jpg", None).ok(), Some(("jpeg", MediaKind::Image)));
-        assert_eq!(
-            by("page.htm", None).ok(),
-            Some(("html", MediaKind::Document))
-        );
-        assert_eq!(by("notes.markdown", None).ok().map(|f| f.0), Some("md"));
-        assert_eq!(by("server.log", None).ok().map(|f| f.0), Some("txt"));
-        // The extension wins over a generic Content-Type.
-        assert_eq!(
-            by("sheet.xlsx", Some("binary/octet-stream"))
-                .ok()
-                .map(|f| f.0),
-            Some("xlsx")
-        );
-        // No or an unknown extension: the Content-Type, parameters and case ignored.
-        assert_eq!(
-            by("exports/latest", Some("Text/CSV; charset=utf-8"))
-                .ok()
-                .map(|f| f.0),
-            Some("csv")
-        );
-        assert_eq!(
-            by("scan.bin", Some("image/webp")).ok(),
-            Some(("webp", MediaKind::Image))
-        );
-        assert_eq!(
-            by(".env", Some("text/plain")).ok().map(|f| f.0),
-            Some("txt")
-        );
-    }
-
-    #[test]
-    fn an_unknown_format_names_the_uri_what_was_found_and_what_is_accepted() {
-        let err = detect_format("s3://b/x/data.zip", "x/data.zip", Some("application/zip"))
-            .err()
-            .expect("zip is not a Converse format");
-        assert_eq!(err.code(), "UnsupportedDocument");
-        assert!(!err.is_retryable());
-        let text = err.to_string();
-        assert!(text.starts_with("`s3://b/x/data.zip`"), "{text}");
-        assert!(
-            text.contains("extension `.zip` and Content-Type `application/zip`"),
-            "{text}"
-        );
-        assert!(
-            text.contains("pdf, csv, doc, docx, xls, xlsx, html, txt, md, png, jpeg, gif, webp"),
-            "{text}"
-        );
-        let bare = detect_format("s3://b/blob", "blob", None)
-            .err()
-            .expect("nothing to go on");
-        assert!(bare
-            .to_string()
-            .contains("no extension and no Content-Type"));
-    }
-
-    #[test]
-    fn formats_are_exactly_the_ones_converse_accepts() {
-        use aws_sdk_bedrockruntime::types::{DocumentFormat, ImageFormat};
-        let ours = |kind| {
-            let mut names: Vec<&str> = FORMATS
-                .iter()
-                .filter(|f| f.kind == kind)
-                .map(|f| f.name)
-                .collect();
-            names.sort_unstable();
-            names
-        };
-        let sdk = |values: &[&'static str]| {
-            let mut names = values.to_vec();
-            names.sort_unstable();
-            names
-        };
-        assert_eq!(ours(MediaKind::Document), sdk(DocumentFormat::values()));
-        assert_eq!(ours(MediaKind::Image), sdk(ImageFormat::values()));
     }
 
     #[test]
@@ -1240,102 +907,5 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("bucket policy"), "{text}");
-    }
-
-    #[test]
-    fn items_are_one_json_value_a_line_blank_lines_skipped_crlf_accepted() {
-        let text = "\u{feff}{\"id\": 1}\r\n\r\n  \n\"two\"\n[3]\r\n{\"id\": 4}";
-        let items = parse_items("s3://b/k.jsonl", text.as_bytes(), 10).expect("items");
-        assert_eq!(
-            items,
-            [json!({"id": 1}), json!("two"), json!([3]), json!({"id": 4})]
-        );
-        assert!(parse_items("s3://b/k.jsonl", b"", 10)
-            .expect("empty")
-            .is_empty());
-        assert!(parse_items("s3://b/k.jsonl", b"\n\r\n", 10)
-            .expect("blank")
-            .is_empty());
-    }
-
-    #[test]
-    fn item_errors_name_the_uri_and_the_line() {
-        let text = "{\"id\": 1}\n\n{\"id\": }\n";
-        let err = parse_items("s3://b/k.jsonl", text.as_bytes(), 10).expect_err("bad line");
-        assert_eq!(err.code(), "InvalidItems");
-        assert!(!err.is_retryable());
-        assert_eq!(
-            err.to_string(),
-            "s3://b/k.jsonl line 3: expected value at column 8"
-        );
-        let two_values = parse_items("s3://b/k.jsonl", b"{} {}\n", 10).expect_err("two values");
-        assert!(
-            two_values
-                .to_string()
-                .starts_with("s3://b/k.jsonl line 1: trailing characters"),
-            "{two_values}"
-        );
-        let binary = parse_items("s3://b/k.jsonl", b"1\r\n\"a\xFF\"\n", 10).expect_err("not UTF-8");
-        assert_eq!(
-            binary.to_string(),
-            "s3://b/k.jsonl line 2: not UTF-8 text (bad byte at column 3)"
-        );
-    }
-
-    #[test]
-    fn more_items_than_allowed_tell_the_limit_and_to_split() {
-        let text = "1\n2\n\n3\n";
-        assert_eq!(
-            parse_items("s3://b/k.jsonl", text.as_bytes(), 3)
-                .expect("three")
-                .len(),
-            3
-        );
-        let err = parse_items("s3://b/k.jsonl", text.as_bytes(), 2).expect_err("three > two");
-        assert!(matches!(err, DocumentError::TooManyItems { limit: 2, .. }));
-        assert_eq!(err.code(), "InvalidItems");
-        let text = err.to_string();
-        assert!(text.contains("more than 2 items"), "{text}");
-        assert!(text.contains("RELAY_MAX_ITEMS"), "{text}");
-        assert!(text.contains("split the file"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn items_are_read_from_s3() {
-        let (rule, s3) = s3_serving(vec![(
-            "batches/today.jsonl".into(),
-            stored("{\"city\": \"Oslo\"}\n{\"city\": \"Lima\"}\n", None),
-        )]);
-        let items = load_items(&s3, "s3://docs-bucket/batches/today.jsonl", 100, 1 << 20)
-            .await
-            .expect("items");
-        assert_eq!(items, [json!({"city": "Oslo"}), json!({"city": "Lima"})]);
-        assert_eq!(rule.num_calls(), 1);
-
-        let err = load_items(&s3, "s3://docs-bucket/batches/today.jsonl", 100, 10)
-            .await
-            .expect_err("over max_bytes");
-        assert!(matches!(
-            err,
-            DocumentError::ItemsTooLarge { limit: 10, .. }
-        ));
-        assert_eq!(err.code(), "DocumentTooLarge");
-        assert!(!err.is_retryable());
-        assert!(err.to_string().contains("10-byte limit"), "{err}");
-
-        let err = load_items(&s3, "docs-bucket/batches/today.jsonl", 100, 1 << 20)
-            .await
-            .expect_err("not s3://");
-        assert_eq!(err.code(), "InvalidDocumentUri");
-
-        let (_, s3) = s3_failing(404, "NoSuchKey");
-        let err = load_items(&s3, "s3://docs-bucket/batches/gone.jsonl", 100, 1 << 20)
-            .await
-            .expect_err("missing");
-        assert_eq!(err.code(), "DocumentNotFound");
-        assert!(
-            err.to_string().contains("key `batches/gone.jsonl`"),
-            "{err}"
-        );
     }
 }

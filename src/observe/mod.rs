@@ -1,6 +1,6 @@
 //! What the function tells operators about itself: CloudWatch EMF metrics and
 //! X-Ray subsegments.
 
-pub mod logs;
-pub mod metrics;
-pub mod xray;
+pub(crate) mod logs;
+pub(crate) mod metrics;
+pub(crate) mod xray;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
-use super::guarded::{Guard, GuardError};
+use super::guarded::Guard;
 use super::outcome::{self, MetricScope};
 use super::plan::Plan;
 use super::prepare::prepare;
@@ -94,14 +94,11 @@ pub(crate) async fn run(
             |done| run_claimed(services, &plan, &items, done, request_id, deadline),
         )
         .await;
-    match result {
-        Ok(answer) => Ok(answer),
-        Err(GuardError::Busy(err)) => Err(err),
-        Err(GuardError::Run(err @ RelayError::Destination(_)) | GuardError::Ledger(err)) => {
-            outcome::fail(services, plan.record, &plan.delivery, err, &Arc::default()).await
-        }
-        Err(GuardError::Run(err)) => Err(err),
-    }
+    // A batch whose lines could not be written ends without its record.
+    outcome::settle(services, &plan, result, |err| {
+        matches!(err, RelayError::Destination(_))
+    })
+    .await
 }
 
 /// [`run`] once the batch is claimed: runs the items not done.

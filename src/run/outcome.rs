@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::plan::Delivery;
+use super::guarded::GuardError;
+use super::plan::{Delivery, Plan};
 use super::Services;
 use crate::aws::retry::retry;
 use crate::destination::{
@@ -175,4 +176,26 @@ pub(crate) async fn fail(
         ),
     }
     Err(err)
+}
+
+/// How a guarded run ends: its answer, or its error for Lambda. A ledger
+/// failure (the claim or the read-back) has left no record, so the error
+/// record is written here; so is a failure of the run itself that
+/// `unrecorded` picks out, one the mode's run returns without writing its
+/// record. A busy job gets none: the invocation holding it writes its own.
+pub(crate) async fn settle(
+    services: &Services,
+    plan: &Plan<'_>,
+    result: Result<Value, GuardError>,
+    unrecorded: impl Fn(&RelayError) -> bool,
+) -> Result<Value, RelayError> {
+    match result {
+        Ok(answer) => Ok(answer),
+        Err(GuardError::Busy(err)) => Err(err),
+        Err(GuardError::Run(err)) if !unrecorded(&err) => Err(err),
+        Err(GuardError::Ledger(err) | GuardError::Run(err)) => {
+            let record = plan.record.clone();
+            fail(services, record, &plan.delivery, err, &Arc::default()).await
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::guarded::{Guard, GuardError};
+use super::guarded::Guard;
 use super::outcome::{self, MetricScope};
 use super::plan::Plan;
 use super::prepare::prepare;
@@ -52,20 +52,9 @@ pub(crate) async fn run(
             },
         )
         .await;
-    match result {
-        Ok(answer) => Ok(answer),
-        Err(GuardError::Busy(err) | GuardError::Run(err)) => Err(err),
-        Err(GuardError::Ledger(err)) => {
-            outcome::fail(
-                services,
-                plan.record.clone(),
-                &plan.delivery,
-                err,
-                &Arc::default(),
-            )
-            .await
-        }
-    }
+    // A failure of the run has written its record (or, when delivery itself
+    // failed, could not).
+    outcome::settle(services, plan, result, |_| false).await
 }
 
 /// [`run`] once the job is claimed and not done.

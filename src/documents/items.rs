@@ -1,0 +1,179 @@
+//! The JSON Lines file a batch names in `items_from`: read from S3 within a
+//! size limit ([`load_items`]) and parsed one item a line, each error naming
+//! the file and the line.
+
+use serde_json::Value;
+
+use super::{get_object, parse_object, read_body, DocumentError};
+
+/// Reads a batch's `items_from` object: JSON Lines, one item a line.
+///
+/// Blank lines are skipped and CRLF line ends accepted. An empty file gives no
+/// items; whether that is an error is the batch's call.
+pub async fn load_items(
+    s3: &aws_sdk_s3::Client,
+    uri: &str,
+    max_items: usize,
+    max_bytes: usize,
+) -> Result<Vec<Value>, DocumentError> {
+    let object = parse_object(uri)?;
+    let output = get_object(s3, uri, &object).await?;
+    let limit = max_bytes as u64;
+    let bytes = read_body(uri, output.content_length(), output.body, limit, |size| {
+        DocumentError::ItemsTooLarge {
+            uri: uri.to_owned(),
+            size,
+            limit,
+        }
+    })
+    .await?;
+    parse_items(uri, &bytes, max_items)
+}
+
+/// Parses JSON Lines; errors name the 1-based line.
+fn parse_items(uri: &str, bytes: &[u8], max_items: usize) -> Result<Vec<Value>, DocumentError> {
+    let invalid = |line: usize, message: String| DocumentError::InvalidItems {
+        uri: uri.to_owned(),
+        line,
+        message,
+    };
+    // A byte-order mark is not part of the first item.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut items = Vec::new();
+    for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let line_number = index + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = std::str::from_utf8(raw).map_err(|err| {
+            invalid(
+                line_number,
+                format!(
+                    "not UTF-8 text (bad byte at column {})",
+                    err.valid_up_to() + 1
+                ),
+            )
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if items.len() == max_items {
+            return Err(DocumentError::TooManyItems {
+                uri: uri.to_owned(),
+                limit: max_items,
+            });
+        }
+        let item = serde_json::from_str::<Value>(line).map_err(|err| {
+            // serde_json says "at line 1 column N": the line is ours, the column is its.
+            let text = err.to_string();
+            let position = format!(" at line {} column {}", err.line(), err.column());
+            let what = text.strip_suffix(&position).unwrap_or(&text);
+            invalid(line_number, format!("{what} at column {}", err.column()))
+        })?;
+        items.push(item);
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::documents::tests::{s3_failing, s3_serving, stored};
+
+    #[test]
+    fn items_are_one_json_value_a_line_blank_lines_skipped_crlf_accepted() {
+        let text = "\u{feff}{\"id\": 1}\r\n\r\n  \n\"two\"\n[3]\r\n{\"id\": 4}";
+        let items = parse_items("s3://b/k.jsonl", text.as_bytes(), 10).expect("items");
+        assert_eq!(
+            items,
+            [json!({"id": 1}), json!("two"), json!([3]), json!({"id": 4})]
+        );
+        assert!(parse_items("s3://b/k.jsonl", b"", 10)
+            .expect("empty")
+            .is_empty());
+        assert!(parse_items("s3://b/k.jsonl", b"\n\r\n", 10)
+            .expect("blank")
+            .is_empty());
+    }
+
+    #[test]
+    fn item_errors_name_the_uri_and_the_line() {
+        let text = "{\"id\": 1}\n\n{\"id\": }\n";
+        let err = parse_items("s3://b/k.jsonl", text.as_bytes(), 10).expect_err("bad line");
+        assert_eq!(err.code(), "InvalidItems");
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "s3://b/k.jsonl line 3: expected value at column 8"
+        );
+        let two_values = parse_items("s3://b/k.jsonl", b"{} {}\n", 10).expect_err("two values");
+        assert!(
+            two_values
+                .to_string()
+                .starts_with("s3://b/k.jsonl line 1: trailing characters"),
+            "{two_values}"
+        );
+        let binary = parse_items("s3://b/k.jsonl", b"1\r\n\"a\xFF\"\n", 10).expect_err("not UTF-8");
+        assert_eq!(
+            binary.to_string(),
+            "s3://b/k.jsonl line 2: not UTF-8 text (bad byte at column 3)"
+        );
+    }
+
+    #[test]
+    fn more_items_than_allowed_tell_the_limit_and_to_split() {
+        let text = "1\n2\n\n3\n";
+        assert_eq!(
+            parse_items("s3://b/k.jsonl", text.as_bytes(), 3)
+                .expect("three")
+                .len(),
+            3
+        );
+        let err = parse_items("s3://b/k.jsonl", text.as_bytes(), 2).expect_err("three > two");
+        assert!(matches!(err, DocumentError::TooManyItems { limit: 2, .. }));
+        assert_eq!(err.code(), "InvalidItems");
+        let text = err.to_string();
+        assert!(text.contains("more than 2 items"), "{text}");
+        assert!(text.contains("RELAY_MAX_ITEMS"), "{text}");
+        assert!(text.contains("split the file"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn items_are_read_from_s3() {
+        let (rule, s3) = s3_serving(vec![(
+            "batches/today.jsonl".into(),
+            stored("{\"city\": \"Oslo\"}\n{\"city\": \"Lima\"}\n", None),
+        )]);
+        let items = load_items(&s3, "s3://docs-bucket/batches/today.jsonl", 100, 1 << 20)
+            .await
+            .expect("items");
+        assert_eq!(items, [json!({"city": "Oslo"}), json!({"city": "Lima"})]);
+        assert_eq!(rule.num_calls(), 1);
+
+        let err = load_items(&s3, "s3://docs-bucket/batches/today.jsonl", 100, 10)
+            .await
+            .expect_err("over max_bytes");
+        assert!(matches!(
+            err,
+            DocumentError::ItemsTooLarge { limit: 10, .. }
+        ));
+        assert_eq!(err.code(), "DocumentTooLarge");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("10-byte limit"), "{err}");
+
+        let err = load_items(&s3, "docs-bucket/batches/today.jsonl", 100, 1 << 20)
+            .await
+            .expect_err("not s3://");
+        assert_eq!(err.code(), "InvalidDocumentUri");
+
+        let (_, s3) = s3_failing(404, "NoSuchKey");
+        let err = load_items(&s3, "s3://docs-bucket/batches/gone.jsonl", 100, 1 << 20)
+            .await
+            .expect_err("missing");
+        assert_eq!(err.code(), "DocumentNotFound");
+        assert!(
+            err.to_string().contains("key `batches/gone.jsonl`"),
+            "{err}"
+        );
+    }
+}
