@@ -139,20 +139,6 @@ impl RelayError {
         )
     }
 
-    /// What Lambda gets back: the class and code as the error type, and
-    /// [`RelayError::log_text`] as the message (the runtime logs it).
-    pub fn to_diagnostic(&self, content: bool) -> Diagnostic {
-        let class = if self.is_retryable() {
-            "Retryable"
-        } else {
-            "NonRetryable"
-        };
-        Diagnostic {
-            error_type: format!("{class}.{}", self.code()),
-            error_message: self.log_text(content),
-        }
-    }
-
     /// The `error` part of a failure record.
     pub fn to_record(&self) -> ErrorRecord {
         ErrorRecord {
@@ -164,10 +150,16 @@ impl RelayError {
 }
 
 impl From<RelayError> for Diagnostic {
-    /// With the whole message; the Lambda wiring uses
-    /// [`RelayError::to_diagnostic`] to honour `RELAY_LOG_CONTENT`.
     fn from(err: RelayError) -> Self {
-        err.to_diagnostic(true)
+        let class = if err.is_retryable() {
+            "Retryable"
+        } else {
+            "NonRetryable"
+        };
+        Diagnostic {
+            error_type: format!("{class}.{}", err.code()),
+            error_message: err.to_string(),
+        }
     }
 }
 

@@ -102,10 +102,9 @@ impl Relay {
                 .cold_start(&ctx.env_config.function_name, &ctx.request_id);
         }
         let deadline = Deadline::from_lambda_ms(ctx.deadline);
-        let content = self.services.config().log_content;
         run_event(&self.services, &event.payload, &ctx.request_id, deadline)
             .await
-            .map_err(|err| err.to_diagnostic(content))
+            .map_err(Diagnostic::from)
     }
 }
 

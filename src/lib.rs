@@ -75,6 +75,7 @@ pub use domain::record::Usage;
 pub use error::RelayError;
 pub use lambda::Relay;
 pub use ledger::Ledger;
+pub use observe::logs::init as init_logs;
 pub use observe::metrics::{
     cold_start_document, emf_document, JobMetrics, DEFAULT_NAMESPACE as DEFAULT_METRICS_NAMESPACE,
 };
@@ -83,4 +84,3 @@ pub use schema::{
     job_event_schema, job_schema, pretty as pretty_schema, JOB_EVENT_SCHEMA_FILE, JOB_SCHEMA_FILE,
 };
 pub use template::{Renderer, Scope};
-pub use observe::logs::init as init_logs;

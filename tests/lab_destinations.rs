@@ -124,7 +124,7 @@ async fn a_standard_queue_receives_every_result_with_its_attributes() {
 }
 
 /// A FIFO queue named by its ARN gets the job's group and the result key as
-/// deduplication id (hashed when too long), in order; sending the same
+/// deduplication id (with the status for a failure; hashed when too long), in order; sending the same
 /// results again before they are read adds nothing.
 #[tokio::test]
 async fn a_fifo_queue_gets_groups_deduplication_ids_and_order() {
@@ -166,7 +166,13 @@ async fn a_fifo_queue_gets_groups_deduplication_ids_and_order() {
     );
     for message in &batch {
         assert_eq!(message.group_id.as_deref(), Some("fifo-job-group"));
-        let expected = format!("fifo-job#{}", message.attributes["item_index"]);
+        // A success is deduplicated by its key; a failure never shares it.
+        let index: usize = message.attributes["item_index"].parse().expect("index");
+        let expected = item("fifo-job", index).deduplication_id();
+        assert_eq!(
+            expected.starts_with(&format!("fifo-job#{index}#failed@")),
+            index % 4 == 0
+        );
         assert_eq!(message.deduplication_id.as_deref(), Some(expected.as_str()));
     }
     let long = messages
@@ -228,7 +234,8 @@ async fn topics_publish_every_result_with_attributes_and_fifo_ids() {
     assert_eq!(messages.len(), 3);
     for message in &messages {
         assert_eq!(message.group_id.as_deref(), Some("sns-fifo-group"));
-        let expected = format!("sns-fifo#{}", message.attributes["item_index"]);
+        let index: usize = message.attributes["item_index"].parse().expect("index");
+        let expected = item("sns-fifo", index).deduplication_id();
         assert_eq!(message.deduplication_id.as_deref(), Some(expected.as_str()));
     }
 }

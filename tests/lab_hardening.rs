@@ -251,3 +251,52 @@ async fn with_content_logging_off_no_event_value_reaches_the_logs_at_any_level()
         }
     }
 }
+
+/// A FIFO queue destination and a real retry: the first delivery of an event
+/// is throttled past its attempts and sends a retryable failure; Lambda's
+/// retry, seconds later and well inside SQS's five-minute deduplication
+/// window, succeeds. The consumer receives both, the success last: the
+/// failure's deduplication id is not the success's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_after_a_retried_failure_reaches_a_fifo_queue() {
+    let lab = lab::Lab::start().await.expect("lab");
+    let services = lab::services::Services::of(&lab).await;
+    let queue = services.create_queue("results.fifo").await.expect("queue");
+    let bench = Bench::start_in(
+        lab,
+        &[
+            ("RELAY_DESTINATION", queue.arn.as_str()),
+            ("RELAY_MAX_ATTEMPTS", "2"),
+        ],
+    )
+    .await;
+    bench.lab.bedrock.add_fault(lab::emulator::Fault {
+        status: 429,
+        error_type: "ThrottlingException".into(),
+        count: 2,
+        model: None,
+    });
+    let event = envelope(
+        "6c1e0000-0000-4000-8000-00000000f501",
+        "com.example.a",
+        json!({"id": "fifo-report", "model": MODEL, "prompt": "p"}),
+    );
+    let first = bench.invoke_bytes(event.clone(), TIMEOUT).await;
+    assert_eq!(error_type(&first), "Retryable.BedrockThrottled");
+    let retry = bench.invoke_bytes(event, TIMEOUT).await;
+    assert!(matches!(retry, Outcome::Response { .. }), "{retry:?}");
+
+    let messages = services.receive_all(&queue.url).await.expect("receive");
+    let statuses: Vec<String> = messages
+        .iter()
+        .map(|m| {
+            serde_json::from_str::<Value>(&m.body).expect("a record")["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(statuses, ["failed", "succeeded"], "{messages:?}");
+    assert_eq!(messages[1].deduplication_id.as_deref(), Some("fifo-report"));
+    assert_ne!(messages[0].deduplication_id, messages[1].deduplication_id);
+}

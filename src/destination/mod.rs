@@ -209,12 +209,31 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Unique per result: the job id, with `#<index>` for a batch item. Used as
-    /// the FIFO deduplication id and in error messages.
+    /// Unique per result: the job id, with `#<index>` for a batch item. Used
+    /// in error messages and as a success's FIFO deduplication id.
     pub fn key(&self) -> String {
         match self.index {
             Some(index) => format!("{}#{index}", self.job_id),
             None => self.job_id.clone(),
+        }
+    }
+
+    /// The FIFO deduplication id: [`Outgoing::key`] for a success, so a resent
+    /// success is delivered once; for anything else the key with the status
+    /// and when it was written, so a failure sent before Lambda's retry never
+    /// shares the id of the success that retry sends within SQS's and SNS's
+    /// five-minute window (which would discard the success).
+    pub fn deduplication_id(&self) -> String {
+        match self.body.get("status").and_then(Value::as_str) {
+            Some("succeeded") | None => self.key(),
+            Some(status) => {
+                let at = self
+                    .body
+                    .get("finished_at")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                format!("{}#{status}@{at}", self.key())
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! SNS topics: one message per result, published with `PublishBatch` in runs
 //! within the API's entry and size limits. A FIFO topic gets the job's group
-//! as the message group and the result's key as the deduplication id.
+//! as the message group and [`Outgoing::deduplication_id`] as the
+//! deduplication id (a success's key; a failure's never the same).
 
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
@@ -127,7 +128,7 @@ fn entry(
     if topic.fifo {
         entry = entry
             .message_group_id(fifo_id(&outgoing.group))
-            .message_deduplication_id(fifo_id(&outgoing.key()));
+            .message_deduplication_id(fifo_id(&outgoing.deduplication_id()));
     }
     entry.build()
 }

@@ -1,7 +1,8 @@
 //! SQS queues: one message per result, sent with `SendMessageBatch` in runs
 //! within the API's entry and size limits. A FIFO queue gets the job's group as
-//! the message group and the result's key as the deduplication id, so a retried
-//! event does not deliver a result twice within SQS's five-minute window.
+//! the message group and [`Outgoing::deduplication_id`] as the deduplication
+//! id, so a retried event does not deliver a success twice within SQS's
+//! five-minute window, and a failure sent earlier never hides it.
 
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
@@ -221,7 +222,7 @@ fn entry(
     if queue.fifo {
         entry = entry
             .message_group_id(fifo_id(&outgoing.group))
-            .message_deduplication_id(fifo_id(&outgoing.key()));
+            .message_deduplication_id(fifo_id(&outgoing.deduplication_id()));
     }
     entry.build()
 }

@@ -4,7 +4,11 @@
 //! `RELAY_LOG_CONTENT=true`, no other crate's TRACE lines are written. At
 //! TRACE the runtime logs each raw event and the HTTP stack logs bodies, and
 //! events carry prompts and documents; the level is an operator's debugging
-//! switch, and must not turn into a content switch.
+//! switch, and must not turn into a content switch. The runtime also logs
+//! every handler error it returns (its panic layer writes the `Diagnostic`,
+//! whose message quotes the job); that line is dropped too: the relay logs
+//! each failure itself, content-free, and the release build aborts on a
+//! panic, so the layer never has a panic to report.
 
 use lambda_runtime::tracing::subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
 use lambda_runtime::tracing::subscriber::fmt::MakeWriter;
@@ -13,11 +17,16 @@ use lambda_runtime::tracing::subscriber::util::SubscriberInitExt;
 use lambda_runtime::tracing::subscriber::{fmt, Layer};
 use tracing::{Level, Metadata};
 
+/// Where the runtime logs the error each invocation returns.
+const RUNTIME_ERROR_TARGET: &str = "lambda_runtime::layers::panic";
+
 /// Whether a line may be written when content logging is off: anything from
 /// this crate (which never logs content unless asked), and other crates'
-/// lines above TRACE.
+/// lines above TRACE, but for the runtime's copy of the returned error.
 pub fn content_free(meta: &Metadata<'_>) -> bool {
-    meta.target().starts_with("bedrock_relay") || *meta.level() < Level::TRACE
+    let target = meta.target();
+    target.starts_with("bedrock_relay")
+        || (*meta.level() < Level::TRACE && !target.starts_with(RUNTIME_ERROR_TARGET))
 }
 
 /// Starts logging to `writer`; `content` is `RELAY_LOG_CONTENT`.
