@@ -300,3 +300,49 @@ async fn a_success_after_a_retried_failure_reaches_a_fifo_queue() {
     assert_eq!(messages[1].deduplication_id.as_deref(), Some("fifo-report"));
     assert_ne!(messages[0].deduplication_id, messages[1].deduplication_id);
 }
+
+/// A sender who knows a finished job's id sends a broken job under it: the
+/// failure is refused at once, and the success record stands (S3 conditional
+/// writes), for single jobs and under a DynamoDB destination alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_record_never_overwrites_a_success_record() {
+    let bench = Bench::start(&[]).await;
+    let ok = bench
+        .invoke_bytes(
+            envelope(
+                "6c1e0000-0000-4000-8000-00000000f601",
+                "com.example.a",
+                json!({"id": "victim", "model": MODEL, "prompt": "p"}),
+            ),
+            TIMEOUT,
+        )
+        .await;
+    assert!(matches!(ok, Outcome::Response { .. }), "{ok:?}");
+    for (n, detail) in [
+        json!({"id": "victim", "model": "not a model id!", "prompt": "p"}),
+        json!({"id": "victim", "model": MODEL, "prompt": "{{ nope }}"}),
+        json!({"id": "victim", "model": MODEL, "documents": ["s3://elsewhere/x"], "prompt": "p"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let outcome = bench
+            .invoke_bytes(
+                envelope(
+                    &format!("6c1e0000-0000-4000-8000-00000000f61{n}"),
+                    "com.example.b",
+                    detail,
+                ),
+                TIMEOUT,
+            )
+            .await;
+        // Refused, or answered from the ledger: either way no success is lost.
+        assert!(
+            matches!(&outcome, Outcome::Error { .. })
+                || matches!(&outcome, Outcome::Response { body } if body["already_done"] == true),
+            "{outcome:?}"
+        );
+        let record = bench.record("victim").await;
+        assert_eq!(record["status"], "succeeded", "case {n}: {record}");
+    }
+}

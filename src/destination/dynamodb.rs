@@ -156,8 +156,13 @@ pub(crate) async fn send(
     let mut requests = Vec::with_capacity(last_of_key.len());
     for (position, prepared) in ready.iter().enumerate() {
         let outgoing = prepared.outgoing;
-        if last_of_key.get(&(outgoing.job_id.as_str(), item_number(outgoing))) == Some(&position) {
+        if last_of_key.get(&(outgoing.job_id.as_str(), item_number(outgoing))) != Some(&position) {
+            continue;
+        }
+        if status_of(&outgoing.body) == Some("succeeded") {
             requests.push(put_request(prepared, &written_at).map_err(|e| delivery.unbuildable(e))?);
+        } else {
+            put_unless_succeeded(client, table, &delivery, prepared, &written_at).await?;
         }
     }
     let mut requests = requests.into_iter().peekable();
@@ -178,10 +183,56 @@ pub(crate) async fn send(
         .collect())
 }
 
+/// Writes a result that is not a success with `PutItem`, on the condition
+/// that no success is stored under its key: a failure (a retry's, or one
+/// forged by a sender) never overwrites a success. `BatchWriteItem` takes no
+/// conditions, so these go one by one; they are the rare ones.
+async fn put_unless_succeeded(
+    client: &aws_sdk_dynamodb::Client,
+    table: &Table,
+    delivery: &Delivery,
+    prepared: &Prepared<'_>,
+    written_at: &str,
+) -> Result<(), DestinationError> {
+    let item = item_of(prepared, written_at);
+    let result = client
+        .put_item()
+        .table_name(&table.arn)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(job_id) OR #status <> :succeeded")
+        .expression_attribute_names("#status", "status")
+        .expression_attribute_values(":succeeded", AttributeValue::S("succeeded".into()))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            tracing::info!(
+                job_id = %prepared.outgoing.job_id,
+                item = item_number(prepared.outgoing),
+                "a success is already stored; the failure is not written over it"
+            );
+            Ok(())
+        }
+        Err(err) => Err(delivery.failed(err)),
+    }
+}
+
 fn put_request(
     prepared: &Prepared<'_>,
     written_at: &str,
 ) -> Result<WriteRequest, aws_sdk_dynamodb::error::BuildError> {
+    let put = PutRequest::builder()
+        .set_item(Some(item_of(prepared, written_at)))
+        .build()?;
+    Ok(WriteRequest::builder().put_request(put).build())
+}
+
+fn item_of(prepared: &Prepared<'_>, written_at: &str) -> HashMap<String, AttributeValue> {
     let outgoing = prepared.outgoing;
     let mut item = HashMap::from([
         (
@@ -204,8 +255,7 @@ fn put_request(
     if let Some(status) = status_of(&outgoing.body) {
         item.insert("status".to_owned(), AttributeValue::S(status.to_owned()));
     }
-    let put = PutRequest::builder().set_item(Some(item)).build()?;
-    Ok(WriteRequest::builder().put_request(put).build())
+    item
 }
 
 /// One `BatchWriteItem` of up to 25 items, sending `UnprocessedItems` again
@@ -349,7 +399,18 @@ mod tests {
     #[tokio::test]
     async fn items_carry_the_key_status_record_and_time_in_chunks_of_25() {
         let (rule, calls) = writing(0, 0);
-        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule]);
+        let failure = mock!(aws_sdk_dynamodb::Client::put_item)
+            .match_requests(|req| {
+                req.condition_expression()
+                    == Some("attribute_not_exists(job_id) OR #status <> :succeeded")
+                    && req
+                        .item()
+                        .is_some_and(|i| i["item"] == AttributeValue::N("0".into()))
+            })
+            .then_output(|| {
+                aws_sdk_dynamodb::operation::put_item::PutItemOutput::builder().build()
+            });
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule, &failure]);
         let mut results: Vec<Outgoing> = (0..30)
             .map(|i| outgoing("b", Some(i), "succeeded"))
             .collect();
@@ -357,8 +418,13 @@ mod tests {
         let refs = write_all(&client, &results).await;
         assert_eq!(refs[3], "relay-results#b#3");
         assert_eq!(refs[30], "relay-results#single#0");
+        assert_eq!(
+            failure.num_calls(),
+            1,
+            "the failure is a conditional PutItem"
+        );
         let calls = calls.lock().expect("lock");
-        assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), [25, 6]);
+        assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), [25, 5]);
         let item = item_of(&calls[0][3]);
         assert_eq!(item["job_id"], AttributeValue::S("b".into()));
         assert_eq!(item["item"], AttributeValue::N("3".into()));
@@ -372,7 +438,23 @@ mod tests {
             written_at.len() <= WRITTEN_AT_BYTES && written_at.ends_with('Z'),
             "{written_at}"
         );
-        assert_eq!(item_of(&calls[1][5])["item"], AttributeValue::N("0".into()));
+    }
+
+    /// A failure for a key that already holds a success is not written, and
+    /// that is not an error: the success stands.
+    #[tokio::test]
+    async fn a_failure_never_overwrites_a_stored_success() {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        use aws_sdk_dynamodb::types::error::ConditionalCheckFailedException;
+        let refused = mock!(aws_sdk_dynamodb::Client::put_item).then_error(|| {
+            PutItemError::ConditionalCheckFailedException(
+                ConditionalCheckFailedException::builder().build(),
+            )
+        });
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&refused]);
+        let refs = write_all(&client, &[outgoing("done", None, "failed")]).await;
+        assert_eq!(refs, ["relay-results#done#0"]);
+        assert_eq!(refused.num_calls(), 1);
     }
 
     #[tokio::test]

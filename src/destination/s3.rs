@@ -9,7 +9,7 @@ use aws_smithy_runtime_api::http::Response as HttpResponse;
 use super::DestinationError;
 use crate::aws::errors::{Class, SdkFailure};
 pub use crate::aws::uri::S3Location;
-use crate::domain::record::Record;
+use crate::domain::record::{Record, Status};
 
 /// The precondition of a conditional write.
 #[derive(Debug, Clone, Copy)]
@@ -34,8 +34,11 @@ impl S3Destination {
     }
 
     /// Writes `record` at the key of its job id; returns the object's URI. A
-    /// later record for the same job replaces an earlier one, so a retried event
-    /// that succeeds leaves its success record, not the error before it.
+    /// success replaces whatever is there, so a retried event that succeeds
+    /// leaves its success record, not the error before it. Anything else is
+    /// written only where no success is stored (conditional writes): a
+    /// failure, from a later attempt or forged by a sender, never overwrites a
+    /// success.
     pub async fn write(&self, record: &Record) -> Result<String, DestinationError> {
         let key = self.location.key_for(&record.job_id);
         let uri = self.location.uri_for(&record.job_id);
@@ -44,16 +47,46 @@ impl S3Destination {
                 destination: uri.clone(),
                 message: format!("the record does not serialise: {err}"),
             })?;
-        self.client
-            .put_object()
-            .bucket(&self.location.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|err| self.classify(uri.clone(), err))?;
-        Ok(uri)
+        if record.status == Status::Succeeded {
+            self.client
+                .put_object()
+                .bucket(&self.location.bucket)
+                .key(&key)
+                .content_type("application/json")
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|err| self.classify(uri.clone(), err))?;
+            return Ok(uri);
+        }
+        // Each round loses only to a concurrent write; two rounds are plenty.
+        for _ in 0..3 {
+            if self
+                .put_if(&key, body.clone(), WriteCondition::Absent)
+                .await?
+                .is_some()
+            {
+                return Ok(uri);
+            }
+            let Some((stored, etag)) = self.read_tagged(&key).await? else {
+                continue;
+            };
+            let stored_status = serde_json::from_slice::<serde_json::Value>(&stored)
+                .ok()
+                .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned));
+            if stored_status.as_deref() == Some("succeeded") {
+                tracing::info!(job_id = %record.job_id, "a success is already recorded; the failure is not written over it");
+                return Ok(uri);
+            }
+            let condition = WriteCondition::Unchanged(&etag);
+            if self.put_if(&key, body.clone(), condition).await?.is_some() {
+                return Ok(uri);
+            }
+        }
+        Err(DestinationError::Unavailable {
+            destination: uri,
+            message: "the record kept changing under three conditional writes".into(),
+        })
     }
 
     /// The location written to.
