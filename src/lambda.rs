@@ -421,6 +421,30 @@ mod tests {
         }
     }
 
+    /// A transient error reading back an earlier result (the claim had run
+    /// out, so the job may have finished) is retryable and writes nothing: no
+    /// failure record over a success that may be there, no model call.
+    #[tokio::test]
+    async fn a_transient_read_back_error_writes_no_failure_record() {
+        let unavailable = mock!(aws_sdk_s3::Client::get_object)
+            .match_requests(|req| req.key() == Some("relay/nightly/1.json"))
+            .then_http_response(|| {
+                HttpResponse::new(
+                    StatusCode::try_from(503).expect("status"),
+                    SdkBody::from("<Error><Code>SlowDown</Code><Message>Reduce your request rate</Message></Error>"),
+                )
+            });
+        let (answer, model_calls, written) = run_with_existing_claim(0, &unavailable).await;
+        let err = answer.expect_err("unavailable");
+        assert!(
+            err.error_type.starts_with("Retryable."),
+            "{}",
+            err.error_type
+        );
+        assert_eq!(model_calls, 0);
+        assert_eq!(written, 0, "no record written over what may be a success");
+    }
+
     /// A job held by another invocation that has not finished it is refused
     /// as in progress (retryable), without calling the model.
     #[tokio::test]

@@ -112,9 +112,15 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// The sort key of a result: its batch index, 0 for a single job.
-fn item_number(outgoing: &Outgoing) -> usize {
-    outgoing.index.unwrap_or(0)
+/// The sort key of a result: its batch index, 0 for a single job, and -1 for
+/// a batch's own record (a failure of the whole batch), so it never takes the
+/// place of item 0's result.
+fn item_number(outgoing: &Outgoing) -> i64 {
+    match outgoing.index {
+        Some(index) => i64::try_from(index).unwrap_or(i64::MAX),
+        None if outgoing.body.get("batch") == Some(&Value::Bool(true)) => -1,
+        None => 0,
+    }
 }
 
 /// The record's `status`, when it has a string one.
@@ -148,7 +154,7 @@ pub(crate) async fn send(
 ) -> Result<Vec<String>, DestinationError> {
     let delivery = table.delivery("dynamodb:BatchWriteItem");
     let written_at = crate::domain::record::now_rfc3339();
-    let mut last_of_key: HashMap<(&str, usize), usize> = HashMap::new();
+    let mut last_of_key: HashMap<(&str, i64), usize> = HashMap::new();
     for (position, prepared) in ready.iter().enumerate() {
         let outgoing = prepared.outgoing;
         last_of_key.insert((outgoing.job_id.as_str(), item_number(outgoing)), position);
@@ -438,6 +444,26 @@ mod tests {
             written_at.len() <= WRITTEN_AT_BYTES && written_at.ends_with('Z'),
             "{written_at}"
         );
+    }
+
+    /// A batch's own failure record (the whole batch failed) is stored at
+    /// item -1, beside its items, never in item 0's place.
+    #[tokio::test]
+    async fn a_batch_level_record_never_takes_item_zeros_place() {
+        let failure = mock!(aws_sdk_dynamodb::Client::put_item)
+            .match_requests(|req| {
+                req.item()
+                    .is_some_and(|i| i["item"] == AttributeValue::N("-1".into()))
+            })
+            .then_output(|| {
+                aws_sdk_dynamodb::operation::put_item::PutItemOutput::builder().build()
+            });
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&failure]);
+        let mut batch_failure = outgoing("nightly", None, "failed");
+        batch_failure.body["batch"] = json!(true);
+        let refs = write_all(&client, &[batch_failure]).await;
+        assert_eq!(refs, ["relay-results#nightly#-1"]);
+        assert_eq!(failure.num_calls(), 1);
     }
 
     /// A failure for a key that already holds a success is not written, and

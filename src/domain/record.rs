@@ -83,6 +83,10 @@ pub struct Record {
     pub metadata: Option<Map<String, Value>>,
     /// On failure.
     pub error: Option<ErrorRecord>,
+    /// Whether the job is a batch: its record is then the batch's own (a
+    /// failure of the whole batch), never one of its item results.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 impl Record {
@@ -103,6 +107,7 @@ impl Record {
             finished_at: String::new(),
             metadata: None,
             error: None,
+            batch: false,
         }
     }
 

@@ -179,10 +179,13 @@ pub(crate) async fn fail(
 }
 
 /// How a guarded run ends: its answer, or its error for Lambda. A ledger
-/// failure (the claim or the read-back) has left no record, so the error
-/// record is written here; so is a failure of the run itself that
-/// `unrecorded` picks out, one the mode's run returns without writing its
-/// record. A busy job gets none: the invocation holding it writes its own.
+/// failure (the claim or the read-back) that a retry may get past writes no
+/// record: an earlier success may stand behind the error, and a failure sent
+/// after it (to a queue, say) would contradict it; Lambda's retry reads back
+/// again. A ledger failure for good has left no record, so its error record
+/// is written here; so is a failure of the run itself that `unrecorded` picks
+/// out, one the mode's run returns without writing its record. A busy job
+/// gets none: the invocation holding it writes its own.
 pub(crate) async fn settle(
     services: &Services,
     plan: &Plan<'_>,
@@ -192,6 +195,14 @@ pub(crate) async fn settle(
     match result {
         Ok(answer) => Ok(answer),
         Err(GuardError::Busy(err)) => Err(err),
+        Err(GuardError::Ledger(err)) if err.is_retryable() => {
+            tracing::warn!(
+                job_id = %plan.record.job_id,
+                error_type = err.code(),
+                "what is done could not be read back; no record is written, and Lambda's retry reads again: {err}"
+            );
+            Err(err)
+        }
         Err(GuardError::Run(err)) if !unrecorded(&err) => Err(err),
         Err(GuardError::Ledger(err) | GuardError::Run(err)) => {
             let record = plan.record.clone();

@@ -130,6 +130,7 @@ pub(crate) fn plan<'s>(
 
     let scope = Scope::event(input.envelope.as_ref().map(|e| e.event.clone()));
     let mut job = input.job;
+    record.batch = job.is_batch();
     if let Err(err) = services.renderer().render_head(&mut job, &scope) {
         identify(&mut record, &job);
         return Err(refuse(record, fallback, err.into()));
