@@ -346,3 +346,47 @@ async fn a_failure_record_never_overwrites_a_success_record() {
         assert_eq!(record["status"], "succeeded", "case {n}: {record}");
     }
 }
+
+/// A batch item that failed for good (here a template error; a
+/// `BedrockRejected` is the same) is settled: a redelivery of the event runs
+/// nothing again and answers from what is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_that_failed_for_good_are_not_run_again_on_a_redelivery() {
+    let bench = Bench::start(&[]).await;
+    let event = envelope(
+        "6c1e0000-0000-4000-8000-00000000f701",
+        "com.example.a",
+        json!({"id": "settled-batch", "model": MODEL, "prompt": "{{ item.text }}",
+               "items": [{"text": "a"}, {"no_text": 1}, {"text": "c"}]}),
+    );
+    let first = bench.invoke_bytes(event.clone(), TIMEOUT).await;
+    let Outcome::Response { body } = &first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        (body["succeeded"].clone(), body["failed"].clone()),
+        (json!(2), json!(1)),
+        "{body}"
+    );
+    let calls = bench.lab.bedrock.calls().len();
+    assert_eq!(calls, 2);
+
+    let again = bench.invoke_bytes(event, TIMEOUT).await;
+    let Outcome::Response { body } = &again else {
+        panic!("{again:?}")
+    };
+    assert_eq!(body["already_done"], 3, "{body}");
+    assert_eq!(
+        (body["succeeded"].clone(), body["failed"].clone()),
+        (json!(2), json!(1)),
+        "{body}"
+    );
+    assert_eq!(bench.lab.bedrock.calls().len(), calls, "no model call");
+    let lines = bench
+        .lab
+        .batch_lines("settled-batch")
+        .await
+        .expect("s3")
+        .expect("lines");
+    assert_eq!(lines[1]["error"]["type"], "InvalidTemplate");
+}

@@ -11,11 +11,12 @@ use serde_json::Value;
 use crate::destination::dynamodb::Table;
 use crate::destination::DestinationError;
 
-/// The results recorded as succeeded for `job_id`, by item index (0 for a
-/// single job): each item's `record` parsed, which for a spilled result is the
-/// pointer object. Reads are consistent, so a write just made is seen. Items
-/// whose record does not parse are left out (and so done again).
-pub(crate) async fn succeeded(
+/// The results recorded as settled for `job_id` (succeeded, or failed for
+/// good), by item index (0 for a single job): each item's `record` parsed,
+/// which for a spilled result is the pointer object. Reads are consistent, so
+/// a write just made is seen. Items whose record does not parse are left out
+/// (and so done again).
+pub(crate) async fn settled(
     client: &aws_sdk_dynamodb::Client,
     table: &Table,
     job_id: &str,
@@ -36,18 +37,21 @@ pub(crate) async fn succeeded(
             .map_err(|err| delivery.failed(err))?;
         for item in output.items() {
             let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
-            if text("status").map(String::as_str) != Some("succeeded") {
-                continue;
-            }
+            let succeeded = match text("status").map(String::as_str) {
+                Some("succeeded") => true,
+                Some("failed") => false,
+                _ => continue,
+            };
             let index = item
                 .get("item")
                 .and_then(|v| v.as_n().ok())
                 .and_then(|n| n.parse::<usize>().ok());
             let record = text("record").and_then(|r| serde_json::from_str::<Value>(r).ok());
             match (index, record) {
-                (Some(index), Some(record)) => {
+                (Some(index), Some(record)) if succeeded || super::is_settled(&record) => {
                     found.insert(index, record);
                 }
+                (Some(_), Some(_)) => {}
                 _ => tracing::warn!(
                     table = %table.arn,
                     job_id,
@@ -182,7 +186,7 @@ mod tests {
             })
             .build();
         let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&pages]);
-        let found = succeeded(&client, &Table::parse(ARN).expect("arn"), "j")
+        let found = settled(&client, &Table::parse(ARN).expect("arn"), "j")
             .await
             .expect("read");
         assert_eq!(

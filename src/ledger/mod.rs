@@ -82,25 +82,28 @@ impl Ledger {
             Self::S3(s3) => s3::succeeded_job(s3, job_id).await,
             Self::Table { table, .. } => {
                 Ok(
-                    dynamodb::succeeded(destinations.dynamodb_client(), table, job_id)
+                    dynamodb::settled(destinations.dynamodb_client(), table, job_id)
                         .await?
-                        .remove(&0),
+                        .remove(&0)
+                        .filter(is_succeeded),
                 )
             }
             Self::Off => Ok(None),
         }
     }
 
-    /// A batch's items that already succeeded, by index.
-    pub async fn succeeded_items(
+    /// A batch's items that are settled, by index: succeeded, or failed for
+    /// good (a non-retryable error, such as `BedrockRejected` or a template
+    /// error), which a redelivery would only fail again at a model call's cost.
+    pub async fn settled_items(
         &self,
         destinations: &Destinations,
         job_id: &str,
     ) -> Result<BTreeMap<usize, Value>, DestinationError> {
         match self {
-            Self::S3(s3) => s3::succeeded_items(s3, job_id).await,
+            Self::S3(s3) => s3::settled_items(s3, job_id).await,
             Self::Table { table, .. } => {
-                dynamodb::succeeded(destinations.dynamodb_client(), table, job_id).await
+                dynamodb::settled(destinations.dynamodb_client(), table, job_id).await
             }
             Self::Off => Ok(BTreeMap::new()),
         }
@@ -120,16 +123,16 @@ impl Ledger {
         else {
             return Ok(());
         };
-        let succeeded: Vec<Outgoing> = delivered
+        let settled: Vec<Outgoing> = delivered
             .iter()
-            .filter(|o| is_succeeded(&o.body))
+            .filter(|o| is_settled(&o.body))
             .cloned()
             .collect();
-        if succeeded.is_empty() {
+        if settled.is_empty() {
             return Ok(());
         }
         destinations
-            .send(&DestinationSpec::Dynamo(table.clone()), &succeeded)
+            .send(&DestinationSpec::Dynamo(table.clone()), &settled)
             .await
             .map(|_| ())
     }
@@ -237,4 +240,12 @@ impl Ledger {
 /// Whether a record or item line says `succeeded`.
 fn is_succeeded(record: &Value) -> bool {
     record.get("status").and_then(Value::as_str) == Some("succeeded")
+}
+
+/// Whether a record or item line is settled: succeeded, or failed with an
+/// error that is not retryable.
+fn is_settled(record: &Value) -> bool {
+    is_succeeded(record)
+        || (record.get("status").and_then(Value::as_str) == Some("failed")
+            && record.pointer("/error/retryable") == Some(&Value::Bool(false)))
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::is_succeeded;
+use super::{is_settled, is_succeeded};
 use crate::destination::s3::WriteCondition;
 use crate::destination::{DestinationError, S3Destination};
 
@@ -26,8 +26,8 @@ pub(super) async fn succeeded_job(
         .filter(is_succeeded))
 }
 
-/// A batch's items that already succeeded, by index.
-pub(super) async fn succeeded_items(
+/// A batch's settled items (see [`super::Ledger::settled_items`]), by index.
+pub(super) async fn settled_items(
     s3: &S3Destination,
     job_id: &str,
 ) -> Result<BTreeMap<usize, Value>, DestinationError> {
@@ -38,9 +38,7 @@ pub(super) async fn succeeded_items(
     if lines.is_none() {
         lines = s3.read(&location.progress_key_for(job_id)).await?;
     }
-    Ok(lines
-        .map(|bytes| succeeded_lines(&bytes))
-        .unwrap_or_default())
+    Ok(lines.map(|bytes| settled_lines(&bytes)).unwrap_or_default())
 }
 
 /// What claiming a job in S3 found.
@@ -127,12 +125,12 @@ pub(super) async fn release(
     .map(|_| ())
 }
 
-/// The succeeded lines of a batch's JSON Lines, by their `index`.
-fn succeeded_lines(bytes: &[u8]) -> BTreeMap<usize, Value> {
+/// The settled lines of a batch's JSON Lines, by their `index`.
+fn settled_lines(bytes: &[u8]) -> BTreeMap<usize, Value> {
     bytes
         .split(|b| *b == b'\n')
         .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
-        .filter(is_succeeded)
+        .filter(is_settled)
         .filter_map(|line| {
             let index = usize::try_from(line.get("index")?.as_u64()?).ok()?;
             Some((index, line))
@@ -144,16 +142,20 @@ fn succeeded_lines(bytes: &[u8]) -> BTreeMap<usize, Value> {
 mod tests {
     use super::*;
 
+    /// Succeeded lines and lines failed for good are done; retryable
+    /// failures, pending items and lines that do not parse are run again.
     #[test]
-    fn only_succeeded_lines_count_as_done() {
+    fn only_settled_lines_count_as_done() {
         let jsonl = br#"{"index":0,"status":"succeeded","output":{"text":"a"}}
-{"index":1,"status":"failed","error":{"type":"BedrockThrottled"}}
+{"index":1,"status":"failed","error":{"type":"BedrockThrottled","retryable":true}}
 {"index":2,"status":"pending"}
 not json
 {"index":3,"status":"succeeded"}
+{"index":4,"status":"failed","error":{"type":"BedrockRejected","retryable":false}}
+{"index":5,"status":"failed"}
 "#;
-        let done = succeeded_lines(jsonl);
-        assert_eq!(done.keys().copied().collect::<Vec<_>>(), vec![0, 3]);
+        let done = settled_lines(jsonl);
+        assert_eq!(done.keys().copied().collect::<Vec<_>>(), vec![0, 3, 4]);
         assert_eq!(done[&0]["output"]["text"], "a");
     }
 }

@@ -36,7 +36,8 @@ use crate::scheduling::Pace;
 /// more items than one invocation can run.
 const MAX_ITEMS_FILE_BYTES: usize = 64 * 1024 * 1024;
 
-/// How one attempt at a batch ended.
+/// How one attempt at a batch ended, counting the items settled before it
+/// (`already_done`: not run again) by how they ended.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Tally {
     succeeded: usize,
@@ -47,12 +48,18 @@ struct Tally {
 }
 
 impl Tally {
-    /// Counts this attempt's item results beside `already_done` earlier successes.
-    fn of(fresh: &[ItemRecord], already_done: usize) -> Self {
+    /// Counts this attempt's item results and the `done` lines read back.
+    fn of(fresh: &[ItemRecord], done: &BTreeMap<usize, Value>) -> Self {
         let mut tally = Self {
-            already_done,
+            already_done: done.len(),
             ..Self::default()
         };
+        for line in done.values() {
+            match line.get("status").and_then(Value::as_str) {
+                Some("succeeded") => tally.succeeded += 1,
+                _ => tally.failed += 1,
+            }
+        }
         for item in fresh {
             match (&item.status, &item.error) {
                 (Status::Succeeded, _) => tally.succeeded += 1,
@@ -89,7 +96,7 @@ pub(crate) async fn run(
     let guard = Guard::new(&plan.delivery.ledger, sinks, job_id, request_id, *deadline);
     let result = guard
         .run(
-            || async { Ok(plan.delivery.ledger.succeeded_items(sinks, job_id).await?) },
+            || async { Ok(plan.delivery.ledger.settled_items(sinks, job_id).await?) },
             |done: &BTreeMap<usize, Value>| done.len() >= items.len(),
             |done| run_claimed(services, &plan, &items, done, request_id, deadline),
         )
@@ -129,7 +136,7 @@ async fn run_claimed(
         .await;
     fresh.sort_by_key(|item| item.index);
 
-    let tally = Tally::of(&fresh, done.len());
+    let tally = Tally::of(&fresh, &done);
     let lines = ItemLines {
         job_id: job_id.clone(),
         total: items.len(),
@@ -170,7 +177,7 @@ async fn run_claimed(
         "job_id": job_id,
         "status": if tally.failed == 0 { "succeeded" } else { "partial" },
         "items": items.len(),
-        "succeeded": tally.succeeded + tally.already_done,
+        "succeeded": tally.succeeded,
         "failed": tally.failed,
         "already_done": tally.already_done,
         "record": written,
@@ -308,8 +315,9 @@ mod tests {
         record
     }
 
-    /// Each item's result counts once, by status, and a failure's
-    /// retryability decides whether the batch is left for a retry.
+    /// Each item's result counts once, by status, the lines settled before
+    /// this attempt included, and a failure's retryability decides whether
+    /// the batch is left for a retry.
     #[test]
     fn a_tally_counts_each_outcome_and_what_is_left_for_a_retry() {
         let fresh = [
@@ -319,19 +327,29 @@ mod tests {
             item(3, Status::Pending, None),
             item(4, Status::Succeeded, None),
         ];
-        let tally = Tally::of(&fresh, 7);
+        let done: BTreeMap<usize, Value> = (5..12)
+            .map(|i| {
+                let status = if i == 11 { "failed" } else { "succeeded" };
+                (i, json!({"index": i, "status": status}))
+            })
+            .collect();
+        let tally = Tally::of(&fresh, &done);
         assert_eq!(
             tally,
             Tally {
-                succeeded: 2,
-                failed: 1,
+                succeeded: 8,
+                failed: 2,
                 retryable: 1,
                 pending: 1,
                 already_done: 7
             }
         );
         assert_eq!(tally.unsettled(), 2);
-        assert_eq!(Tally::of(&fresh[..2], 0).unsettled(), 0, "settled, partial");
+        assert_eq!(
+            Tally::of(&fresh[..2], &BTreeMap::new()).unsettled(),
+            0,
+            "settled, partial"
+        );
     }
 
     /// A batch over the limit is refused naming the count, the limit and the fix.
