@@ -499,6 +499,6 @@ async fn succeeded_in_table(
         table: table.clone(),
         is_destination: true,
     }
-    .succeeded_items(&bench.destinations, job_id)
+    .settled_items(&bench.destinations, job_id)
     .await
 }
