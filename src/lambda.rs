@@ -59,7 +59,7 @@ impl Relay {
         bedrock: HashMap<String, Bedrock>,
         destinations: Destinations,
     ) -> Self {
-        let report = Report::to_namespace(config.metrics_namespace.clone());
+        let report = Report::to_namespace(config.metrics_namespace.clone(), config.targets.clone());
         Self {
             services: Arc::new(Services::new(config, bedrock, destinations, report)),
             cold: Arc::new(AtomicBool::new(true)),

@@ -158,6 +158,11 @@ impl Targets {
         self.by_alias.values()
     }
 
+    /// The target with `alias`, if configured.
+    pub fn get(&self, alias: &str) -> Option<&Target> {
+        self.by_alias.get(alias)
+    }
+
     /// The target a job runs on, and a check that it may run `model` there.
     /// `requested` is the job's `target`; without one, `default` (or the only
     /// target there is).

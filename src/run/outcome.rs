@@ -15,6 +15,7 @@ use crate::destination::{
 };
 use crate::domain::deadline::Deadline;
 use crate::domain::record::{ModelReply, Record};
+use crate::domain::target::Targets;
 use crate::error::RelayError;
 use crate::observe::metrics::{self, CallStats, JobMetrics};
 
@@ -51,19 +52,46 @@ impl<'a> MetricScope<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
     namespace: Option<String>,
+    /// The configured targets, whose allowlists bound the `Model` dimension.
+    targets: Targets,
 }
 
+/// The `Model` dimension of anything an event could name freely.
+pub(crate) const OTHER_MODEL: &str = "other";
+
 impl Report {
-    /// Metrics under `namespace`.
-    pub(crate) fn to_namespace(namespace: String) -> Self {
+    /// Metrics under `namespace`, for `targets`.
+    pub(crate) fn to_namespace(namespace: String, targets: Targets) -> Self {
         Self {
             namespace: Some(namespace),
+            targets,
         }
     }
 
     /// No metric lines.
     pub(crate) fn silent() -> Self {
-        Self { namespace: None }
+        Self {
+            namespace: None,
+            targets: Targets::default(),
+        }
+    }
+
+    /// The `Model` dimension for `model` on `target`: the model when Bedrock
+    /// answered it (`answered`), or when the target's allowlist names it;
+    /// otherwise [`OTHER_MODEL`]. Each dimension value is a custom metric, so
+    /// a refused, invalid or unknown model id must not become one: events
+    /// could create them without bound.
+    fn model_dimension(&self, target: Option<&str>, model: Option<&str>, answered: bool) -> String {
+        let Some(model) = model else {
+            return "none".into();
+        };
+        let allowed = target
+            .and_then(|alias| self.targets.get(alias))
+            .is_some_and(|t| t.allowed_models.is_some() && t.allows(model));
+        match answered || allowed {
+            true => model.to_owned(),
+            false => OTHER_MODEL.into(),
+        }
     }
 
     /// One EMF line for a job or a batch item.
@@ -83,7 +111,7 @@ impl Report {
             namespace,
             &JobMetrics {
                 target: target.unwrap_or("none").to_owned(),
-                model: model.unwrap_or("none").to_owned(),
+                model: self.model_dimension(target, model, reply.is_some()),
                 error_type: error_type.map(str::to_owned),
                 usage: reply.and_then(|r| r.usage),
                 model_latency_ms: reply.and_then(|r| r.model_latency_ms),
@@ -208,5 +236,69 @@ pub(crate) async fn settle(
             let record = plan.record.clone();
             fail(services, record, &plan.delivery, err, &Arc::default()).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::target::{RoleArn, Target};
+
+    fn report() -> Report {
+        let target = |alias: &str, allowed_models: Option<Vec<String>>| {
+            let t = Target {
+                alias: alias.into(),
+                role: RoleArn::parse("arn:aws:iam::111111111111:role/RoleA").expect("arn"),
+                external_id: None,
+                region: "us-east-1".into(),
+                session_duration: Duration::from_secs(3600),
+                session_name: "s".into(),
+                source_identity: "fn".into(),
+                allowed_models,
+            };
+            (alias.to_owned(), t)
+        };
+        let targets: BTreeMap<String, Target> = [
+            target("default", None),
+            target("research", Some(vec!["amazon.nova-*".into()])),
+        ]
+        .into_iter()
+        .collect();
+        Report::to_namespace("BedrockRelay".into(), Targets::new(targets))
+    }
+
+    /// An event cannot mint a `Model` dimension: a model counts under its own
+    /// name only once Bedrock answered it or the target's allowlist names it;
+    /// an invalid, refused or unknown one counts under `other`.
+    #[test]
+    fn only_answered_or_allowed_models_become_dimensions() {
+        let r = report();
+        let dim = |target, model, answered| r.model_dimension(target, model, answered);
+        assert_eq!(
+            dim(Some("default"), Some("made-up.model-1"), false),
+            OTHER_MODEL
+        );
+        assert_eq!(dim(None, Some("anything at all"), false), OTHER_MODEL);
+        assert_eq!(
+            dim(Some("nope"), Some("amazon.nova-lite-v1:0"), false),
+            OTHER_MODEL
+        );
+        assert_eq!(
+            dim(Some("research"), Some("amazon.nova-lite-v1:0"), false),
+            "amazon.nova-lite-v1:0"
+        );
+        assert_eq!(
+            dim(Some("research"), Some("meta.llama3"), false),
+            OTHER_MODEL
+        );
+        assert_eq!(
+            dim(Some("default"), Some("amazon.nova-lite-v1:0"), true),
+            "amazon.nova-lite-v1:0"
+        );
+        assert_eq!(dim(Some("default"), None, false), "none");
     }
 }
