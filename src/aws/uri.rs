@@ -135,15 +135,40 @@ pub struct ArnParts<'a> {
     pub resource: &'a str,
 }
 
+/// `aws`, `aws-cn`, `aws-us-gov`, `aws-iso-b`, ...: `aws` and lowercase words.
+fn is_partition(text: &str) -> bool {
+    let mut words = text.split('-');
+    words.next() == Some("aws")
+        && words.all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
+/// `us-east-1`, `ap-southeast-4`, `us-gov-west-1`, `eusc-de-east-1`: lowercase
+/// words and a number of one or two digits, nothing else, since a URL is
+/// built from it.
+fn is_region(text: &str) -> bool {
+    let Some((words, number)) = text.rsplit_once('-') else {
+        return false;
+    };
+    (1..=2).contains(&number.len())
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && words.split('-').count() >= 2
+        && words
+            .split('-')
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
 /// Splits `arn:<partition>:<service>:<region>:<account>:<resource>`; `form` is
-/// the expected shape, quoted in errors.
+/// the expected shape, quoted in errors. Partition and region are checked by
+/// their patterns, since URLs and endpoints are built from them.
 pub fn split_arn<'a>(text: &'a str, service: &str, form: &str) -> Result<ArnParts<'a>, String> {
     let parts: Vec<&str> = text.splitn(6, ':').collect();
     let [arn, partition, found_service, region, account, resource] = parts[..] else {
         return Err(format!("`{text}` is not an ARN; expected {form}"));
     };
-    if arn != "arn" || partition.is_empty() {
-        return Err(format!("`{text}` is not an ARN; expected {form}"));
+    if arn != "arn" || !is_partition(partition) {
+        return Err(format!(
+            "`{text}` is not an ARN of an AWS partition; expected {form}"
+        ));
     }
     if found_service != service {
         return Err(format!(
@@ -152,6 +177,11 @@ pub fn split_arn<'a>(text: &'a str, service: &str, form: &str) -> Result<ArnPart
     }
     if region.is_empty() {
         return Err(format!("`{text}` has no region; expected {form}"));
+    }
+    if !is_region(region) {
+        return Err(format!(
+            "`{region}` in `{text}` is not a region (like us-east-1); expected {form}"
+        ));
     }
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
@@ -167,4 +197,34 @@ pub fn split_arn<'a>(text: &'a str, service: &str, form: &str) -> Result<ArnPart
         account,
         resource,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A URL is built only from parts that match their patterns: a region or
+    /// partition carrying a path, a host or a query is refused.
+    #[test]
+    fn arn_region_and_partition_are_checked_by_pattern() {
+        let form = "arn:aws:sqs:REGION:ACCOUNT:NAME";
+        for good in [
+            "arn:aws:sqs:us-east-1:222222222222:q",
+            "arn:aws-us-gov:sqs:us-gov-west-1:222222222222:q",
+            "arn:aws-cn:sqs:cn-north-1:222222222222:q",
+        ] {
+            assert!(split_arn(good, "sqs", form).is_ok(), "{good}");
+        }
+        for bad in [
+            "arn:aws:sqs:evil.example.com/x#:222222222222:q",
+            "arn:aws:sqs:us-east-1/..:222222222222:q",
+            "arn:aws:sqs:us-east:222222222222:q",
+            "arn:aws:sqs:US-EAST-1:222222222222:q",
+            "arn:aws.evil:sqs:us-east-1:222222222222:q",
+            "arn::sqs:us-east-1:222222222222:q",
+            "arn:aws:sqs:us-east-1:2222:q",
+        ] {
+            assert!(split_arn(bad, "sqs", form).is_err(), "{bad}");
+        }
+    }
 }
