@@ -89,6 +89,9 @@ pub struct Config {
     /// Which CAs the HTTPS client trusts (`RELAY_TLS_ROOTS`: `amazon`, the
     /// default, or `system`).
     pub tls_roots: crate::aws::tls::TlsRoots,
+    /// The function's memory in MB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, which
+    /// Lambda sets; 1024 outside Lambda).
+    pub memory_mb: u64,
     /// What `documents` and `items_from` may read (`RELAY_ALLOWED_SOURCES`,
     /// minus the relay's own prefixes).
     pub sources: SourcePolicy,
@@ -364,6 +367,10 @@ impl Config {
                 .unwrap_or_else(|| crate::observe::metrics::DEFAULT_NAMESPACE.into()),
             sources,
             id_prefix,
+            memory_mb: get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .and_then(|m| m.trim().parse::<u64>().ok())
+                .filter(|m| *m >= 128)
+                .unwrap_or(1024),
             tls_roots: match get("RELAY_TLS_ROOTS") {
                 None => crate::aws::tls::TlsRoots::default(),
                 Some(value) => {
@@ -380,6 +387,15 @@ impl Config {
 }
 
 impl Config {
+    /// The bytes of documents one job may hold when `at_once` jobs (batch
+    /// items) load theirs at the same time: a quarter of the function's
+    /// memory, shared between them, so documents cannot push the process out
+    /// of memory.
+    pub fn document_budget(&self, at_once: usize) -> u64 {
+        let quarter = self.memory_mb.saturating_mul(1024 * 1024) / 4;
+        quarter / u64::try_from(at_once.max(1)).unwrap_or(u64::MAX)
+    }
+
     /// The destination for a job: its own `destination` (already rendered) if it
     /// matches `RELAY_ALLOWED_DESTINATIONS`, else the configured one.
     pub fn destination_for(
@@ -792,6 +808,17 @@ mod tests {
             r#"{"bad alias": {"role_arn": "arn:aws:iam::333333333333:role/R"}}"#,
         )]);
         assert!(msg.contains("alias `bad alias`"), "{msg}");
+    }
+
+    /// Documents get a quarter of the function's memory, shared by the
+    /// batch items that run at once.
+    #[test]
+    fn the_document_budget_follows_the_functions_memory() {
+        let config =
+            Config::from_lookup(env(&[("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")])).expect("valid");
+        assert_eq!(config.document_budget(1), 64 * 1024 * 1024);
+        assert_eq!(config.document_budget(4), 16 * 1024 * 1024);
+        assert_eq!(config.document_budget(0), 64 * 1024 * 1024);
     }
 
     /// A per-target allowlist that names only some targets and has no `*`

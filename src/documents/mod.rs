@@ -17,6 +17,7 @@ mod formats;
 mod items;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -108,6 +109,17 @@ pub enum DocumentError {
         /// The limit for the kind.
         limit: u64,
     },
+    /// The job's documents together are over its share of the function's
+    /// memory.
+    #[error(
+        "`{uri}` would take the job's documents over their budget of {budget} bytes (a quarter of the function's memory, AWS_LAMBDA_FUNCTION_MEMORY_SIZE, shared by the batch items that run at once); use fewer or smaller documents, raise the function's MemorySize, or lower RELAY_MAX_CONCURRENCY"
+    )]
+    OverBudget {
+        /// The object that went over.
+        uri: String,
+        /// The budget, in bytes.
+        budget: u64,
+    },
     /// The job lists more objects of a kind than one Converse request takes.
     #[error(
         "`documents` lists {count} {what}, more than the {limit} Converse takes in one \
@@ -179,7 +191,9 @@ impl DocumentError {
             Self::NotFound { .. } => "DocumentNotFound",
             Self::Denied { .. } => "DocumentDenied",
             Self::Unavailable { .. } => "DocumentUnavailable",
-            Self::TooLarge { .. } | Self::ItemsTooLarge { .. } => "DocumentTooLarge",
+            Self::TooLarge { .. } | Self::ItemsTooLarge { .. } | Self::OverBudget { .. } => {
+                "DocumentTooLarge"
+            }
             Self::TooMany { .. } => "TooManyDocuments",
             Self::Unsupported { .. } => "UnsupportedDocument",
             Self::InvalidItems { .. } | Self::TooManyItems { .. } => "InvalidItems",
@@ -368,6 +382,7 @@ fn check_counts(kinds: impl Iterator<Item = MediaKind>) -> Result<(), DocumentEr
 pub async fn load_documents(
     s3: &aws_sdk_s3::Client,
     uris: &[String],
+    budget: u64,
 ) -> Result<Vec<Document>, DocumentError> {
     let objects = uris
         .iter()
@@ -387,12 +402,27 @@ pub async fn load_documents(
             .map(|format| format.kind),
     )?;
 
-    let fetched = try_join_all(
-        uris.iter()
-            .zip(&objects)
-            .map(|(uri, object)| fetch_media(s3, uri, object)),
+    // Each distinct URI is read once and held once; a repeat shares its bytes.
+    let mut distinct: Vec<usize> = Vec::new();
+    for (i, uri) in uris.iter().enumerate() {
+        if !distinct.iter().any(|&d| uris[d] == *uri) {
+            distinct.push(i);
+        }
+    }
+    let left = AtomicU64::new(budget);
+    let read = try_join_all(
+        distinct
+            .iter()
+            .map(|&i| fetch_media(s3, &uris[i], &objects[i], &left, budget)),
     )
     .await?;
+    let fetched: Vec<(&'static Format, Bytes)> = uris
+        .iter()
+        .map(|uri| {
+            let at = distinct.iter().position(|&d| uris[d] == *uri).unwrap_or(0);
+            read[at].clone()
+        })
+        .collect();
     check_counts(fetched.iter().map(|(format, _)| format.kind))?;
 
     let mut names = UniqueNames::default();
@@ -422,14 +452,33 @@ pub async fn load_documents(
 
 /// GetObject, the format from the key or the Content-Type, and the body within
 /// the block kind's size limit.
+/// The body is charged against `left`, the job's document budget of
+/// `budget` bytes, before it is read: its Content-Length, or the kind's limit
+/// when S3 gives none.
 async fn fetch_media(
     s3: &aws_sdk_s3::Client,
     uri: &str,
     object: &S3Object,
+    left: &AtomicU64,
+    budget: u64,
 ) -> Result<(&'static Format, Bytes), DocumentError> {
     let output = get_object(s3, uri, object).await?;
     let format = detect_format(uri, &object.key, output.content_type())?;
     let kind = format.kind;
+    let charge = output
+        .content_length()
+        .and_then(|len| u64::try_from(len).ok())
+        .unwrap_or(kind.max_bytes())
+        .min(kind.max_bytes());
+    let charged = left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+        l.checked_sub(charge)
+    });
+    if charged.is_err() {
+        return Err(DocumentError::OverBudget {
+            uri: uri.to_owned(),
+            budget,
+        });
+    }
     let too_large = |size| DocumentError::TooLarge {
         uri: uri.to_owned(),
         kind,
@@ -523,6 +572,8 @@ fn classify<E: ProvideErrorMetadata>(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    /// A budget no test document comes near.
+    const BUDGET: u64 = 1 << 30;
     use std::collections::HashMap;
     use std::sync::Arc;
 
@@ -660,6 +711,26 @@ pub(crate) mod tests {
         assert!(parse_object(&too_long).is_err());
     }
 
+    /// A URI listed twice is read once and its bytes held once; the job's
+    /// documents together stay within the budget, refused by Content-Length
+    /// before a body over it is read.
+    #[tokio::test]
+    async fn documents_are_read_once_per_uri_and_within_the_budget() {
+        let (rule, s3) = s3_serving(vec![
+            ("a.pdf".into(), stored(vec![b'%'; 600], None)),
+            ("b.pdf".into(), stored(vec![b'%'; 600], None)),
+        ]);
+        let twice = uris(&["s3://docs-bucket/a.pdf", "s3://docs-bucket/a.pdf"]);
+        let docs = load_documents(&s3, &twice, 1000).await.expect("one read");
+        assert_eq!(rule.num_calls(), 1, "read once");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].bytes.as_ptr(), docs[1].bytes.as_ptr(), "held once");
+        let both = uris(&["s3://docs-bucket/a.pdf", "s3://docs-bucket/b.pdf"]);
+        let err = load_documents(&s3, &both, 1000).await.expect_err("over");
+        assert_eq!(err.code(), "DocumentTooLarge");
+        assert!(err.to_string().contains("budget of 1000 bytes"), "{err}");
+    }
+
     #[tokio::test]
     async fn documents_load_in_order_with_format_name_and_text() {
         let (rule, s3) = s3_serving(vec![
@@ -683,6 +754,7 @@ pub(crate) mod tests {
                 "s3://docs-bucket/in/latin1.csv",
                 "s3://docs-bucket/in/export",
             ]),
+            BUDGET,
         )
         .await
         .expect("documents");
@@ -745,7 +817,10 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn no_documents_means_no_s3_call() {
         let (rule, s3) = s3_serving(vec![]);
-        assert!(load_documents(&s3, &[]).await.expect("none").is_empty());
+        assert!(load_documents(&s3, &[], BUDGET)
+            .await
+            .expect("none")
+            .is_empty());
         assert_eq!(rule.num_calls(), 0);
     }
 
@@ -755,7 +830,9 @@ pub(crate) mod tests {
         let pdfs: Vec<String> = (0..=MAX_DOCUMENTS)
             .map(|i| format!("s3://docs-bucket/{i}.pdf"))
             .collect();
-        let err = load_documents(&s3, &pdfs).await.expect_err("six documents");
+        let err = load_documents(&s3, &pdfs, BUDGET)
+            .await
+            .expect_err("six documents");
         assert_eq!(err.code(), "TooManyDocuments");
         assert!(!err.is_retryable());
         assert!(
@@ -766,7 +843,9 @@ pub(crate) mod tests {
         let images: Vec<String> = (0..=MAX_IMAGES)
             .map(|i| format!("s3://docs-bucket/{i}.jpg"))
             .collect();
-        let err = load_documents(&s3, &images).await.expect_err("21 images");
+        let err = load_documents(&s3, &images, BUDGET)
+            .await
+            .expect_err("21 images");
         assert!(
             err.to_string().contains("21 images, more than the 20"),
             "{err}"
@@ -775,7 +854,9 @@ pub(crate) mod tests {
         let unknown: Vec<String> = (0..=MAX_DOCUMENTS + MAX_IMAGES)
             .map(|i| format!("s3://docs-bucket/blob-{i}"))
             .collect();
-        let err = load_documents(&s3, &unknown).await.expect_err("26 objects");
+        let err = load_documents(&s3, &unknown, BUDGET)
+            .await
+            .expect_err("26 objects");
         assert!(
             err.to_string().contains("26 objects, more than the 25"),
             "{err}"
@@ -798,7 +879,9 @@ pub(crate) mod tests {
         let list: Vec<String> = (0..=MAX_DOCUMENTS)
             .map(|i| format!("s3://docs-bucket/scan-{i}"))
             .collect();
-        let err = load_documents(&s3, &list).await.expect_err("six pdfs");
+        let err = load_documents(&s3, &list, BUDGET)
+            .await
+            .expect_err("six pdfs");
         assert_eq!(err.code(), "TooManyDocuments");
         assert_eq!(rule.num_calls(), MAX_DOCUMENTS + 1);
     }
@@ -813,7 +896,7 @@ pub(crate) mod tests {
                 .build()
         });
         let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&rule]);
-        let err = load_documents(&s3, &uris(&["s3://docs-bucket/big.pdf"]))
+        let err = load_documents(&s3, &uris(&["s3://docs-bucket/big.pdf"]), BUDGET)
             .await
             .expect_err("too large");
         match &err {
@@ -843,7 +926,7 @@ pub(crate) mod tests {
                 .build()
         });
         let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&rule]);
-        let err = load_documents(&s3, &uris(&["s3://docs-bucket/huge.webp"]))
+        let err = load_documents(&s3, &uris(&["s3://docs-bucket/huge.webp"]), BUDGET)
             .await
             .expect_err("too large");
         assert!(err.to_string().contains("downscale or recompress"), "{err}");
@@ -864,7 +947,7 @@ pub(crate) mod tests {
                 .build()
         });
         let s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&at_limit]);
-        let docs = load_documents(&s3, &uris(&["s3://docs-bucket/edge.webp"]))
+        let docs = load_documents(&s3, &uris(&["s3://docs-bucket/edge.webp"]), BUDGET)
             .await
             .expect("at the limit");
         assert_eq!(docs[0].bytes.len() as u64, MAX_IMAGE_BYTES);
@@ -880,7 +963,7 @@ pub(crate) mod tests {
             (503, "SlowDown", "DocumentUnavailable", true),
         ] {
             let (rule, s3) = s3_failing(status, code);
-            let err = load_documents(&s3, &uris(&["s3://docs-bucket/in/a.pdf"]))
+            let err = load_documents(&s3, &uris(&["s3://docs-bucket/in/a.pdf"]), BUDGET)
                 .await
                 .expect_err(code);
             assert_eq!(err.code(), expected, "{code}: {err}");
@@ -892,13 +975,13 @@ pub(crate) mod tests {
             assert_eq!(rule.num_calls(), 1, "{code}");
         }
         let (_, s3) = s3_failing(404, "NoSuchBucket");
-        let err = load_documents(&s3, &uris(&["s3://docs-bucket/in/a.pdf"]))
+        let err = load_documents(&s3, &uris(&["s3://docs-bucket/in/a.pdf"]), BUDGET)
             .await
             .expect_err("no bucket");
         assert!(err.to_string().contains("bucket `docs-bucket`"), "{err}");
 
         let (_, s3) = s3_failing(403, "AccessDenied");
-        let text = load_documents(&s3, &uris(&["s3://docs-bucket/in/a.pdf"]))
+        let text = load_documents(&s3, &uris(&["s3://docs-bucket/in/a.pdf"]), BUDGET)
             .await
             .expect_err("denied")
             .to_string();

@@ -237,7 +237,16 @@ async fn run_item(
     let scope = plan.scope.with_item(item);
     let mut job = plan.job.clone();
     let prepared = match services.renderer().render_documents(&mut job, &scope) {
-        Ok(()) => prepare(services, job, scope, job_id).await,
+        Ok(()) => {
+            prepare(
+                services,
+                job,
+                scope,
+                job_id,
+                services.config().max_concurrency,
+            )
+            .await
+        }
         Err(err) => Err(err.into()),
     };
     let resolved = match prepared {

@@ -11,18 +11,21 @@ use crate::template::Scope;
 use super::Services;
 
 /// Reads `job`'s (already rendered) documents, renders its body in `scope`
-/// with them, and resolves it under `job_id`.
+/// with them, and resolves it under `job_id`. `at_once` is how many jobs
+/// (batch items) may hold documents at the same time, to share the budget.
 pub(crate) async fn prepare(
     services: &Services,
     mut job: Job,
     mut scope: Scope,
     job_id: &str,
+    at_once: usize,
 ) -> Result<ResolvedJob, RelayError> {
     let documents = match job.documents.as_deref() {
         None | Some([]) => Vec::new(),
         Some(uris) => {
             services.config().sources.check_documents(uris)?;
-            documents::load_documents(services.sinks().s3_client(), uris).await?
+            let budget = services.config().document_budget(at_once);
+            documents::load_documents(services.sinks().s3_client(), uris, budget).await?
         }
     };
     if !documents.is_empty() {

@@ -71,6 +71,7 @@ async fn run_claimed(
         plan.job.clone(),
         plan.scope.clone(),
         &record.job_id,
+        1,
     )
     .await
     {
