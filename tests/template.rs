@@ -1041,3 +1041,76 @@ fn failed_events_are_kept_and_alarmed() {
         );
     }
 }
+
+/// The job rule takes any `source` unless `JobSources` narrows it.
+#[test]
+fn job_rule_narrows_the_source_only_when_asked() {
+    let pattern = |stack: &Stack| {
+        stack.eval(
+            &stack.template["Resources"]["RelayFunction"]["Properties"]["Events"]["JobEvents"]
+                ["Properties"]["Pattern"],
+        )
+    };
+    let any = Stack::relay(&[]);
+    assert!(pattern(&any).get("source").is_none(), "any source");
+    let narrowed = Stack::relay(&[("JobSources", "com.example.reports,com.example.billing")]);
+    assert_eq!(
+        pattern(&narrowed)["source"],
+        json!(["com.example.reports", "com.example.billing"])
+    );
+    assert_eq!(
+        pattern(&narrowed)["detail-type"],
+        json!(["Bedrock Relay Job"])
+    );
+}
+
+/// RoleA's trust names the one execution role, the relay's SourceIdentity
+/// and (unless explicitly waived) an ExternalId; without one the stack's
+/// rule refuses to deploy.
+#[test]
+fn role_a_trust_requires_source_identity_and_an_external_id() {
+    let deploy = |extra: &[(&str, &str)]| {
+        let mut all = vec![
+            (
+                "TrustedExecutionRoleArn",
+                "arn:aws:iam::222222222222:role/bedrock-relay-exec",
+            ),
+            ("FoundationModelIds", "amazon.nova-lite-v1:0"),
+        ];
+        all.extend_from_slice(extra);
+        Stack::deploy("deploy/account-a.yaml", &all)
+    };
+    let trust = |stack: &Stack| {
+        stack.eval(
+            &stack.template["Resources"]["TargetRole"]["Properties"]["AssumeRolePolicyDocument"]
+                ["Statement"][0]["Condition"],
+        )
+    };
+    let required = |stack: &Stack| {
+        let rule = &stack.template["Rules"]["ExternalIdRequired"];
+        stack.eval(&rule["RuleCondition"]) != json!(true)
+            || stack.eval(&rule["Assertions"][0]["Assert"]) == json!(true)
+    };
+    let with_id = deploy(&[("ExternalId", "relay-7f3a")]);
+    assert!(required(&with_id), "an ExternalId satisfies the rule");
+    let condition = trust(&with_id);
+    assert_eq!(condition["StringEquals"]["sts:ExternalId"], "relay-7f3a");
+    assert_eq!(
+        condition["StringEquals"]["sts:SourceIdentity"],
+        "bedrock-relay"
+    );
+    assert_eq!(
+        condition["ArnEquals"]["aws:PrincipalArn"],
+        "arn:aws:iam::222222222222:role/bedrock-relay-exec"
+    );
+
+    assert!(!required(&deploy(&[])), "no ExternalId: the stack refuses");
+    let waived = deploy(&[("AllowNoExternalId", "true")]);
+    assert!(required(&waived));
+    let condition = trust(&waived);
+    assert_eq!(
+        condition["StringEquals"]["sts:SourceIdentity"],
+        "bedrock-relay"
+    );
+    assert!(condition["StringEquals"].get("sts:ExternalId").is_none());
+}
