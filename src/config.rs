@@ -89,6 +89,10 @@ pub struct Config {
     /// Which CAs the HTTPS client trusts (`RELAY_TLS_ROOTS`: `amazon`, the
     /// default, or `system`).
     pub tls_roots: crate::aws::tls::TlsRoots,
+    /// The account that owns the results, claims and spill buckets
+    /// (`RELAY_BUCKET_OWNER`), passed as `ExpectedBucketOwner` on every call
+    /// to them.
+    pub bucket_owner: Option<String>,
     /// The function's memory in MB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, which
     /// Lambda sets; 1024 outside Lambda).
     pub memory_mb: u64,
@@ -286,6 +290,15 @@ impl Config {
             &own_prefixes(&destination, &allowed_destinations, spill.as_ref()),
         );
         let id_prefix = get("RELAY_ID_PREFIX").map(|p| p.trim().to_owned());
+        let bucket_owner = get("RELAY_BUCKET_OWNER").map(|o| o.trim().to_owned());
+        if let Some(owner) = &bucket_owner {
+            if owner.len() != 12 || !owner.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError::Invalid {
+                    var: "RELAY_BUCKET_OWNER",
+                    reason: format!("`{owner}` is not a 12-digit account id"),
+                });
+            }
+        }
         if let Some(prefix) = id_prefix.as_deref() {
             check_id_prefix(prefix).map_err(|reason| ConfigError::Invalid {
                 var: "RELAY_ID_PREFIX",
@@ -367,6 +380,7 @@ impl Config {
                 .unwrap_or_else(|| crate::observe::metrics::DEFAULT_NAMESPACE.into()),
             sources,
             id_prefix,
+            bucket_owner,
             memory_mb: get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .and_then(|m| m.trim().parse::<u64>().ok())
                 .filter(|m| *m >= 128)

@@ -48,7 +48,8 @@ impl Relay {
             })
             .collect();
         let destinations =
-            Destinations::new(base, config.s3_force_path_style, config.spill.clone());
+            Destinations::new(base, config.s3_force_path_style, config.spill.clone())
+                .with_bucket_owner(config.bucket_owner.clone());
         Self::new(config, bedrock, destinations)
     }
 

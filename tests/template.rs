@@ -488,6 +488,15 @@ fn s3_default_destination_grants_only_its_prefix() {
     );
     assert_eq!(stack.env("RELAY_ALLOWED_DESTINATIONS").replace(',', ""), "");
     assert_eq!(stack.env("RELAY_IDEMPOTENCY_TABLE"), "");
+    assert_eq!(
+        stack.env("RELAY_BUCKET_OWNER"),
+        "222222222222",
+        "the results bucket is expected in this account"
+    );
+    assert_eq!(
+        Stack::relay(&[("DestinationBucketOwner", "333333333333")]).env("RELAY_BUCKET_OWNER"),
+        "333333333333"
+    );
     assert!(stack.template["Resources"]["ExecutionRole"]["Properties"]
         .as_mapping()
         .is_some_and(|p| !p.contains_key("ManagedPolicyArns")

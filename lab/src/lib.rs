@@ -146,6 +146,7 @@ impl Lab {
             ("RELAY_DESTINATION", format!("s3://{BUCKET}/{PREFIX}")),
             // Any bucket in the lab; the relay's own prefixes stay refused.
             ("RELAY_ALLOWED_SOURCES", "s3://*".to_owned()),
+            ("RELAY_BUCKET_OWNER", ACCOUNT_B.to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

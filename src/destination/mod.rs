@@ -251,6 +251,8 @@ pub struct Destinations {
     dynamodb: OnceLock<aws_sdk_dynamodb::Client>,
     /// Where results too large for a message service go (`RELAY_SPILL_S3`).
     spill: Option<S3Location>,
+    /// The expected owner of the relay's own buckets (`RELAY_BUCKET_OWNER`).
+    bucket_owner: Option<String>,
 }
 
 impl Destinations {
@@ -269,7 +271,26 @@ impl Destinations {
             events: OnceLock::new(),
             dynamodb: OnceLock::new(),
             spill,
+            bucket_owner: None,
         }
+    }
+
+    /// Every S3 call to the results, claims and spill buckets expects them to
+    /// belong to `owner` (`RELAY_BUCKET_OWNER`).
+    pub fn with_bucket_owner(mut self, owner: Option<String>) -> Self {
+        self.bucket_owner = owner;
+        self
+    }
+
+    /// The results (and claims) at `location`, with the expected owner.
+    pub fn s3_at(&self, location: &S3Location) -> S3Destination {
+        S3Destination::new(self.s3_client().clone(), location.clone())
+            .owned_by(self.bucket_owner.clone())
+    }
+
+    /// The expected owner of the relay's own buckets, when known.
+    pub fn bucket_owner(&self) -> Option<&str> {
+        self.bucket_owner.as_deref()
     }
 
     /// The S3 client (path-style when configured).
@@ -341,11 +362,7 @@ impl Destinations {
     /// consumers); returns an empty string for them.
     pub async fn probe(&self, dest: &DestinationSpec) -> Result<String, DestinationError> {
         match dest {
-            DestinationSpec::S3(location) => {
-                S3Destination::new(self.s3_client().clone(), location.clone())
-                    .probe()
-                    .await
-            }
+            DestinationSpec::S3(location) => self.s3_at(location).probe().await,
             _ => Ok(String::new()),
         }
     }
@@ -434,11 +451,7 @@ impl Destinations {
             body,
         }];
         let reference = match dest {
-            DestinationSpec::S3(location) => {
-                S3Destination::new(self.s3_client().clone(), location.clone())
-                    .write(record)
-                    .await?
-            }
+            DestinationSpec::S3(location) => self.s3_at(location).write(record).await?,
             _ => self.send(dest, &results).await?.join(","),
         };
         Ok(Written { reference, results })
@@ -464,7 +477,7 @@ impl Destinations {
             message: format!("an item result does not serialise: {err}"),
         };
         if let DestinationSpec::S3(location) = dest {
-            let s3 = S3Destination::new(self.s3_client().clone(), location.clone());
+            let s3 = self.s3_at(location);
             let (key, all) = lines.into_s3_object(location).map_err(unserialisable)?;
             let reference = retry(
                 "delivery",

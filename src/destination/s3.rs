@@ -25,12 +25,26 @@ pub enum WriteCondition<'a> {
 pub struct S3Destination {
     client: aws_sdk_s3::Client,
     location: S3Location,
+    /// The bucket's owner, when known (`RELAY_BUCKET_OWNER`): every call
+    /// passes it as `ExpectedBucketOwner`, so a bucket deleted and recreated
+    /// under the same name by another account is never written to or read.
+    owner: Option<String>,
 }
 
 impl S3Destination {
     /// `client` carries the execution role's credentials.
     pub fn new(client: aws_sdk_s3::Client, location: S3Location) -> Self {
-        Self { client, location }
+        Self {
+            client,
+            location,
+            owner: None,
+        }
+    }
+
+    /// The same, with every call expecting the bucket to belong to `owner`.
+    pub fn owned_by(mut self, owner: Option<String>) -> Self {
+        self.owner = owner;
+        self
     }
 
     /// Writes `record` at the key of its job id; returns the object's URI. A
@@ -51,6 +65,7 @@ impl S3Destination {
             self.client
                 .put_object()
                 .bucket(&self.location.bucket)
+                .set_expected_bucket_owner(self.owner.clone())
                 .key(&key)
                 .content_type("application/json")
                 .body(ByteStream::from(body))
@@ -114,6 +129,7 @@ impl S3Destination {
         self.client
             .put_object()
             .bucket(&self.location.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(key)
             .content_type("application/x-ndjson")
             .body(ByteStream::from(body))
@@ -141,6 +157,7 @@ impl S3Destination {
             .client
             .put_object()
             .bucket(&self.location.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(key)
             .content_type("application/json")
             .body(ByteStream::from(body));
@@ -175,6 +192,7 @@ impl S3Destination {
             .client
             .get_object()
             .bucket(&self.location.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(key)
             .send()
             .await
@@ -204,6 +222,7 @@ impl S3Destination {
         self.client
             .put_object()
             .bucket(&self.location.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(&key)
             .content_type("application/json")
             .body(ByteStream::from(body.to_string().into_bytes()))
@@ -262,6 +281,42 @@ pub(crate) fn classify<E: ProvideErrorMetadata>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_sdk_s3::operation::put_object::PutObjectOutput;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+    use aws_smithy_types::error::ErrorMetadata;
+
+    /// With a known owner, every write and read of the relay's own bucket
+    /// says so (`ExpectedBucketOwner`), records and claims alike.
+    #[tokio::test]
+    async fn every_call_to_a_known_bucket_expects_its_owner() {
+        let put = mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(|req| req.expected_bucket_owner() == Some("222222222222"))
+            .then_output(|| PutObjectOutput::builder().build());
+        let get = mock!(aws_sdk_s3::Client::get_object)
+            .match_requests(|req| req.expected_bucket_owner() == Some("222222222222"))
+            .then_error(|| {
+                GetObjectError::generic(ErrorMetadata::builder().code("NoSuchKey").build())
+            });
+        let client = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&put, &get]);
+        let s3 = S3Destination::new(
+            client,
+            S3Location::parse("s3://results/relay/").expect("uri"),
+        )
+        .owned_by(Some("222222222222".into()));
+        let mut record = Record::started("req");
+        record.status = Status::Succeeded;
+        s3.write(&record).await.expect("written");
+        s3.put_if(
+            "relay/_claims/x.json",
+            b"{}".to_vec(),
+            WriteCondition::Absent,
+        )
+        .await
+        .expect("claimed");
+        assert_eq!(s3.read("relay/x.json").await.expect("read"), None);
+        assert_eq!((put.num_calls(), get.num_calls()), (2, 1));
+    }
 
     #[test]
     fn destination_uri_parses_bucket_and_prefix() {

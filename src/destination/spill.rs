@@ -87,6 +87,7 @@ async fn spill_record(
         .s3_client()
         .put_object()
         .bucket(&spill.bucket)
+        .set_expected_bucket_owner(sinks.bucket_owner().map(str::to_owned))
         .key(&key)
         .content_type("application/json")
         .body(ByteStream::from(text.into_bytes()))

@@ -56,10 +56,7 @@ impl Ledger {
         destinations: &Destinations,
     ) -> Self {
         match (destination, idempotency_table) {
-            (DestinationSpec::S3(location), _) => Self::S3(S3Destination::new(
-                destinations.s3_client().clone(),
-                location.clone(),
-            )),
+            (DestinationSpec::S3(location), _) => Self::S3(destinations.s3_at(location)),
             (DestinationSpec::Dynamo(table), _) => Self::Table {
                 table: table.clone(),
                 is_destination: true,
