@@ -446,6 +446,98 @@ mod tests {
         assert_eq!(written, 0, "no record written over what may be a success");
     }
 
+    /// A success sent to a queue whose idempotency ledger then cannot take
+    /// it is sent once, and the job still succeeds: it is delivered.
+    #[tokio::test]
+    async fn a_sent_result_is_not_sent_again_when_the_ledger_write_fails() {
+        use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError;
+        use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
+        use aws_sdk_sqs::types::SendMessageBatchResultEntry;
+
+        let vars = [
+            ("AWS_REGION", "us-east-1"),
+            ("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:role/RoleA"),
+            (
+                "RELAY_DESTINATION",
+                "arn:aws:sqs:us-east-1:222222222222:results",
+            ),
+            (
+                "RELAY_IDEMPOTENCY_TABLE",
+                "arn:aws:dynamodb:us-east-1:222222222222:table/ledger",
+            ),
+        ];
+        let config = Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("config");
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
+            .then_output(|| converse_output("answer", 1, 1));
+        let sent = mock!(aws_sdk_sqs::Client::send_message_batch).then_compute_output(|req| {
+            let ok = req
+                .entries()
+                .iter()
+                .map(|e| {
+                    SendMessageBatchResultEntry::builder()
+                        .id(e.id())
+                        .message_id("m")
+                        .md5_of_message_body("x")
+                        .build()
+                        .expect("entry")
+                })
+                .collect::<Vec<_>>();
+            SendMessageBatchOutput::builder()
+                .set_successful(Some(ok))
+                .set_failed(Some(vec![]))
+                .build()
+                .expect("output")
+        });
+        let claim = mock!(aws_sdk_dynamodb::Client::put_item).then_output(|| {
+            aws_sdk_dynamodb::operation::put_item::PutItemOutput::builder().build()
+        });
+        let unremembered = mock!(aws_sdk_dynamodb::Client::batch_write_item).then_error(|| {
+            BatchWriteItemError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("not authorized to perform dynamodb:BatchWriteItem")
+                    .build(),
+            )
+        });
+        let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [&converse]);
+        let sqs = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&sent]);
+        let dynamodb = mock_client!(
+            aws_sdk_dynamodb,
+            RuleMode::MatchAny,
+            [&claim, &unremembered]
+        );
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let clients = config
+            .targets
+            .iter()
+            .map(|t| (t.alias.clone(), Bedrock::from_client(bedrock.clone(), t)))
+            .collect();
+        let relay = Relay::new(
+            config,
+            clients,
+            Destinations::new(&base, false, None)
+                .with_sqs_client(sqs)
+                .with_dynamodb_client(dynamodb),
+        );
+        let answer = relay
+            .handle(event(
+                json!({"id": "q-1", "model": "amazon.nova-lite-v1:0", "prompt": "hi"}),
+            ))
+            .await
+            .expect("delivered, so succeeded");
+        assert_eq!(answer["status"], "succeeded", "{answer}");
+        assert_eq!(sent.num_calls(), 1, "sent once");
+        assert!(unremembered.num_calls() >= 1);
+    }
+
     /// A job held by another invocation that has not finished it is refused
     /// as in progress (retryable), without calling the model.
     #[tokio::test]

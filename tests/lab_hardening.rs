@@ -390,3 +390,27 @@ async fn items_that_failed_for_good_are_not_run_again_on_a_redelivery() {
         .expect("lines");
     assert_eq!(lines[1]["error"]["type"], "InvalidTemplate");
 }
+
+/// A job's own destination that refuses its records (here a queue that no
+/// longer exists; a message SQS will not take is the same) does not leave
+/// the job unseen: the error record lands at `RELAY_DESTINATION`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_refuses_the_record_leaves_it_at_the_fallback() {
+    let gone = "arn:aws:sqs:us-east-1:222222222222:deleted-queue";
+    let bench = Bench::start(&[("RELAY_ALLOWED_DESTINATIONS", gone)]).await;
+    let outcome = bench
+        .invoke_bytes(
+            envelope(
+                "6c1e0000-0000-4000-8000-00000000f801",
+                "com.example.a",
+                json!({"id": "to-nowhere", "model": MODEL, "prompt": "p", "destination": gone}),
+            ),
+            TIMEOUT,
+        )
+        .await;
+    assert!(matches!(outcome, Outcome::Error { .. }), "{outcome:?}");
+    let record = bench.record("to-nowhere").await;
+    assert_eq!(record["status"], "failed");
+    let message = record["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("deleted-queue"), "{message}");
+}

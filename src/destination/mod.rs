@@ -350,6 +350,13 @@ impl Destinations {
         self
     }
 
+    /// Uses `client` for DynamoDB.
+    #[cfg(test)]
+    pub(crate) fn with_dynamodb_client(mut self, client: aws_sdk_dynamodb::Client) -> Self {
+        self.dynamodb = OnceLock::from(client);
+        self
+    }
+
     /// Uses `client` for SQS.
     #[cfg(test)]
     pub(crate) fn with_sqs_client(mut self, client: aws_sdk_sqs::Client) -> Self {

@@ -149,22 +149,44 @@ pub(crate) async fn deliver_record(
 /// Delivers a success record, again while the destination is unavailable (an
 /// outage, throttling the SDK's own retries did not outlast) and the deadline
 /// allows: the result in hand cost a model call, and a retry of the whole
-/// event would pay for it again.
+/// event would pay for it again. The result is sent at most once per call:
+/// only the write is retried until it lands, then only the ledger's memory of
+/// it.
 pub(crate) async fn deliver_success(
     sinks: &Destinations,
     delivery: &Delivery,
     record: &Record,
     deadline: &Deadline,
 ) -> Result<String, DestinationError> {
-    retry(
+    // The write and the ledger's memory of it are retried apart: once a
+    // message is sent, a failure to remember it must not send it again.
+    let written = retry(
         "delivery",
         DELIVERY_BACKOFF,
         deadline,
         DELIVERY_MARGIN,
         is_unavailable,
-        || deliver_record(sinks, delivery, record),
+        || sinks.write_record(&delivery.destination, &delivery.group, record),
     )
-    .await
+    .await?;
+    let remembered = retry(
+        "remembering the delivery",
+        DELIVERY_BACKOFF,
+        deadline,
+        DELIVERY_MARGIN,
+        is_unavailable,
+        || delivery.ledger.remember(sinks, &written.results),
+    )
+    .await;
+    // The result is delivered: the job succeeded. Only a redelivery of the
+    // event could now run it again, which is what the ledger was for.
+    if let Err(err) = remembered {
+        tracing::warn!(
+            job_id = %record.job_id,
+            "the result is delivered but the idempotency ledger did not take it; a redelivery of this event would run it again: {err}"
+        );
+    }
+    Ok(written.reference)
 }
 
 /// Writes the failure record and returns the error for Lambda; `stats` holds
@@ -188,7 +210,21 @@ pub(crate) async fn fail(
     );
     let record = record.fail(err.to_record());
     let text = err.log_text(services.config().log_content);
-    match deliver_record(services.sinks(), delivery, &record).await {
+    let mut written = deliver_record(services.sinks(), delivery, &record).await;
+    // A job's own destination that refuses the record (a message it will not
+    // take, a queue it may not write to) must not leave the failure unseen:
+    // the record goes to RELAY_DESTINATION instead.
+    if let Err(write_err) = &written {
+        let fallback = Delivery::fallback(services, &record.request_id);
+        if fallback.destination != delivery.destination {
+            tracing::warn!(
+                job_id = %record.job_id,
+                "the job's destination refused its error record ({write_err}); writing it to RELAY_DESTINATION"
+            );
+            written = deliver_record(services.sinks(), &fallback, &record).await;
+        }
+    }
+    match written {
         Ok(uri) => tracing::error!(
             job_id = %record.job_id,
             error_type = err.code(),

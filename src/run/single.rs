@@ -110,7 +110,12 @@ async fn run_claimed(
         tracing::info!(output = %reply.text, "model output (RELAY_LOG_CONTENT)");
     }
     let record = record.succeed(&reply);
-    let uri = outcome::deliver_success(services.sinks(), delivery, &record, deadline).await?;
+    let uri = match outcome::deliver_success(services.sinks(), delivery, &record, deadline).await {
+        Ok(uri) => uri,
+        // The result could not be delivered: an error record says so (at
+        // RELAY_DESTINATION when the job's own destination refuses it).
+        Err(err) => return outcome::fail(services, record, delivery, err.into(), &stats).await,
+    };
     tracing::info!(record = %uri, "result recorded");
     Ok(json!({
         "job_id": record.job_id,
