@@ -461,7 +461,11 @@ impl Destinations {
             DestinationSpec::S3(location) => self.s3_at(location).write(record).await?,
             _ => self.send(dest, &results).await?.join(","),
         };
-        Ok(Written { reference, results })
+        Ok(Written {
+            reference,
+            results,
+            undeliverable: Vec::new(),
+        })
     }
 
     /// Writes the results of one attempt at a batch to `dest`. To S3: one
@@ -498,6 +502,7 @@ impl Destinations {
             return Ok(Written {
                 reference,
                 results: Vec::new(),
+                undeliverable: Vec::new(),
             });
         }
         let results = lines
@@ -513,11 +518,52 @@ impl Destinations {
                 })
             })
             .collect::<Result<Vec<_>, DestinationError>>()?;
-        self.send(dest, &results).await?;
+        let mut results = results;
+        // Results are sized (and spilled) before any is sent, so a result
+        // too large with nowhere to spill is found before anything goes out:
+        // that item fails with `ResultTooLarge`, and the others are sent.
+        let mut failed_too_large = Vec::new();
+        loop {
+            match self.send(dest, &results).await {
+                Ok(_) => break,
+                Err(err) => {
+                    let position = match &err {
+                        DestinationError::TooLarge { item, .. } => results
+                            .iter()
+                            .position(|r| r.index.is_some() && r.key() == *item)
+                            .filter(|&p| !failed_too_large.contains(&p)),
+                        _ => None,
+                    };
+                    let Some(position) = position else {
+                        return Err(err);
+                    };
+                    failed_too_large.push(position);
+                    fail_in_place(&mut results[position].body, &err);
+                }
+            }
+        }
         Ok(Written {
             reference: format!("{dest} ({} results)", results.len()),
+            undeliverable: failed_too_large
+                .iter()
+                .filter_map(|&p| results[p].index)
+                .collect(),
             results,
         })
+    }
+}
+
+/// Turns an item's result into its failure for `err`, keeping its index,
+/// target and model: the output that could not be delivered is dropped.
+fn fail_in_place(body: &mut Value, err: &DestinationError) {
+    if let Value::Object(map) = body {
+        map.insert("status".into(), Value::from("failed"));
+        map.remove("output");
+        map.remove("usage");
+        map.insert(
+            "error".into(),
+            serde_json::json!({"type": err.code(), "message": err.to_string(), "retryable": err.is_retryable()}),
+        );
     }
 }
 
@@ -528,6 +574,9 @@ pub struct Written {
     pub reference: String,
     /// The results sent, for a ledger that remembers them.
     pub results: Vec<Outgoing>,
+    /// Batch items whose result could not be delivered (too large, with
+    /// nowhere to spill) and were sent as failures instead.
+    pub undeliverable: Vec<usize>,
 }
 
 /// One attempt's results of a batch.
@@ -620,6 +669,62 @@ mod tests {
         let err = DestinationSpec::parse("arn:aws:sns:us-east-1:222:t").expect_err("bad account");
         assert_eq!(err.code(), "InvalidDestination");
         assert!(err.to_string().contains("12-digit account id"), "{err}");
+    }
+
+    /// In a batch to a queue with no spill bucket, one result too large for
+    /// SQS fails that item alone (`ResultTooLarge`); the others are sent as
+    /// they are, once.
+    #[tokio::test]
+    async fn one_oversize_result_fails_its_item_not_the_batch() {
+        use crate::domain::record::{ItemRecord, Status};
+        let (destinations, _, bodies) = mocked(None);
+        let dest = DestinationSpec::parse(QUEUE).expect("queue");
+        let item = |index: usize, text: String| {
+            let mut record = ItemRecord::pending("big-batch", index);
+            record.status = Status::Succeeded;
+            record.output = Some(crate::domain::record::OutputRecord {
+                text,
+                stop_reason: "end_turn".into(),
+                body: None,
+            });
+            record
+        };
+        let lines = ItemLines {
+            job_id: "big-batch".into(),
+            total: 3,
+            done: Default::default(),
+            fresh: vec![
+                item(0, "small".into()),
+                item(1, "x".repeat(300 * 1024)),
+                item(2, "small too".into()),
+            ],
+            incomplete: false,
+        };
+        let written = destinations
+            .write_items(
+                &dest,
+                "g",
+                lines,
+                &Deadline::after(std::time::Duration::from_secs(30)),
+            )
+            .await
+            .expect("the batch is delivered");
+        assert_eq!(written.undeliverable, [1]);
+        let bodies = bodies.lock().expect("lock");
+        assert_eq!(bodies.len(), 3, "each result sent once");
+        let sent: Vec<Value> = bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).expect("json"))
+            .collect();
+        assert_eq!(sent[1]["status"], "failed");
+        assert_eq!(sent[1]["error"]["type"], "ResultTooLarge");
+        assert!(sent[1].get("output").is_none());
+        assert_eq!(sent[0]["status"], "succeeded");
+        assert_eq!(sent[2]["status"], "succeeded");
+        assert_eq!(
+            written.results[1].body["status"], "failed",
+            "the ledger sees the failure"
+        );
     }
 
     #[tokio::test]

@@ -136,7 +136,7 @@ async fn run_claimed(
         .await;
     fresh.sort_by_key(|item| item.index);
 
-    let tally = Tally::of(&fresh, &done);
+    let mut tally = Tally::of(&fresh, &done);
     let lines = ItemLines {
         job_id: job_id.clone(),
         total: items.len(),
@@ -153,6 +153,9 @@ async fn run_claimed(
         .ledger
         .remember(services.sinks(), &written.results)
         .await?;
+    // Delivered as failures: too large for the destination, nowhere to spill.
+    tally.succeeded -= written.undeliverable.len().min(tally.succeeded);
+    tally.failed += written.undeliverable.len();
     let written = written.reference;
     tracing::info!(
         succeeded = tally.succeeded,
