@@ -230,11 +230,15 @@ pub(crate) trait BatchService {
 /// Sends `ready` to `service` in runs of at most [`MAX_BATCH_ENTRIES`]
 /// entries and [`BatchService::MAX_BYTES`] bytes, each run with
 /// [`send_batch_with_retry`]; the service's ids, in the order of `ready`.
+///
+/// A run that fails ends the send; the error says how many results the runs
+/// before it delivered ([`PartialSend::sent`]), so they can be remembered and
+/// are not sent again.
 pub(crate) async fn send_in_batches<S: BatchService>(
     client: &S::Client,
     service: &S,
     ready: &[Prepared<'_>],
-) -> Result<Vec<String>, DestinationError> {
+) -> Result<Vec<String>, PartialSend> {
     let delivery = service.delivery();
     let sizes: Vec<usize> = ready
         .iter()
@@ -249,10 +253,43 @@ pub(crate) async fn send_in_batches<S: BatchService>(
             |position| batch[position].outgoing.key(),
             |positions| service.call(client, &delivery, batch, positions),
         )
-        .await?;
+        .await
+        .map_err(|error| PartialSend {
+            sent: ids.len(),
+            error,
+        })?;
         ids.extend(sent);
     }
     Ok(ids)
+}
+
+/// [`send_in_batches`] with only the error (tests).
+#[cfg(test)]
+pub(crate) async fn send_all<S: BatchService>(
+    client: &S::Client,
+    service: &S,
+    ready: &[Prepared<'_>],
+) -> Result<Vec<String>, DestinationError> {
+    send_in_batches(client, service, ready)
+        .await
+        .map_err(|p| p.error)
+}
+
+/// A send that stopped: the error, and how many of the results (from the
+/// first, in order) were delivered before it.
+#[derive(Debug)]
+pub(crate) struct PartialSend {
+    /// Results delivered before the failing run.
+    pub sent: usize,
+    /// Why the rest were not.
+    pub error: DestinationError,
+}
+
+impl From<DestinationError> for PartialSend {
+    /// A failure before anything was sent.
+    fn from(error: DestinationError) -> Self {
+        Self { sent: 0, error }
+    }
 }
 
 /// Sends the entries `0..count` of a batch with `call`, which sends the

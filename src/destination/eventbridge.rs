@@ -138,6 +138,7 @@ impl BatchService for Bus {
 
 #[cfg(test)]
 mod tests {
+    use super::super::batching::send_all;
     use std::sync::{Arc, Mutex};
 
     use aws_sdk_eventbridge::operation::put_events::{PutEventsError, PutEventsOutput};
@@ -147,7 +148,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::destination::send_in_batches;
 
     const ARN: &str = "arn:aws:events:us-east-1:222222222222:event-bus/relay";
 
@@ -245,7 +245,7 @@ mod tests {
         let mut results: Vec<Outgoing> = (0..12).map(|i| outgoing(i, json!({"i": i}))).collect();
         results.push(outgoing(12, json!("a".repeat(200_000))));
         results.push(outgoing(13, json!("b".repeat(200_000))));
-        let ids = send_in_batches(
+        let ids = send_all(
             &client,
             &Bus::parse(ARN).expect("arn"),
             &Prepared::unspilled(&results),
@@ -272,7 +272,7 @@ mod tests {
         let client = mock_client!(aws_sdk_eventbridge, RuleMode::MatchAny, [&rule]);
         let results: Vec<Outgoing> = (0..3).map(|i| outgoing(i, json!({"i": i}))).collect();
         let bus = Bus::parse(ARN).expect("arn");
-        let ids = send_in_batches(&client, &bus, &Prepared::unspilled(&results))
+        let ids = send_all(&client, &bus, &Prepared::unspilled(&results))
             .await
             .expect("sent");
         assert_eq!(ids, ["ev-0-0", "ev-1-0", "ev-0-2"]);
@@ -283,7 +283,7 @@ mod tests {
 
         let (rule, calls) = putting("{\"i\":1}", "MalformedDetail");
         let client = mock_client!(aws_sdk_eventbridge, RuleMode::MatchAny, [&rule]);
-        let err = send_in_batches(&client, &bus, &Prepared::unspilled(&results))
+        let err = send_all(&client, &bus, &Prepared::unspilled(&results))
             .await
             .expect_err("malformed");
         assert_eq!(err.code(), "InvalidDestination", "{err}");
@@ -304,7 +304,7 @@ mod tests {
                 PutEventsError::generic(ErrorMetadata::builder().code(code).message("no").build())
             });
             let client = mock_client!(aws_sdk_eventbridge, RuleMode::MatchAny, [&rule]);
-            let err = send_in_batches(&client, &bus, &Prepared::unspilled(&results))
+            let err = send_all(&client, &bus, &Prepared::unspilled(&results))
                 .await
                 .expect_err(code);
             assert_eq!(err.code(), expected, "{code}: {err}");

@@ -41,6 +41,7 @@ pub use s3::{S3Destination, S3Location};
 
 pub(crate) use batching::{
     by_entry_id, entries_at, fifo_id, send_in_batches, BatchService, Delivery, EntryOutcome,
+    PartialSend,
 };
 pub(crate) use spill::Prepared;
 
@@ -389,6 +390,16 @@ impl Destinations {
         dest: &DestinationSpec,
         results: &[Outgoing],
     ) -> Result<Vec<String>, DestinationError> {
+        self.send_partial(dest, results).await.map_err(|p| p.error)
+    }
+
+    /// [`send`](Self::send), saying on failure how many results were
+    /// delivered first.
+    async fn send_partial(
+        &self,
+        dest: &DestinationSpec,
+        results: &[Outgoing],
+    ) -> Result<Vec<String>, PartialSend> {
         let destination = dest.to_string();
         if results.is_empty() {
             return Ok(Vec::new());
@@ -398,7 +409,8 @@ impl Destinations {
                 destination,
                 reason: "S3 destinations are written by S3Destination, not Destinations::send"
                     .into(),
-            }),
+            }
+            .into()),
             DestinationSpec::Sqs(queue) => {
                 self.send_batched(self.sqs_client(), queue, &destination, results)
                     .await
@@ -420,7 +432,8 @@ impl Destinations {
                     dynamodb::item_size,
                 )
                 .await?;
-                dynamodb::send(self.dynamodb_client(), table, &ready).await
+                // Writing an item again is harmless (same key, same record).
+                Ok(dynamodb::send(self.dynamodb_client(), table, &ready).await?)
             }
         }
     }
@@ -433,7 +446,7 @@ impl Destinations {
         service: &S,
         destination: &str,
         results: &[Outgoing],
-    ) -> Result<Vec<String>, DestinationError> {
+    ) -> Result<Vec<String>, PartialSend> {
         let ready = spill::prepare(self, destination, results, S::MAX_BYTES, S::size_of).await?;
         send_in_batches(client, service, &ready).await
     }
@@ -482,7 +495,7 @@ impl Destinations {
         group: &str,
         lines: ItemLines,
         deadline: &Deadline,
-    ) -> Result<Written, DestinationError> {
+    ) -> Result<Written, Undelivered> {
         let unserialisable = |err: serde_json::Error| DestinationError::Unavailable {
             destination: dest.to_string(),
             message: format!("an item result does not serialise: {err}"),
@@ -524,23 +537,29 @@ impl Destinations {
         // that item fails with `ResultTooLarge`, and the others are sent.
         let mut failed_too_large = Vec::new();
         loop {
-            match self.send(dest, &results).await {
+            let stopped = match self.send_partial(dest, &results).await {
                 Ok(_) => break,
-                Err(err) => {
-                    let position = match &err {
-                        DestinationError::TooLarge { item, .. } => results
-                            .iter()
-                            .position(|r| r.index.is_some() && r.key() == *item)
-                            .filter(|&p| !failed_too_large.contains(&p)),
-                        _ => None,
-                    };
-                    let Some(position) = position else {
-                        return Err(err);
-                    };
-                    failed_too_large.push(position);
-                    fail_in_place(&mut results[position].body, &err);
-                }
-            }
+                Err(stopped) => stopped,
+            };
+            let position = match &stopped.error {
+                DestinationError::TooLarge { item, .. } if stopped.sent == 0 => results
+                    .iter()
+                    .position(|r| r.index.is_some() && r.key() == *item)
+                    .filter(|p| !failed_too_large.contains(p)),
+                _ => None,
+            };
+            let Some(position) = position else {
+                // The runs sent before the failing one go back with the
+                // error, so the ledger remembers them and a retry does not
+                // send them again.
+                results.truncate(stopped.sent);
+                return Err(Undelivered {
+                    error: stopped.error,
+                    sent: results,
+                });
+            };
+            failed_too_large.push(position);
+            fail_in_place(&mut results[position].body, &stopped.error);
         }
         Ok(Written {
             reference: format!("{dest} ({} results)", results.len()),
@@ -564,6 +583,26 @@ fn fail_in_place(body: &mut Value, err: &DestinationError) {
             "error".into(),
             serde_json::json!({"type": err.code(), "message": err.to_string(), "retryable": err.is_retryable()}),
         );
+    }
+}
+
+/// A batch's results that did not all reach a message service: the error,
+/// and the results the runs before it delivered, to be remembered.
+#[derive(Debug)]
+pub struct Undelivered {
+    /// Why delivery stopped.
+    pub error: DestinationError,
+    /// The results delivered before it, in order.
+    pub sent: Vec<Outgoing>,
+}
+
+impl From<DestinationError> for Undelivered {
+    /// A failure before anything was sent.
+    fn from(error: DestinationError) -> Self {
+        Self {
+            error,
+            sent: Vec::new(),
+        }
     }
 }
 
@@ -724,6 +763,84 @@ mod tests {
         assert_eq!(
             written.results[1].body["status"], "failed",
             "the ledger sees the failure"
+        );
+    }
+
+    /// When a run of a batch's results fails, the runs sent before it come
+    /// back with the error, for the ledger to remember: a retry does not send
+    /// them again.
+    #[tokio::test]
+    async fn a_failed_run_returns_the_runs_sent_before_it() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        use aws_sdk_sqs::operation::send_message_batch::{
+            SendMessageBatchError, SendMessageBatchOutput,
+        };
+        use aws_sdk_sqs::types::SendMessageBatchResultEntry;
+        use aws_smithy_mocks::{mock, mock_client, RuleMode};
+        use aws_smithy_types::error::ErrorMetadata;
+
+        use crate::domain::record::{ItemRecord, Status};
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let first_ok = mock!(aws_sdk_sqs::Client::send_message_batch)
+            .match_requests(move |_| seen.fetch_add(1, Ordering::SeqCst) == 0)
+            .then_compute_output(|req| {
+                let mut output = SendMessageBatchOutput::builder().set_failed(Some(Vec::new()));
+                for entry in req.entries() {
+                    output = output.successful(
+                        SendMessageBatchResultEntry::builder()
+                            .id(entry.id())
+                            .message_id("m")
+                            .md5_of_message_body("x")
+                            .build()
+                            .expect("entry"),
+                    );
+                }
+                output.build().expect("output")
+            });
+        let then_denied = mock!(aws_sdk_sqs::Client::send_message_batch).then_error(|| {
+            SendMessageBatchError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("not authorized")
+                    .build(),
+            )
+        });
+        let sqs = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&first_ok, &then_denied]);
+        let destinations = Destinations::new(&aws_config::SdkConfig::builder().build(), true, None)
+            .with_sqs_client(sqs);
+        let fresh = (0..15)
+            .map(|index| {
+                let mut record = ItemRecord::pending("runs", index);
+                record.status = Status::Succeeded;
+                record
+            })
+            .collect();
+        let lines = ItemLines {
+            job_id: "runs".into(),
+            total: 15,
+            done: Default::default(),
+            fresh,
+            incomplete: false,
+        };
+        let undelivered = destinations
+            .write_items(
+                &DestinationSpec::parse(QUEUE).expect("queue"),
+                "g",
+                lines,
+                &Deadline::after(std::time::Duration::from_secs(30)),
+            )
+            .await
+            .expect_err("the second run is denied");
+        assert_eq!(undelivered.error.code(), "DestinationDenied");
+        let sent: Vec<Option<usize>> = undelivered.sent.iter().map(|o| o.index).collect();
+        assert_eq!(
+            sent,
+            (0..10).map(Some).collect::<Vec<_>>(),
+            "the first run of ten"
         );
     }
 

@@ -135,6 +135,7 @@ fn entry(
 
 #[cfg(test)]
 mod tests {
+    use super::super::batching::send_all;
     use std::sync::{Arc, Mutex};
 
     use aws_sdk_sns::operation::publish_batch::{PublishBatchError, PublishBatchOutput};
@@ -144,7 +145,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::destination::send_in_batches;
 
     const ARN: &str = "arn:aws:sns:us-east-1:222222222222:results";
 
@@ -231,7 +231,7 @@ mod tests {
         let client = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&rule]);
         let results: Vec<Outgoing> = (0..12).map(|i| outgoing(Some(i))).collect();
         let topic = Topic::parse("arn:aws:sns:us-east-1:222222222222:out.fifo").expect("arn");
-        let ids = send_in_batches(&client, &topic, &Prepared::unspilled(&results))
+        let ids = send_all(&client, &topic, &Prepared::unspilled(&results))
             .await
             .expect("sent");
         assert_eq!(ids.len(), 12);
@@ -253,7 +253,7 @@ mod tests {
         let client = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&rule]);
         let results: Vec<Outgoing> = (0..3).map(|i| outgoing(Some(i))).collect();
         let topic = Topic::parse(ARN).expect("arn");
-        let ids = send_in_batches(&client, &topic, &Prepared::unspilled(&results))
+        let ids = send_all(&client, &topic, &Prepared::unspilled(&results))
             .await
             .expect("sent");
         assert_eq!(ids, ["sns-0", "sns-1", "sns-2"]);
@@ -261,7 +261,7 @@ mod tests {
 
         let (rule, calls) = publishing("1", "InvalidParameter", true);
         let client = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&rule]);
-        let err = send_in_batches(&client, &topic, &Prepared::unspilled(&results))
+        let err = send_all(&client, &topic, &Prepared::unspilled(&results))
             .await
             .expect_err("rejected");
         assert_eq!(err.code(), "InvalidDestination", "{err}");
@@ -270,7 +270,7 @@ mod tests {
 
         let (rule, _) = publishing("0", "AuthorizationError", true);
         let client = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&rule]);
-        let err = send_in_batches(&client, &topic, &Prepared::unspilled(&results))
+        let err = send_all(&client, &topic, &Prepared::unspilled(&results))
             .await
             .expect_err("denied");
         assert_eq!(err.code(), "DestinationDenied", "{err}");
@@ -291,7 +291,7 @@ mod tests {
                 )
             });
             let client = mock_client!(aws_sdk_sns, RuleMode::MatchAny, [&rule]);
-            let err = send_in_batches(&client, &topic, &Prepared::unspilled(&results))
+            let err = send_all(&client, &topic, &Prepared::unspilled(&results))
                 .await
                 .expect_err(code);
             assert_eq!(err.code(), expected, "{code}: {err}");

@@ -229,6 +229,7 @@ fn entry(
 
 #[cfg(test)]
 mod tests {
+    use super::super::batching::send_all;
     use std::sync::{Arc, Mutex};
 
     use aws_sdk_sqs::operation::send_message_batch::{
@@ -240,7 +241,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::destination::send_in_batches;
 
     const URL: &str = "https://sqs.eu-west-1.amazonaws.com/222222222222/results";
 
@@ -378,7 +378,7 @@ mod tests {
         let results: Vec<Outgoing> = (0..23)
             .map(|i| outgoing("batch", Some(i), json!({"i": i})))
             .collect();
-        let ids = send_in_batches(
+        let ids = send_all(
             &client,
             &Queue::parse(URL).expect("url"),
             &Prepared::unspilled(&results),
@@ -414,7 +414,7 @@ mod tests {
         let results: Vec<Outgoing> = (0..3)
             .map(|i| outgoing("big", Some(i), json!("x".repeat(100_000))))
             .collect();
-        send_in_batches(
+        send_all(
             &client,
             &Queue::parse(URL).expect("url"),
             &Prepared::unspilled(&results),
@@ -435,7 +435,7 @@ mod tests {
             outgoing(&long_id, None, json!({})),
         ];
         let queue = Queue::parse("arn:aws:sqs:us-east-1:222222222222:out.fifo").expect("arn");
-        send_in_batches(&client, &queue, &Prepared::unspilled(&results))
+        send_all(&client, &queue, &Prepared::unspilled(&results))
             .await
             .expect("sent");
         let calls = calls.lock().expect("lock");
@@ -472,7 +472,7 @@ mod tests {
         });
         let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&rule]);
         let results: Vec<Outgoing> = (0..3).map(|i| outgoing("j", Some(i), json!(i))).collect();
-        let ids = send_in_batches(
+        let ids = send_all(
             &client,
             &Queue::parse(URL).expect("url"),
             &Prepared::unspilled(&results),
@@ -492,7 +492,7 @@ mod tests {
         let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&always_failing]);
         let results = [outgoing("j", None, json!({}))];
         let queue = Queue::parse(URL).expect("url");
-        let err = send_in_batches(&client, &queue, &Prepared::unspilled(&results))
+        let err = send_all(&client, &queue, &Prepared::unspilled(&results))
             .await
             .expect_err("fails");
         assert_eq!(err.code(), "DestinationUnavailable", "{err}");
@@ -501,7 +501,7 @@ mod tests {
 
         let rejecting = failing_every_entry("InvalidParameterValue", true);
         let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&rejecting]);
-        let err = send_in_batches(&client, &queue, &Prepared::unspilled(&results))
+        let err = send_all(&client, &queue, &Prepared::unspilled(&results))
             .await
             .expect_err("rejected");
         assert_eq!(err.code(), "InvalidDestination", "{err}");
@@ -519,7 +519,7 @@ mod tests {
         });
         let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&rule]);
         let results = [outgoing("j", None, json!({}))];
-        let err = send_in_batches(
+        let err = send_all(
             &client,
             &Queue::parse(URL).expect("url"),
             &Prepared::unspilled(&results),
@@ -549,7 +549,7 @@ mod tests {
                 )
             });
             let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&rule]);
-            let err = send_in_batches(&client, &queue, &Prepared::unspilled(&results))
+            let err = send_all(&client, &queue, &Prepared::unspilled(&results))
                 .await
                 .expect_err(code);
             assert_eq!(err.code(), expected, "{code}: {err}");

@@ -145,10 +145,25 @@ async fn run_claimed(
         incomplete: tally.pending > 0,
     };
     let delivery = &plan.delivery;
-    let written = services
+    let written = match services
         .sinks()
         .write_items(&delivery.destination, &delivery.group, lines, deadline)
-        .await?;
+        .await
+    {
+        Ok(written) => written,
+        Err(undelivered) => {
+            // What reached the destination is remembered, so the retry this
+            // error asks for does not send it again.
+            if let Err(err) = delivery
+                .ledger
+                .remember(services.sinks(), &undelivered.sent)
+                .await
+            {
+                tracing::warn!(job_id = %job_id, "the results sent before the failure were not remembered; a retry may send them again: {err}");
+            }
+            return Err(undelivered.error.into());
+        }
+    };
     delivery
         .ledger
         .remember(services.sinks(), &written.results)
