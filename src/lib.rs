@@ -26,11 +26,12 @@
 //!   `items_from` JSON Lines), `destination` (S3, SQS, SNS, EventBridge,
 //!   DynamoDB; `batching`, `spill`), `ledger` (claims and finished work, S3
 //!   and DynamoDB side by side).
-//! - `template` (locked-down Jinja), `schema` (the job as JSON Schema),
-//!   `observe` (EMF metrics, X-Ray subsegments).
+//! - `template` (Jinja with an allowlist, see docs/templates.md), `schema`
+//!   (the job as JSON Schema), `observe` (logs, EMF metrics, X-Ray
+//!   subsegments).
 //! - `aws`: what every adapter shares (trust store, SDK-error classes, the
 //!   retry helper, S3 URIs and ARNs); `domain`: plain data (job, input,
-//!   target, record, deadline).
+//!   target, record, deadline, the sources a job may read).
 //!
 //! # Public API
 //!
