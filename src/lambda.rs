@@ -538,6 +538,54 @@ mod tests {
         assert!(unremembered.num_calls() >= 1);
     }
 
+    /// A batch whose items share their documents reads each once for the
+    /// whole batch, not once per item.
+    #[tokio::test]
+    async fn documents_every_item_shares_are_read_once_per_batch() {
+        let vars = [
+            ("AWS_REGION", "us-east-1"),
+            ("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:role/RoleA"),
+            ("RELAY_DESTINATION", "s3://results/relay/"),
+            ("RELAY_ALLOWED_SOURCES", "s3://inputs/*"),
+        ];
+        let config = Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("config");
+        let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
+            .then_output(|| converse_output("ok", 1, 1));
+        let guide = mock!(aws_sdk_s3::Client::get_object)
+            .match_requests(|req| req.bucket() == Some("inputs"))
+            .then_output(|| {
+                aws_sdk_s3::operation::get_object::GetObjectOutput::builder()
+                    .content_length(5)
+                    .body(aws_sdk_s3::primitives::ByteStream::from_static(b"guide"))
+                    .build()
+            });
+        let written: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let put = s3_capturing(&written);
+        let bedrock = mock_client!(aws_sdk_bedrockruntime, RuleMode::MatchAny, [&converse]);
+        let s3 = mock_client!(
+            aws_sdk_s3,
+            RuleMode::MatchAny,
+            [&guide, &put, &no_earlier_record()]
+        );
+        let relay = assemble(config, |t| Bedrock::from_client(bedrock.clone(), t), s3);
+        let answer = relay
+            .handle(event(json!({
+                "id": "shared-docs", "model": "amazon.nova-lite-v1:0",
+                "documents": ["s3://inputs/guide.txt"], "prompt": "{{ item }}: {{ documents[0].text }}",
+                "items": ["a", "b", "c", "d"]
+            })))
+            .await
+            .expect("batch");
+        assert_eq!(answer["succeeded"], 4, "{answer}");
+        assert_eq!(converse.num_calls(), 4);
+        assert_eq!(guide.num_calls(), 1, "read once for four items");
+    }
+
     /// A job held by another invocation that has not finished it is refused
     /// as in progress (retryable), without calling the model.
     #[tokio::test]

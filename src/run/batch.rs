@@ -20,13 +20,13 @@ use serde_json::{json, Value};
 use super::guarded::Guard;
 use super::outcome::{self, MetricScope};
 use super::plan::Plan;
-use super::prepare::prepare;
+use super::prepare::{self, prepare, DocumentSource};
 use super::Services;
 use crate::bedrock::BedrockError;
 use crate::destination::ItemLines;
-use crate::documents;
+use crate::documents::{self, Document};
 use crate::domain::deadline::Deadline;
-use crate::domain::job::{Job, JobError};
+use crate::domain::job::{is_template, Job, JobError};
 use crate::domain::record::{ItemRecord, Status};
 use crate::error::RelayError;
 use crate::observe::metrics::CallStats;
@@ -108,6 +108,20 @@ pub(crate) async fn run(
     .await
 }
 
+/// The batch's documents when every item has the same ones (none is a
+/// template): read once for all of them.
+async fn shared_documents(
+    services: &Services,
+    job: &Job,
+) -> Result<Option<Vec<Document>>, RelayError> {
+    match job.documents.as_deref() {
+        Some(uris) if !uris.is_empty() && !uris.iter().any(|u| is_template(u)) => {
+            Ok(Some(prepare::load(services, uris, 1).await?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// [`run`] once the batch is claimed: runs the items not done.
 async fn run_claimed(
     services: &Services,
@@ -127,10 +141,34 @@ async fn run_claimed(
         "batch started"
     );
 
+    // Documents every item shares are read once and held once; the rest are
+    // read per item. A shared document that cannot be read fails the batch.
+    let shared = match to_run.is_empty() {
+        true => None,
+        false => match shared_documents(services, &plan.job).await {
+            Ok(shared) => shared,
+            Err(err) => {
+                let record = plan.record.clone();
+                return outcome::fail(services, record, &plan.delivery, err, &Arc::default()).await;
+            }
+        },
+    };
+    let shared = shared.as_deref();
+
     // Unordered: an item held up by throttling must not stop the next
     // ones from starting; the results are put back in input order below.
     let mut fresh: Vec<ItemRecord> = stream::iter(to_run)
-        .map(|index| run_item(services, plan, index, &items[index], request_id, deadline))
+        .map(|index| {
+            run_item(
+                services,
+                plan,
+                index,
+                &items[index],
+                shared,
+                request_id,
+                deadline,
+            )
+        })
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -242,6 +280,7 @@ async fn run_item(
     plan: &Plan<'_>,
     index: usize,
     item: &Value,
+    shared: Option<&[Document]>,
     request_id: &str,
     deadline: &Deadline,
 ) -> ItemRecord {
@@ -256,14 +295,13 @@ async fn run_item(
     let mut job = plan.job.clone();
     let prepared = match services.renderer().render_documents(&mut job, &scope) {
         Ok(()) => {
-            prepare(
-                services,
-                job,
-                scope,
-                job_id,
-                services.config().max_concurrency,
-            )
-            .await
+            let source = match shared {
+                Some(documents) => DocumentSource::Shared(documents),
+                None => DocumentSource::Own {
+                    at_once: services.config().max_concurrency,
+                },
+            };
+            prepare(services, job, scope, job_id, source).await
         }
         Err(err) => Err(err.into()),
     };

@@ -10,22 +10,33 @@ use crate::template::Scope;
 
 use super::Services;
 
+/// Where a job's documents come from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DocumentSource<'a> {
+    /// Read already, once for the whole batch (its `documents` are the same
+    /// for every item), and held once.
+    Shared(&'a [Document]),
+    /// Read for this job, within its share of the document budget: `at_once`
+    /// jobs (batch items) may hold theirs at the same time.
+    Own { at_once: usize },
+}
+
 /// Reads `job`'s (already rendered) documents, renders its body in `scope`
-/// with them, and resolves it under `job_id`. `at_once` is how many jobs
-/// (batch items) may hold documents at the same time, to share the budget.
+/// with them, and resolves it under `job_id`.
 pub(crate) async fn prepare(
     services: &Services,
     mut job: Job,
     mut scope: Scope,
     job_id: &str,
-    at_once: usize,
+    source: DocumentSource<'_>,
 ) -> Result<ResolvedJob, RelayError> {
-    let documents = match job.documents.as_deref() {
-        None | Some([]) => Vec::new(),
-        Some(uris) => {
-            services.config().sources.check_documents(uris)?;
-            let budget = services.config().document_budget(at_once);
-            documents::load_documents(services.sinks().s3_client(), uris, budget).await?
+    let own;
+    let documents: &[Document] = match (source, job.documents.as_deref()) {
+        (DocumentSource::Shared(shared), _) => shared,
+        (DocumentSource::Own { .. }, None | Some([])) => &[],
+        (DocumentSource::Own { at_once }, Some(uris)) => {
+            own = load(services, uris, at_once).await?;
+            &own
         }
     };
     if !documents.is_empty() {
@@ -34,8 +45,20 @@ pub(crate) async fn prepare(
     services.renderer().render_body(&mut job, &scope)?;
     let mut resolved = job.resolve(services.config().default_model.as_deref(), job_id)?;
     resolved.id = job_id.to_owned();
-    attach_documents(&mut resolved, &documents)?;
+    attach_documents(&mut resolved, documents)?;
     Ok(resolved)
+}
+
+/// Reads `uris` once they pass `RELAY_ALLOWED_SOURCES`, within the budget of
+/// one of `at_once` jobs.
+pub(crate) async fn load(
+    services: &Services,
+    uris: &[String],
+    at_once: usize,
+) -> Result<Vec<Document>, RelayError> {
+    services.config().sources.check_documents(uris)?;
+    let budget = services.config().document_budget(at_once);
+    Ok(documents::load_documents(services.sinks().s3_client(), uris, budget).await?)
 }
 
 /// Puts the loaded documents in front of the first user message's text (the

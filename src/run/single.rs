@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::guarded::Guard;
 use super::outcome::{self, MetricScope};
 use super::plan::Plan;
-use super::prepare::prepare;
+use super::prepare::{prepare, DocumentSource};
 use super::Services;
 use crate::domain::deadline::Deadline;
 use crate::error::RelayError;
@@ -71,7 +71,7 @@ async fn run_claimed(
         plan.job.clone(),
         plan.scope.clone(),
         &record.job_id,
-        1,
+        DocumentSource::Own { at_once: 1 },
     )
     .await
     {
