@@ -62,16 +62,7 @@ impl S3Destination {
                 message: format!("the record does not serialise: {err}"),
             })?;
         if record.status == Status::Succeeded {
-            self.client
-                .put_object()
-                .bucket(&self.location.bucket)
-                .set_expected_bucket_owner(self.owner.clone())
-                .key(&key)
-                .content_type("application/json")
-                .body(ByteStream::from(body))
-                .send()
-                .await
-                .map_err(|err| self.classify(uri.clone(), err))?;
+            self.put_json(&key, body).await?;
             return Ok(uri);
         }
         // Each round loses only to a concurrent write; two rounds are plenty.
@@ -217,15 +208,20 @@ impl S3Destination {
     /// doctor's check that records can be written.
     pub async fn probe(&self) -> Result<String, DestinationError> {
         let key = format!("{}_doctor/probe.json", self.location.prefix);
-        let uri = format!("s3://{}/{key}", self.location.bucket);
         let body = serde_json::json!({"written_by": "bedrock-relay doctor", "at": crate::domain::record::now_rfc3339()});
+        self.put_json(&key, body.to_string().into_bytes()).await
+    }
+
+    /// Writes the JSON `body` at `key`, unconditionally; returns its URI.
+    async fn put_json(&self, key: &str, body: Vec<u8>) -> Result<String, DestinationError> {
+        let uri = self.location.uri_of(key);
         self.client
             .put_object()
             .bucket(&self.location.bucket)
             .set_expected_bucket_owner(self.owner.clone())
-            .key(&key)
+            .key(key)
             .content_type("application/json")
-            .body(ByteStream::from(body.to_string().into_bytes()))
+            .body(ByteStream::from(body))
             .send()
             .await
             .map_err(|err| self.classify(uri.clone(), err))?;
