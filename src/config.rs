@@ -401,6 +401,14 @@ impl Config {
 }
 
 impl Config {
+    /// The destination clients this configuration asks for: path-style S3
+    /// when set, the spill location, the expected owner of the relay's
+    /// buckets.
+    pub fn destinations(&self, base: &aws_config::SdkConfig) -> crate::destination::Destinations {
+        crate::destination::Destinations::new(base, self.s3_force_path_style, self.spill.clone())
+            .with_bucket_owner(self.bucket_owner.clone())
+    }
+
     /// The bytes of documents one job may hold when `at_once` jobs (batch
     /// items) load theirs at the same time: a quarter of the function's
     /// memory, shared between them, so documents cannot push the process out

@@ -47,9 +47,7 @@ impl Relay {
                 )
             })
             .collect();
-        let destinations =
-            Destinations::new(base, config.s3_force_path_style, config.spill.clone())
-                .with_bucket_owner(config.bucket_owner.clone());
+        let destinations = config.destinations(base);
         Self::new(config, bedrock, destinations)
     }
 

@@ -280,11 +280,7 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
         });
     }
 
-    let destinations = crate::destination::Destinations::new(
-        &base,
-        config.s3_force_path_style,
-        config.spill.clone(),
-    );
+    let destinations = config.destinations(&base);
     checks.push(match destinations.probe(&config.destination).await {
         Ok(uri) if uri.is_empty() => Check {
             check: "destination".into(),
