@@ -9,6 +9,9 @@
 //! - [`emulator`]: a Bedrock Runtime emulator (Converse, InvokeModel) that
 //!   checks SigV4 against moto's sessions and records who called.
 //! - [`runtime_api`]: a minimal Lambda Runtime API and the function process.
+//! - [`esm`]: an SQS event source mapping that drives several function
+//!   processes as Lambda does (batch size, partial batch responses,
+//!   `MaximumConcurrency`; the queue's redrive policy dead-letters).
 //! - [`sigv4`]: signature checking and signing.
 //! - [`mod@bench`]: the benchmark against the Python baselines.
 //! - [`soak`]: many events with faults and duplicates; nothing lost or answered twice.
@@ -19,6 +22,7 @@
 
 pub mod bench;
 pub mod emulator;
+pub mod esm;
 pub mod moto;
 pub mod runtime_api;
 pub mod services;
