@@ -423,6 +423,54 @@ async fn items_from_a_jsonl_object_run_as_a_batch() {
     );
 }
 
+/// A malformed line in `items_from` fails that item, with its line number,
+/// and the other items run: the batch is `partial`, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_items_from_line_fails_only_its_item() {
+    let bench = Bench::start(&[]).await;
+    bench
+        .lab
+        .create_bucket("relay-inputs")
+        .await
+        .expect("bucket");
+    bench
+        .lab
+        .put_object(
+            "relay-inputs",
+            "batches/mixed.jsonl",
+            "{\"text\": \"a\"}\n{\"text\": }\n\n{\"text\": \"c\"}\n",
+            "application/x-ndjson",
+        )
+        .await
+        .expect("put");
+    let id = "3f8e2a10-0000-4000-8000-0000000000f1";
+    let outcome = invoke_job(
+        &bench,
+        id,
+        json!({"model": MODEL, "prompt": "{{ item.text }}", "items_from": "s3://relay-inputs/batches/mixed.jsonl"}),
+        TIMEOUT,
+    )
+    .await;
+    let Outcome::Response { body } = &outcome else {
+        panic!("{outcome:?}\n{}", logs(&bench))
+    };
+    assert_eq!(body["status"], "partial", "{body}");
+    assert_eq!(
+        (body["succeeded"].clone(), body["failed"].clone()),
+        (json!(2), json!(1))
+    );
+    let lines = bench.lab.batch_lines(id).await.expect("s3").expect("jsonl");
+    assert_eq!(lines[1]["status"], "failed");
+    assert_eq!(lines[1]["error"]["type"], "InvalidItems");
+    let message = lines[1]["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("mixed.jsonl line 2"), "{message}");
+    assert_eq!(
+        bench.lab.bedrock.calls().len(),
+        2,
+        "no call for the bad line"
+    );
+}
+
 /// The S3-upload flow: an `Object Created` event runs the default job, whose
 /// templated `documents` entry names the uploaded object; the object reaches
 /// Bedrock as a document block next to the prompt.

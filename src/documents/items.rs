@@ -1,10 +1,14 @@
 //! The JSON Lines file a batch names in `items_from`: read from S3 within a
-//! size limit ([`load_items`]) and parsed one item a line, each error naming
-//! the file and the line.
+//! size limit ([`load_items`]) and parsed one item a line. A line that does
+//! not parse is that item's error, naming the file and the line; the other
+//! items still run.
 
 use serde_json::Value;
 
 use super::{get_object, parse_object, read_body, DocumentError};
+
+/// One line of an `items_from` file: the item, or why the line is not one.
+pub type ItemLine = Result<Value, DocumentError>;
 
 /// Reads a batch's `items_from` object: JSON Lines, one item a line.
 ///
@@ -15,7 +19,7 @@ pub async fn load_items(
     uri: &str,
     max_items: usize,
     max_bytes: usize,
-) -> Result<Vec<Value>, DocumentError> {
+) -> Result<Vec<ItemLine>, DocumentError> {
     let object = parse_object(uri)?;
     let output = get_object(s3, uri, &object).await?;
     let limit = max_bytes as u64;
@@ -30,8 +34,9 @@ pub async fn load_items(
     parse_items(uri, &bytes, max_items)
 }
 
-/// Parses JSON Lines; errors name the 1-based line.
-fn parse_items(uri: &str, bytes: &[u8], max_items: usize) -> Result<Vec<Value>, DocumentError> {
+/// Parses JSON Lines, one result a line; errors name the 1-based line. Only
+/// more lines than `max_items` fail the whole file.
+fn parse_items(uri: &str, bytes: &[u8], max_items: usize) -> Result<Vec<ItemLine>, DocumentError> {
     let invalid = |line: usize, message: String| DocumentError::InvalidItems {
         uri: uri.to_owned(),
         line,
@@ -43,31 +48,32 @@ fn parse_items(uri: &str, bytes: &[u8], max_items: usize) -> Result<Vec<Value>, 
     for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
         let line_number = index + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = std::str::from_utf8(raw).map_err(|err| {
-            invalid(
+        let line = match std::str::from_utf8(raw) {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => Ok(line),
+            Err(err) => Err(invalid(
                 line_number,
                 format!(
                     "not UTF-8 text (bad byte at column {})",
                     err.valid_up_to() + 1
                 ),
-            )
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
+            )),
+        };
         if items.len() == max_items {
             return Err(DocumentError::TooManyItems {
                 uri: uri.to_owned(),
                 limit: max_items,
             });
         }
-        let item = serde_json::from_str::<Value>(line).map_err(|err| {
-            // serde_json says "at line 1 column N": the line is ours, the column is its.
-            let text = err.to_string();
-            let position = format!(" at line {} column {}", err.line(), err.column());
-            let what = text.strip_suffix(&position).unwrap_or(&text);
-            invalid(line_number, format!("{what} at column {}", err.column()))
-        })?;
+        let item = line.and_then(|line| {
+            serde_json::from_str::<Value>(line).map_err(|err| {
+                // serde_json says "at line 1 column N": the line is ours, the column is its.
+                let text = err.to_string();
+                let position = format!(" at line {} column {}", err.line(), err.column());
+                let what = text.strip_suffix(&position).unwrap_or(&text);
+                invalid(line_number, format!("{what} at column {}", err.column()))
+            })
+        });
         items.push(item);
     }
     Ok(items)
@@ -83,7 +89,11 @@ mod tests {
     #[test]
     fn items_are_one_json_value_a_line_blank_lines_skipped_crlf_accepted() {
         let text = "\u{feff}{\"id\": 1}\r\n\r\n  \n\"two\"\n[3]\r\n{\"id\": 4}";
-        let items = parse_items("s3://b/k.jsonl", text.as_bytes(), 10).expect("items");
+        let items: Vec<Value> = parse_items("s3://b/k.jsonl", text.as_bytes(), 10)
+            .expect("items")
+            .into_iter()
+            .map(|item| item.expect("valid"))
+            .collect();
         assert_eq!(
             items,
             [json!({"id": 1}), json!("two"), json!([3]), json!({"id": 4})]
@@ -96,24 +106,38 @@ mod tests {
             .is_empty());
     }
 
+    /// The first error of a line, which fails only that item.
+    fn line_error(bytes: &[u8]) -> DocumentError {
+        parse_items("s3://b/k.jsonl", bytes, 10)
+            .expect("the file")
+            .into_iter()
+            .find_map(Result::err)
+            .expect("a bad line")
+    }
+
+    /// A malformed line is its item's error, naming the file and the line;
+    /// the lines around it are items.
     #[test]
     fn item_errors_name_the_uri_and_the_line() {
         let text = "{\"id\": 1}\n\n{\"id\": }\n";
-        let err = parse_items("s3://b/k.jsonl", text.as_bytes(), 10).expect_err("bad line");
+        let items = parse_items("s3://b/k.jsonl", text.as_bytes(), 10).expect("the file");
+        assert_eq!(items.len(), 2);
+        assert!(items[0].is_ok());
+        let err = line_error(text.as_bytes());
         assert_eq!(err.code(), "InvalidItems");
         assert!(!err.is_retryable());
         assert_eq!(
             err.to_string(),
             "s3://b/k.jsonl line 3: expected value at column 8"
         );
-        let two_values = parse_items("s3://b/k.jsonl", b"{} {}\n", 10).expect_err("two values");
+        let two_values = line_error(b"{} {}\n");
         assert!(
             two_values
                 .to_string()
                 .starts_with("s3://b/k.jsonl line 1: trailing characters"),
             "{two_values}"
         );
-        let binary = parse_items("s3://b/k.jsonl", b"1\r\n\"a\xFF\"\n", 10).expect_err("not UTF-8");
+        let binary = line_error(b"1\r\n\"a\xFF\"\n");
         assert_eq!(
             binary.to_string(),
             "s3://b/k.jsonl line 2: not UTF-8 text (bad byte at column 3)"
@@ -147,6 +171,7 @@ mod tests {
         let items = load_items(&s3, "s3://docs-bucket/batches/today.jsonl", 100, 1 << 20)
             .await
             .expect("items");
+        let items: Vec<Value> = items.into_iter().map(|i| i.expect("valid")).collect();
         assert_eq!(items, [json!({"city": "Oslo"}), json!({"city": "Lima"})]);
         assert_eq!(rule.num_calls(), 1);
 

@@ -27,7 +27,7 @@ use crate::destination::ItemLines;
 use crate::documents::{self, Document};
 use crate::domain::deadline::Deadline;
 use crate::domain::job::{is_template, Job, JobError};
-use crate::domain::record::{ItemRecord, Status};
+use crate::domain::record::{ErrorRecord, ItemRecord, Status};
 use crate::error::RelayError;
 use crate::observe::metrics::CallStats;
 use crate::scheduling::Pace;
@@ -126,7 +126,7 @@ async fn shared_documents(
 async fn run_claimed(
     services: &Services,
     plan: &Plan<'_>,
-    items: &[Value],
+    items: &[Item],
     done: BTreeMap<usize, Value>,
     request_id: &str,
     deadline: &Deadline,
@@ -241,20 +241,25 @@ async fn run_claimed(
     }))
 }
 
+/// One item of a batch: its value, or, for an `items_from` line that is not
+/// one, the error that fails that item (and only it).
+type Item = Result<Value, ErrorRecord>;
+
 /// The batch's items: inline, or read from the `items_from` JSON Lines object.
-async fn batch_items(services: &Services, job: &Job) -> Result<Vec<Value>, RelayError> {
+async fn batch_items(services: &Services, job: &Job) -> Result<Vec<Item>, RelayError> {
     let max_items = services.config().max_items;
-    let items = match (&job.items, &job.items_from) {
-        (Some(items), _) => items.clone(),
-        (None, Some(uri)) => {
-            documents::load_items(
-                services.sinks().s3_client(),
-                uri,
-                max_items,
-                MAX_ITEMS_FILE_BYTES,
-            )
-            .await?
-        }
+    let items: Vec<Item> = match (&job.items, &job.items_from) {
+        (Some(items), _) => items.iter().cloned().map(Ok).collect(),
+        (None, Some(uri)) => documents::load_items(
+            services.sinks().s3_client(),
+            uri,
+            max_items,
+            MAX_ITEMS_FILE_BYTES,
+        )
+        .await?
+        .into_iter()
+        .map(|line| line.map_err(|err| RelayError::from(err).to_record()))
+        .collect(),
         (None, None) => Vec::new(),
     };
     check_item_count(items.len(), max_items)?;
@@ -279,7 +284,7 @@ async fn run_item(
     services: &Services,
     plan: &Plan<'_>,
     index: usize,
-    item: &Value,
+    item: &Item,
     shared: Option<&[Document]>,
     request_id: &str,
     deadline: &Deadline,
@@ -291,6 +296,10 @@ async fn run_item(
     if caller.budget(deadline).is_none() {
         return ItemRecord::pending(job_id, index);
     }
+    let item = match item {
+        Ok(item) => item,
+        Err(error) => return ItemRecord::failed(job_id, index, None, Some(model), error.clone()),
+    };
     let scope = plan.scope.with_item(item);
     let mut job = plan.job.clone();
     let prepared = match services.renderer().render_documents(&mut job, &scope) {
