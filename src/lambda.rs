@@ -130,11 +130,18 @@ mod tests {
     use crate::domain::target::Target;
 
     fn config() -> Config {
-        let vars = [
+        config_with(&[])
+    }
+
+    /// The test configuration with `extra` variables added or replaced.
+    fn config_with(extra: &[(&str, &str)]) -> Config {
+        let mut vars = vec![
             ("AWS_REGION", "us-east-1"),
             ("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:role/RoleA"),
             ("RELAY_DESTINATION", "s3://results/relay/"),
         ];
+        vars.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        vars.extend_from_slice(extra);
         Config::from_lookup(|name| {
             vars.iter()
                 .find(|(k, _)| *k == name)
@@ -200,19 +207,28 @@ mod tests {
         bedrock: impl Fn(&Target) -> Bedrock,
         s3: aws_sdk_s3::Client,
     ) -> Relay {
+        assemble_with(config, bedrock, |d| d.with_s3_client(s3))
+    }
+
+    /// [`assemble`] with the destination clients `clients` puts in.
+    fn assemble_with(
+        config: Config,
+        bedrock: impl Fn(&Target) -> Bedrock,
+        clients: impl FnOnce(Destinations) -> Destinations,
+    ) -> Relay {
         let base = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .build();
-        let clients = config
+        let models = config
             .targets
             .iter()
             .map(|target| (target.alias.clone(), bedrock(target)))
             .collect();
         Relay::new(
             config,
-            clients,
-            Destinations::new(&base, false, None).with_s3_client(s3),
+            models,
+            clients(Destinations::new(&base, false, None)),
         )
     }
 
@@ -452,9 +468,7 @@ mod tests {
         use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
         use aws_sdk_sqs::types::SendMessageBatchResultEntry;
 
-        let vars = [
-            ("AWS_REGION", "us-east-1"),
-            ("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:role/RoleA"),
+        let config = config_with(&[
             (
                 "RELAY_DESTINATION",
                 "arn:aws:sqs:us-east-1:222222222222:results",
@@ -463,13 +477,7 @@ mod tests {
                 "RELAY_IDEMPOTENCY_TABLE",
                 "arn:aws:dynamodb:us-east-1:222222222222:table/ledger",
             ),
-        ];
-        let config = Config::from_lookup(|name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        })
-        .expect("config");
+        ]);
         let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
             .then_output(|| converse_output("answer", 1, 1));
         let sent = mock!(aws_sdk_sqs::Client::send_message_batch).then_compute_output(|req| {
@@ -509,21 +517,10 @@ mod tests {
             RuleMode::MatchAny,
             [&claim, &unremembered]
         );
-        let base = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .build();
-        let clients = config
-            .targets
-            .iter()
-            .map(|t| (t.alias.clone(), Bedrock::from_client(bedrock.clone(), t)))
-            .collect();
-        let relay = Relay::new(
+        let relay = assemble_with(
             config,
-            clients,
-            Destinations::new(&base, false, None)
-                .with_sqs_client(sqs)
-                .with_dynamodb_client(dynamodb),
+            |t| Bedrock::from_client(bedrock.clone(), t),
+            |d| d.with_sqs_client(sqs).with_dynamodb_client(dynamodb),
         );
         let answer = relay
             .handle(event(
@@ -540,18 +537,7 @@ mod tests {
     /// whole batch, not once per item.
     #[tokio::test]
     async fn documents_every_item_shares_are_read_once_per_batch() {
-        let vars = [
-            ("AWS_REGION", "us-east-1"),
-            ("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:role/RoleA"),
-            ("RELAY_DESTINATION", "s3://results/relay/"),
-            ("RELAY_ALLOWED_SOURCES", "s3://inputs/*"),
-        ];
-        let config = Config::from_lookup(|name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        })
-        .expect("config");
+        let config = config_with(&[("RELAY_ALLOWED_SOURCES", "s3://inputs/*")]);
         let converse = mock!(aws_sdk_bedrockruntime::Client::converse)
             .then_output(|| converse_output("ok", 1, 1));
         let guide = mock!(aws_sdk_s3::Client::get_object)
