@@ -91,7 +91,6 @@ async fn poll(
     running: &AtomicUsize,
     peak: &AtomicUsize,
 ) -> Result<Report, LabError> {
-    let aws = |what: &'static str| move |err: String| LabError::Aws(format!("{what}: {err}"));
     let mut report = Report::default();
     let mut empty_since = Instant::now();
     while Instant::now() < until {
@@ -103,7 +102,7 @@ async fn poll(
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .send()
             .await
-            .map_err(|e| aws("receive")(format!("{e:?}")))?;
+            .map_err(|e| LabError::Aws(format!("receive: {e:?}")))?;
         let messages = received.messages.unwrap_or_default();
         if messages.is_empty() {
             if empty_since.elapsed() >= idle {
@@ -164,7 +163,7 @@ async fn poll(
             .set_entries(Some(deletes))
             .send()
             .await
-            .map_err(|e| aws("delete")(format!("{e:?}")))?;
+            .map_err(|e| LabError::Aws(format!("delete: {e:?}")))?;
     }
     Ok(report)
 }
