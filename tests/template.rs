@@ -432,6 +432,17 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     v
 }
 
+/// The SQS grants every stack has: Lambda's on-failure destination, and the work
+/// queue the function sends chunks to and its event source mapping consumes.
+const OWN_QUEUE_GRANTS: [(&str, &str); 6] = [
+    ("sqs:SendMessage", "getatt:FailedEventsQueue.Arn"),
+    ("sqs:SendMessage", "getatt:WorkQueue.Arn"),
+    ("sqs:ReceiveMessage", "getatt:WorkQueue.Arn"),
+    ("sqs:DeleteMessage", "getatt:WorkQueue.Arn"),
+    ("sqs:GetQueueAttributes", "getatt:WorkQueue.Arn"),
+    ("sqs:ChangeMessageVisibility", "getatt:WorkQueue.Arn"),
+];
+
 const DYNAMODB_ACTIONS: [&str; 4] = [
     "dynamodb:BatchWriteItem",
     "dynamodb:PutItem",
@@ -440,8 +451,9 @@ const DYNAMODB_ACTIONS: [&str; 4] = [
 ];
 
 /// With only the required parameters, the default destination is the S3 prefix:
-/// write and read back under it, list it with an `s3:prefix` condition (so a
-/// missing record is a 404, not a 403), and nothing for other destination kinds.
+/// write, read back and abort multipart uploads under it, list it with an
+/// `s3:prefix` condition (so a missing record is a 404, not a 403), use the
+/// stack's own queues, and nothing for other destination kinds.
 #[test]
 fn s3_default_destination_grants_only_its_prefix() {
     let stack = Stack::relay(&[]);
@@ -454,12 +466,18 @@ fn s3_default_destination_grants_only_its_prefix() {
             "ListRecords",
             "Logs",
             "Tracing",
-            "OnFailureDestination"
+            "OnFailureDestination",
+            "SendToWorkQueue",
+            "ConsumeWorkQueue"
         ]
     );
     assert_eq!(
         grants(&stack, "s3"),
         pairs(&[
+            (
+                "s3:AbortMultipartUpload",
+                "arn:aws:s3:::relay-results/results/*"
+            ),
             ("s3:GetObject", "arn:aws:s3:::relay-results/results/*"),
             ("s3:ListBucket", "arn:aws:s3:::relay-results"),
             ("s3:PutObject", "arn:aws:s3:::relay-results/results/*"),
@@ -472,8 +490,8 @@ fn s3_default_destination_grants_only_its_prefix() {
     );
     assert_eq!(
         grants(&stack, "sqs"),
-        pairs(&[("sqs:SendMessage", "getatt:FailedEventsQueue.Arn")]),
-        "only the failure queue"
+        pairs(&OWN_QUEUE_GRANTS),
+        "only the failure queue and the work queue"
     );
     for service in ["sns", "events", "dynamodb", "kms"] {
         assert!(grants(&stack, service).is_empty(), "{service}");
@@ -538,7 +556,7 @@ fn each_destination_kind_gets_exactly_its_statement() {
 
         let mut expected: Vec<(&str, &str)> = actions.iter().map(|a| (*a, arn)).collect();
         if service == "sqs" {
-            expected.push(("sqs:SendMessage", "getatt:FailedEventsQueue.Arn"));
+            expected.extend(OWN_QUEUE_GRANTS);
         }
         assert_eq!(grants(&stack, service), pairs(&expected), "{service}");
         for other in ["sqs", "sns", "events", "dynamodb"] {
@@ -547,10 +565,7 @@ fn each_destination_kind_gets_exactly_its_statement() {
             }
         }
         if service != "sqs" {
-            assert_eq!(
-                grants(&stack, "sqs"),
-                pairs(&[("sqs:SendMessage", "getatt:FailedEventsQueue.Arn")])
-            );
+            assert_eq!(grants(&stack, "sqs"), pairs(&OWN_QUEUE_GRANTS));
         }
         // Spilled results still land under the prefix the role may write.
         assert_eq!(
@@ -572,14 +587,9 @@ fn allowed_destinations_get_their_statements_and_patterns() {
         ("AllowedTableArns", TABLE),
         ("AllowedDestinationPatterns", "s3://relay-results/teams/*"),
     ]);
-    assert_eq!(
-        grants(&stack, "sqs"),
-        pairs(&[
-            ("sqs:SendMessage", QUEUE),
-            ("sqs:SendMessage", queue2),
-            ("sqs:SendMessage", "getatt:FailedEventsQueue.Arn"),
-        ])
-    );
+    let mut queues = vec![("sqs:SendMessage", QUEUE), ("sqs:SendMessage", queue2)];
+    queues.extend(OWN_QUEUE_GRANTS);
+    assert_eq!(grants(&stack, "sqs"), pairs(&queues));
     assert_eq!(grants(&stack, "sns"), pairs(&[("sns:Publish", TOPIC)]));
     assert_eq!(
         grants(&stack, "events"),
@@ -624,6 +634,7 @@ fn no_statement_but_tracing_has_a_wildcard_resource() {
         ),
         ("InputObjectArns", "arn:aws:s3:::relay-inputs/*"),
         ("IdempotencyTable", "create"),
+        ("CompletionEventBus", "relay-done"),
         (
             "AdditionalTargetRoleArns",
             "arn:aws:iam::333333333333:role/BedrockRelayTarget",
@@ -763,7 +774,7 @@ fn limits_and_schedule_are_wired() {
     assert_eq!(stack.env("RELAY_MAX_ITEMS"), "500");
     let defaults = Stack::relay(&[]);
     assert_eq!(defaults.env("RELAY_MAX_CONCURRENCY"), "4");
-    assert_eq!(defaults.env("RELAY_MAX_ITEMS"), "10000");
+    assert_eq!(defaults.env("RELAY_MAX_ITEMS"), "100000");
 
     let nightly = |stack: &Stack| {
         stack.eval(
@@ -784,6 +795,312 @@ fn limits_and_schedule_are_wired() {
         "a disabled rule still needs an expression"
     );
     assert_eq!(nightly(&Stack::relay(&[]))["State"], "DISABLED");
+}
+
+// --- fan-out over the work queue ------------------------------------------
+
+/// The relay's work queue and its dead-letter queue, as deployed.
+fn queue(stack: &Stack, name: &str) -> Value {
+    let queue = &stack.template["Resources"][name];
+    assert_eq!(queue["Type"].as_str(), Some("AWS::SQS::Queue"), "{name}");
+    stack.eval(&queue["Properties"])
+}
+
+/// The `WorkChunks` event, as deployed.
+fn chunk_event(stack: &Stack) -> Value {
+    stack.eval(&stack.template["Resources"]["RelayFunction"]["Properties"]["Events"]["WorkChunks"])
+}
+
+/// Whether `statement` grants `action` on `resource` (its resources may be `*` globs).
+fn covers(statement: &Value, action: &str, resource: &str) -> bool {
+    strings(&statement["Action"]).iter().any(|a| a == action)
+        && strings(&statement["Resource"])
+            .iter()
+            .any(|pattern| glob(pattern, resource))
+}
+
+/// A chunk still running is never received again: the work queue's visibility
+/// timeout is at least six times the function timeout (Lambda's guidance for an
+/// SQS event source), within SQS's 12-hour cap. A chunk that fails five receives
+/// moves to the dead-letter queue, which keeps it longer than the work queue
+/// would (a moved message keeps its enqueue time); both are encrypted.
+#[test]
+fn work_queue_outlasts_the_function_and_dead_letters_after_five_receives() {
+    let stack = Stack::relay(&[]);
+    let function = &stack.template["Resources"]["RelayFunction"]["Properties"];
+    let timeout = match function["Timeout"].as_u64() {
+        Some(own) => own,
+        None => stack.template["Globals"]["Function"]["Timeout"]
+            .as_u64()
+            .expect("a literal function timeout"),
+    };
+    let work = queue(&stack, "WorkQueue");
+    let visibility = work["VisibilityTimeout"]
+        .as_u64()
+        .expect("a literal visibility timeout");
+    assert!(
+        visibility >= 6 * timeout,
+        "VisibilityTimeout {visibility} < 6 x function timeout {timeout}"
+    );
+    assert!(visibility <= 43_200, "SQS caps visibility at 12 hours");
+    assert_eq!(
+        work["RedrivePolicy"],
+        json!({"deadLetterTargetArn": "getatt:WorkDeadLetterQueue.Arn", "maxReceiveCount": 5})
+    );
+
+    let dead = queue(&stack, "WorkDeadLetterQueue");
+    let kept = |q: &Value| q["MessageRetentionPeriod"].as_u64().expect("retention");
+    assert_eq!(kept(&work), 4 * 86_400);
+    assert_eq!(kept(&dead), 14 * 86_400);
+    assert!(kept(&dead) > kept(&work));
+    for q in [&work, &dead] {
+        assert_eq!(q["SqsManagedSseEnabled"], true);
+        assert!(q.get("FifoQueue").is_none(), "a standard queue");
+    }
+    assert!(dead.get("RedrivePolicy").is_none());
+}
+
+/// The function consumes the work queue with partial batch responses, taking
+/// `ChunkBatchSize` messages at a time and running at most
+/// `MaxChunkConcurrency` invocations; the parameters stay within what the
+/// mapping accepts (a standard queue without a batching window: 1 to 10; a
+/// maximum concurrency of 2 to 1000).
+#[test]
+fn chunk_events_report_item_failures_within_the_configured_batch_and_concurrency() {
+    let stack = Stack::relay(&[("ChunkBatchSize", "4"), ("MaxChunkConcurrency", "20")]);
+    let event = chunk_event(&stack);
+    assert_eq!(event["Type"], "SQS");
+    let props = &event["Properties"];
+    assert_eq!(props["Queue"], "getatt:WorkQueue.Arn");
+    assert_eq!(props["BatchSize"], "4");
+    assert_eq!(
+        props["FunctionResponseTypes"],
+        json!(["ReportBatchItemFailures"])
+    );
+    assert_eq!(props["ScalingConfig"], json!({"MaximumConcurrency": "20"}));
+    assert!(props.get("MaximumBatchingWindowInSeconds").is_none());
+
+    let defaults = chunk_event(&Stack::relay(&[]));
+    assert_eq!(defaults["Properties"]["BatchSize"], "1");
+    assert_eq!(
+        defaults["Properties"]["ScalingConfig"]["MaximumConcurrency"],
+        "8"
+    );
+
+    let parameters = &stack.template["Parameters"];
+    for (name, min, max) in [
+        ("ChunkBatchSize", 1, 10),
+        ("MaxChunkConcurrency", 2, 1000),
+        ("ChunkItems", 1, 10_000),
+        ("MaxItems", 1, 1_000_000),
+    ] {
+        let spec = &parameters[name];
+        assert_eq!(spec["Type"].as_str(), Some("Number"), "{name}");
+        assert_eq!(spec["MinValue"].as_u64(), Some(min), "{name}");
+        assert_eq!(spec["MaxValue"].as_u64(), Some(max), "{name}");
+    }
+}
+
+/// Chunks in the work dead-letter queue raise an alarm that notifies the
+/// alarm topic exactly as the failure queue's does, and no one without one.
+#[test]
+fn dead_lettered_chunks_are_alarmed_like_failed_events() {
+    let topic = "arn:aws:sns:us-east-1:222222222222:relay-alarms";
+    for stack in [Stack::relay(&[]), Stack::relay(&[("AlarmTopicArn", topic)])] {
+        let alarm = |name: &str| stack.eval(&stack.template["Resources"][name]["Properties"]);
+        let dead = alarm("WorkDeadLetterAlarm");
+        assert_eq!(
+            dead["Dimensions"],
+            json!([{"Name": "QueueName", "Value": "getatt:WorkDeadLetterQueue.QueueName"}])
+        );
+        assert_eq!(dead["MetricName"], "ApproximateNumberOfMessagesVisible");
+        assert_eq!(dead["ComparisonOperator"], "GreaterThanOrEqualToThreshold");
+        assert_eq!(dead["Threshold"], 1, "one message is enough");
+        let failed = alarm("FailedEventsAlarm");
+        for actions in ["AlarmActions", "OKActions"] {
+            assert_eq!(dead.get(actions), failed.get(actions), "{actions}");
+        }
+    }
+    let notified = Stack::relay(&[("AlarmTopicArn", topic)]);
+    assert_eq!(
+        notified.eval(
+            &notified.template["Resources"]["WorkDeadLetterAlarm"]["Properties"]["AlarmActions"]
+        ),
+        json!([topic])
+    );
+}
+
+/// The role may send messages to the work queue and none of the stack's other
+/// queues but the failure queue; only the work queue may be consumed (the
+/// event source mapping's calls), and its dead-letter queue is never touched.
+#[test]
+fn only_the_work_queue_takes_and_gives_chunk_messages() {
+    let stack = Stack::relay(&[]);
+    let send = stack.statement("SendToWorkQueue").expect("SendToWorkQueue");
+    assert_eq!(send["Action"], "sqs:SendMessage");
+    assert_eq!(send["Resource"], "getatt:WorkQueue.Arn");
+    let consume = stack
+        .statement("ConsumeWorkQueue")
+        .expect("ConsumeWorkQueue");
+    assert_eq!(consume["Resource"], "getatt:WorkQueue.Arn");
+    let mut actions = strings(&consume["Action"]);
+    actions.sort();
+    assert_eq!(
+        actions,
+        [
+            "sqs:ChangeMessageVisibility",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+            "sqs:ReceiveMessage"
+        ]
+    );
+    for (action, resource) in grants(&stack, "sqs") {
+        assert!(
+            resource == "getatt:WorkQueue.Arn"
+                || (action == "sqs:SendMessage" && resource == "getatt:FailedEventsQueue.Arn"),
+            "{action} on {resource}"
+        );
+    }
+}
+
+/// The function is told its work queue (by URL), its work store (under the
+/// destination prefix, beside the spill), the chunk size and the completion
+/// bus (empty: none); the stack outputs both queues' URLs.
+#[test]
+fn fan_out_settings_reach_the_function() {
+    let defaults = Stack::relay(&[]);
+    assert_eq!(defaults.env("RELAY_WORK_QUEUE"), "ref:WorkQueue");
+    assert_eq!(
+        defaults.env("RELAY_WORK_STORE"),
+        "s3://relay-results/results/_batches/"
+    );
+    assert_eq!(defaults.env("RELAY_CHUNK_ITEMS"), "500");
+    assert_eq!(defaults.env("RELAY_EVENT_BUS"), "");
+    let chunk = |stack: &Stack| {
+        stack
+            .env("RELAY_CHUNK_ITEMS")
+            .parse::<u64>()
+            .expect("a number")
+    };
+    let max = |stack: &Stack| {
+        stack
+            .env("RELAY_MAX_ITEMS")
+            .parse::<u64>()
+            .expect("a number")
+    };
+    assert!(chunk(&defaults) < max(&defaults), "the defaults fan out");
+
+    let set = Stack::relay(&[("ChunkItems", "250"), ("CompletionEventBus", "relay-done")]);
+    assert_eq!(set.env("RELAY_CHUNK_ITEMS"), "250");
+    assert_eq!(set.env("RELAY_EVENT_BUS"), "relay-done");
+
+    for (output, value) in [
+        ("WorkQueueUrl", "ref:WorkQueue"),
+        ("WorkDeadLetterQueueUrl", "ref:WorkDeadLetterQueue"),
+    ] {
+        assert_eq!(
+            defaults.eval(&defaults.template["Outputs"][output]["Value"]),
+            value,
+            "{output}"
+        );
+    }
+}
+
+/// Whatever the default destination, the role may write, read back, abort a
+/// multipart upload of and list the work store's objects (plans, chunk parts,
+/// summaries), and abort a multipart upload of an S3 record.
+#[test]
+fn work_store_is_usable_for_every_destination_kind() {
+    let object = "arn:aws:s3:::relay-results/results/_batches/batch-1/part-0003.jsonl";
+    for destination in ["", QUEUE, TOPIC, BUS, TABLE] {
+        let stack = Stack::relay(&[("DestinationArn", destination)]);
+        let statements = stack.statements();
+        for action in ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"] {
+            assert!(
+                statements.iter().any(|s| covers(s, action, object)),
+                "{destination:?}: {action} on {object}"
+            );
+        }
+        let listable = statements.iter().any(|s| {
+            covers(s, "s3:ListBucket", "arn:aws:s3:::relay-results")
+                && s["Condition"]["StringLike"]["s3:prefix"]
+                    .as_str()
+                    .is_some_and(|prefix| glob(prefix, "results/_batches/batch-1/"))
+        });
+        assert!(listable, "{destination:?}: list the work store");
+        // Listing reaches no further than the records' prefix.
+        for statement in statements.iter().filter(|s| s["Action"] == "s3:ListBucket") {
+            let prefix = statement["Condition"]["StringLike"]["s3:prefix"]
+                .as_str()
+                .expect("a prefix condition");
+            assert!(prefix.starts_with("results/"), "{prefix}");
+        }
+    }
+    let s3 = Stack::relay(&[]);
+    assert!(s3.statements().iter().any(|s| covers(
+        s,
+        "s3:AbortMultipartUpload",
+        "arn:aws:s3:::relay-results/results/job-1.jsonl"
+    )));
+}
+
+/// `events:PutEvents` for completion events exists only with
+/// `CompletionEventBus`, on exactly that bus: a name is this account's and
+/// region's bus, an ARN is used as given. The parameter accepts only those.
+#[test]
+fn completion_events_go_only_to_the_named_bus() {
+    let none = Stack::relay(&[]);
+    assert!(!none.condition("HasCompletionBus"));
+    assert!(none.statement("PutCompletionEvents").is_none());
+    assert!(grants(&none, "events").is_empty());
+
+    let other_account = "arn:aws:events:us-west-2:333333333333:event-bus/relay-done";
+    for (bus, arn) in [
+        (
+            "relay-done",
+            "arn:aws:events:us-east-1:222222222222:event-bus/relay-done",
+        ),
+        (
+            "default",
+            "arn:aws:events:us-east-1:222222222222:event-bus/default",
+        ),
+        (other_account, other_account),
+    ] {
+        let stack = Stack::relay(&[("CompletionEventBus", bus)]);
+        assert_eq!(stack.env("RELAY_EVENT_BUS"), bus);
+        let put = stack
+            .statement("PutCompletionEvents")
+            .expect("PutCompletionEvents");
+        assert_eq!(put["Action"], "events:PutEvents");
+        assert_eq!(put["Resource"], arn, "{bus}");
+        assert_eq!(
+            grants(&stack, "events"),
+            pairs(&[("events:PutEvents", arn)])
+        );
+    }
+
+    // CloudFormation matches AllowedPattern against the whole value.
+    let pattern = none.template["Parameters"]["CompletionEventBus"]["AllowedPattern"]
+        .as_str()
+        .expect("a pattern");
+    let validator = jsonschema::validator_for(&json!({"pattern": format!("^(?:{pattern})$")}))
+        .expect("the pattern compiles");
+    for ok in [
+        "",
+        "relay-done",
+        "aws.partner/example.com/1/bus",
+        other_account,
+    ] {
+        assert!(validator.is_valid(&json!(ok)), "{ok:?} is accepted");
+    }
+    for bad in [
+        "relay done",
+        "*",
+        "arn:aws:sqs:us-east-1:222222222222:relay-done",
+        "arn:aws:events:us-east-1:222222222222:rule/relay-done",
+    ] {
+        assert!(!validator.is_valid(&json!(bad)), "{bad:?} is refused");
+    }
 }
 
 // --- examples/s3-upload-summary -------------------------------------------
@@ -980,9 +1297,10 @@ fn example_passes_the_relay_valid_parameters_and_default_job() {
     bedrock_relay::Job::from_json(&job).expect("a valid job");
 }
 
-/// Delivery settings: every event source retries and dead-letters to the
-/// failure queue, Lambda's async retries end there too, and alarms watch the
-/// queue, the function's errors and dropped events.
+/// Delivery settings: every event source but the work queue retries and
+/// dead-letters to the failure queue, Lambda's async retries end there too, and
+/// alarms watch that queue, the work dead-letter queue, the function's errors
+/// and dropped events.
 #[test]
 fn failed_events_are_kept_and_alarmed() {
     let template = template();
@@ -1000,6 +1318,11 @@ fn failed_events_are_kept_and_alarmed() {
     let events = function["Events"].as_mapping().expect("events");
     assert!(!events.is_empty());
     for (name, event) in events {
+        if event["Type"].as_str() == Some("SQS") {
+            // Retried by the queue and dead-lettered by its redrive policy
+            // (work_queue_outlasts_the_function_and_dead_letters_after_five_receives).
+            continue;
+        }
         let props = &event["Properties"];
         assert!(
             props["RetryPolicy"]["MaximumRetryAttempts"]
@@ -1020,14 +1343,31 @@ fn failed_events_are_kept_and_alarmed() {
         );
     }
     let resources = &template["Resources"];
-    for (alarm, namespace, metric) in [
+    for (alarm, namespace, metric, watched) in [
         (
             "FailedEventsAlarm",
             "AWS/SQS",
             "ApproximateNumberOfMessagesVisible",
+            "FailedEventsQueue",
         ),
-        ("FunctionErrorsAlarm", "AWS/Lambda", "Errors"),
-        ("DroppedEventsAlarm", "AWS/Lambda", "AsyncEventsDropped"),
+        (
+            "WorkDeadLetterAlarm",
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            "WorkDeadLetterQueue",
+        ),
+        (
+            "FunctionErrorsAlarm",
+            "AWS/Lambda",
+            "Errors",
+            "RelayFunction",
+        ),
+        (
+            "DroppedEventsAlarm",
+            "AWS/Lambda",
+            "AsyncEventsDropped",
+            "RelayFunction",
+        ),
     ] {
         let props = &resources[alarm]["Properties"];
         assert_eq!(
@@ -1039,11 +1379,6 @@ fn failed_events_are_kept_and_alarmed() {
         assert_eq!(props["MetricName"].as_str(), Some(metric), "{alarm}");
         assert_eq!(props["Threshold"].as_u64(), Some(1), "{alarm}");
         let dimension = format!("{:?}", props["Dimensions"][0]["Value"]);
-        let watched = if namespace == "AWS/SQS" {
-            "FailedEventsQueue"
-        } else {
-            "RelayFunction"
-        };
         assert!(
             dimension.contains(watched),
             "{alarm} watches {watched}: {dimension}"
