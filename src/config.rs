@@ -22,6 +22,9 @@ use crate::domain::target::{RoleArn, Target, Targets, DEFAULT_ALIAS};
 const MAX_CHAINED_SESSION_SECS: u64 = 3600;
 /// STS's floor for any assumed-role session.
 const MIN_SESSION_SECS: u64 = 900;
+/// The most items one batch may have (`RELAY_MAX_ITEMS`'s ceiling): a
+/// fanned-out batch holds one chunk in memory at a time.
+const MAX_ITEMS_CEILING: u64 = 1_000_000;
 /// EventBridge's limit for one event entry; Lambda's async payload limit is no smaller.
 const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
 
@@ -102,6 +105,24 @@ pub struct Config {
     /// A template rendered from the envelope that scopes every job id of an
     /// EventBridge event (`RELAY_ID_PREFIX`, e.g. `{{ event.source }}/`).
     pub id_prefix: Option<String>,
+    /// Where batches larger than a chunk fan out (`RELAY_WORK_QUEUE` and
+    /// `RELAY_WORK_STORE`); `None`: every batch runs in its invocation.
+    pub fan_out: Option<FanOut>,
+    /// The event bus told when a fanned-out batch is complete
+    /// (`RELAY_EVENT_BUS`, an ARN).
+    pub event_bus: Option<crate::destination::eventbridge::Bus>,
+}
+
+/// How batches larger than a chunk fan out.
+#[derive(Debug, Clone)]
+pub struct FanOut {
+    /// The standard SQS queue chunk messages go to, which the function's own
+    /// SQS event source reads (`RELAY_WORK_QUEUE`).
+    pub queue: crate::destination::Queue,
+    /// Where plans, chunk results and summaries live (`RELAY_WORK_STORE`).
+    pub store: S3Location,
+    /// Items per chunk (`RELAY_CHUNK_ITEMS`).
+    pub chunk_items: usize,
 }
 
 impl Config {
@@ -285,10 +306,22 @@ impl Config {
                 reason,
             })?;
 
-        let sources = SourcePolicy::new(
-            &patterns(get("RELAY_ALLOWED_SOURCES")),
-            &own_prefixes(&destination, &allowed_destinations, spill.as_ref()),
-        );
+        let fan_out = fan_out(&get)?;
+        let mut own = own_prefixes(&destination, &allowed_destinations, spill.as_ref());
+        if let Some(fan_out) = &fan_out {
+            own.push(format!(
+                "s3://{}/{}",
+                fan_out.store.bucket, fan_out.store.prefix
+            ));
+        }
+        let sources = SourcePolicy::new(&patterns(get("RELAY_ALLOWED_SOURCES")), &own);
+        let event_bus = get("RELAY_EVENT_BUS")
+            .map(|bus| crate::destination::eventbridge::Bus::parse(bus.trim()))
+            .transpose()
+            .map_err(|reason| ConfigError::Invalid {
+                var: "RELAY_EVENT_BUS",
+                reason,
+            })?;
         let id_prefix = get("RELAY_ID_PREFIX").map(|p| p.trim().to_owned());
         let bucket_owner = get("RELAY_BUCKET_OWNER").map(|o| o.trim().to_owned());
         if let Some(owner) = &bucket_owner {
@@ -351,7 +384,7 @@ impl Config {
             max_items: parse_number(
                 get("RELAY_MAX_ITEMS"),
                 "RELAY_MAX_ITEMS",
-                1..=100_000,
+                1..=MAX_ITEMS_CEILING,
                 10_000,
             )? as usize,
             s3_force_path_style: parse_bool(
@@ -380,6 +413,8 @@ impl Config {
                 .unwrap_or_else(|| crate::observe::metrics::DEFAULT_NAMESPACE.into()),
             sources,
             id_prefix,
+            fan_out,
+            event_bus,
             bucket_owner,
             memory_mb: get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .and_then(|m| m.trim().parse::<u64>().ok())
@@ -484,6 +519,55 @@ fn own_prefixes(
         own.push(format!("s3://{}/{}", spill.bucket, spill.prefix));
     }
     own
+}
+
+/// The fan-out settings: both `RELAY_WORK_QUEUE` and `RELAY_WORK_STORE`, or
+/// neither.
+fn fan_out(get: &impl Fn(&str) -> Option<String>) -> Result<Option<FanOut>, ConfigError> {
+    let queue = get("RELAY_WORK_QUEUE");
+    let store = get("RELAY_WORK_STORE");
+    let (queue, store) = match (queue, store) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(ConfigError::Missing {
+                var: "RELAY_WORK_STORE",
+                hint: "RELAY_WORK_QUEUE is set, so fanned-out batches need a store for their plans and chunk results: set it to an s3://bucket/prefix/ the function may read, write and list (the template uses s3://<DestinationBucket>/<DestinationPrefix>_batches/)",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Missing {
+                var: "RELAY_WORK_QUEUE",
+                hint: "RELAY_WORK_STORE is set but batches fan out only through a work queue: set it to the URL of a standard SQS queue that is this function's SQS event source, or unset RELAY_WORK_STORE",
+            })
+        }
+        (Some(queue), Some(store)) => (queue, store),
+    };
+    let queue =
+        crate::destination::Queue::parse(queue.trim()).map_err(|reason| ConfigError::Invalid {
+            var: "RELAY_WORK_QUEUE",
+            reason,
+        })?;
+    if queue.fifo {
+        return Err(ConfigError::Invalid {
+            var: "RELAY_WORK_QUEUE",
+            reason: format!("`{}` is a FIFO queue; the work queue is a standard queue, so many instances can take chunks at once", queue.url),
+        });
+    }
+    let store = S3Location::parse(store.trim()).map_err(|reason| ConfigError::Invalid {
+        var: "RELAY_WORK_STORE",
+        reason,
+    })?;
+    let chunk_items = parse_number(
+        get("RELAY_CHUNK_ITEMS"),
+        "RELAY_CHUNK_ITEMS",
+        1..=10_000,
+        500,
+    )?;
+    Ok(Some(FanOut {
+        queue,
+        store,
+        chunk_items: chunk_items as usize,
+    }))
 }
 
 /// `RELAY_ID_PREFIX` is a template (rendered per event) or literal text that

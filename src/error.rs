@@ -55,6 +55,33 @@ pub enum RelayError {
         /// ` until <time>`, when known.
         until: String,
     },
+    /// An SQS message that is not a chunk this relay planned: refused, never run.
+    #[error("the SQS message {message_id} is not a chunk of a batch this relay planned: {reason}; it is not run (only this relay's planner sends to RELAY_WORK_QUEUE: check who else may sqs:SendMessage to it)")]
+    NotAChunk {
+        /// The SQS message id.
+        message_id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A chunk failed on its last receive: its message goes to the work
+    /// queue's dead-letter queue.
+    #[error("chunk {chunk} of batch {job_id} (items {first}-{last}) did not finish on receive {receives}, so SQS moves its message to the work queue's dead-letter queue; items not settled: {unsettled}; last error: {cause}; fix the cause, then redrive the dead-letter queue (the chunk resumes where it stopped)")]
+    ChunkDeadLettered {
+        /// The batch's job id.
+        job_id: String,
+        /// The chunk's number.
+        chunk: usize,
+        /// Its first item's index.
+        first: usize,
+        /// Its last item's index.
+        last: usize,
+        /// How many times SQS delivered it.
+        receives: u64,
+        /// The indexes not settled (the first few, and how many in all).
+        unsettled: String,
+        /// Why the last receive did not finish it.
+        cause: String,
+    },
     /// A batch stopped before every item settled; its progress is saved.
     #[error("batch {job_id}: {settled} of {total} items settled ({pending} not started before the deadline, {retryable} failed with retryable errors); progress is saved at {progress} and a retry of the event carries on from there")]
     BatchIncomplete {
@@ -88,6 +115,8 @@ impl RelayError {
             Self::Source(_) => "SourceNotAllowed",
             Self::Destination(err) => err.code(),
             Self::BatchIncomplete { .. } => "BatchIncomplete",
+            Self::NotAChunk { .. } => "NotAChunk",
+            Self::ChunkDeadLettered { .. } => "ChunkDeadLettered",
             Self::InProgress { .. } => "JobInProgress",
         }
     }
@@ -99,7 +128,9 @@ impl RelayError {
             | Self::Job(_)
             | Self::Target(_)
             | Self::Template(_)
-            | Self::Source(_) => false,
+            | Self::Source(_)
+            | Self::NotAChunk { .. } => false,
+            Self::ChunkDeadLettered { .. } => true,
             Self::Document(err) => err.is_retryable(),
             Self::BatchIncomplete { .. } | Self::InProgress { .. } => true,
             Self::Bedrock(err) => err.is_retryable(),
@@ -130,6 +161,8 @@ impl RelayError {
             | Self::Bedrock(_)
             | Self::Destination(_)
             | Self::InProgress { .. }
+            | Self::NotAChunk { .. }
+            | Self::ChunkDeadLettered { .. }
             | Self::BatchIncomplete { .. } => return self.to_string(),
         };
         let at = field.map(|f| format!(" at `{f}`")).unwrap_or_default();

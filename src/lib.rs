@@ -65,6 +65,7 @@ mod run;
 mod scheduling;
 mod schema;
 mod template;
+mod work;
 
 pub use config::Config;
 pub use destination::dynamodb::Table;

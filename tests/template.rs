@@ -992,7 +992,11 @@ fn fan_out_settings_reach_the_function() {
 
     let set = Stack::relay(&[("ChunkItems", "250"), ("CompletionEventBus", "relay-done")]);
     assert_eq!(set.env("RELAY_CHUNK_ITEMS"), "250");
-    assert_eq!(set.env("RELAY_EVENT_BUS"), "relay-done");
+    assert_eq!(
+        set.env("RELAY_EVENT_BUS"),
+        "arn:aws:events:us-east-1:222222222222:event-bus/relay-done",
+        "the function is given the bus's ARN"
+    );
 
     for (output, value) in [
         ("WorkQueueUrl", "ref:WorkQueue"),
@@ -1067,7 +1071,7 @@ fn completion_events_go_only_to_the_named_bus() {
         (other_account, other_account),
     ] {
         let stack = Stack::relay(&[("CompletionEventBus", bus)]);
-        assert_eq!(stack.env("RELAY_EVENT_BUS"), bus);
+        assert_eq!(stack.env("RELAY_EVENT_BUS"), arn);
         let put = stack
             .statement("PutCompletionEvents")
             .expect("PutCompletionEvents");

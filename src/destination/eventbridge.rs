@@ -22,6 +22,8 @@ const ARN_FORM: &str = "arn:<partition>:events:<region>:<account id>:event-bus/<
 pub struct Bus {
     /// The bus ARN (PutEvents' `EventBusName` takes it).
     pub arn: String,
+    /// The events' `detail-type`: [`DETAIL_TYPE`] for results.
+    pub detail_type: &'static str,
 }
 
 impl Bus {
@@ -47,7 +49,14 @@ impl Bus {
         }
         Ok(Self {
             arn: text.to_owned(),
+            detail_type: DETAIL_TYPE,
         })
+    }
+
+    /// The same bus, for events of `detail_type`.
+    pub fn for_events(mut self, detail_type: &'static str) -> Self {
+        self.detail_type = detail_type;
+        self
     }
 
     /// The bus's name.
@@ -64,7 +73,12 @@ impl Bus {
 /// `DetailType`, `Detail` and each of `Resources` (none here), plus 14 for a
 /// `Time` (not set here).
 pub(crate) fn entry_size(_outgoing: &Outgoing, text: &str) -> usize {
-    SOURCE.len() + DETAIL_TYPE.len() + text.len()
+    // The longest detail-type the relay sends, so the size is never under.
+    SOURCE.len()
+        + DETAIL_TYPE
+            .len()
+            .max(crate::domain::manifest::BATCH_COMPLETED_DETAIL_TYPE.len())
+        + text.len()
 }
 
 /// Whether a failed entry may go through when sent again.
@@ -107,7 +121,7 @@ impl BatchService for Bus {
                 PutEventsRequestEntry::builder()
                     .event_bus_name(&self.arn)
                     .source(SOURCE)
-                    .detail_type(DETAIL_TYPE)
+                    .detail_type(self.detail_type)
                     .detail(&prepared.text)
                     .build()
             })
@@ -232,8 +246,9 @@ mod tests {
     #[test]
     fn entry_size_is_source_detail_type_and_detail_in_utf8_bytes() {
         let result = outgoing(0, json!("é"));
-        // "é" is two bytes in UTF-8, four with its quotes.
-        assert_eq!(entry_size(&result, "\"é\""), 13 + 20 + 4);
+        // "é" is two bytes in UTF-8, four with its quotes; the detail-type
+        // counted is the longest the relay sends (`Bedrock Relay Batch Completed`).
+        assert_eq!(entry_size(&result, "\"é\""), 13 + 29 + 4);
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@
 mod batching;
 pub(crate) mod dynamodb;
 pub(crate) mod eventbridge;
+pub(crate) mod multipart;
 pub(crate) mod s3;
 mod sns;
 mod spill;
@@ -38,6 +39,7 @@ use crate::domain::record::{ItemRecord, Record, Status};
 use crate::observe::xray::Recorder;
 
 pub use s3::{S3Destination, S3Location};
+pub use sqs::Queue;
 
 pub(crate) use batching::{
     by_entry_id, entries_at, fifo_id, send_in_batches, BatchService, Delivery, EntryOutcome,

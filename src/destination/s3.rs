@@ -213,7 +213,7 @@ impl S3Destination {
     }
 
     /// Writes the JSON `body` at `key`, unconditionally; returns its URI.
-    async fn put_json(&self, key: &str, body: Vec<u8>) -> Result<String, DestinationError> {
+    pub async fn put_json(&self, key: &str, body: Vec<u8>) -> Result<String, DestinationError> {
         let uri = self.location.uri_of(key);
         self.client
             .put_object()
@@ -226,6 +226,45 @@ impl S3Destination {
             .await
             .map_err(|err| self.classify(uri.clone(), err))?;
         Ok(uri)
+    }
+
+    /// The keys under `prefix` (a full key prefix), in key order.
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, DestinationError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.location.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|err| {
+                classify(
+                    &self.location,
+                    "s3:ListBucket",
+                    self.location.uri_of(prefix),
+                    err,
+                )
+            })?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// The S3 client, for the multipart writer.
+    pub(crate) fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// The expected owner, for the multipart writer.
+    pub(crate) fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     fn classify<E: ProvideErrorMetadata>(

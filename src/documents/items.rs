@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use super::{get_object, parse_object, read_body, DocumentError};
+use crate::domain::chunks::{ChunkRange, LineCutter};
 
 /// One line of an `items_from` file: the item, or why the line is not one.
 pub type ItemLine = Result<Value, DocumentError>;
@@ -37,27 +38,12 @@ pub async fn load_items(
 /// Parses JSON Lines, one result a line; errors name the 1-based line. Only
 /// more lines than `max_items` fail the whole file.
 fn parse_items(uri: &str, bytes: &[u8], max_items: usize) -> Result<Vec<ItemLine>, DocumentError> {
-    let invalid = |line: usize, message: String| DocumentError::InvalidItems {
-        uri: uri.to_owned(),
-        line,
-        message,
-    };
     // A byte-order mark is not part of the first item.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut items = Vec::new();
     for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
-        let line_number = index + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = match std::str::from_utf8(raw) {
-            Ok(line) if line.trim().is_empty() => continue,
-            Ok(line) => Ok(line),
-            Err(err) => Err(invalid(
-                line_number,
-                format!(
-                    "not UTF-8 text (bad byte at column {})",
-                    err.valid_up_to() + 1
-                ),
-            )),
+        let Some(item) = parse_line(uri, index + 1, raw) else {
+            continue;
         };
         if items.len() == max_items {
             return Err(DocumentError::TooManyItems {
@@ -65,18 +51,149 @@ fn parse_items(uri: &str, bytes: &[u8], max_items: usize) -> Result<Vec<ItemLine
                 limit: max_items,
             });
         }
-        let item = line.and_then(|line| {
-            serde_json::from_str::<Value>(line).map_err(|err| {
-                // serde_json says "at line 1 column N": the line is ours, the column is its.
-                let text = err.to_string();
-                let position = format!(" at line {} column {}", err.line(), err.column());
-                let what = text.strip_suffix(&position).unwrap_or(&text);
-                invalid(line_number, format!("{what} at column {}", err.column()))
-            })
-        });
         items.push(item);
     }
     Ok(items)
+}
+
+/// One line of JSON Lines (`line_number` from 1): `None` when blank.
+fn parse_line(uri: &str, line_number: usize, raw: &[u8]) -> Option<ItemLine> {
+    let invalid = |message: String| DocumentError::InvalidItems {
+        uri: uri.to_owned(),
+        line: line_number,
+        message,
+    };
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let line = match std::str::from_utf8(raw) {
+        Ok(line) if line.trim().is_empty() => return None,
+        Ok(line) => line,
+        Err(err) => {
+            return Some(Err(invalid(format!(
+                "not UTF-8 text (bad byte at column {})",
+                err.valid_up_to() + 1
+            ))))
+        }
+    };
+    Some(serde_json::from_str::<Value>(line).map_err(|err| {
+        // serde_json says "at line 1 column N": the line is ours, the column is its.
+        let text = err.to_string();
+        let position = format!(" at line {} column {}", err.line(), err.column());
+        let what = text.strip_suffix(&position).unwrap_or(&text);
+        invalid(format!("{what} at column {}", err.column()))
+    }))
+}
+
+/// An items object, cut into chunks while it streams past once: its ETag,
+/// the chunks and how many items it holds. Memory stays flat whatever the
+/// object's size; more than `max_items` items fail it before it is read to
+/// the end.
+pub async fn cut_items(
+    s3: &aws_sdk_s3::Client,
+    uri: &str,
+    per_chunk: usize,
+    max_items: usize,
+) -> Result<(String, Vec<ChunkRange>, usize), DocumentError> {
+    let object = parse_object(uri)?;
+    let mut output = get_object(s3, uri, &object).await?;
+    let etag = output.e_tag.take().unwrap_or_default();
+    let mut cutter = LineCutter::new(per_chunk);
+    while let Some(bytes) = output
+        .body
+        .try_next()
+        .await
+        .map_err(|err| broke_off(uri, err))?
+    {
+        cutter.feed(&bytes);
+        if cutter.items() > max_items {
+            return Err(DocumentError::TooManyItems {
+                uri: uri.to_owned(),
+                limit: max_items,
+            });
+        }
+    }
+    let chunks = cutter.finish();
+    let total = chunks.last().map_or(0, |c| c.first + c.count);
+    if total > max_items {
+        return Err(DocumentError::TooManyItems {
+            uri: uri.to_owned(),
+            limit: max_items,
+        });
+    }
+    Ok((etag, chunks, total))
+}
+
+/// The items of one chunk: its byte range of the object, read only if the
+/// object is still the one planned (`If-Match` on `etag`), one item a line.
+pub async fn read_chunk(
+    s3: &aws_sdk_s3::Client,
+    uri: &str,
+    etag: &str,
+    range: &ChunkRange,
+) -> Result<Vec<ItemLine>, DocumentError> {
+    let object = parse_object(uri)?;
+    if range.end <= range.start {
+        return Ok(Vec::new());
+    }
+    let output = s3
+        .get_object()
+        .bucket(&object.bucket)
+        .key(&object.key)
+        .if_match(etag)
+        .range(format!("bytes={}-{}", range.start, range.end - 1))
+        .send()
+        .await;
+    let output = match output {
+        Ok(output) => output,
+        Err(err)
+            if err
+                .raw_response()
+                .is_some_and(|r| r.status().as_u16() == 412) =>
+        {
+            return Err(DocumentError::ItemsChanged {
+                uri: uri.to_owned(),
+            })
+        }
+        Err(err) => return Err(super::classify(uri, &object, err)),
+    };
+    let limit = range.end - range.start;
+    let bytes = read_body(uri, output.content_length(), output.body, limit, |size| {
+        DocumentError::ItemsTooLarge {
+            uri: uri.to_owned(),
+            size,
+            limit,
+        }
+    })
+    .await?;
+    let bytes = match range.start {
+        0 => bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes),
+        _ => &bytes[..],
+    };
+    let items: Vec<ItemLine> = bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter_map(|(i, raw)| parse_line(uri, range.line + i, raw))
+        .collect();
+    if items.len() != range.count {
+        // The ETag matched, so the bytes are the ones planned: only a cutter
+        // and a reader that disagree on what a line is could get here.
+        return Err(DocumentError::InvalidItems {
+            uri: uri.to_owned(),
+            line: range.line,
+            message: format!(
+                "the chunk from this line holds {} items where {} were planned",
+                items.len(),
+                range.count
+            ),
+        });
+    }
+    Ok(items)
+}
+
+fn broke_off(uri: &str, err: impl std::fmt::Display) -> DocumentError {
+    DocumentError::Unavailable {
+        uri: uri.to_owned(),
+        message: format!("the body broke off: {err}"),
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use aws_smithy_runtime_api::http::Response as HttpResponse;
 
 pub use formats::MediaKind;
 use formats::{accepted_formats, detect_format, file_name, format_by_extension, Format};
-pub use items::load_items;
+pub use items::{cut_items, load_items, read_chunk};
 
 /// Document blocks Converse takes in one request (Bedrock API reference, `Message.content`).
 pub const MAX_DOCUMENTS: usize = 5;
@@ -166,6 +166,16 @@ pub enum DocumentError {
         /// The configured limit.
         limit: usize,
     },
+    /// The items object changed after its batch was planned.
+    #[error(
+        "{uri} changed after its batch was planned (its ETag no longer matches), so this \
+         chunk's items are not run: a batch never mixes two versions of its items; write \
+         changed items to a new object and send a new job for them"
+    )]
+    ItemsChanged {
+        /// The items file's URI.
+        uri: String,
+    },
     /// An `items_from` file is larger than the configured limit.
     #[error(
         "{uri} is at least {size} bytes, over the {limit}-byte limit for an items file; \
@@ -197,6 +207,7 @@ impl DocumentError {
             Self::TooMany { .. } => "TooManyDocuments",
             Self::Unsupported { .. } => "UnsupportedDocument",
             Self::InvalidItems { .. } | Self::TooManyItems { .. } => "InvalidItems",
+            Self::ItemsChanged { .. } => "ItemsChanged",
         }
     }
 

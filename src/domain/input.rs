@@ -122,7 +122,7 @@ pub struct Envelope {
 }
 
 /// Which of the three shapes arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Shape {
     /// An envelope with `detail-type: Bedrock Relay Job`.

@@ -7,7 +7,7 @@
 //! like `modle` must fail loudly, not run the default model.
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -53,7 +53,7 @@ impl JobError {
 }
 
 /// A job as it arrives.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(extend("oneOf" = [
     {"required": ["prompt"]},
@@ -100,7 +100,7 @@ pub struct Job {
 }
 
 /// A raw model request for InvokeModel: the body as the model family defines it.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Invoke {
     /// The model body (JSON), sent as is.
@@ -113,7 +113,7 @@ pub struct Invoke {
 }
 
 /// A job's `target`: one alias, or several to spread work over.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum TargetChoice {
     /// One target alias.
@@ -124,7 +124,7 @@ pub enum TargetChoice {
 }
 
 /// A Converse message, as Bedrock defines it.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     /// Who speaks.
@@ -135,7 +135,7 @@ pub struct Message {
 }
 
 /// A message's speaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The caller.
@@ -145,7 +145,7 @@ pub enum Role {
 }
 
 /// One block of a message's content.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ContentBlock {
     /// Text.
@@ -158,7 +158,7 @@ pub enum ContentBlock {
 }
 
 /// An image or document block: `{format, name?, source: {bytes}}` with base64 bytes.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MediaBlock {
     /// `png`, `jpeg`, `gif`, `webp` for images; `pdf`, `csv`, `doc`, `docx`, `xls`,
@@ -171,7 +171,7 @@ pub struct MediaBlock {
 }
 
 /// Inline content, base64-encoded as in Bedrock's JSON.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MediaSource {
     /// Base64 of the raw bytes.
@@ -180,7 +180,7 @@ pub struct MediaSource {
 }
 
 /// A system prompt: one string, or Converse's `[{"text": ...}]` blocks.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum System {
     /// One text.
@@ -191,7 +191,7 @@ pub enum System {
 }
 
 /// One Converse system block.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemBlock {
     /// The text.
@@ -200,7 +200,7 @@ pub struct SystemBlock {
 }
 
 /// Converse's `inferenceConfig`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Inference {
     /// Upper bound on generated tokens.

@@ -1,9 +1,11 @@
 //! Plain data, no AWS calls: the job format, the event shapes, the model
 //! accounts, the records written for results, and the deadline.
 
+pub(crate) mod chunks;
 pub(crate) mod deadline;
 pub(crate) mod input;
 pub(crate) mod job;
+pub(crate) mod manifest;
 pub(crate) mod record;
 pub(crate) mod schema_rules;
 pub(crate) mod sources;

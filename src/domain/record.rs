@@ -160,6 +160,16 @@ pub struct ItemRecord {
     pub error: Option<ErrorRecord>,
     /// RFC 3339, when the item settled.
     pub finished_at: Option<String>,
+    /// Model calls made for it in the attempt that settled it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub calls: u32,
+    /// Of those, calls Bedrock throttled.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub throttles: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl ItemRecord {
@@ -176,7 +186,16 @@ impl ItemRecord {
             latency: None,
             error: None,
             finished_at: None,
+            calls: 0,
+            throttles: 0,
         }
+    }
+
+    /// The same, counting the calls behind it.
+    pub fn with_calls(mut self, calls: u32, throttles: u32) -> Self {
+        self.calls = calls;
+        self.throttles = throttles;
+        self
     }
 
     /// An item the model answered.

@@ -110,7 +110,7 @@ pub(crate) async fn run(
 
 /// The batch's documents when every item has the same ones (none is a
 /// template): read once for all of them.
-async fn shared_documents(
+pub(super) async fn shared_documents(
     services: &Services,
     job: &Job,
 ) -> Result<Option<Vec<Document>>, RelayError> {
@@ -243,7 +243,7 @@ async fn run_claimed(
 
 /// One item of a batch: its value, or, for an `items_from` line that is not
 /// one, the error that fails that item (and only it).
-type Item = Result<Value, ErrorRecord>;
+pub(super) type Item = Result<Value, ErrorRecord>;
 
 /// The batch's items: inline, or read from the `items_from` JSON Lines object.
 async fn batch_items(services: &Services, job: &Job) -> Result<Vec<Item>, RelayError> {
@@ -267,7 +267,7 @@ async fn batch_items(services: &Services, job: &Job) -> Result<Vec<Item>, RelayE
 }
 
 /// Refuses a batch over `RELAY_MAX_ITEMS`.
-fn check_item_count(count: usize, max_items: usize) -> Result<(), JobError> {
+pub(super) fn check_item_count(count: usize, max_items: usize) -> Result<(), JobError> {
     if count > max_items {
         return Err(JobError::field(
             "items",
@@ -280,7 +280,7 @@ fn check_item_count(count: usize, max_items: usize) -> Result<(), JobError> {
 }
 
 /// Runs one item, unless too little time is left to finish it.
-async fn run_item(
+pub(super) async fn run_item(
     services: &Services,
     plan: &Plan<'_>,
     index: usize,
@@ -341,6 +341,7 @@ async fn run_item(
                 &resolved.model,
                 &reply,
             )
+            .with_calls(stats.attempts(), stats.throttled())
         }
         // Not sent: the deadline came first. The retry runs it.
         Err(BedrockError::Deadline { .. }) if stats.attempts() == 0 => {
@@ -369,6 +370,7 @@ async fn run_item(
                 Some(&resolved.model),
                 err.to_record(),
             )
+            .with_calls(stats.attempts(), stats.throttled())
         }
     }
 }

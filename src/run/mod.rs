@@ -7,9 +7,14 @@
 //! | mode | module | when |
 //! |---|---|---|
 //! | single job | [`single`] | a job without `items` or `items_from` |
-//! | batch in one invocation | [`batch`] | a job with `items` or `items_from` |
+//! | batch in one invocation | [`batch`] | a job with `items` or `items_from`, no work queue or one chunk's worth |
+//! | fan-out | [`fanout`] | a batch larger than `RELAY_CHUNK_ITEMS`, with `RELAY_WORK_QUEUE` |
+//! | chunk | [`chunk`] (and [`assemble`]) | an SQS event from the work queue |
 
+mod assemble;
 mod batch;
+mod chunk;
+mod fanout;
 mod guarded;
 mod outcome;
 mod plan;
@@ -95,19 +100,20 @@ impl Services {
     }
 }
 
-/// The run modes, by the job that selects them.
+/// The run modes a job selects (chunks arrive as SQS events instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Single,
     Batch,
+    FanOut,
 }
 
 impl Mode {
-    fn of(job: &Job) -> Self {
-        if job.is_batch() {
-            Self::Batch
-        } else {
-            Self::Single
+    fn of(job: &Job, config: &Config) -> Self {
+        match (job.is_batch(), config.fan_out.is_some()) {
+            (false, _) => Self::Single,
+            (true, false) => Self::Batch,
+            (true, true) => Self::FanOut,
         }
     }
 }
@@ -120,6 +126,11 @@ pub(crate) async fn run_event(
     request_id: &str,
     deadline: Deadline,
 ) -> Result<Value, RelayError> {
+    if let Some(event) = chunk::sqs_event(payload) {
+        // Boxed, as is the fan-out: each mode's future is deep, and the
+        // compiler's layout of one future holding all of them inline overflows.
+        return Box::pin(chunk::run(services, event, request_id, &deadline)).await;
+    }
     let plan = match plan::plan(services, payload, request_id) {
         Ok(plan) => plan,
         Err(unplanned) => {
@@ -142,9 +153,17 @@ pub(crate) async fn run_event(
     );
     async move {
         tracing::info!("job accepted");
-        match Mode::of(&plan.job) {
-            Mode::Single => single::run(services, plan, request_id, &deadline).await,
-            Mode::Batch => batch::run(services, plan, request_id, &deadline).await,
+        match (
+            Mode::of(&plan.job, services.config()),
+            &services.config().fan_out,
+        ) {
+            (Mode::FanOut, Some(fan_out)) => {
+                Box::pin(fanout::run(services, plan, fan_out, request_id, &deadline)).await
+            }
+            (Mode::Single, _) => single::run(services, plan, request_id, &deadline).await,
+            (Mode::Batch | Mode::FanOut, _) => {
+                batch::run(services, plan, request_id, &deadline).await
+            }
         }
     }
     .instrument(span)

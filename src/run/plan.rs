@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::destination::DestinationSpec;
+use crate::domain::chunks::{BatchPlan, ChunkRange, ItemsObject, PLAN_VERSION};
 use crate::domain::input::{Envelope, Input, Payload, Shape};
 use crate::domain::job::{is_template, sanitize_id, Job, ResolvedJob};
 use crate::domain::record::Record;
@@ -177,6 +178,77 @@ pub(crate) fn plan<'s>(
         pool,
         shape: input.shape,
         scope,
+        delivery,
+        record,
+    })
+}
+
+impl Plan<'_> {
+    /// The plan a fanned-out batch's chunks run by: this job without its
+    /// items, its id and model settled.
+    pub(crate) fn freeze(
+        &self,
+        items: ItemsObject,
+        chunks: Vec<ChunkRange>,
+        request_id: &str,
+    ) -> Result<BatchPlan, serde_json::Error> {
+        let mut job = self.job.clone();
+        job.items = None;
+        job.items_from = None;
+        job.id = Some(self.resolved.id.clone());
+        job.model = Some(self.resolved.model.clone());
+        job.destination = Some(self.delivery.destination.to_string());
+        job.group = Some(self.delivery.group.clone());
+        Ok(BatchPlan {
+            version: PLAN_VERSION,
+            job_id: self.resolved.id.clone(),
+            job: serde_json::to_value(job)?,
+            event: self.scope.event.clone(),
+            shape: serde_json::to_value(self.shape)?,
+            destination: self.delivery.destination.to_string(),
+            group: self.delivery.group.clone(),
+            items,
+            chunks,
+            planned_at: crate::domain::record::now_rfc3339(),
+            planned_by: request_id.to_owned(),
+        })
+    }
+}
+
+/// A chunk's plan, from its batch's frozen one. Checked again as a new job
+/// would be (destination, sources, targets and model): the configuration may
+/// have changed since the batch was planned.
+pub(crate) fn thaw<'s>(
+    services: &'s Services,
+    frozen: &BatchPlan,
+    request_id: &str,
+) -> Result<Plan<'s>, RelayError> {
+    let config = services.config();
+    let job = Job::from_value(frozen.job.clone())?;
+    let resolved = job.resolve(config.default_model.as_deref(), &frozen.job_id)?;
+    check_sources(config, &job)?;
+    let destination = config.destination_for(Some(&frozen.destination))?;
+    let delivery = Delivery::new(services, destination, &resolved.id, Some(&frozen.group));
+    let pool = config
+        .targets
+        .select_pool(&resolved.targets, &resolved.model)?;
+    let shape: Shape = serde_json::from_value(frozen.shape.clone()).unwrap_or(Shape::JobEvent);
+    let mut record = Record::started(request_id);
+    record.job_id = resolved.id.clone();
+    record.shape = Some(shape);
+    record.event = frozen
+        .event
+        .clone()
+        .and_then(|event| Envelope::peek(&Payload::Json(event)));
+    record.model = Some(resolved.model.clone());
+    record.metadata = resolved.metadata.clone();
+    record.batch = true;
+    Ok(Plan {
+        job,
+        resolved,
+        pool,
+        shape,
+        scope: Scope::event(frozen.event.clone()),
         delivery,
         record,
     })

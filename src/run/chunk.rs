@@ -1,0 +1,508 @@
+//! The chunk run mode: an SQS event from the work queue, each record one
+//! chunk of a batch [`super::fanout`] planned. A chunk runs like a batch in
+//! one invocation (pool, pacer, deadline) over its own items only, and its
+//! lines are saved in the work store as it goes, so an instance killed
+//! mid-chunk loses at most the answers of the last [`PROGRESS_EVERY`] items
+//! plus those in flight.
+//!
+//! The answer is a partial batch response: a chunk cut short by the deadline
+//! (made visible again at once) or held up by retryable errors goes back to
+//! the queue and resumes where it stopped; an item that succeeded is never
+//! sent to the model again. A message that is not a chunk of a batch this
+//! relay planned is refused with an error record and never run. The chunk
+//! that finishes a batch assembles it ([`super::assemble`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use futures_util::stream::{self, StreamExt};
+use serde_json::{json, Value};
+
+use super::assemble;
+use super::batch::{self, Item};
+use super::guarded::{Guard, GuardError};
+use super::outcome;
+use super::plan::{self, Delivery, Plan};
+use super::Services;
+use crate::config::FanOut;
+use crate::destination::{DestinationSpec, ItemLines};
+use crate::documents;
+use crate::domain::chunks::{BatchPlan, ChunkMessage, ChunkRange};
+use crate::domain::deadline::Deadline;
+use crate::domain::input::Payload;
+use crate::domain::manifest::{ChunkSummary, Counts};
+use crate::domain::record::{ItemRecord, Record, Status};
+use crate::error::RelayError;
+use crate::work::{WorkQueue, WorkStore};
+
+/// Item results between two saves of a chunk's progress: at most this many
+/// answers (and those in flight) are asked again after a crash.
+pub(crate) const PROGRESS_EVERY: usize = 50;
+/// The work queue's `maxReceiveCount` in template.yaml: on this receive a
+/// chunk that does not finish writes an error record, since SQS dead-letters
+/// it next.
+pub(crate) const LAST_RECEIVE: u64 = 5;
+/// Seconds before a chunk held up by retryable errors (throttling, an
+/// outage) is tried again.
+const RETRY_AFTER_SECS: i32 = 30;
+
+/// The SQS event in `payload`, if it is one.
+pub(crate) fn sqs_event(payload: &Payload) -> Option<SqsEvent> {
+    let Payload::Json(value) = payload else {
+        return None;
+    };
+    let first = value.get("Records")?.as_array()?.first()?;
+    if first.get("eventSource")?.as_str()? != "aws:sqs" {
+        return None;
+    }
+    serde_json::from_value(value.clone()).ok()
+}
+
+/// What became of one message.
+#[derive(Debug, PartialEq, Eq)]
+enum Disposition {
+    /// Done (or refused): delete it.
+    Done,
+    /// Return it to the queue, visible again after `Some(seconds)` or the
+    /// queue's visibility timeout.
+    Retry(Option<i32>),
+}
+
+/// Runs the chunks of an SQS event, one after another; answers with the
+/// messages to return to the queue (`batchItemFailures`).
+pub(crate) async fn run(
+    services: &Arc<Services>,
+    event: SqsEvent,
+    request_id: &str,
+    deadline: &Deadline,
+) -> Result<Value, RelayError> {
+    let mut failures = Vec::new();
+    for message in &event.records {
+        let message_id = message.message_id.clone().unwrap_or_default();
+        let disposition = match services.config().fan_out.as_ref() {
+            // A chunk not started for lack of time waits for the next instance.
+            Some(_) if services.caller().budget(deadline).is_none() => Disposition::Retry(Some(0)),
+            Some(fan_out) => run_message(services, fan_out, message, request_id, deadline).await,
+            None => {
+                let reason = "this function has no RELAY_WORK_QUEUE, so it plans no batches".into();
+                refuse(services, &message_id, reason, request_id).await
+            }
+        };
+        if let (Disposition::Retry(Some(seconds)), Some(fan_out), Some(receipt)) = (
+            &disposition,
+            services.config().fan_out.as_ref(),
+            message.receipt_handle.as_deref(),
+        ) {
+            WorkQueue::new(fan_out.queue.clone())
+                .return_in(services.sinks(), receipt, *seconds)
+                .await;
+        }
+        if disposition != Disposition::Done {
+            failures.push(json!({"itemIdentifier": message_id}));
+        }
+    }
+    Ok(json!({"batchItemFailures": failures}))
+}
+
+/// Refuses a message: an error record to `RELAY_DESTINATION`, and the
+/// message deleted (a retry would refuse it again).
+async fn refuse(
+    services: &Services,
+    message_id: &str,
+    reason: String,
+    request_id: &str,
+) -> Disposition {
+    let err = RelayError::NotAChunk {
+        message_id: message_id.to_owned(),
+        reason,
+    };
+    let mut record = Record::started(request_id);
+    record.job_id = crate::domain::job::sanitize_id(&format!("sqs-{message_id}"));
+    let delivery = Delivery::fallback(services, request_id);
+    // The error is in the record and the log; the message is done with.
+    let _ = outcome::fail(services, record, &delivery, err, &Arc::default()).await;
+    Disposition::Done
+}
+
+/// Runs one message's chunk.
+async fn run_message(
+    services: &Services,
+    fan_out: &FanOut,
+    message: &SqsMessage,
+    request_id: &str,
+    deadline: &Deadline,
+) -> Disposition {
+    let message_id = message.message_id.as_deref().unwrap_or_default();
+    let queue = WorkQueue::new(fan_out.queue.clone());
+    if !queue.is_source(message.event_source_arn.as_deref()) {
+        let from = message.event_source_arn.as_deref().unwrap_or("no queue");
+        let reason = format!("it came from `{from}`, not RELAY_WORK_QUEUE");
+        return refuse(services, message_id, reason, request_id).await;
+    }
+    let parsed = ChunkMessage::parse(message.body.as_deref().unwrap_or_default());
+    let chunk_message = match parsed {
+        Ok(parsed) => parsed,
+        Err(reason) => return refuse(services, message_id, reason, request_id).await,
+    };
+    let store = WorkStore::new(services.sinks(), &fan_out.store);
+    let batch_id = chunk_message.batch.as_str();
+    let frozen = match store.read_plan(batch_id).await {
+        Ok(Some(frozen)) => frozen,
+        Ok(None) => {
+            let reason = format!("no batch `{batch_id}` was planned in RELAY_WORK_STORE");
+            return refuse(services, message_id, reason, request_id).await;
+        }
+        Err(err) => {
+            tracing::warn!(
+                batch = batch_id,
+                "the batch's plan could not be read; the chunk returns to the queue: {err}"
+            );
+            return Disposition::Retry(Some(RETRY_AFTER_SECS));
+        }
+    };
+    let Some(range) = frozen.chunks.get(chunk_message.chunk).copied() else {
+        let reason = format!(
+            "batch `{batch_id}` has {} chunks, not a chunk {}",
+            frozen.chunks.len(),
+            chunk_message.chunk
+        );
+        return refuse(services, message_id, reason, request_id).await;
+    };
+    let receives = message
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(1);
+    let chunk = Chunk {
+        store: &store,
+        frozen: &frozen,
+        number: chunk_message.chunk,
+        range,
+        receives,
+    };
+    let span = tracing::info_span!("chunk", job_id = %batch_id, chunk = chunk.number, receives);
+    let _entered = span.enter();
+    // A plan that no longer checks out (a target, model or destination the
+    // configuration has since removed) is not run: an error record says why,
+    // and the message ends in the dead-letter queue, to redrive once the
+    // configuration is back.
+    let plan = match plan::thaw(services, &frozen, request_id) {
+        Ok(plan) => plan,
+        Err(err) if err.is_retryable() => return Disposition::Retry(Some(RETRY_AFTER_SECS)),
+        Err(err) => {
+            let mut record = Record::started(request_id);
+            record.job_id = WorkStore::chunk_id(batch_id, chunk.number);
+            let delivery = Delivery::fallback(services, request_id);
+            let _ = outcome::fail(services, record, &delivery, err, &Arc::default()).await;
+            return Disposition::Retry(None);
+        }
+    };
+    let ledger = store.ledger();
+    let chunk_id = WorkStore::chunk_id(batch_id, chunk.number);
+    let guard = Guard::new(&ledger, services.sinks(), &chunk_id, request_id, *deadline);
+    let ended = guard
+        .run(
+            || async { Ok(ledger.settled_items(services.sinks(), &chunk_id).await?) },
+            |done: &BTreeMap<usize, Value>| done.len() >= range.count,
+            |done| run_chunk(services, &plan, &chunk, done, request_id, deadline),
+        )
+        .await;
+    let ended = match ended {
+        Ok(ended) => ended,
+        // Another instance has it: it comes back if that one does not finish.
+        Err(GuardError::Busy(_)) => return Disposition::Retry(None),
+        Err(GuardError::Ledger(err) | GuardError::Run(err)) => {
+            tracing::warn!(error_type = err.code(), "the chunk stopped: {err}");
+            Ended::Unsettled {
+                unsettled: Vec::new(),
+                cause: err.to_string(),
+                cut_short: false,
+            }
+        }
+    };
+    match ended {
+        Ended::Done => {
+            match assemble::after_chunk(services, &plan, &store, &frozen, request_id, deadline)
+                .await
+            {
+                Ok(()) => Disposition::Done,
+                Err(err) => {
+                    tracing::warn!(error_type = err.code(), "the batch's assembly failed; the chunk returns to the queue to try again: {err}");
+                    Disposition::Retry(Some(RETRY_AFTER_SECS))
+                }
+            }
+        }
+        Ended::Unsettled {
+            unsettled,
+            cause,
+            cut_short,
+        } => {
+            if receives >= LAST_RECEIVE {
+                dead_letter_record(services, &plan, &chunk, &unsettled, cause).await;
+            }
+            Disposition::Retry(Some(if cut_short { 0 } else { RETRY_AFTER_SECS }))
+        }
+    }
+}
+
+/// One chunk of a planned batch, as a message delivered it.
+struct Chunk<'a> {
+    store: &'a WorkStore,
+    frozen: &'a BatchPlan,
+    number: usize,
+    range: ChunkRange,
+    receives: u64,
+}
+
+/// How a run of a chunk ended.
+#[derive(Debug)]
+enum Ended {
+    /// Every item settled; its lines and summary are written.
+    Done,
+    /// Items left for another receive (indexes), and why.
+    Unsettled {
+        unsettled: Vec<usize>,
+        cause: String,
+        cut_short: bool,
+    },
+}
+
+/// [`run_message`] once the chunk is claimed: runs the items not `done`.
+async fn run_chunk(
+    services: &Services,
+    plan: &Plan<'_>,
+    chunk: &Chunk<'_>,
+    mut done: BTreeMap<usize, Value>,
+    request_id: &str,
+    deadline: &Deadline,
+) -> Result<Ended, RelayError> {
+    let range = chunk.range;
+    let batch_id = plan.resolved.id.as_str();
+    let to_run: Vec<usize> = range.indexes().filter(|i| !done.contains_key(i)).collect();
+    let items: Vec<Item> = match to_run.is_empty() {
+        true => Vec::new(),
+        false => read_items(services, chunk).await?,
+    };
+    let shared = match to_run.is_empty() {
+        true => None,
+        false => batch::shared_documents(services, &plan.job).await?,
+    };
+    let shared = shared.as_deref();
+    tracing::info!(
+        items = range.count,
+        already_done = done.len(),
+        "chunk started"
+    );
+
+    let concurrency = services.config().max_concurrency;
+    let mut results = stream::iter(to_run)
+        .map(|index| {
+            let item = &items[index - range.first];
+            batch::run_item(services, plan, index, item, shared, request_id, deadline)
+        })
+        .buffer_unordered(concurrency);
+    let mut fresh: Vec<ItemRecord> = Vec::new();
+    let mut left: Vec<ItemRecord> = Vec::new();
+    while let Some(item) = results.next().await {
+        match is_settled(&item) {
+            true => fresh.push(item),
+            false => left.push(item),
+        }
+        if fresh.len() >= PROGRESS_EVERY {
+            save(services, plan, chunk, &mut done, &mut fresh, deadline).await?;
+        }
+    }
+    drop(results);
+    save(services, plan, chunk, &mut done, &mut fresh, deadline).await?;
+    if left.is_empty() {
+        let lines: Vec<Value> = range.indexes().filter_map(|i| done.remove(&i)).collect();
+        chunk
+            .store
+            .write_chunk_lines(batch_id, chunk.number, &lines, true, deadline)
+            .await?;
+        let summary = ChunkSummary {
+            chunk: chunk.number,
+            counts: Counts::of_lines(&lines),
+            receives: chunk.receives,
+            finished_at: crate::domain::record::now_rfc3339(),
+        };
+        chunk.store.write_summary(batch_id, &summary).await?;
+        tracing::info!(
+            succeeded = summary.counts.succeeded,
+            failed = summary.counts.failed,
+            "chunk done"
+        );
+        return Ok(Ended::Done);
+    }
+    let cut_short = left.iter().any(|item| item.status == Status::Pending);
+    let cause = left
+        .iter()
+        .find_map(|item| {
+            item.error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.kind, e.message))
+        })
+        .unwrap_or_else(|| "the invocation's deadline came first".to_owned());
+    tracing::info!(
+        left = left.len(),
+        cut_short,
+        "chunk not finished in this invocation; it returns to the queue"
+    );
+    Ok(Ended::Unsettled {
+        unsettled: left.iter().map(|item| item.index).collect(),
+        cause,
+        cut_short,
+    })
+}
+
+/// The chunk's items, read from its range of the items object. An object
+/// changed since planning fails every item of the chunk (`ItemsChanged`):
+/// never run against items the plan did not cut.
+async fn read_items(services: &Services, chunk: &Chunk<'_>) -> Result<Vec<Item>, RelayError> {
+    let items = &chunk.frozen.items;
+    let read = documents::read_chunk(
+        services.sinks().s3_client(),
+        &items.uri,
+        &items.etag,
+        &chunk.range,
+    )
+    .await;
+    match read {
+        Ok(lines) => Ok(lines
+            .into_iter()
+            .map(|line| line.map_err(|err| RelayError::from(err).to_record()))
+            .collect()),
+        Err(err) if !err.is_retryable() => {
+            let error = RelayError::from(err).to_record();
+            Ok(vec![Err(error); chunk.range.count])
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Whether an item's result is final: succeeded, or failed for good.
+fn is_settled(item: &ItemRecord) -> bool {
+    match (&item.status, &item.error) {
+        (Status::Succeeded, _) => true,
+        (Status::Failed, Some(error)) => !error.retryable,
+        _ => false,
+    }
+}
+
+/// Delivers `fresh` (to a destination other than S3, where the assembled
+/// object is the delivery) and saves the chunk's progress with them.
+async fn save(
+    services: &Services,
+    plan: &Plan<'_>,
+    chunk: &Chunk<'_>,
+    done: &mut BTreeMap<usize, Value>,
+    fresh: &mut Vec<ItemRecord>,
+    deadline: &Deadline,
+) -> Result<(), RelayError> {
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    fresh.sort_by_key(|item| item.index);
+    let batch_id = plan.resolved.id.as_str();
+    let delivery = &plan.delivery;
+    let mut delivered = Vec::with_capacity(fresh.len());
+    if matches!(delivery.destination, DestinationSpec::S3(_)) {
+        for item in fresh.drain(..) {
+            delivered.push((item.index, serialise(&item)?));
+        }
+    } else {
+        let lines = ItemLines {
+            job_id: batch_id.to_owned(),
+            total: 0,
+            done: BTreeMap::new(),
+            fresh: std::mem::take(fresh),
+            incomplete: false,
+        };
+        let sent = services
+            .sinks()
+            .write_items(&delivery.destination, &delivery.group, lines, deadline)
+            .await;
+        match sent {
+            Ok(written) => delivered.extend(
+                written
+                    .results
+                    .into_iter()
+                    .filter_map(|o| o.index.map(|i| (i, o.body))),
+            ),
+            Err(undelivered) => {
+                // What went out is kept, so it is not sent again.
+                for sent in undelivered.sent {
+                    if let Some(index) = sent.index {
+                        done.insert(index, sent.body);
+                    }
+                }
+                let lines = progress_lines(batch_id, &chunk.range, done);
+                chunk
+                    .store
+                    .write_chunk_lines(batch_id, chunk.number, &lines, false, deadline)
+                    .await?;
+                return Err(undelivered.error.into());
+            }
+        }
+    }
+    done.extend(delivered);
+    let lines = progress_lines(batch_id, &chunk.range, done);
+    chunk
+        .store
+        .write_chunk_lines(batch_id, chunk.number, &lines, false, deadline)
+        .await?;
+    Ok(())
+}
+
+fn serialise(item: &ItemRecord) -> Result<Value, RelayError> {
+    serde_json::to_value(item).map_err(|err| {
+        crate::destination::DestinationError::Unavailable {
+            destination: "the work store".into(),
+            message: format!("an item result does not serialise: {err}"),
+        }
+        .into()
+    })
+}
+
+/// The chunk's lines so far: settled ones, the rest `pending`.
+fn progress_lines(batch_id: &str, range: &ChunkRange, done: &BTreeMap<usize, Value>) -> Vec<Value> {
+    range
+        .indexes()
+        .map(|index| match done.get(&index) {
+            Some(line) => line.clone(),
+            None => {
+                serde_json::to_value(ItemRecord::pending(batch_id, index)).unwrap_or(Value::Null)
+            }
+        })
+        .collect()
+}
+
+/// The error record of a chunk on its last receive: which items are left,
+/// and why, before SQS moves the message to the dead-letter queue.
+async fn dead_letter_record(
+    services: &Services,
+    plan: &Plan<'_>,
+    chunk: &Chunk<'_>,
+    unsettled: &[usize],
+    cause: String,
+) {
+    let shown: Vec<String> = unsettled.iter().take(20).map(usize::to_string).collect();
+    let unsettled = match unsettled.len() {
+        0 => "unknown (the chunk stopped before its items ran)".to_owned(),
+        n if n > shown.len() => format!("{} and {} more", shown.join(", "), n - shown.len()),
+        _ => shown.join(", "),
+    };
+    let err = RelayError::ChunkDeadLettered {
+        job_id: plan.resolved.id.clone(),
+        chunk: chunk.number,
+        first: chunk.range.first,
+        last: chunk.range.first + chunk.range.count.saturating_sub(1),
+        receives: chunk.receives,
+        unsettled,
+        cause,
+    };
+    let mut record = plan.record.clone();
+    record.job_id = WorkStore::chunk_id(&plan.resolved.id, chunk.number);
+    let _ = outcome::fail(services, record, &plan.delivery, err, &Arc::default()).await;
+}
