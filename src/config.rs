@@ -123,6 +123,9 @@ pub struct FanOut {
     pub store: S3Location,
     /// Items per chunk (`RELAY_CHUNK_ITEMS`).
     pub chunk_items: usize,
+    /// Seconds before a chunk held up by retryable errors (throttling, an
+    /// outage) is received again (`RELAY_CHUNK_RETRY_SECONDS`).
+    pub retry_after_secs: i32,
 }
 
 impl Config {
@@ -563,10 +566,18 @@ fn fan_out(get: &impl Fn(&str) -> Option<String>) -> Result<Option<FanOut>, Conf
         1..=10_000,
         500,
     )?;
+    // SQS's most for a message's visibility: 12 hours.
+    let retry_after_secs = parse_number(
+        get("RELAY_CHUNK_RETRY_SECONDS"),
+        "RELAY_CHUNK_RETRY_SECONDS",
+        0..=43_200,
+        30,
+    )?;
     Ok(Some(FanOut {
         queue,
         store,
         chunk_items: chunk_items as usize,
+        retry_after_secs: retry_after_secs as i32,
     }))
 }
 

@@ -275,6 +275,7 @@ async fn a_success_after_a_retried_failure_reaches_a_fifo_queue() {
         error_type: "ThrottlingException".into(),
         count: 2,
         model: None,
+        body_contains: None,
     });
     let event = envelope(
         "6c1e0000-0000-4000-8000-00000000f501",

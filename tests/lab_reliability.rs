@@ -267,6 +267,7 @@ async fn throttling_storms_and_5xx_bursts_lose_nothing_and_repeat_nothing() {
             error_type: error_type.into(),
             count,
             model: None,
+            body_contains: None,
         });
     }
     let id = "5d7e0c11-0000-4000-8000-0000000000f1";
@@ -429,6 +430,7 @@ async fn bedrock_failures_end_as_the_failure_table_says() {
             error_type: answer.into(),
             count: 1,
             model: None,
+            body_contains: None,
         });
         let id = format!("5d7e0c11-0000-4000-8000-0000000008{n:02}");
         let outcome = bench

@@ -283,12 +283,14 @@ async fn throttling_and_5xx_are_retried_inside_the_invocation() {
         error_type: "ThrottlingException".into(),
         count: 2,
         model: None,
+        body_contains: None,
     });
     bench.lab.bedrock.add_fault(Fault {
         status: 503,
         error_type: "ServiceUnavailableException".into(),
         count: 1,
         model: None,
+        body_contains: None,
     });
     let outcome = bench.invoke("job-event.json").await;
     assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}");
@@ -367,6 +369,7 @@ async fn throttling_past_the_attempts_is_a_retryable_failure() {
         error_type: "ThrottlingException".into(),
         count: 10,
         model: None,
+        body_contains: None,
     });
     let outcome = bench.invoke("job-event.json").await;
     assert_eq!(error_type(&outcome), "Retryable.BedrockThrottled");

@@ -70,6 +70,9 @@ pub struct Fault {
     /// Only for this model, if set.
     #[serde(default)]
     pub model: Option<String>,
+    /// Only for requests whose body contains this text, if set.
+    #[serde(default)]
+    pub body_contains: Option<String>,
 }
 
 /// The emulator's behaviour.
@@ -458,7 +461,7 @@ async fn answer(
         }
         window.push_back(now);
     }
-    if let Some(fault) = take_fault(shared, model_id) {
+    if let Some(fault) = take_fault(shared, model_id, body) {
         let error_type: &'static str = match fault.error_type.as_str() {
             "ThrottlingException" => "ThrottlingException",
             "ServiceUnavailableException" => "ServiceUnavailableException",
@@ -517,11 +520,16 @@ fn invoke_headers(latency_ms: u64, tokens: Tokens) -> Vec<(&'static str, String)
     ]
 }
 
-fn take_fault(shared: &Shared, model_id: &str) -> Option<Fault> {
+fn take_fault(shared: &Shared, model_id: &str, body: &[u8]) -> Option<Fault> {
     let mut faults = lock(&shared.faults);
-    let index = faults
-        .iter()
-        .position(|f| f.count > 0 && f.model.as_deref().is_none_or(|m| m == model_id))?;
+    let index = faults.iter().position(|f| {
+        f.count > 0
+            && f.model.as_deref().is_none_or(|m| m == model_id)
+            && f.body_contains.as_deref().is_none_or(|text| {
+                body.windows(text.len().max(1))
+                    .any(|window| window == text.as_bytes())
+            })
+    })?;
     let fault = faults.get_mut(index)?;
     fault.count -= 1;
     let taken = fault.clone();
@@ -832,12 +840,14 @@ mod tests {
             error_type: "ServiceUnavailableException".into(),
             count: 1,
             model: Some("other.model-v1".into()),
+            body_contains: None,
         });
         emulator.add_fault(Fault {
             status: 500,
             error_type: "InternalServerException".into(),
             count: 1,
             model: None,
+            body_contains: None,
         });
         let body = json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]});
         let endpoint = emulator.endpoint();

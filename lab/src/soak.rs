@@ -347,6 +347,7 @@ async fn inject_faults(lab: Arc<Lab>, done: Arc<AtomicBool>) -> String {
                     error_type: error_type.into(),
                     count: 3 + mix.below(6) as u32,
                     model: None,
+                    body_contains: None,
                 });
                 bursts += 1;
             }

@@ -241,7 +241,7 @@ fn is_succeeded(record: &Value) -> bool {
 
 /// Whether a record or item line is settled: succeeded, or failed with an
 /// error that is not retryable.
-fn is_settled(record: &Value) -> bool {
+pub(crate) fn is_settled(record: &Value) -> bool {
     is_succeeded(record)
         || (record.get("status").and_then(Value::as_str) == Some("failed")
             && record.pointer("/error/retryable") == Some(&Value::Bool(false)))

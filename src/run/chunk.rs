@@ -43,9 +43,6 @@ pub(crate) const PROGRESS_EVERY: usize = 50;
 /// chunk that does not finish writes an error record, since SQS dead-letters
 /// it next.
 pub(crate) const LAST_RECEIVE: u64 = 5;
-/// Seconds before a chunk held up by retryable errors (throttling, an
-/// outage) is tried again.
-const RETRY_AFTER_SECS: i32 = 30;
 
 /// The SQS event in `payload`, if it is one.
 pub(crate) fn sqs_event(payload: &Payload) -> Option<SqsEvent> {
@@ -158,7 +155,7 @@ async fn run_message(
                 batch = batch_id,
                 "the batch's plan could not be read; the chunk returns to the queue: {err}"
             );
-            return Disposition::Retry(Some(RETRY_AFTER_SECS));
+            return Disposition::Retry(Some(fan_out.retry_after_secs));
         }
     };
     let Some(range) = frozen.chunks.get(chunk_message.chunk).copied() else {
@@ -189,7 +186,9 @@ async fn run_message(
     // configuration is back.
     let plan = match plan::thaw(services, &frozen, request_id) {
         Ok(plan) => plan,
-        Err(err) if err.is_retryable() => return Disposition::Retry(Some(RETRY_AFTER_SECS)),
+        Err(err) if err.is_retryable() => {
+            return Disposition::Retry(Some(fan_out.retry_after_secs))
+        }
         Err(err) => {
             let mut record = Record::started(request_id);
             record.job_id = WorkStore::chunk_id(batch_id, chunk.number);
@@ -208,40 +207,32 @@ async fn run_message(
             |done| run_chunk(services, &plan, &chunk, done, request_id, deadline),
         )
         .await;
-    let ended = match ended {
-        Ok(ended) => ended,
-        // Another instance has it: it comes back if that one does not finish.
-        Err(GuardError::Busy(_)) => return Disposition::Retry(None),
-        Err(GuardError::Ledger(err) | GuardError::Run(err)) => {
-            tracing::warn!(error_type = err.code(), "the chunk stopped: {err}");
-            Ended::Unsettled {
-                unsettled: Vec::new(),
-                cause: err.to_string(),
-                cut_short: false,
-            }
-        }
-    };
     match ended {
-        Ended::Done => {
+        Ok(()) => {
             match assemble::after_chunk(services, &plan, &store, &frozen, request_id, deadline)
                 .await
             {
                 Ok(()) => Disposition::Done,
                 Err(err) => {
                     tracing::warn!(error_type = err.code(), "the batch's assembly failed; the chunk returns to the queue to try again: {err}");
-                    Disposition::Retry(Some(RETRY_AFTER_SECS))
+                    Disposition::Retry(Some(fan_out.retry_after_secs))
                 }
             }
         }
-        Ended::Unsettled {
-            unsettled,
-            cause,
-            cut_short,
-        } => {
+        // Another instance has it: it comes back if that one does not finish.
+        Err(GuardError::Busy(_)) => Disposition::Retry(None),
+        Err(GuardError::Ledger(err) | GuardError::Run(err)) => {
+            tracing::warn!(error_type = err.code(), "the chunk stopped: {err}");
+            // Cut short by the deadline: the next instance may start at once.
+            let cut_short = matches!(err_pending(&err), Some(pending) if pending > 0);
             if receives >= LAST_RECEIVE {
-                dead_letter_record(services, &plan, &chunk, &unsettled, cause).await;
+                dead_letter_record(services, &plan, &chunk, err).await;
             }
-            Disposition::Retry(Some(if cut_short { 0 } else { RETRY_AFTER_SECS }))
+            Disposition::Retry(Some(if cut_short {
+                0
+            } else {
+                fan_out.retry_after_secs
+            }))
         }
     }
 }
@@ -255,19 +246,6 @@ struct Chunk<'a> {
     receives: u64,
 }
 
-/// How a run of a chunk ended.
-#[derive(Debug)]
-enum Ended {
-    /// Every item settled; its lines and summary are written.
-    Done,
-    /// Items left for another receive (indexes), and why.
-    Unsettled {
-        unsettled: Vec<usize>,
-        cause: String,
-        cut_short: bool,
-    },
-}
-
 /// [`run_message`] once the chunk is claimed: runs the items not `done`.
 async fn run_chunk(
     services: &Services,
@@ -276,7 +254,7 @@ async fn run_chunk(
     mut done: BTreeMap<usize, Value>,
     request_id: &str,
     deadline: &Deadline,
-) -> Result<Ended, RelayError> {
+) -> Result<(), RelayError> {
     let range = chunk.range;
     let batch_id = plan.resolved.id.as_str();
     let to_run: Vec<usize> = range.indexes().filter(|i| !done.contains_key(i)).collect();
@@ -333,27 +311,38 @@ async fn run_chunk(
             failed = summary.counts.failed,
             "chunk done"
         );
-        return Ok(Ended::Done);
+        return Ok(());
     }
-    let cut_short = left.iter().any(|item| item.status == Status::Pending);
-    let cause = left
-        .iter()
-        .find_map(|item| {
-            item.error
-                .as_ref()
-                .map(|e| format!("{}: {}", e.kind, e.message))
-        })
-        .unwrap_or_else(|| "the invocation's deadline came first".to_owned());
-    tracing::info!(
-        left = left.len(),
-        cut_short,
-        "chunk not finished in this invocation; it returns to the queue"
-    );
-    Ok(Ended::Unsettled {
-        unsettled: left.iter().map(|item| item.index).collect(),
-        cause,
-        cut_short,
+    // What is left is kept in the progress too (read back as not settled),
+    // so the chunk's last receive can say which items and why.
+    let pending = left.iter().filter(|i| i.status == Status::Pending).count();
+    let retryable = left.len() - pending;
+    let mut lines = progress_lines(batch_id, &range, &done);
+    for item in &left {
+        if let Some(line) = lines.get_mut(item.index - range.first) {
+            *line = serialise(item)?;
+        }
+    }
+    let progress = chunk
+        .store
+        .write_chunk_lines(batch_id, chunk.number, &lines, false, deadline)
+        .await?;
+    Err(RelayError::BatchIncomplete {
+        job_id: WorkStore::chunk_id(batch_id, chunk.number),
+        total: range.count,
+        settled: done.len(),
+        pending,
+        retryable,
+        progress,
     })
+}
+
+/// Items not started, when `err` says a chunk was cut short.
+fn err_pending(err: &RelayError) -> Option<usize> {
+    match err {
+        RelayError::BatchIncomplete { pending, .. } => Some(*pending),
+        _ => None,
+    }
 }
 
 /// The chunk's items, read from its range of the items object. An object
@@ -479,22 +468,53 @@ fn progress_lines(batch_id: &str, range: &ChunkRange, done: &BTreeMap<usize, Val
 }
 
 /// The error record of a chunk on its last receive: which items are left,
-/// and why, before SQS moves the message to the dead-letter queue.
+/// and why, before SQS moves the message to the dead-letter queue. Read from
+/// the chunk's saved progress, where unsettled items keep their last error.
 async fn dead_letter_record(
     services: &Services,
     plan: &Plan<'_>,
     chunk: &Chunk<'_>,
-    unsettled: &[usize],
-    cause: String,
+    err: RelayError,
 ) {
-    let shown: Vec<String> = unsettled.iter().take(20).map(usize::to_string).collect();
-    let unsettled = match unsettled.len() {
-        0 => "unknown (the chunk stopped before its items ran)".to_owned(),
-        n if n > shown.len() => format!("{} and {} more", shown.join(", "), n - shown.len()),
-        _ => shown.join(", "),
+    let batch_id = plan.resolved.id.as_str();
+    let progress = chunk
+        .store
+        .chunk_progress(batch_id, chunk.number)
+        .await
+        .unwrap_or_default();
+    let left: Vec<&Value> = progress
+        .iter()
+        .filter(|line| !crate::ledger::is_settled(line))
+        .collect();
+    let indexes: Vec<String> = left
+        .iter()
+        .filter_map(|line| line.get("index").and_then(Value::as_u64))
+        .map(|i| i.to_string())
+        .collect();
+    let shown = indexes
+        .iter()
+        .take(20)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let unsettled = match indexes.len() {
+        0 => "unknown (no progress was saved)".to_owned(),
+        n if n > 20 => format!("{shown} and {} more", n - 20),
+        _ => shown,
     };
+    let cause = left
+        .iter()
+        .find_map(|line| {
+            let error = line.get("error")?;
+            Some(format!(
+                "{}: {}",
+                error.get("type")?.as_str()?,
+                error.get("message")?.as_str()?
+            ))
+        })
+        .unwrap_or_else(|| err.to_string());
     let err = RelayError::ChunkDeadLettered {
-        job_id: plan.resolved.id.clone(),
+        job_id: batch_id.to_owned(),
         chunk: chunk.number,
         first: chunk.range.first,
         last: chunk.range.first + chunk.range.count.saturating_sub(1),
@@ -503,6 +523,6 @@ async fn dead_letter_record(
         cause,
     };
     let mut record = plan.record.clone();
-    record.job_id = WorkStore::chunk_id(&plan.resolved.id, chunk.number);
+    record.job_id = WorkStore::chunk_id(batch_id, chunk.number);
     let _ = outcome::fail(services, record, &plan.delivery, err, &Arc::default()).await;
 }

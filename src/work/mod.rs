@@ -152,6 +152,24 @@ impl WorkStore {
         self.s3.read(&self.s3.location().batch_key_for(&id)).await
     }
 
+    /// A chunk's saved progress lines, empty when none is saved.
+    pub async fn chunk_progress(
+        &self,
+        batch: &str,
+        chunk: usize,
+    ) -> Result<Vec<serde_json::Value>, DestinationError> {
+        let id = Self::chunk_id(batch, chunk);
+        let bytes = self
+            .s3
+            .read(&self.s3.location().progress_key_for(&id))
+            .await?;
+        Ok(bytes
+            .unwrap_or_default()
+            .split(|b| *b == b'\n')
+            .filter_map(|line| serde_json::from_slice(line).ok())
+            .collect())
+    }
+
     /// Writes a chunk's lines: final once `done`, else its progress.
     pub async fn write_chunk_lines(
         &self,

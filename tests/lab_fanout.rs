@@ -1,0 +1,480 @@
+//! Batches larger than a chunk, end to end in the lab: the function plans
+//! them onto a work queue, the lab's SQS event source mapping drives several
+//! function processes through the chunks, and the last chunk assembles the
+//! result — with nothing lost and no item answered twice.
+//!
+//! Needs the lab's Python tools: `scripts/setup` (the test command runs it).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use lab::emulator::{Fault, Knobs};
+use lab::esm::{self, Mapping};
+use lab::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
+use lab::services::{sdk_config, LabQueue, Services};
+use lab::{Lab, BUCKET, PREFIX};
+use serde_json::{json, Value};
+
+const MODEL: &str = "amazon.nova-lite-v1:0";
+const INPUTS: &str = "relay-inputs";
+/// How long one invocation may run (the Lambda deadline each one gets).
+const FUNCTION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The lab with a work queue (and its dead-letter queue after 5 receives), a
+/// completion bus that forwards to a queue, and `instances` function
+/// processes configured to fan out.
+struct FanOut {
+    lab: Lab,
+    services: Services,
+    sqs: aws_sdk_sqs::Client,
+    work: LabQueue,
+    dead_letters: LabQueue,
+    completed: LabQueue,
+    runtimes: Vec<RuntimeApi>,
+    functions: Vec<FunctionProcess>,
+}
+
+impl FanOut {
+    async fn start(instances: usize, extra_env: &[(&str, &str)]) -> Self {
+        let lab = Lab::start().await.expect("lab");
+        let services = Services::of(&lab).await;
+        let sqs = aws_sdk_sqs::Client::new(&sdk_config(lab.moto.endpoint(), &lab.admin_b).await);
+        let dead_letters = services.create_queue("work-dlq").await.expect("dlq");
+        let work = services.create_queue("work").await.expect("work queue");
+        let redrive = format!(
+            r#"{{"deadLetterTargetArn":"{}","maxReceiveCount":"5"}}"#,
+            dead_letters.arn
+        );
+        sqs.set_queue_attributes()
+            .queue_url(&work.url)
+            .attributes(QueueAttributeName::RedrivePolicy, redrive)
+            // Longer than any invocation here: a chunk comes back early only
+            // when the function says so.
+            .attributes(QueueAttributeName::VisibilityTimeout, "60")
+            .send()
+            .await
+            .expect("redrive");
+        let (bus_arn, completed) = services
+            .create_bus_to_queue("relay-done")
+            .await
+            .expect("bus");
+        lab.create_bucket(INPUTS).await.expect("inputs bucket");
+
+        let mut env = lab.function_env();
+        let store = format!("s3://{BUCKET}/{PREFIX}_batches/");
+        let settings = [
+            ("RELAY_WORK_QUEUE", work.url.as_str()),
+            ("RELAY_WORK_STORE", store.as_str()),
+            ("RELAY_CHUNK_ITEMS", "10"),
+            ("RELAY_EVENT_BUS", bus_arn.as_str()),
+            ("RELAY_CHUNK_RETRY_SECONDS", "0"),
+        ];
+        for (key, value) in settings.iter().chain(extra_env) {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_string(), value.to_string()));
+        }
+        let mut runtimes = Vec::new();
+        let mut functions = Vec::new();
+        for _ in 0..instances {
+            let runtime = RuntimeApi::start().await.expect("runtime api");
+            functions.push(
+                FunctionProcess::spawn(
+                    Path::new(env!("CARGO_BIN_EXE_bedrock-relay")),
+                    &runtime,
+                    &env,
+                )
+                .expect("function"),
+            );
+            runtimes.push(runtime);
+        }
+        Self {
+            lab,
+            services,
+            sqs,
+            work,
+            dead_letters,
+            completed,
+            runtimes,
+            functions,
+        }
+    }
+
+    /// The job event `id` around `detail`, invoked on the first instance as
+    /// EventBridge would.
+    async fn send_job(&self, id: &str, detail: Value) -> Outcome {
+        let event = json!({
+            "version": "0", "id": id, "detail-type": "Bedrock Relay Job",
+            "source": "com.example.nightly", "account": "222222222222",
+            "time": "2026-12-01T02:00:00Z", "region": "us-east-1", "resources": [],
+            "detail": detail,
+        });
+        self.runtimes[0]
+            .invoke(event.to_string().into_bytes(), FUNCTION_TIMEOUT)
+            .await
+            .unwrap_or_else(|err| panic!("{err}; logs:\n{}", self.logs()))
+    }
+
+    /// Runs the work queue through every instance, at most `concurrency` at
+    /// once, until it has been empty for a few seconds.
+    async fn drain(&self, concurrency: usize) -> esm::Report {
+        self.drain_with(concurrency, FUNCTION_TIMEOUT).await
+    }
+
+    /// [`Self::drain`] with invocations of `function_timeout`.
+    async fn drain_with(&self, concurrency: usize, function_timeout: Duration) -> esm::Report {
+        let mapping = Mapping {
+            queue_url: self.work.url.clone(),
+            queue_arn: self.work.arn.clone(),
+            batch_size: 1,
+            maximum_concurrency: concurrency,
+            function_timeout,
+        };
+        esm::run(
+            &self.sqs,
+            &mapping,
+            &self.runtimes,
+            Duration::from_secs(3),
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("mapping")
+    }
+
+    async fn put_items(&self, key: &str, items: &[Value]) {
+        let body: String = items.iter().map(|i| format!("{i}\n")).collect();
+        self.lab
+            .put_object(INPUTS, key, body, "application/x-ndjson")
+            .await
+            .expect("items");
+    }
+
+    /// How many times the model was asked each prompt.
+    fn prompts(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for call in self.lab.bedrock.calls().iter().filter(|c| c.status == 200) {
+            if let Some(text) = call.request["messages"][0]["content"][0]["text"].as_str() {
+                *counts.entry(text.to_owned()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    async fn manifest(&self, id: &str) -> Option<Value> {
+        self.lab
+            .object(BUCKET, &format!("{PREFIX}{id}.manifest.json"))
+            .await
+            .expect("s3")
+            .map(|bytes| serde_json::from_slice(&bytes).expect("manifest JSON"))
+    }
+
+    fn logs(&self) -> String {
+        self.functions
+            .iter()
+            .map(|f| f.logs().join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+}
+
+fn items(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"text": format!("review {i}")}))
+        .collect()
+}
+
+fn job(items_from: &str) -> Value {
+    json!({"model": MODEL, "prompt": "Sentiment of: {{ item.text }}", "items_from": items_from})
+}
+
+/// The response body of an invocation that answered.
+fn answer(outcome: &Outcome) -> &Value {
+    match outcome {
+        Outcome::Response { body } => body,
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+/// A 95-item `items_from` batch with chunks of 10 is planned, not run, by the
+/// invocation that receives it; three instances (at most two at once) run its
+/// ten chunks from the work queue; the last one writes one `.jsonl` in input
+/// order and the manifest, and the completion event reaches the bus. Every
+/// item is answered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_a_chunk_fans_out_and_is_assembled_in_order() {
+    let bench = FanOut::start(3, &[]).await;
+    bench.put_items("nightly/reviews.jsonl", &items(95)).await;
+    let id = "nightly-2026-12-01";
+    let planned = bench
+        .send_job(id, job("s3://relay-inputs/nightly/reviews.jsonl"))
+        .await;
+    let planned = answer(&planned);
+    assert_eq!(planned["status"], "planned", "{planned}");
+    assert_eq!(
+        (planned["items"].as_u64(), planned["chunks"].as_u64()),
+        (Some(95), Some(10))
+    );
+    assert!(
+        bench.lab.bedrock.calls().is_empty(),
+        "planning calls no model"
+    );
+
+    let report = bench.drain(2).await;
+    assert!(report.peak_concurrency <= 2, "{report:?}");
+    assert_eq!(report.records, 10, "each chunk received once: {report:?}");
+
+    let lines = bench
+        .lab
+        .batch_lines(id)
+        .await
+        .expect("s3")
+        .unwrap_or_else(|| panic!("no result; logs:\n{}", bench.logs()));
+    assert_eq!(lines.len(), 95);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], i, "input order");
+        assert_eq!(line["status"], "succeeded", "{line}");
+        assert_eq!(
+            line["output"]["text"],
+            format!("Echo from {MODEL}: Sentiment of: review {i}")
+        );
+    }
+    let prompts = bench.prompts();
+    assert_eq!(prompts.len(), 95);
+    assert!(
+        prompts.values().all(|n| *n == 1),
+        "each item asked once: {prompts:?}"
+    );
+
+    let manifest = bench.manifest(id).await.expect("manifest");
+    assert_eq!(manifest["status"], "succeeded");
+    assert_eq!(
+        (manifest["items"].as_u64(), manifest["succeeded"].as_u64()),
+        (Some(95), Some(0 + 95))
+    );
+    assert_eq!(manifest["chunks"], 10);
+    assert_eq!(manifest["invocations"], 11, "one plan, ten chunk receives");
+    assert_eq!(manifest["by_target"][0]["target"], "default");
+    assert_eq!(manifest["by_target"][0]["calls"], 95);
+    assert!(manifest["by_target"][0]["input_tokens"].as_u64() > Some(0));
+    assert_eq!(
+        manifest["results"],
+        format!("s3://{BUCKET}/{PREFIX}{id}.jsonl")
+    );
+
+    let events = bench
+        .services
+        .receive_all(&bench.completed.url)
+        .await
+        .expect("bus queue");
+    assert_eq!(events.len(), 1, "one completion event");
+    let event = events[0].json().expect("event JSON");
+    assert_eq!(event["detail-type"], "Bedrock Relay Batch Completed");
+    assert_eq!(event["detail"]["job_id"], id);
+    assert_eq!(event["detail"]["items"], 95);
+    assert!(bench
+        .services
+        .receive_all(&bench.dead_letters.url)
+        .await
+        .expect("dlq")
+        .is_empty());
+}
+
+/// The scheduled event delivered twice fans out once, and a chunk message
+/// delivered twice (here: sent again by hand) runs its items once. Inline
+/// items are staged and cut by index the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_events_and_duplicate_chunks_answer_each_item_once() {
+    let bench = FanOut::start(2, &[]).await;
+    let id = "inline-twice";
+    let detail =
+        json!({"model": MODEL, "prompt": "Sentiment of: {{ item.text }}", "items": items(25)});
+    let first = bench.send_job(id, detail.clone()).await;
+    assert_eq!(answer(&first)["chunks"], 3, "{first:?}");
+    let second = bench.send_job(id, detail).await;
+    assert_eq!(
+        answer(&second)["status"],
+        "planned",
+        "the second delivery finds it planned"
+    );
+    // The first chunk once more, as SQS's at-least-once delivery may.
+    bench
+        .sqs
+        .send_message()
+        .queue_url(&bench.work.url)
+        .message_body(
+            json!({"kind": "bedrock-relay/chunk", "version": 1, "batch": id, "chunk": 0})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("send");
+
+    let report = bench.drain(2).await;
+    assert_eq!(
+        report.records, 4,
+        "three chunks and the duplicate: {report:?}"
+    );
+    let prompts = bench.prompts();
+    assert_eq!(prompts.len(), 25);
+    assert!(prompts.values().all(|n| *n == 1), "{prompts:?}");
+    let lines = bench.lab.batch_lines(id).await.expect("s3").expect("jsonl");
+    assert_eq!(lines.len(), 25);
+    assert!(lines
+        .iter()
+        .enumerate()
+        .all(|(i, l)| l["index"] == i && l["status"] == "succeeded"));
+}
+
+/// A message on the work queue that is not a chunk this relay planned — a
+/// job smuggled in, or a chunk of a batch never planned — is refused with an
+/// error record, deleted, and never runs a model call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_are_not_planned_chunks_are_refused_and_never_run() {
+    let bench = FanOut::start(1, &[]).await;
+    for body in [
+        json!({"model": MODEL, "prompt": "run me"}),
+        json!({"kind": "bedrock-relay/chunk", "version": 1, "batch": "never-planned", "chunk": 0}),
+    ] {
+        bench
+            .sqs
+            .send_message()
+            .queue_url(&bench.work.url)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .expect("send");
+    }
+    let report = bench.drain(1).await;
+    assert_eq!(report.deleted, 2, "refused, not retried: {report:?}");
+    assert!(bench.lab.bedrock.calls().is_empty());
+    let keys = bench.lab.record_keys().await.expect("keys");
+    let refusals: Vec<Value> = futures_util::future::join_all(
+        keys.iter()
+            .filter(|k| k.starts_with(&format!("{PREFIX}sqs-")))
+            .map(|k| async {
+                let bytes = bench
+                    .lab
+                    .object(BUCKET, k)
+                    .await
+                    .expect("s3")
+                    .expect("record");
+                serde_json::from_slice::<Value>(&bytes).expect("record JSON")
+            }),
+    )
+    .await;
+    assert_eq!(refusals.len(), 2, "{keys:?}");
+    for record in &refusals {
+        assert_eq!(record["error"]["type"], "NotAChunk", "{record}");
+        assert_eq!(record["error"]["retryable"], false);
+    }
+    let reasons: Vec<&str> = refusals
+        .iter()
+        .filter_map(|r| r["error"]["message"].as_str())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|m| m.contains("no batch `never-planned` was planned")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|m| m.contains("not a chunk message")),
+        "{reasons:?}"
+    );
+}
+
+/// An `items_from` object overwritten after planning is never mixed into the
+/// batch: every chunk's items fail with `ItemsChanged`, naming the object,
+/// and the batch still completes (partial) with nothing sent to the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_items_object_changed_after_planning_is_refused_not_mixed() {
+    let bench = FanOut::start(1, &[]).await;
+    bench.put_items("changing.jsonl", &items(30)).await;
+    let id = "changed-under-it";
+    let planned = bench
+        .send_job(id, job("s3://relay-inputs/changing.jsonl"))
+        .await;
+    assert_eq!(answer(&planned)["chunks"], 3);
+    bench.put_items("changing.jsonl", &items(31)).await;
+
+    bench.drain(1).await;
+    assert!(
+        bench.lab.bedrock.calls().is_empty(),
+        "no item of either version ran"
+    );
+    let lines = bench.lab.batch_lines(id).await.expect("s3").expect("jsonl");
+    assert_eq!(lines.len(), 30);
+    for line in &lines {
+        assert_eq!(line["error"]["type"], "ItemsChanged", "{line}");
+        assert!(line["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("s3://relay-inputs/changing.jsonl changed after its batch was planned"));
+    }
+    let manifest = bench.manifest(id).await.expect("manifest");
+    assert_eq!(
+        (manifest["status"].as_str(), manifest["failed"].as_u64()),
+        (Some("partial"), Some(30))
+    );
+}
+
+/// A chunk whose items keep failing with retryable errors is received five
+/// times, then SQS dead-letters it; on the last receive the relay writes an
+/// error record naming the chunk's items left. The other chunks finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_chunk_is_dead_lettered_with_a_record_of_its_items() {
+    let bench = FanOut::start(2, &[("RELAY_MAX_ATTEMPTS", "1")]).await;
+    let mut all = items(30);
+    all[14] = json!({"text": "POISON"});
+    bench.put_items("poison.jsonl", &all).await;
+    bench.lab.bedrock.add_fault(Fault {
+        status: 500,
+        error_type: "InternalServerException".into(),
+        count: 1000,
+        model: None,
+        body_contains: Some("POISON".into()),
+    });
+    bench.lab.bedrock.set_knobs(Knobs::default());
+    let id = "poisoned";
+    bench
+        .send_job(id, job("s3://relay-inputs/poison.jsonl"))
+        .await;
+
+    // Each receive keeps retrying until its deadline: short ones keep this quick.
+    let report = bench.drain_with(2, Duration::from_secs(4)).await;
+    assert_eq!(
+        report.records,
+        2 + 5,
+        "two good chunks, five receives of the bad one: {report:?}"
+    );
+    let dead = bench
+        .services
+        .receive_all(&bench.dead_letters.url)
+        .await
+        .expect("dlq");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].json().expect("body")["chunk"], 1);
+    let record = bench
+        .lab
+        .record(&format!("{id}/chunk-000001"))
+        .await
+        .expect("s3")
+        .unwrap_or_else(|| panic!("no dead-letter record; logs:\n{}", bench.logs()));
+    assert_eq!(record["error"]["type"], "ChunkDeadLettered", "{record}");
+    let message = record["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("items 10-19"), "{message}");
+    assert!(message.contains("items not settled: 14;"), "{message}");
+    assert!(message.contains("receive 5"), "{message}");
+    // The good items of the bad chunk were asked once, not five times.
+    let prompts = bench.prompts();
+    assert_eq!(
+        prompts.get("Sentiment of: review 13"),
+        Some(&1),
+        "{prompts:?}"
+    );
+    assert!(
+        bench.manifest(id).await.is_none(),
+        "not complete without chunk 1"
+    );
+}
