@@ -577,7 +577,7 @@ fn fan_out(get: &impl Fn(&str) -> Option<String>) -> Result<Option<FanOut>, Conf
         queue,
         store,
         chunk_items: chunk_items as usize,
-        retry_after_secs: retry_after_secs as i32,
+        retry_after_secs,
     }))
 }
 
