@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 
 const MODEL: &str = "amazon.nova-lite-v1:0";
 const INPUTS: &str = "relay-inputs";
+/// A second results bucket jobs may choose (`RELAY_ALLOWED_DESTINATIONS`).
+const FINAL: &str = "relay-final";
 /// How long one invocation may run (the Lambda deadline each one gets).
 const FUNCTION_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -26,6 +28,7 @@ const FUNCTION_TIMEOUT: Duration = Duration::from_secs(20);
 /// completion bus that forwards to a queue, and `instances` function
 /// processes configured to fan out.
 struct FanOut {
+    env: Vec<(String, String)>,
     lab: Lab,
     services: Services,
     sqs: aws_sdk_sqs::Client,
@@ -38,6 +41,17 @@ struct FanOut {
 
 impl FanOut {
     async fn start(instances: usize, extra_env: &[(&str, &str)]) -> Self {
+        // Longer than any invocation here: a chunk comes back early only
+        // when the function says so.
+        Self::start_with(instances, extra_env, 60).await
+    }
+
+    /// [`Self::start`] with the work queue's visibility timeout.
+    async fn start_with(
+        instances: usize,
+        extra_env: &[(&str, &str)],
+        visibility_secs: u32,
+    ) -> Self {
         let lab = Lab::start().await.expect("lab");
         let services = Services::of(&lab).await;
         let sqs = aws_sdk_sqs::Client::new(&sdk_config(lab.moto.endpoint(), &lab.admin_b).await);
@@ -50,9 +64,10 @@ impl FanOut {
         sqs.set_queue_attributes()
             .queue_url(&work.url)
             .attributes(QueueAttributeName::RedrivePolicy, redrive)
-            // Longer than any invocation here: a chunk comes back early only
-            // when the function says so.
-            .attributes(QueueAttributeName::VisibilityTimeout, "60")
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility_secs.to_string(),
+            )
             .send()
             .await
             .expect("redrive");
@@ -63,6 +78,7 @@ impl FanOut {
         lab.create_bucket(INPUTS).await.expect("inputs bucket");
 
         let mut env = lab.function_env();
+        lab.create_bucket(FINAL).await.expect("final bucket");
         let store = format!("s3://{BUCKET}/{PREFIX}_batches/");
         let settings = [
             ("RELAY_WORK_QUEUE", work.url.as_str()),
@@ -70,6 +86,7 @@ impl FanOut {
             ("RELAY_CHUNK_ITEMS", "10"),
             ("RELAY_EVENT_BUS", bus_arn.as_str()),
             ("RELAY_CHUNK_RETRY_SECONDS", "0"),
+            ("RELAY_ALLOWED_DESTINATIONS", "s3://relay-final/*"),
         ];
         for (key, value) in settings.iter().chain(extra_env) {
             env.retain(|(k, _)| k != key);
@@ -90,6 +107,7 @@ impl FanOut {
             runtimes.push(runtime);
         }
         Self {
+            env,
             lab,
             services,
             sqs,
@@ -477,4 +495,182 @@ async fn a_poison_chunk_is_dead_lettered_with_a_record_of_its_items() {
         bench.manifest(id).await.is_none(),
         "not complete without chunk 1"
     );
+}
+
+/// An instance killed mid-chunk: its chunk comes back after the visibility
+/// timeout and another instance (Lambda's replacement) finishes it from the
+/// saved progress. Only the answers after the last save and those in flight
+/// are asked again: at most `PROGRESS_EVERY` (50) + `RELAY_MAX_CONCURRENCY`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_mid_chunk_loses_nothing_and_repeats_little() {
+    let mut bench = FanOut::start_with(
+        2,
+        &[("RELAY_CHUNK_ITEMS", "60"), ("RELAY_MAX_CONCURRENCY", "2")],
+        6,
+    )
+    .await;
+    bench.lab.bedrock.set_knobs(Knobs {
+        latency_ms: 50,
+        ..Knobs::default()
+    });
+    bench.put_items("kill.jsonl", &items(70)).await;
+    let id = "killed-mid-chunk";
+    assert_eq!(
+        answer(
+            &bench
+                .send_job(id, job("s3://relay-inputs/kill.jsonl"))
+                .await
+        )["chunks"],
+        2
+    );
+
+    let answered_in_chunk_0 = |bench: &FanOut| {
+        bench
+            .prompts()
+            .keys()
+            .filter(|p| {
+                p.strip_prefix("Sentiment of: review ")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| n < 60)
+            })
+            .count()
+    };
+    let killer = async {
+        // Past the first progress save (50 results), before the chunk ends.
+        while answered_in_chunk_0(&bench) < 55 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let victim = bench
+            .functions
+            .iter()
+            .position(|f| {
+                f.logs()
+                    .iter()
+                    .any(|l| l.contains("chunk started items=60"))
+            })
+            .expect("an instance runs chunk 0");
+        let pid = bench.functions[victim].pid().expect("pid");
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+        assert!(killed.is_ok_and(|s| s.success()));
+        victim
+    };
+    let mapping = Mapping {
+        queue_url: bench.work.url.clone(),
+        queue_arn: bench.work.arn.clone(),
+        batch_size: 1,
+        maximum_concurrency: 2,
+        function_timeout: Duration::from_secs(4),
+    };
+    let (report, victim) = tokio::join!(
+        esm::run(
+            &bench.sqs,
+            &mapping,
+            &bench.runtimes,
+            Duration::from_secs(8),
+            Duration::from_secs(90)
+        ),
+        killer
+    );
+    let report = report.expect("mapping");
+    // What Lambda does next: a fresh instance on the same slot, then the rest.
+    bench.functions[victim] = FunctionProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_bedrock-relay")),
+        &bench.runtimes[victim],
+        &bench.env,
+    )
+    .expect("replacement");
+    let rest = bench.drain(2).await;
+
+    let lines = bench
+        .lab
+        .batch_lines(id)
+        .await
+        .expect("s3")
+        .unwrap_or_else(|| {
+            panic!(
+                "no result after {report:?} {rest:?}; logs:\n{}",
+                bench.logs()
+            )
+        });
+    assert_eq!(lines.len(), 70);
+    assert!(lines
+        .iter()
+        .enumerate()
+        .all(|(i, l)| l["index"] == i && l["status"] == "succeeded"));
+    let prompts = bench.prompts();
+    let repeated: usize = prompts.values().map(|n| n - 1).sum();
+    assert!(
+        repeated <= 50 + 2,
+        "{repeated} answers asked again: {prompts:?}"
+    );
+    for i in 0..50 {
+        assert_eq!(
+            prompts.get(&format!("Sentiment of: review {i}")),
+            Some(&1),
+            "saved before the kill: item {i}"
+        );
+    }
+}
+
+/// The destination is unreachable when the last chunk finishes: assembly
+/// fails, the chunk's message comes back, and a later receive assembles the
+/// complete result once the destination is back. No item is asked twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_outage_during_assembly_is_retried_to_a_complete_result() {
+    let bench = FanOut::start(1, &[("RELAY_CHUNK_RETRY_SECONDS", "2")]).await;
+    bench.put_items("outage.jsonl", &items(25)).await;
+    // The job's results go to a bucket that is gone when assembly starts.
+    let s3 = lab::s3_client(bench.lab.moto.endpoint(), &bench.lab.admin_b);
+    s3.delete_bucket()
+        .bucket(FINAL)
+        .send()
+        .await
+        .expect("bucket removed");
+    let id = "assembly-outage";
+    let mut detail = job("s3://relay-inputs/outage.jsonl");
+    detail["destination"] = json!("s3://relay-final/nightly/");
+    assert_eq!(answer(&bench.send_job(id, detail).await)["chunks"], 3);
+
+    let restore = async {
+        while !bench.logs().contains("the batch's assembly failed") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bench.lab.create_bucket(FINAL).await.expect("bucket back");
+    };
+    let (report, ()) = tokio::join!(bench.drain(1), restore);
+    let lines = bench
+        .lab
+        .object(FINAL, &format!("nightly/{id}.jsonl"))
+        .await
+        .expect("s3")
+        .unwrap_or_else(|| panic!("not assembled: {report:?}; logs:\n{}", bench.logs()));
+    let lines: Vec<Value> = lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("line"))
+        .collect();
+    assert_eq!(lines.len(), 25);
+    assert!(lines
+        .iter()
+        .enumerate()
+        .all(|(i, l)| l["index"] == i && l["status"] == "succeeded"));
+    assert!(
+        report.records > 3,
+        "the last chunk came back for the assembly: {report:?}"
+    );
+    assert!(bench.prompts().values().all(|n| *n == 1));
+    let manifest = bench
+        .lab
+        .object(FINAL, &format!("nightly/{id}.manifest.json"))
+        .await
+        .expect("s3");
+    assert!(manifest.is_some(), "the manifest follows the result");
+    assert!(bench
+        .services
+        .receive_all(&bench.dead_letters.url)
+        .await
+        .expect("dlq")
+        .is_empty());
 }

@@ -81,13 +81,13 @@ impl Tally {
 /// a time, under the batch's claim.
 pub(crate) async fn run(
     services: &Services,
-    plan: Plan<'_>,
+    mut plan: Plan<'_>,
     request_id: &str,
     deadline: &Deadline,
 ) -> Result<Value, RelayError> {
     let sinks = services.sinks();
     let job_id = plan.resolved.id.as_str();
-    let items = match batch_items(services, &plan.job).await {
+    let items = match batch_items(services, &mut plan.job).await {
         Ok(items) => items,
         Err(err) => {
             return outcome::fail(services, plan.record, &plan.delivery, err, &Arc::default()).await
@@ -245,11 +245,13 @@ async fn run_claimed(
 /// one, the error that fails that item (and only it).
 pub(super) type Item = Result<Value, ErrorRecord>;
 
-/// The batch's items: inline, or read from the `items_from` JSON Lines object.
-async fn batch_items(services: &Services, job: &Job) -> Result<Vec<Item>, RelayError> {
+/// The batch's items: inline (taken out of the job, which each item's run
+/// clones: a job holding every item would make each clone cost the whole
+/// batch), or read from the `items_from` JSON Lines object.
+async fn batch_items(services: &Services, job: &mut Job) -> Result<Vec<Item>, RelayError> {
     let max_items = services.config().max_items;
-    let items: Vec<Item> = match (&job.items, &job.items_from) {
-        (Some(items), _) => items.iter().cloned().map(Ok).collect(),
+    let items: Vec<Item> = match (job.items.take(), &job.items_from) {
+        (Some(items), _) => items.into_iter().map(Ok).collect(),
         (None, Some(uri)) => documents::load_items(
             services.sinks().s3_client(),
             uri,
