@@ -860,6 +860,49 @@ mod tests {
         assert!(ok.default_job.is_some());
     }
 
+    /// Fan-out needs both a work queue and a store; each alone is refused
+    /// naming the other, a FIFO queue is refused, and the store is never a
+    /// source a job may read.
+    #[test]
+    fn fan_out_needs_a_standard_queue_and_a_store() {
+        let queue = (
+            "RELAY_WORK_QUEUE",
+            "https://sqs.eu-west-1.amazonaws.com/222222222222/work",
+        );
+        let store = ("RELAY_WORK_STORE", "s3://results-bucket/relay/_batches/");
+        assert!(Config::from_lookup(env(&[]))
+            .expect("valid")
+            .fan_out
+            .is_none());
+        let config = Config::from_lookup(env(&[queue, store])).expect("valid");
+        let fan_out = config.fan_out.as_ref().expect("fans out");
+        assert_eq!((fan_out.chunk_items, fan_out.retry_after_secs), (500, 30));
+        assert_eq!(fan_out.queue.arn, "arn:aws:sqs:eu-west-1:222222222222:work");
+        assert!(config
+            .sources
+            .check(
+                "items_from",
+                "s3://results-bucket/relay/_batches/b/items.jsonl"
+            )
+            .is_err());
+        assert!(error_of(&[queue]).starts_with("RELAY_WORK_STORE is not set"));
+        assert!(error_of(&[store]).starts_with("RELAY_WORK_QUEUE is not set"));
+        let fifo = (
+            "RELAY_WORK_QUEUE",
+            "https://sqs.eu-west-1.amazonaws.com/222222222222/work.fifo",
+        );
+        assert!(error_of(&[fifo, store]).contains("is a FIFO queue"));
+        assert!(error_of(&[queue, store, ("RELAY_CHUNK_ITEMS", "0")])
+            .starts_with("RELAY_CHUNK_ITEMS is invalid"));
+        assert!(error_of(&[("RELAY_EVENT_BUS", "relay-done")])
+            .starts_with("RELAY_EVENT_BUS is invalid"));
+        assert!(
+            error_of(&[("RELAY_MAX_ITEMS", "1000001")]).starts_with("RELAY_MAX_ITEMS is invalid")
+        );
+        let big = Config::from_lookup(env(&[("RELAY_MAX_ITEMS", "1000000")])).expect("valid");
+        assert_eq!(big.max_items, 1_000_000);
+    }
+
     #[test]
     fn a_bedrock_bearer_token_is_refused_loudly() {
         let msg = error_of(&[("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-abc")]);

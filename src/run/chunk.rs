@@ -526,3 +526,52 @@ async fn dead_letter_record(
     record.job_id = WorkStore::chunk_id(batch_id, chunk.number);
     let _ = outcome::fail(services, record, &plan.delivery, err, &Arc::default()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::Queue;
+
+    /// Only an event whose records come from SQS is a chunk event; a job
+    /// that happens to have a `Records` field is not.
+    #[test]
+    fn only_sqs_records_are_a_chunk_event() {
+        let sqs = json!({"Records": [{"messageId": "m1", "body": "{}", "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:222222222222:work", "attributes": {}}]});
+        let event = sqs_event(&Payload::Json(sqs)).expect("an SQS event");
+        assert_eq!(event.records[0].message_id.as_deref(), Some("m1"));
+        for other in [
+            json!({"Records": [{"eventSource": "aws:s3"}]}),
+            json!({"Records": []}),
+            json!({"prompt": "hi", "Records": "x"}),
+        ] {
+            assert!(
+                sqs_event(&Payload::Json(other.clone())).is_none(),
+                "{other}"
+            );
+        }
+    }
+
+    /// A message counts as the work queue's only when its source ARN names
+    /// the same account and queue (and region, when the URL names one).
+    #[test]
+    fn only_the_work_queue_is_a_chunk_source() {
+        let queue = WorkQueue::new(
+            Queue::parse("https://sqs.us-east-1.amazonaws.com/222222222222/work").expect("url"),
+        );
+        assert!(queue.is_source(Some("arn:aws:sqs:us-east-1:222222222222:work")));
+        for other in [
+            None,
+            Some("arn:aws:sqs:us-east-1:222222222222:other"),
+            Some("arn:aws:sqs:us-east-1:333333333333:work"),
+            Some("arn:aws:sqs:eu-west-1:222222222222:work"),
+            Some("arn:aws:sns:us-east-1:222222222222:work"),
+        ] {
+            assert!(!queue.is_source(other), "{other:?}");
+        }
+        // A URL on a custom endpoint names no region: any region matches.
+        let local =
+            WorkQueue::new(Queue::parse("http://127.0.0.1:5000/222222222222/work").expect("url"));
+        assert!(local.is_source(Some("arn:aws:sqs:us-east-1:222222222222:work")));
+    }
+}
