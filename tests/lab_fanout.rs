@@ -674,3 +674,74 @@ async fn a_destination_outage_during_assembly_is_retried_to_a_complete_result() 
         .expect("dlq")
         .is_empty());
 }
+
+/// To a queue destination, a fanned-out batch sends each item's result as its
+/// chunk settles them (each once) and the manifest last; no `.jsonl` is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_destination_gets_every_item_once_then_the_manifest() {
+    let bench = FanOut::start(2, &[]).await;
+    let results = bench.services.create_queue("results").await.expect("queue");
+    bench.put_items("to-queue.jsonl", &items(25)).await;
+    let id = "to-a-queue";
+    let mut detail = job("s3://relay-inputs/to-queue.jsonl");
+    detail["destination"] = json!(results.url);
+    assert_eq!(answer(&bench.send_job(id, detail).await)["chunks"], 3);
+    bench.drain(2).await;
+
+    let messages = bench
+        .services
+        .receive_all(&results.url)
+        .await
+        .expect("results");
+    let bodies: Vec<Value> = messages.iter().map(|m| m.json().expect("JSON")).collect();
+    let mut indexes: Vec<u64> = bodies.iter().filter_map(|b| b["index"].as_u64()).collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..25).collect::<Vec<u64>>(), "each item once");
+    let manifests: Vec<&Value> = bodies.iter().filter(|b| b["mode"] == "fan-out").collect();
+    assert_eq!(manifests.len(), 1, "{bodies:?}");
+    assert_eq!(
+        (
+            manifests[0]["items"].as_u64(),
+            manifests[0]["succeeded"].as_u64()
+        ),
+        (Some(25), Some(25))
+    );
+    assert!(bench.lab.batch_lines(id).await.expect("s3").is_none());
+}
+
+/// An `items_from` batch over `RELAY_MAX_ITEMS` is refused while it streams,
+/// before any claim, plan, chunk message or model call, with the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_item_limit_is_refused_before_any_claim() {
+    let bench = FanOut::start(1, &[("RELAY_MAX_ITEMS", "50")]).await;
+    bench.put_items("too-many.jsonl", &items(51)).await;
+    let id = "too-many";
+    let outcome = bench
+        .send_job(id, job("s3://relay-inputs/too-many.jsonl"))
+        .await;
+    assert_eq!(
+        outcome.error_type(),
+        Some("NonRetryable.InvalidItems"),
+        "{outcome:?}"
+    );
+    let record = bench
+        .lab
+        .record(id)
+        .await
+        .expect("s3")
+        .expect("error record");
+    let message = record["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("more than 50 items"), "{message}");
+    let keys = bench.lab.record_keys().await.expect("keys");
+    assert!(
+        !keys.iter().any(|k| k.contains("_batches")),
+        "no plan, no claim: {keys:?}"
+    );
+    assert!(bench
+        .services
+        .receive_all(&bench.work.url)
+        .await
+        .expect("queue")
+        .is_empty());
+    assert!(bench.lab.bedrock.calls().is_empty());
+}

@@ -347,11 +347,23 @@ fn bounded_indent(
     indent_blank_lines: Option<bool>,
     kwargs: minijinja::value::Kwargs,
 ) -> Result<Value, Error> {
+    // The width may come as `width=`: measured the way `indent` reads it
+    // (default 4), or a keyword would slip a huge width past the check.
+    let width = match width {
+        Some(width) => width,
+        None => kwargs.get::<Option<usize>>("width")?.unwrap_or(4),
+    };
     let text = value.as_str();
     let lines = text.matches('\n').count().saturating_add(1);
-    let pad = width.unwrap_or(0).saturating_mul(lines);
+    let pad = width.saturating_mul(lines);
     check_size("indent", text.len().saturating_add(pad))?;
-    f::indent(value, width, indent_first_line, indent_blank_lines, kwargs)
+    f::indent(
+        value,
+        Some(width),
+        indent_first_line,
+        indent_blank_lines,
+        kwargs,
+    )
 }
 
 /// `{{ detail.object.key | safe_id }}`: any text made fit for a job id (and so

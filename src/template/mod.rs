@@ -540,6 +540,8 @@ mod tests {
             ),
             ("{{ range(0, 9223372036854775807, 1) }}", "too many elements"),
             ("{{ item|first|indent(9223372036854775807) }}", "over"),
+            // The same width as a keyword argument (found by the hostile-input proptest).
+            ("{{ item|first|indent(width=9223372036854775807) }}", "over"),
         ] {
             match r.render("prompt", source, &scope) {
                 Ok(text) => assert!(expected.is_empty(), "{source} rendered {text:?}"),
