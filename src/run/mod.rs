@@ -28,7 +28,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::bedrock::Bedrock;
-use crate::config::Config;
+use crate::config::{Config, FanOut};
 use crate::destination::Destinations;
 use crate::domain::deadline::Deadline;
 use crate::domain::input::Payload;
@@ -101,19 +101,19 @@ impl Services {
 }
 
 /// The run modes a job selects (chunks arrive as SQS events instead).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+#[derive(Debug, Clone, Copy)]
+enum Mode<'c> {
     Single,
     Batch,
-    FanOut,
+    FanOut(&'c FanOut),
 }
 
-impl Mode {
-    fn of(job: &Job, config: &Config) -> Self {
-        match (job.is_batch(), config.fan_out.is_some()) {
+impl<'c> Mode<'c> {
+    fn of(job: &Job, config: &'c Config) -> Self {
+        match (job.is_batch(), &config.fan_out) {
             (false, _) => Self::Single,
-            (true, false) => Self::Batch,
-            (true, true) => Self::FanOut,
+            (true, None) => Self::Batch,
+            (true, Some(fan_out)) => Self::FanOut(fan_out),
         }
     }
 }
@@ -153,16 +153,11 @@ pub(crate) async fn run_event(
     );
     async move {
         tracing::info!("job accepted");
-        match (
-            Mode::of(&plan.job, services.config()),
-            &services.config().fan_out,
-        ) {
-            (Mode::FanOut, Some(fan_out)) => {
+        match Mode::of(&plan.job, services.config()) {
+            Mode::Single => single::run(services, plan, request_id, &deadline).await,
+            Mode::Batch => batch::run(services, plan, request_id, &deadline).await,
+            Mode::FanOut(fan_out) => {
                 Box::pin(fanout::run(services, plan, fan_out, request_id, &deadline)).await
-            }
-            (Mode::Single, _) => single::run(services, plan, request_id, &deadline).await,
-            (Mode::Batch | Mode::FanOut, _) => {
-                batch::run(services, plan, request_id, &deadline).await
             }
         }
     }
