@@ -44,6 +44,13 @@ pub(crate) async fn run(
     }
     let store = WorkStore::new(services.sinks(), &fan_out.store);
     let job_id = plan.resolved.id.clone();
+    // A redelivery of a batch already fanned out answers from its plan,
+    // without streaming the items again.
+    if let Ok(true) = store.is_dispatched(&job_id).await {
+        if let Ok(Some(frozen)) = store.read_plan(&job_id).await {
+            return Ok(planned(&plan, &frozen));
+        }
+    }
     // Cut before claiming: a batch that fits in one chunk runs here, under
     // the batch's own claim, and the cut is a read anyone may repeat.
     let cut = match cut(services, &store, &mut plan, fan_out.chunk_items).await {
@@ -159,13 +166,18 @@ async fn dispatch(
             "batch planned: its chunks are on the work queue"
         );
     }
-    Ok(json!({
-        "job_id": job_id,
+    Ok(planned(plan, &frozen))
+}
+
+/// The planner's answer.
+fn planned(plan: &Plan<'_>, frozen: &crate::domain::chunks::BatchPlan) -> Value {
+    json!({
+        "job_id": plan.resolved.id,
         "status": "planned",
         "mode": "fan-out",
         "items": frozen.items.total,
         "chunks": frozen.chunks.len(),
         "planned_at": frozen.planned_at,
         "model": plan.resolved.model,
-    }))
+    })
 }
