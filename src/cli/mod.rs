@@ -11,9 +11,14 @@
 //!   Converse, a write to the destination.
 //! - `bedrock-relay schema [--event]` prints the job's JSON Schema (with
 //!   `--event`, that of a whole `Bedrock Relay Job` EventBridge event).
+//! - `bedrock-relay status JOB_ID [--watch] [--interval SECS] [--json]`
+//!   tells how far a job has got (mode, chunks, items, tokens, throttles,
+//!   elapsed, time left) from the work store and the destination; `--watch`
+//!   draws a progress bar until it is complete.
 //!
 //! Exit codes: 0 all good, 1 a job or check failed, 2 usage or configuration.
 
+mod status;
 mod trail;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,6 +49,7 @@ const USAGE: &str = "usage:
   bedrock-relay doctor [--target ALIAS] [--model MODEL_ID] [--json]
   bedrock-relay trail [--since 1h] [--json]
   bedrock-relay schema [--event]
+  bedrock-relay status JOB_ID [--watch] [--interval SECS] [--json]
 Reads the same RELAY_* environment as the Lambda function.";
 
 /// Runs the command line; returns the process exit code.
@@ -74,6 +80,26 @@ pub async fn run(args: &[String]) -> i32 {
                 return EXIT_USAGE;
             };
             trail(seconds, json_output).await
+        }
+        Some("status") => {
+            let Some(job_id) = crate::cli::status::job_id_arg(&args[1..]) else {
+                eprintln!("{USAGE}");
+                return EXIT_USAGE;
+            };
+            if let Err(reason) = crate::domain::job::check_job_id(&job_id) {
+                eprintln!("not a job id: {reason}");
+                return EXIT_USAGE;
+            }
+            let interval = match flag("--interval").map(|t| t.parse::<u64>()) {
+                None => crate::cli::status::DEFAULT_INTERVAL,
+                Some(Ok(secs)) if secs > 0 => Duration::from_secs(secs),
+                Some(_) => {
+                    eprintln!("--interval takes a whole number of seconds");
+                    return EXIT_USAGE;
+                }
+            };
+            let watch = args.iter().any(|a| a == "--watch");
+            status(&job_id, watch, interval, json_output).await
         }
         Some("schema") => {
             let schema = if args.iter().any(|a| a == "--event") {
@@ -402,6 +428,16 @@ async fn trail(seconds: u64, json_output: bool) -> i32 {
     } else {
         EXIT_FAILED
     }
+}
+
+async fn status(job_id: &str, watch: bool, interval: Duration, json_output: bool) -> i32 {
+    let config = match load_config() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let base = aws_config::load_defaults(BehaviorVersion::latest()).await;
+    let mut reader = crate::cli::status::Reader::new(&config, &base);
+    crate::cli::status::run(&mut reader, job_id, watch, interval, json_output).await
 }
 
 /// LookupEvents serves 50 events a page at 2 requests a second: enough for an

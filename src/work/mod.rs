@@ -20,6 +20,8 @@
 //! `<id>/chunk-000003`), so a chunk is claimed, read back and resumed exactly
 //! as a batch in one invocation is.
 
+use std::collections::BTreeSet;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -254,6 +256,54 @@ impl WorkStore {
                     "not what bedrock-relay writes there ({err}); remove it or use a new job id"
                 ),
             })
+    }
+
+    /// `s3://` of the plan of `batch` (read or not), for messages that say
+    /// where a batch was looked for.
+    pub fn plan_uri(&self, batch: &str) -> String {
+        self.s3.location().uri_of(&self.key(batch, "plan.json"))
+    }
+
+    /// The chunks of `batch` that are done and those with progress saved (a
+    /// chunk done keeps its progress too), by number, from one listing.
+    /// Keys that are not a chunk of `batch` itself are left out.
+    pub async fn chunk_numbers(
+        &self,
+        batch: &str,
+    ) -> Result<(BTreeSet<usize>, BTreeSet<usize>), DestinationError> {
+        let prefix = self.key(batch, "chunk-");
+        let keys = self.s3.list_keys(&prefix).await?;
+        let (mut done, mut progress) = (BTreeSet::new(), BTreeSet::new());
+        for key in &keys {
+            let Some((number, kind)) = key
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once('.'))
+            else {
+                continue;
+            };
+            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(chunk) = number.parse::<usize>() else {
+                continue;
+            };
+            match kind {
+                "done.json" => done.insert(chunk),
+                "progress.jsonl" => progress.insert(chunk),
+                _ => false,
+            };
+        }
+        Ok((done, progress))
+    }
+
+    /// The summary of chunk `chunk` of `batch`, if it is done.
+    pub async fn summary(
+        &self,
+        batch: &str,
+        chunk: usize,
+    ) -> Result<Option<ChunkSummary>, DestinationError> {
+        self.read_json(&self.key(batch, &format!("chunk-{chunk:06}.done.json")))
+            .await
     }
 }
 
