@@ -126,6 +126,10 @@ pub struct FanOut {
     /// Seconds before a chunk held up by retryable errors (throttling, an
     /// outage) is received again (`RELAY_CHUNK_RETRY_SECONDS`).
     pub retry_after_secs: i32,
+    /// The work queue's `maxReceiveCount` (`RELAY_WORK_MAX_RECEIVES`): on
+    /// this receive a chunk that does not finish writes its error record,
+    /// since SQS dead-letters it next.
+    pub max_receives: u64,
 }
 
 impl Config {
@@ -310,6 +314,9 @@ impl Config {
             })?;
 
         let fan_out = fan_out(&get)?;
+        if let (Some(fan_out), DestinationSpec::S3(results)) = (&fan_out, &destination) {
+            check_store_apart(&fan_out.store, results)?;
+        }
         let mut own = own_prefixes(&destination, &allowed_destinations, spill.as_ref());
         if let Some(fan_out) = &fan_out {
             own.push(format!(
@@ -573,12 +580,42 @@ fn fan_out(get: &impl Fn(&str) -> Option<String>) -> Result<Option<FanOut>, Conf
         0..=43_200,
         30,
     )?;
+    let max_receives = parse_number(
+        get("RELAY_WORK_MAX_RECEIVES"),
+        "RELAY_WORK_MAX_RECEIVES",
+        1..=1000,
+        5,
+    )?;
     Ok(Some(FanOut {
         queue,
         store,
         chunk_items: chunk_items as usize,
         retry_after_secs,
+        max_receives,
     }))
+}
+
+/// The work store may sit in the results prefix only under a segment that
+/// starts with `_` (`s3://bucket/prefix/_batches/`): job ids never start a
+/// segment with `_`, so no job's record can land on the store's objects.
+fn check_store_apart(store: &S3Location, results: &S3Location) -> Result<(), ConfigError> {
+    if store.bucket != results.bucket {
+        return Ok(());
+    }
+    let overlaps = match store.prefix.strip_prefix(&results.prefix) {
+        Some(rest) => !rest.starts_with('_'),
+        None => results.prefix.starts_with(&store.prefix),
+    };
+    if overlaps {
+        return Err(ConfigError::Invalid {
+            var: "RELAY_WORK_STORE",
+            reason: format!(
+                "`s3://{}/{}` overlaps RELAY_DESTINATION `s3://{}/{}`, so a job id could name the store's own objects; put the store under a segment starting with `_`, e.g. s3://{}/{}_batches/",
+                store.bucket, store.prefix, results.bucket, results.prefix, results.bucket, results.prefix
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `RELAY_ID_PREFIX` is a template (rendered per event) or literal text that
@@ -898,6 +935,20 @@ mod tests {
             .starts_with("RELAY_EVENT_BUS is invalid"));
         assert!(
             error_of(&[("RELAY_MAX_ITEMS", "1000001")]).starts_with("RELAY_MAX_ITEMS is invalid")
+        );
+        for overlapping in [
+            "s3://results-bucket/relay/",
+            "s3://results-bucket/relay/batches/",
+            "s3://results-bucket/",
+        ] {
+            let msg = error_of(&[queue, ("RELAY_WORK_STORE", overlapping)]);
+            assert!(
+                msg.contains("overlaps RELAY_DESTINATION"),
+                "{overlapping}: {msg}"
+            );
+        }
+        assert!(
+            Config::from_lookup(env(&[queue, ("RELAY_WORK_STORE", "s3://other/relay/")])).is_ok()
         );
         let big = Config::from_lookup(env(&[("RELAY_MAX_ITEMS", "1000000")])).expect("valid");
         assert_eq!(big.max_items, 1_000_000);

@@ -12,8 +12,9 @@
 //!
 //! - `main.rs` (thin), `lambda` ([`Relay`]: the Lambda wiring, the runtime's
 //!   deadline as a `Deadline`) and [`cli`] (`invoke`, `doctor`, `trail`,
-//!   `schema`).
-//! - `run`: the run modes as peers (a single job, a batch in one invocation)
+//!   `status`, `schema`).
+//! - `run`: the run modes as peers (a single job, a batch in one invocation,
+//!   a batch fanned out over the work queue, one chunk of it)
 //!   over the same parts: planning, the guarded run (claim → read back → run
 //!   → release), preparing a job, and its outcome (records, delivery,
 //!   metrics). `error` gathers the other modules' errors into [`RelayError`]
@@ -25,7 +26,8 @@
 //!   `documents` (S3 objects as content blocks; `formats`, `items` for
 //!   `items_from` JSON Lines), `destination` (S3, SQS, SNS, EventBridge,
 //!   DynamoDB; `batching`, `spill`), `ledger` (claims and finished work, S3
-//!   and DynamoDB side by side).
+//!   and DynamoDB side by side), `work` (the work store and queue of
+//!   fanned-out batches).
 //! - `template` (Jinja with an allowlist, see docs/templates.md), `schema`
 //!   (the job as JSON Schema), `observe` (logs, EMF metrics, X-Ray
 //!   subsegments).

@@ -436,7 +436,7 @@ async fn an_items_object_changed_after_planning_is_refused_not_mixed() {
     let manifest = bench.manifest(id).await.expect("manifest");
     assert_eq!(
         (manifest["status"].as_str(), manifest["failed"].as_u64()),
-        (Some("partial"), Some(30))
+        (Some("failed"), Some(30))
     );
 }
 

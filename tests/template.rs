@@ -847,6 +847,11 @@ fn work_queue_outlasts_the_function_and_dead_letters_after_five_receives() {
         work["RedrivePolicy"],
         json!({"deadLetterTargetArn": "getatt:WorkDeadLetterQueue.Arn", "maxReceiveCount": 5})
     );
+    assert_eq!(
+        stack.env("RELAY_WORK_MAX_RECEIVES"),
+        "5",
+        "the function knows the receive SQS dead-letters after"
+    );
 
     let dead = queue(&stack, "WorkDeadLetterQueue");
     let kept = |q: &Value| q["MessageRetentionPeriod"].as_u64().expect("retention");

@@ -123,15 +123,17 @@ pub struct ChunkSummary {
     pub finished_at: String,
 }
 
-/// A fanned-out batch, complete: `<prefix><id>.manifest.json`, the detail of
-/// the completion event, and what `bedrock-relay status` reads.
+/// A fanned-out batch, complete: `<prefix><id>.manifest.json` at an S3
+/// destination (or one more message elsewhere), the detail of the completion
+/// event, and `<id>/manifest.json` in the work store, written last, which
+/// marks the batch assembled (what `bedrock-relay status` reads).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// The batch's job id.
     pub job_id: String,
     /// How it ran: `fan-out`.
     pub mode: String,
-    /// `succeeded` (every item) or `partial`.
+    /// `succeeded` (every item), `partial`, or `failed` (no item succeeded).
     pub status: String,
     /// All items' counts, by target and model.
     #[serde(flatten)]
@@ -164,10 +166,10 @@ impl Manifest {
         Self {
             job_id: job_id.to_owned(),
             mode: "fan-out".to_owned(),
-            status: if counts.failed == 0 {
-                "succeeded"
-            } else {
-                "partial"
+            status: match (counts.succeeded, counts.failed) {
+                (_, 0) => "succeeded",
+                (0, _) => "failed",
+                _ => "partial",
             }
             .to_owned(),
             counts,
@@ -224,6 +226,16 @@ mod tests {
         );
         assert_eq!(manifest.status, "partial");
         assert_eq!(manifest.invocations, 5);
+        let none = Manifest::assemble(
+            "j",
+            "t0",
+            &[summary(
+                1,
+                Counts::of_lines(&[line("failed", "a", 0, 1, 0)]),
+            )],
+            String::new(),
+        );
+        assert_eq!(none.status, "failed", "no item succeeded");
         let a = &manifest.counts.by_target[0];
         assert_eq!((a.target.as_str(), a.items, a.succeeded), ("a", 2, 1));
         assert_eq!((a.input_tokens, a.calls, a.throttles), (10, 3, 1));

@@ -39,7 +39,7 @@ pub(crate) async fn after_chunk(
     deadline: &Deadline,
 ) -> Result<(), RelayError> {
     let batch_id = frozen.job_id.as_str();
-    let done = store.chunks_done(batch_id).await?;
+    let done = store.chunks_done(batch_id, frozen.chunks.len()).await?;
     if done < frozen.chunks.len() {
         return Ok(());
     }
@@ -74,7 +74,18 @@ async fn assemble(
     deadline: &Deadline,
 ) -> Result<(), RelayError> {
     let batch_id = frozen.job_id.as_str();
-    let summaries = store.summaries(batch_id).await?;
+    let summaries = store.summaries(batch_id, frozen.chunks.len()).await?;
+    if summaries.len() < frozen.chunks.len() {
+        return Err(DestinationError::Unavailable {
+            destination: store.plan_uri(batch_id),
+            message: format!(
+                "{} of {} chunk summaries could be read",
+                summaries.len(),
+                frozen.chunks.len()
+            ),
+        }
+        .into());
+    }
     let sinks = services.sinks();
     let destination = &plan.delivery.destination;
     let results = match destination {

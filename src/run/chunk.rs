@@ -39,10 +39,6 @@ use crate::work::{WorkQueue, WorkStore};
 /// Item results between two saves of a chunk's progress: at most this many
 /// answers (and those in flight) are asked again after a crash.
 pub(crate) const PROGRESS_EVERY: usize = 50;
-/// The work queue's `maxReceiveCount` in template.yaml: on this receive a
-/// chunk that does not finish writes an error record, since SQS dead-letters
-/// it next.
-pub(crate) const LAST_RECEIVE: u64 = 5;
 
 /// The SQS event in `payload`, if it is one.
 pub(crate) fn sqs_event(payload: &Payload) -> Option<SqsEvent> {
@@ -225,7 +221,7 @@ async fn run_message(
             tracing::warn!(error_type = err.code(), "the chunk stopped: {err}");
             // Cut short by the deadline: the next instance may start at once.
             let cut_short = matches!(err_pending(&err), Some(pending) if pending > 0);
-            if receives >= LAST_RECEIVE {
+            if receives >= fan_out.max_receives {
                 dead_letter_record(services, &plan, &chunk, err).await;
             }
             Disposition::Retry(Some(if cut_short {

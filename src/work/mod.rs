@@ -210,22 +210,27 @@ impl WorkStore {
         self.s3.put_json(&key, body).await.map(|_| ())
     }
 
-    /// How many chunks of `batch` are done.
-    pub async fn chunks_done(&self, batch: &str) -> Result<usize, DestinationError> {
-        let keys = self.s3.list_keys(&self.key(batch, "chunk-")).await?;
-        Ok(keys.iter().filter(|k| k.ends_with(".done.json")).count())
+    /// How many of `batch`'s first `chunks` chunks are done. Only keys of
+    /// the chunk layout count (`chunk-<digits>.done.json` right under the
+    /// batch), not those of another batch whose id goes on from this one's.
+    pub async fn chunks_done(&self, batch: &str, chunks: usize) -> Result<usize, DestinationError> {
+        let (done, _) = self.chunk_numbers(batch).await?;
+        Ok(done.range(..chunks).count())
     }
 
-    /// Every summary of `batch`, by chunk; a chunk not done is missing.
-    pub async fn summaries(&self, batch: &str) -> Result<Vec<ChunkSummary>, DestinationError> {
-        let keys = self.s3.list_keys(&self.key(batch, "chunk-")).await?;
+    /// The summaries of `batch`'s first `chunks` chunks that are done, in order.
+    pub async fn summaries(
+        &self,
+        batch: &str,
+        chunks: usize,
+    ) -> Result<Vec<ChunkSummary>, DestinationError> {
+        let (done, _) = self.chunk_numbers(batch).await?;
         let mut summaries = Vec::new();
-        for key in keys.iter().filter(|k| k.ends_with(".done.json")) {
-            if let Some(summary) = self.read_json::<ChunkSummary>(key).await? {
+        for chunk in done.range(..chunks) {
+            if let Some(summary) = self.summary(batch, *chunk).await? {
                 summaries.push(summary);
             }
         }
-        summaries.sort_by_key(|s| s.chunk);
         Ok(summaries)
     }
 
