@@ -24,14 +24,7 @@ pub async fn load_items(
     let object = parse_object(uri)?;
     let output = get_object(s3, uri, &object).await?;
     let limit = max_bytes as u64;
-    let bytes = read_body(uri, output.content_length(), output.body, limit, |size| {
-        DocumentError::ItemsTooLarge {
-            uri: uri.to_owned(),
-            size,
-            limit,
-        }
-    })
-    .await?;
+    let bytes = read_items_body(uri, output, limit).await?;
     parse_items(uri, &bytes, max_items)
 }
 
@@ -156,14 +149,7 @@ pub async fn read_chunk(
         Err(err) => return Err(super::classify(uri, &object, err)),
     };
     let limit = range.end - range.start;
-    let bytes = read_body(uri, output.content_length(), output.body, limit, |size| {
-        DocumentError::ItemsTooLarge {
-            uri: uri.to_owned(),
-            size,
-            limit,
-        }
-    })
-    .await?;
+    let bytes = read_items_body(uri, output, limit).await?;
     let bytes = match range.start {
         0 => bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes),
         _ => &bytes[..],
@@ -187,6 +173,22 @@ pub async fn read_chunk(
         });
     }
     Ok(items)
+}
+
+/// An items object's body, refused past `limit` bytes.
+async fn read_items_body(
+    uri: &str,
+    output: aws_sdk_s3::operation::get_object::GetObjectOutput,
+    limit: u64,
+) -> Result<bytes::Bytes, DocumentError> {
+    read_body(uri, output.content_length(), output.body, limit, |size| {
+        DocumentError::ItemsTooLarge {
+            uri: uri.to_owned(),
+            size,
+            limit,
+        }
+    })
+    .await
 }
 
 fn broke_off(uri: &str, err: impl std::fmt::Display) -> DocumentError {
