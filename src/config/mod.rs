@@ -11,7 +11,12 @@ use thiserror::Error;
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+mod fan_out;
+mod targets;
+
+pub use fan_out::FanOut;
+use fan_out::{check_store_apart, fan_out};
+use targets::{apply_allowlist, check_external_id, check_session_duration, sts_name, TargetSpec};
 
 use crate::destination::{dynamodb, DestinationError, DestinationSpec, S3Location};
 use crate::domain::job::{Job, JobError};
@@ -111,25 +116,6 @@ pub struct Config {
     /// The event bus told when a fanned-out batch is complete
     /// (`RELAY_EVENT_BUS`, an ARN).
     pub event_bus: Option<crate::destination::eventbridge::Bus>,
-}
-
-/// How batches larger than a chunk fan out.
-#[derive(Debug, Clone)]
-pub struct FanOut {
-    /// The standard SQS queue chunk messages go to, which the function's own
-    /// SQS event source reads (`RELAY_WORK_QUEUE`).
-    pub queue: crate::destination::Queue,
-    /// Where plans, chunk results and summaries live (`RELAY_WORK_STORE`).
-    pub store: S3Location,
-    /// Items per chunk (`RELAY_CHUNK_ITEMS`).
-    pub chunk_items: usize,
-    /// Seconds before a chunk held up by retryable errors (throttling, an
-    /// outage) is received again (`RELAY_CHUNK_RETRY_SECONDS`).
-    pub retry_after_secs: i32,
-    /// The work queue's `maxReceiveCount` (`RELAY_WORK_MAX_RECEIVES`): on
-    /// this receive a chunk that does not finish writes its error record,
-    /// since SQS dead-letters it next.
-    pub max_receives: u64,
 }
 
 impl Config {
@@ -531,93 +517,6 @@ fn own_prefixes(
     own
 }
 
-/// The fan-out settings: both `RELAY_WORK_QUEUE` and `RELAY_WORK_STORE`, or
-/// neither.
-fn fan_out(get: &impl Fn(&str) -> Option<String>) -> Result<Option<FanOut>, ConfigError> {
-    let queue = get("RELAY_WORK_QUEUE");
-    let store = get("RELAY_WORK_STORE");
-    let (queue, store) = match (queue, store) {
-        (None, None) => return Ok(None),
-        (Some(_), None) => {
-            return Err(ConfigError::Missing {
-                var: "RELAY_WORK_STORE",
-                hint: "RELAY_WORK_QUEUE is set, so fanned-out batches need a store for their plans and chunk results: set it to an s3://bucket/prefix/ the function may read, write and list (the template uses s3://<DestinationBucket>/<DestinationPrefix>_batches/)",
-            })
-        }
-        (None, Some(_)) => {
-            return Err(ConfigError::Missing {
-                var: "RELAY_WORK_QUEUE",
-                hint: "RELAY_WORK_STORE is set but batches fan out only through a work queue: set it to the URL of a standard SQS queue that is this function's SQS event source, or unset RELAY_WORK_STORE",
-            })
-        }
-        (Some(queue), Some(store)) => (queue, store),
-    };
-    let queue =
-        crate::destination::Queue::parse(queue.trim()).map_err(|reason| ConfigError::Invalid {
-            var: "RELAY_WORK_QUEUE",
-            reason,
-        })?;
-    if queue.fifo {
-        return Err(ConfigError::Invalid {
-            var: "RELAY_WORK_QUEUE",
-            reason: format!("`{}` is a FIFO queue; the work queue is a standard queue, so many instances can take chunks at once", queue.url),
-        });
-    }
-    let store = S3Location::parse(store.trim()).map_err(|reason| ConfigError::Invalid {
-        var: "RELAY_WORK_STORE",
-        reason,
-    })?;
-    let chunk_items = parse_number(
-        get("RELAY_CHUNK_ITEMS"),
-        "RELAY_CHUNK_ITEMS",
-        1..=10_000,
-        500,
-    )?;
-    // SQS's most for a message's visibility: 12 hours.
-    let retry_after_secs = parse_number(
-        get("RELAY_CHUNK_RETRY_SECONDS"),
-        "RELAY_CHUNK_RETRY_SECONDS",
-        0..=43_200,
-        30,
-    )?;
-    let max_receives = parse_number(
-        get("RELAY_WORK_MAX_RECEIVES"),
-        "RELAY_WORK_MAX_RECEIVES",
-        1..=1000,
-        5,
-    )?;
-    Ok(Some(FanOut {
-        queue,
-        store,
-        chunk_items: chunk_items as usize,
-        retry_after_secs,
-        max_receives,
-    }))
-}
-
-/// The work store may sit in the results prefix only under a segment that
-/// starts with `_` (`s3://bucket/prefix/_batches/`): job ids never start a
-/// segment with `_`, so no job's record can land on the store's objects.
-fn check_store_apart(store: &S3Location, results: &S3Location) -> Result<(), ConfigError> {
-    if store.bucket != results.bucket {
-        return Ok(());
-    }
-    let overlaps = match store.prefix.strip_prefix(&results.prefix) {
-        Some(rest) => !rest.starts_with('_'),
-        None => results.prefix.starts_with(&store.prefix),
-    };
-    if overlaps {
-        return Err(ConfigError::Invalid {
-            var: "RELAY_WORK_STORE",
-            reason: format!(
-                "`s3://{}/{}` overlaps RELAY_DESTINATION `s3://{}/{}`, so a job id could name the store's own objects; put the store under a segment starting with `_`, e.g. s3://{}/{}_batches/",
-                store.bucket, store.prefix, results.bucket, results.prefix, results.bucket, results.prefix
-            ),
-        });
-    }
-    Ok(())
-}
-
 /// `RELAY_ID_PREFIX` is a template (rendered per event) or literal text that
 /// keeps to a job id's characters.
 fn check_id_prefix(prefix: &str) -> Result<(), String> {
@@ -627,81 +526,6 @@ fn check_id_prefix(prefix: &str) -> Result<(), String> {
     let probe = format!("{prefix}x");
     crate::domain::job::check_job_id(&probe)
         .map_err(|reason| format!("a prefix for job ids must make a valid id: {reason}"))
-}
-
-/// One entry of `RELAY_TARGETS`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TargetSpec {
-    role_arn: String,
-    region: Option<String>,
-    external_id: Option<String>,
-    session_duration: Option<u64>,
-}
-
-/// STS: 2-1224 characters of `[\w+=,.@:/-]`.
-fn check_external_id(id: &str) -> Result<(), String> {
-    let ok = (2..=1224).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err("an ExternalId is 2-1224 characters of letters, digits and _+=,.@:/-".into())
-    }
-}
-
-fn check_session_duration(secs: u64) -> Result<Duration, String> {
-    if (MIN_SESSION_SECS..=MAX_CHAINED_SESSION_SECS).contains(&secs) {
-        Ok(Duration::from_secs(secs))
-    } else {
-        Err(format!(
-            "{secs} is outside {MIN_SESSION_SECS}-{MAX_CHAINED_SESSION_SECS} seconds: the Lambda execution role \
-             chains into RoleA, and STS refuses chained sessions longer than one hour or shorter than 15 minutes"
-        ))
-    }
-}
-
-/// `RELAY_ALLOWED_MODELS`: comma-separated patterns for every target, or a
-/// JSON object of alias → patterns, where `*` applies to every target.
-fn apply_allowlist(raw: &str, targets: &mut BTreeMap<String, Target>) -> Result<(), ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        var: "RELAY_ALLOWED_MODELS",
-        reason,
-    };
-    let by_alias: BTreeMap<String, Vec<String>> = if raw.trim_start().starts_with('{') {
-        serde_json::from_str(raw).map_err(|e| {
-            invalid(format!(
-                "{e}; expected {{\"alias\": [\"model-or-pattern\", ...], \"*\": [...]}}"
-            ))
-        })?
-    } else {
-        let all: Vec<String> = raw
-            .split(',')
-            .map(|p| p.trim().to_owned())
-            .filter(|p| !p.is_empty())
-            .collect();
-        [("*".to_owned(), all)].into_iter().collect()
-    };
-    for (alias, patterns) in &by_alias {
-        if patterns.is_empty() {
-            return Err(invalid(format!(
-                "`{alias}` has an empty list; it would allow no model"
-            )));
-        }
-        if alias != "*" && !targets.contains_key(alias) {
-            return Err(invalid(format!("`{alias}` is not a configured target")));
-        }
-    }
-    // Once an allowlist is set, it is the whole rule: a target it does not
-    // mention, with no `*` entry, may call nothing (failing closed).
-    for (alias, target) in targets.iter_mut() {
-        let mut patterns: Vec<String> = by_alias.get("*").cloned().unwrap_or_default();
-        patterns.extend(by_alias.get(alias).cloned().unwrap_or_default());
-        target.allowed_models = Some(patterns);
-    }
-    Ok(())
 }
 
 /// Virtual-hosted S3 addressing puts the bucket in the host name, which cannot
@@ -717,26 +541,6 @@ fn endpoint_needs_path_style(url: &str) -> bool {
             .map_or(host_port, |(host, _)| host)
     };
     host == "localhost" || host.ends_with(".localhost") || host.parse::<std::net::IpAddr>().is_ok()
-}
-
-/// Makes `raw` fit STS's `RoleSessionName`/`SourceIdentity` alphabet
-/// (`[\w+=,.@-]`, at most 64 characters) by replacing anything else with `-`.
-fn sts_name(raw: &str) -> String {
-    let mut name: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    while name.len() < 2 {
-        name.push('-');
-    }
-    name
 }
 
 fn parse_bool(raw: Option<String>, var: &'static str) -> Result<bool, ConfigError> {
