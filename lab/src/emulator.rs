@@ -11,6 +11,10 @@
 //!
 //! Control endpoints live under `/_lab/`: `GET calls`, `GET stats`,
 //! `PUT knobs`, `POST faults`, `POST reset`.
+//!
+//! The batch-inference control plane (Create / Get / List /
+//! StopModelInvocationJob and its `/_lab/batch/` endpoints) is
+//! [`crate::batch_jobs`], served on the same port.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -27,6 +31,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::batch_jobs::BatchJobs;
 use crate::moto::{MotoSession, MotoSessions};
 use crate::sigv4::{expected_signature, Authorization};
 use crate::LabError;
@@ -104,14 +109,15 @@ pub struct Stats {
 }
 
 #[derive(Debug)]
-struct Shared {
-    sessions: Option<MotoSessions>,
-    calls: Mutex<Vec<Call>>,
-    knobs: Mutex<Knobs>,
+pub(crate) struct Shared {
+    pub(crate) sessions: Option<MotoSessions>,
+    pub(crate) calls: Mutex<Vec<Call>>,
+    pub(crate) knobs: Mutex<Knobs>,
     faults: Mutex<VecDeque<Fault>>,
     quota: Mutex<HashMap<String, VecDeque<Instant>>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    pub(crate) batch: BatchJobs,
 }
 
 /// A running emulator; stops when dropped.
@@ -125,6 +131,7 @@ pub struct BedrockEmulator {
 impl Drop for BedrockEmulator {
     fn drop(&mut self) {
         self.task.abort();
+        self.shared.batch.abort_all();
     }
 }
 
@@ -145,6 +152,7 @@ impl BedrockEmulator {
             quota: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            batch: BatchJobs::default(),
         });
         let app = Router::new()
             .route("/model/{model_id}/{operation}", post(model_operation))
@@ -153,6 +161,7 @@ impl BedrockEmulator {
             .route("/_lab/knobs", put(set_knobs))
             .route("/_lab/faults", post(add_faults))
             .route("/_lab/reset", post(reset))
+            .merge(crate::batch_jobs::routes())
             .with_state(Arc::clone(&shared));
         let (addr, task) = crate::serve(app, bind).await?;
         Ok(Self { addr, shared, task })
@@ -178,6 +187,11 @@ impl BedrockEmulator {
         lock(&self.shared.faults).push_back(fault);
     }
 
+    /// The batch-inference control plane served on this emulator's port.
+    pub fn batch_jobs(&self) -> &BatchJobs {
+        &self.shared.batch
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -187,7 +201,7 @@ impl BedrockEmulator {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -225,7 +239,7 @@ async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {
 }
 
 /// An AWS-shaped error answer.
-fn aws_error(status: u16, error_type: &str, message: &str) -> Response {
+pub(crate) fn aws_error(status: u16, error_type: &str, message: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
@@ -238,13 +252,13 @@ fn aws_error(status: u16, error_type: &str, message: &str) -> Response {
         .into_response()
 }
 
-struct Caller {
-    access_key_id: Option<String>,
-    session: Option<MotoSession>,
+pub(crate) struct Caller {
+    pub(crate) access_key_id: Option<String>,
+    pub(crate) session: Option<MotoSession>,
 }
 
 /// Checks the signature; `Err` is the error answer.
-async fn authenticate(
+pub(crate) async fn authenticate(
     shared: &Shared,
     method: &Method,
     uri: &Uri,
@@ -502,9 +516,9 @@ struct Reply {
 
 /// Input and output tokens of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tokens {
-    input: i64,
-    output: i64,
+pub(crate) struct Tokens {
+    pub(crate) input: i64,
+    pub(crate) output: i64,
 }
 
 /// The headers Bedrock adds to every InvokeModel answer, whatever the model:
@@ -541,7 +555,7 @@ fn take_fault(shared: &Shared, model_id: &str, body: &[u8]) -> Option<Fault> {
 
 /// Bedrock's rule of thumb: `provider.name[:version]`, an inference profile
 /// (`us.provider.name`), or an ARN.
-fn check_model_id(model_id: &str) -> Result<(), (u16, &'static str, String)> {
+pub(crate) fn check_model_id(model_id: &str) -> Result<(), (u16, &'static str, String)> {
     let plausible = model_id.starts_with("arn:aws")
         || (model_id.contains('.')
             && model_id
@@ -562,7 +576,7 @@ fn words(text: &str) -> i64 {
     text.split_whitespace().count() as i64
 }
 
-fn converse_reply(
+pub(crate) fn converse_reply(
     model_id: &str,
     request: &Value,
     latency_ms: u64,
@@ -665,7 +679,7 @@ fn shape_output(full: &str, max_tokens: Option<i64>, stops: &[String]) -> (Strin
 
 /// The model family's answer to an InvokeModel body, and its token counts
 /// (input: the words of every string in the request; output: of the answer).
-fn invoke_reply(
+pub(crate) fn invoke_reply(
     model_id: &str,
     request: &Value,
 ) -> Result<(Value, Tokens), (u16, &'static str, String)> {

@@ -8,6 +8,8 @@
 //!   reads the sessions it issued.
 //! - [`emulator`]: a Bedrock Runtime emulator (Converse, InvokeModel) that
 //!   checks SigV4 against moto's sessions and records who called.
+//! - [`batch_jobs`]: the emulator's batch-inference control plane (Create /
+//!   Get / List / StopModelInvocationJob) over moto's IAM, S3 and EventBridge.
 //! - [`runtime_api`]: a minimal Lambda Runtime API and the function process.
 //! - [`esm`]: an SQS event source mapping that drives several function
 //!   processes as Lambda does (batch size, partial batch responses,
@@ -20,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch_jobs;
 pub mod bench;
 pub mod emulator;
 pub mod esm;
