@@ -142,6 +142,13 @@ pub struct FanOutFigures {
     pub chunk_gap_mean_s: Option<f64>,
     /// See `chunk_gap_mean_s`.
     pub chunk_gap_max_s: Option<f64>,
+    /// The last round: from the first of the last `instances` chunks to
+    /// finish (when instances start running out of work) to the last answer,
+    /// seconds.
+    pub last_round_spread_s: f64,
+    /// The quota left unused over `last_round_spread_s`, as a share of the
+    /// quota over the whole steady part: what the stragglers cost.
+    pub last_round_cost: f64,
 }
 
 /// Runs one fan-out batch of `load.items` items and measures it.
@@ -213,7 +220,16 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
         ("RELAY_WORK_QUEUE", work.url.clone()),
         ("RELAY_WORK_STORE", store),
         ("RELAY_CHUNK_ITEMS", load.chunk_items.to_string()),
-        ("AWS_LAMBDA_LOG_LEVEL", "warn".to_owned()),
+        // BENCH_LOGS=<path>: info logs, written there after the run.
+        (
+            "AWS_LAMBDA_LOG_LEVEL",
+            if std::env::var_os("BENCH_LOGS").is_some() {
+                "info"
+            } else {
+                "warn"
+            }
+            .to_owned(),
+        ),
         ("RELAY_METRICS_NAMESPACE", "Bench".to_owned()),
     ] {
         env.push((name.to_owned(), value));
@@ -411,6 +427,18 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
         .sum::<f64>()
         / chunk_spans.len().max(1) as f64;
 
+    let mut ends: Vec<u128> = chunk_spans.values().map(|(_, end)| *end).collect();
+    ends.sort_unstable();
+    let round_start = ends
+        .len()
+        .checked_sub(load.instances.max(1))
+        .and_then(|i| ends.get(i).copied())
+        .or_else(|| ends.first().copied())
+        .unwrap_or(last_answer);
+    let last_round_spread_s = (last_answer - round_start) as f64 / 1000.0;
+    let in_last_round = answered.iter().filter(|c| c.at_ms > round_start).count() as f64;
+    let last_round_cost = (load.pooled_rps() * last_round_spread_s - in_last_round).max(0.0)
+        / (load.pooled_rps() * steady_s).max(1.0);
     let gaps = chunk_gaps(&chunk_spans, &chunk_keys);
     let chunk_gap_mean_s = (!gaps.is_empty()).then(|| gaps.iter().sum::<f64>() / gaps.len() as f64);
     let chunk_gap_max_s = gaps.iter().copied().reduce(f64::max);
@@ -429,6 +457,9 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
     let wall_s = wall.as_secs_f64();
     let to_first_call_s = (first_call.saturating_sub(epoch_planned)) as f64 / 1000.0;
     let tail_s = wall_s - plan_s - to_first_call_s - steady_s;
+    if let Some(path) = std::env::var_os("BENCH_LOGS") {
+        std::fs::write(&path, logs()).map_err(|e| LabError::Setup(e.to_string()))?;
+    }
     drop(functions);
     Ok(FanOutFigures {
         items: load.items,
@@ -466,6 +497,8 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
         chunk_run_mean_s,
         chunk_gap_mean_s,
         chunk_gap_max_s,
+        last_round_spread_s,
+        last_round_cost,
     })
 }
 
@@ -670,6 +703,16 @@ pub fn table(rows: &[FanOutFigures]) -> String {
         &|r| match (r.chunk_gap_mean_s, r.chunk_gap_max_s) {
             (Some(mean), Some(max)) => format!("{mean:.2} / {max:.2} s"),
             _ => "n/a (one chunk each)".to_owned(),
+        },
+    ));
+    out.push_str(&line(
+        "last round: first of the last chunks to finish → last answer",
+        &|r| {
+            format!(
+                "{:.1} s, {:.1} % of the quota unused",
+                r.last_round_spread_s,
+                r.last_round_cost * 100.0
+            )
         },
     ));
     if let [small, large, ..] = rows {
