@@ -450,9 +450,29 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
         .filter(|l| l["status"] == "succeeded")
         .filter_map(|l| l["index"].as_u64())
         .collect();
-    let lost = (0..load.items as u64)
+    let lost_indexes: Vec<u64> = (0..load.items as u64)
         .filter(|i| !succeeded.contains(i))
-        .count();
+        .collect();
+    let lost = lost_indexes.len();
+    // What went wrong, on stderr: the model calls answered with an error
+    // other than a throttle, and the lines of the items lost.
+    for call in calls.iter().filter(|c| c.status != 200 && c.status != 429) {
+        eprintln!(
+            "bench-fanout: model call {} at +{} ms answered {} {}: {}",
+            call.seq,
+            call.at_ms.saturating_sub(first_call),
+            call.status,
+            call.error_type.as_deref().unwrap_or("-"),
+            call.request["messages"][0]["content"][0]["text"]
+        );
+    }
+    for index in lost_indexes.iter().take(10) {
+        let line = lines.iter().find(|l| l["index"].as_u64() == Some(*index));
+        eprintln!(
+            "bench-fanout: item {index} lost: {}",
+            line.map_or_else(|| "no line".to_owned(), |l| l.to_string())
+        );
+    }
 
     let wall_s = wall.as_secs_f64();
     let to_first_call_s = (first_call.saturating_sub(epoch_planned)) as f64 / 1000.0;
