@@ -201,7 +201,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64, LabError> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64, LabError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| LabError::Function(e.to_string()))?;
     // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
@@ -219,7 +219,7 @@ fn cpu_ticks(pid: u32) -> Result<u64, LabError> {
     Ok(field(14) + field(15))
 }
 
-fn peak_rss_kb(pid: u32) -> Result<f64, LabError> {
+pub(crate) fn peak_rss_kb(pid: u32) -> Result<f64, LabError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| LabError::Function(e.to_string()))?;
     Ok(status

@@ -16,6 +16,7 @@
 //!   `MaximumConcurrency`; the queue's redrive policy dead-letters).
 //! - [`sigv4`]: signature checking and signing.
 //! - [`mod@bench`]: the benchmark against the Python baselines.
+//! - [`bench_fanout`]: the fan-out benchmark (a large batch over the work queue).
 //! - [`soak`]: many events with faults and duplicates; nothing lost or answered twice.
 //! - [`Lab`]: all of it wired as account B (`222222222222`, the function, the
 //!   results bucket) and account A (`111111111111`, RoleA and the models).
@@ -24,6 +25,7 @@
 
 pub mod batch_jobs;
 pub mod bench;
+pub mod bench_fanout;
 pub mod emulator;
 pub mod esm;
 pub mod moto;

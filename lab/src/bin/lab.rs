@@ -7,6 +7,10 @@
 //!   writes the function's environment to `.lab/function.env`.
 //! - `lab bench --function PATH [--hello PATH] [--events N] [--zip PATH]
 //!   [--only-rust | --only-batch]`: the benchmark (see `scripts/bench`).
+//! - `lab bench-fanout --function PATH [--items 2000,20000] [--concurrency N]
+//!   [--instances N] [--chunk-items N] [--timeout SECONDS]`: the fan-out
+//!   benchmark, one batch per item count over the work queue (see
+//!   `scripts/bench fanout` and docs/benchmark.md).
 //! - `lab soak --function PATH [--events N]`: many events with injected
 //!   faults and duplicates; prints what became of them and exits 1 if any
 //!   item was lost or answered twice (see `scripts/soak`).
@@ -80,10 +84,11 @@ async fn main() {
         Some("up") => up().await,
         Some("emulator") => emulator(&args).await,
         Some("bench") => bench(&args).await,
+        Some("bench-fanout") => bench_fanout(&args).await,
         Some("soak") => soak(&args).await,
         _ => {
             eprintln!(
-                "usage: lab demo [--function PATH] | lab up | lab bench ... | lab soak [--function PATH] [--events N] | lab emulator [--moto URL] [--port N]"
+                "usage: lab demo [--function PATH] | lab up | lab bench ... | lab bench-fanout ... | lab soak [--function PATH] [--events N] | lab emulator [--moto URL] [--port N]"
             );
             std::process::exit(2);
         }
@@ -203,6 +208,76 @@ async fn bench(args: &[String]) -> Result<(), LabError> {
         .map_err(|e| LabError::Setup(e.to_string()))?;
     std::fs::write(dir.join("results.md"), &text).map_err(|e| LabError::Setup(e.to_string()))?;
     println!("wrote bench/chart.svg and bench/results.md");
+    Ok(())
+}
+
+/// `lab bench-fanout`: batches of `--items` (comma-separated) fanned out over
+/// the work queue, two pooled accounts at 100 requests/s each and 100 ms model
+/// latency, chunks of 500, eight instances; prints the table. Exits 1 when an
+/// item was lost or answered twice.
+async fn bench_fanout(args: &[String]) -> Result<(), LabError> {
+    use lab::bench_fanout::{run, table, FanOutLoad};
+
+    let function = function_path(args);
+    let number = |name: &str, default: usize| -> Result<usize, LabError> {
+        flag(args, name).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| LabError::Setup(format!("{name} {v}: not a number")))
+        })
+    };
+    let items: Vec<usize> = flag(args, "--items")
+        .unwrap_or("2000,20000")
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .map_err(|_| LabError::Setup(format!("--items: `{n}` is not a number")))
+        })
+        .collect::<Result<_, _>>()?;
+    let base = FanOutLoad {
+        items: 0,
+        accounts: 2,
+        quota_rpm: 6000,
+        quota_window_ms: 1000,
+        latency_ms: 100,
+        concurrency: number("--concurrency", 8)?,
+        chunk_items: number("--chunk-items", 500)?,
+        instances: number("--instances", 8)?,
+        function_timeout: Duration::from_secs(number("--timeout", 120)? as u64),
+    };
+    println!(
+        "bench-fanout: {} pooled accounts, {} rpm each (enforced per {} ms: {:.0} req/s pooled),          model latency {} ms; chunks of {}, {} instances (MaximumConcurrency {}, BatchSize 1),          RELAY_MAX_CONCURRENCY {}, function timeout {} s (visibility {} s)",
+        base.accounts,
+        base.quota_rpm,
+        base.quota_window_ms,
+        base.pooled_rps(),
+        base.latency_ms,
+        base.chunk_items,
+        base.instances,
+        base.instances,
+        base.concurrency,
+        base.function_timeout.as_secs(),
+        base.function_timeout.as_secs() * 6
+    );
+    let mut rows = Vec::new();
+    for n in items {
+        println!("bench-fanout: {n} items ...");
+        let row = run(&function, FanOutLoad { items: n, ..base }).await?;
+        println!(
+            "bench-fanout: {n} items: {:.1} s, {:.1} % of the pooled quota, {} throttled, {} lost, {} duplicates",
+            row.wall_s,
+            row.share_of_quota * 100.0,
+            row.throttled,
+            row.lost,
+            row.duplicates
+        );
+        rows.push(row);
+    }
+    println!("{}", table(&rows));
+    if rows.iter().any(|r| r.lost > 0 || r.duplicates > 0) {
+        eprintln!("bench-fanout: FAILED: items lost or answered twice");
+        std::process::exit(1);
+    }
     Ok(())
 }
 
