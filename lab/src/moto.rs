@@ -76,12 +76,28 @@ impl MotoSessions {
     }
 
     /// The session of an access key, asking moto again on a cache miss.
+    ///
+    /// moto serialises its whole state for `data.json`; a write landing
+    /// meanwhile (a busy lab: thousands of S3 and SQS calls) can fail that
+    /// one answer. A failed read is tried again, so a session moto did issue
+    /// is never reported unknown (the emulator would answer 403).
     pub async fn lookup(&self, access_key_id: &str) -> Option<MotoSession> {
         let mut cache = self.cache.lock().await;
         if let Some(found) = cache.get(access_key_id) {
             return Some(found.clone());
         }
-        for session in self.all().await.ok()? {
+        let mut sessions = None;
+        for wait_ms in [0, 20, 50, 100, 200, 400, 800] {
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            match self.all().await {
+                Ok(all) => {
+                    sessions = Some(all);
+                    break;
+                }
+                Err(err) => tracing::warn!("reading moto's sessions failed, trying again: {err}"),
+            }
+        }
+        for session in sessions? {
             cache.insert(session.access_key_id.clone(), session);
         }
         cache.get(access_key_id).cloned()

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::assemble;
 use super::batch::{self, Item};
@@ -175,12 +176,26 @@ async fn run_message(
         receives,
     };
     let span = tracing::info_span!("chunk", job_id = %batch_id, chunk = chunk.number, receives);
-    let _entered = span.enter();
+    run_chunk_message(services, fan_out, &chunk, request_id, deadline)
+        .instrument(span)
+        .await
+}
+
+/// [`run_message`] once the message is known to be a planned chunk.
+async fn run_chunk_message(
+    services: &Services,
+    fan_out: &FanOut,
+    chunk: &Chunk<'_>,
+    request_id: &str,
+    deadline: &Deadline,
+) -> Disposition {
+    let (store, frozen, range, receives) = (chunk.store, chunk.frozen, chunk.range, chunk.receives);
+    let batch_id = frozen.job_id.as_str();
     // A plan that no longer checks out (a target, model or destination the
     // configuration has since removed) is not run: an error record says why,
     // and the message ends in the dead-letter queue, to redrive once the
     // configuration is back.
-    let plan = match plan::thaw(services, &frozen, request_id) {
+    let plan = match plan::thaw(services, frozen, request_id) {
         Ok(plan) => plan,
         Err(err) if err.is_retryable() => {
             return Disposition::Retry(Some(fan_out.retry_after_secs))
@@ -200,13 +215,12 @@ async fn run_message(
         .run(
             || async { Ok(ledger.settled_items(services.sinks(), &chunk_id).await?) },
             |done: &BTreeMap<usize, Value>| done.len() >= range.count,
-            |done| run_chunk(services, &plan, &chunk, done, request_id, deadline),
+            |done| run_chunk(services, &plan, chunk, done, request_id, deadline),
         )
         .await;
     match ended {
         Ok(()) => {
-            match assemble::after_chunk(services, &plan, &store, &frozen, request_id, deadline)
-                .await
+            match assemble::after_chunk(services, &plan, store, frozen, request_id, deadline).await
             {
                 Ok(()) => Disposition::Done,
                 Err(err) => {
@@ -222,7 +236,7 @@ async fn run_message(
             // Cut short by the deadline: the next instance may start at once.
             let cut_short = matches!(err_pending(&err), Some(pending) if pending > 0);
             if receives >= fan_out.max_receives {
-                dead_letter_record(services, &plan, &chunk, err).await;
+                dead_letter_record(services, &plan, chunk, err).await;
             }
             Disposition::Retry(Some(if cut_short {
                 0
