@@ -381,6 +381,10 @@ pub struct BatchFigures {
     pub throttled: usize,
     /// Invocations it took (a batch cut by the deadline is retried).
     pub invocations: usize,
+    /// The function's CPU (user + system) per item, ms, cold start included.
+    pub cpu_per_item_ms: f64,
+    /// The function's peak RSS, MB.
+    pub peak_rss_mb: f64,
 }
 
 /// The emulated quota and latency for [`batch_throughput`].
@@ -440,7 +444,10 @@ pub async fn batch_throughput(
     env.push(("RELAY_MAX_CONCURRENCY".into(), load.concurrency.to_string()));
     env.push(("AWS_LAMBDA_LOG_LEVEL".into(), "warn".into()));
     env.push(("RELAY_METRICS_NAMESPACE".into(), "Bench".into()));
-    let _function = FunctionProcess::spawn(function, &runtime, &env)?;
+    let function = FunctionProcess::spawn(function, &runtime, &env)?;
+    let pid = function
+        .pid()
+        .ok_or_else(|| LabError::Function("no pid".into()))?;
 
     let job_id = format!("batch-{accounts}");
     let target = if aliases.len() == 1 {
@@ -468,6 +475,9 @@ pub async fn batch_throughput(
         }
     }
 
+    let cpu_seconds = cpu_ticks(pid)? as f64 / 100.0; // USER_HZ on Linux
+    let peak_rss_mb = peak_rss_kb(pid)? / 1024.0;
+    drop(function);
     let calls = lab.bedrock.calls();
     let answered: Vec<u128> = calls
         .iter()
@@ -502,17 +512,19 @@ pub async fn batch_throughput(
         lost: load.items - succeeded.min(load.items),
         throttled: calls.iter().filter(|c| c.status == 429).count(),
         invocations,
+        cpu_per_item_ms: cpu_seconds * 1000.0 / load.items.max(1) as f64,
+        peak_rss_mb,
     })
 }
 
 /// The batch figures as a Markdown table.
 pub fn batch_table(rows: &[BatchFigures]) -> String {
     let mut out = String::from(
-        "| pooled accounts | items | quota per account | time | achieved | share of the pooled quota | throttled requests | invocations | lost |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| pooled accounts | items | quota per account | time | achieved | share of the pooled quota | throttled requests | invocations | lost | CPU per item | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} rpm | {:.1} s | {:.0} rpm | {:.1} % | {} | {} | {} |\n",
+            "| {} | {} | {} rpm | {:.1} s | {:.0} rpm | {:.1} % | {} | {} | {} | {:.3} ms | {:.1} MB |\n",
             r.accounts,
             r.items,
             r.quota_rpm,
@@ -521,7 +533,9 @@ pub fn batch_table(rows: &[BatchFigures]) -> String {
             r.share_of_quota * 100.0,
             r.throttled,
             r.invocations,
-            r.lost
+            r.lost,
+            r.cpu_per_item_ms,
+            r.peak_rss_mb
         ));
     }
     if let [one, two, ..] = rows {

@@ -176,9 +176,13 @@ async fn bench(args: &[String]) -> Result<(), LabError> {
         items: flag(args, "--items")
             .and_then(|n| n.parse().ok())
             .unwrap_or(500),
-        quota_rpm: 1200,
+        quota_rpm: flag(args, "--quota-rpm")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1200),
         quota_window_ms: 1000,
-        latency_ms: 50,
+        latency_ms: flag(args, "--latency-ms")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(50),
         concurrency: flag(args, "--concurrency")
             .and_then(|n| n.parse().ok())
             .unwrap_or(16),
