@@ -117,11 +117,14 @@ pub async fn cut_items(
 
 /// The items of one chunk: its byte range of the object, read only if the
 /// object is still the one planned (`If-Match` on `etag`), one item a line.
+/// `owner`: the bucket's expected owner, for items the relay staged in its
+/// own work store.
 pub async fn read_chunk(
     s3: &aws_sdk_s3::Client,
     uri: &str,
     etag: &str,
     range: &ChunkRange,
+    owner: Option<&str>,
 ) -> Result<Vec<ItemLine>, DocumentError> {
     let object = parse_object(uri)?;
     if range.end <= range.start {
@@ -131,6 +134,7 @@ pub async fn read_chunk(
         .get_object()
         .bucket(&object.bucket)
         .key(&object.key)
+        .set_expected_bucket_owner(owner.map(str::to_owned))
         .if_match(etag)
         .range(format!("bytes={}-{}", range.start, range.end - 1))
         .send()

@@ -365,6 +365,12 @@ async fn read_items(services: &Services, chunk: &Chunk<'_>) -> Result<Vec<Item>,
         &items.uri,
         &items.etag,
         &chunk.range,
+        // Staged items are in the relay's own store; `items_from` is the
+        // sender's object, whose owner the relay does not know.
+        items
+            .staged
+            .then(|| services.sinks().bucket_owner())
+            .flatten(),
     )
     .await;
     match read {
