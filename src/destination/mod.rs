@@ -505,15 +505,9 @@ impl Destinations {
         if let DestinationSpec::S3(location) = dest {
             let s3 = self.s3_at(location);
             let (key, all) = lines.into_s3_object(location).map_err(unserialisable)?;
-            let reference = retry(
-                "delivery",
-                DELIVERY_BACKOFF,
-                deadline,
-                DELIVERY_MARGIN,
-                is_unavailable,
-                || s3.write_lines(&key, &all),
-            )
-            .await?;
+            let reference =
+                retry_while_unavailable("delivery", deadline, || s3.write_lines(&key, &all))
+                    .await?;
             return Ok(Written {
                 reference,
                 results: Vec::new(),
@@ -662,14 +656,37 @@ impl ItemLines {
 
 /// Waits between attempts at a write while the destination is unavailable,
 /// and the time kept back so the last attempt still ends before the deadline.
-pub const DELIVERY_BACKOFF: Backoff =
+const DELIVERY_BACKOFF: Backoff =
     Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 /// See [`DELIVERY_BACKOFF`].
-pub const DELIVERY_MARGIN: Duration = Duration::from_millis(300);
+const DELIVERY_MARGIN: Duration = Duration::from_millis(300);
+
+/// Runs `write` again while the destination is unavailable and `deadline`
+/// leaves room ([`DELIVERY_BACKOFF`], keeping [`DELIVERY_MARGIN`]): for
+/// writes that a repeat cannot harm. Each retry is logged with `what`.
+pub async fn retry_while_unavailable<T, F, Fut>(
+    what: &str,
+    deadline: &Deadline,
+    write: F,
+) -> Result<T, DestinationError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DestinationError>>,
+{
+    retry(
+        what,
+        DELIVERY_BACKOFF,
+        deadline,
+        DELIVERY_MARGIN,
+        is_unavailable,
+        write,
+    )
+    .await
+}
 
 /// Whether a failed write is worth another attempt in this invocation: an
 /// outage or throttling the SDK's own retries did not outlast.
-pub fn is_unavailable(err: &DestinationError) -> bool {
+fn is_unavailable(err: &DestinationError) -> bool {
     matches!(err, DestinationError::Unavailable { .. })
 }
 

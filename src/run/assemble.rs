@@ -18,11 +18,8 @@ use serde_json::Value;
 use super::guarded::{Guard, GuardError};
 use super::plan::Plan;
 use super::Services;
-use crate::aws::retry::retry;
 use crate::destination::multipart::ObjectWriter;
-use crate::destination::{
-    is_unavailable, DestinationError, DestinationSpec, Outgoing, DELIVERY_BACKOFF, DELIVERY_MARGIN,
-};
+use crate::destination::{retry_while_unavailable, DestinationError, DestinationSpec, Outgoing};
 use crate::domain::chunks::BatchPlan;
 use crate::domain::deadline::Deadline;
 use crate::domain::manifest::{Manifest, BATCH_COMPLETED_DETAIL_TYPE};
@@ -92,14 +89,9 @@ async fn assemble(
         DestinationSpec::S3(location) => {
             let s3 = sinks.s3_at(location);
             let key = location.batch_key_for(batch_id);
-            retry(
-                "assembling the batch",
-                DELIVERY_BACKOFF,
-                deadline,
-                DELIVERY_MARGIN,
-                is_unavailable,
-                || write_lines(store, frozen, &s3, &key),
-            )
+            retry_while_unavailable("assembling the batch", deadline, || {
+                write_lines(store, frozen, &s3, &key)
+            })
             .await?
         }
         other => format!("{other} ({} results)", frozen.items.total),
@@ -109,26 +101,16 @@ async fn assemble(
         destination: destination.to_string(),
         message: format!("the manifest does not serialise: {err}"),
     })?;
-    let manifest_at = retry(
-        "writing the manifest",
-        DELIVERY_BACKOFF,
-        deadline,
-        DELIVERY_MARGIN,
-        is_unavailable,
-        || write_manifest(services, plan, batch_id, &body),
-    )
+    let manifest_at = retry_while_unavailable("writing the manifest", deadline, || {
+        write_manifest(services, plan, batch_id, &body)
+    })
     .await?;
     if let Some(bus) = &services.config().event_bus {
         let bus = DestinationSpec::EventBus(bus.clone().for_events(BATCH_COMPLETED_DETAIL_TYPE));
         let event = [outgoing(plan, batch_id, body.clone())];
-        retry(
-            "sending the completion event",
-            DELIVERY_BACKOFF,
-            deadline,
-            DELIVERY_MARGIN,
-            is_unavailable,
-            || sinks.send(&bus, &event),
-        )
+        retry_while_unavailable("sending the completion event", deadline, || {
+            sinks.send(&bus, &event)
+        })
         .await?;
     }
     store.write_manifest(&manifest).await?;

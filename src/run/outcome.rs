@@ -9,10 +9,7 @@ use serde_json::Value;
 use super::guarded::GuardError;
 use super::plan::{Delivery, Plan};
 use super::Services;
-use crate::aws::retry::retry;
-use crate::destination::{
-    is_unavailable, DestinationError, Destinations, DELIVERY_BACKOFF, DELIVERY_MARGIN,
-};
+use crate::destination::{retry_while_unavailable, DestinationError, Destinations};
 use crate::domain::deadline::Deadline;
 use crate::domain::record::{ModelReply, Record};
 use crate::domain::target::Targets;
@@ -160,23 +157,13 @@ pub(crate) async fn deliver_success(
 ) -> Result<String, DestinationError> {
     // The write and the ledger's memory of it are retried apart: once a
     // message is sent, a failure to remember it must not send it again.
-    let written = retry(
-        "delivery",
-        DELIVERY_BACKOFF,
-        deadline,
-        DELIVERY_MARGIN,
-        is_unavailable,
-        || sinks.write_record(&delivery.destination, &delivery.group, record),
-    )
+    let written = retry_while_unavailable("delivery", deadline, || {
+        sinks.write_record(&delivery.destination, &delivery.group, record)
+    })
     .await?;
-    let remembered = retry(
-        "remembering the delivery",
-        DELIVERY_BACKOFF,
-        deadline,
-        DELIVERY_MARGIN,
-        is_unavailable,
-        || delivery.ledger.remember(sinks, &written.results),
-    )
+    let remembered = retry_while_unavailable("remembering the delivery", deadline, || {
+        delivery.ledger.remember(sinks, &written.results)
+    })
     .await;
     // The result is delivered: the job succeeded. Only a redelivery of the
     // event could now run it again, which is what the ledger was for.

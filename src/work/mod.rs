@@ -25,11 +25,10 @@ use std::collections::BTreeSet;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::aws::retry::retry;
 use crate::destination::s3::WriteCondition;
 use crate::destination::{
-    is_unavailable, DestinationError, DestinationSpec, Destinations, Outgoing, Queue,
-    S3Destination, S3Location, DELIVERY_BACKOFF, DELIVERY_MARGIN,
+    retry_while_unavailable, DestinationError, DestinationSpec, Destinations, Outgoing, Queue,
+    S3Destination, S3Location,
 };
 use crate::domain::chunks::{BatchPlan, ChunkMessage};
 use crate::domain::deadline::Deadline;
@@ -188,14 +187,9 @@ impl WorkStore {
             false => location.progress_key_for(&id),
         };
         // A rewrite is harmless: retried while S3 is unavailable.
-        retry(
-            "saving a chunk's lines",
-            DELIVERY_BACKOFF,
-            deadline,
-            DELIVERY_MARGIN,
-            is_unavailable,
-            || self.s3.write_lines(&key, lines),
-        )
+        retry_while_unavailable("saving a chunk's lines", deadline, || {
+            self.s3.write_lines(&key, lines)
+        })
         .await
     }
 
