@@ -656,8 +656,7 @@ impl ItemLines {
 
 /// Waits between attempts at a write while the destination is unavailable,
 /// and the time kept back so the last attempt still ends before the deadline.
-const DELIVERY_BACKOFF: Backoff =
-    Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+const DELIVERY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 /// See [`DELIVERY_BACKOFF`].
 const DELIVERY_MARGIN: Duration = Duration::from_millis(300);
 

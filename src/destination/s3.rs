@@ -276,6 +276,14 @@ impl S3Destination {
     }
 }
 
+/// The values of JSON Lines written by [`S3Destination::write_lines`], in
+/// order; a line that is not JSON (a torn or foreign object) is skipped.
+pub fn parse_lines(bytes: &[u8]) -> impl Iterator<Item = serde_json::Value> + '_ {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice(line).ok())
+}
+
 /// Maps an S3 error to what the user should fix; `action` is the denied permission.
 pub(crate) fn classify<E: ProvideErrorMetadata>(
     location: &S3Location,

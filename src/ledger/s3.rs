@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::{is_settled, is_succeeded};
-use crate::destination::s3::WriteCondition;
+use crate::destination::s3::{parse_lines, WriteCondition};
 use crate::destination::{DestinationError, S3Destination};
 
 /// A single job's earlier success record, if there is one.
@@ -127,9 +127,7 @@ pub(super) async fn release(
 
 /// The settled lines of a batch's JSON Lines, by their `index`.
 fn settled_lines(bytes: &[u8]) -> BTreeMap<usize, Value> {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+    parse_lines(bytes)
         .filter(is_settled)
         .filter_map(|line| {
             let index = usize::try_from(line.get("index")?.as_u64()?).ok()?;

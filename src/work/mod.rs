@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::destination::s3::WriteCondition;
+use crate::destination::s3::{parse_lines, WriteCondition};
 use crate::destination::{
     retry_while_unavailable, DestinationError, DestinationSpec, Destinations, Outgoing, Queue,
     S3Destination, S3Location,
@@ -164,11 +164,7 @@ impl WorkStore {
             .s3
             .read(&self.s3.location().progress_key_for(&id))
             .await?;
-        Ok(bytes
-            .unwrap_or_default()
-            .split(|b| *b == b'\n')
-            .filter_map(|line| serde_json::from_slice(line).ok())
-            .collect())
+        Ok(parse_lines(&bytes.unwrap_or_default()).collect())
     }
 
     /// Writes a chunk's lines: final once `done`, else its progress.

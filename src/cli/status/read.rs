@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::{human_duration, render, Status};
 use crate::cli::{EXIT_FAILED, EXIT_USAGE};
 use crate::config::Config;
+use crate::destination::s3::parse_lines;
 use crate::destination::{DestinationError, DestinationSpec, S3Destination};
 use crate::domain::chunks::BatchPlan;
 use crate::domain::manifest::ChunkSummary;
@@ -118,7 +119,7 @@ impl Reader {
             return match i {
                 0 | 1 => Ok(Status::in_invocation(
                     job_id,
-                    &json_lines(&bytes),
+                    &parse_lines(&bytes).collect::<Vec<_>>(),
                     i == 0,
                     uri,
                     now,
@@ -195,13 +196,6 @@ impl Reader {
             now_ms(),
         ))
     }
-}
-
-fn json_lines(bytes: &[u8]) -> Vec<Value> {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter_map(|line| serde_json::from_slice(line).ok())
-        .collect()
 }
 
 fn now_ms() -> i64 {
