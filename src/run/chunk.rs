@@ -412,6 +412,7 @@ async fn save(
     let batch_id = plan.resolved.id.as_str();
     let delivery = &plan.delivery;
     let mut delivered = Vec::with_capacity(fresh.len());
+    let mut failed = None;
     if matches!(delivery.destination, DestinationSpec::S3(_)) {
         for item in fresh.drain(..) {
             delivered.push((item.index, serialise(&item)?));
@@ -437,17 +438,13 @@ async fn save(
             ),
             Err(undelivered) => {
                 // What went out is kept, so it is not sent again.
-                for sent in undelivered.sent {
-                    if let Some(index) = sent.index {
-                        done.insert(index, sent.body);
-                    }
-                }
-                let lines = progress_lines(batch_id, &chunk.range, done);
-                chunk
-                    .store
-                    .write_chunk_lines(batch_id, chunk.number, &lines, false, deadline)
-                    .await?;
-                return Err(undelivered.error.into());
+                delivered.extend(
+                    undelivered
+                        .sent
+                        .into_iter()
+                        .filter_map(|o| o.index.map(|i| (i, o.body))),
+                );
+                failed = Some(undelivered.error);
             }
         }
     }
@@ -457,7 +454,10 @@ async fn save(
         .store
         .write_chunk_lines(batch_id, chunk.number, &lines, false, deadline)
         .await?;
-    Ok(())
+    match failed {
+        Some(err) => Err(err.into()),
+        None => Ok(()),
+    }
 }
 
 fn serialise(item: &ItemRecord) -> Result<Value, RelayError> {
