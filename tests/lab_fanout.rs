@@ -182,6 +182,14 @@ impl FanOut {
         counts
     }
 
+    /// What the work queue dead-lettered, read off its dead-letter queue.
+    async fn dead_lettered(&self) -> Vec<lab::services::Received> {
+        self.services
+            .receive_all(&self.dead_letters.url)
+            .await
+            .expect("dlq")
+    }
+
     async fn manifest(&self, id: &str) -> Option<Value> {
         self.lab
             .object(BUCKET, &format!("{PREFIX}{id}.manifest.json"))
@@ -293,12 +301,7 @@ async fn a_batch_larger_than_a_chunk_fans_out_and_is_assembled_in_order() {
     assert_eq!(event["detail-type"], "Bedrock Relay Batch Completed");
     assert_eq!(event["detail"]["job_id"], id);
     assert_eq!(event["detail"]["items"], 95);
-    assert!(bench
-        .services
-        .receive_all(&bench.dead_letters.url)
-        .await
-        .expect("dlq")
-        .is_empty());
+    assert!(bench.dead_lettered().await.is_empty());
 }
 
 /// The scheduled event delivered twice fans out once, and a chunk message
@@ -469,11 +472,7 @@ async fn a_poison_chunk_is_dead_lettered_with_a_record_of_its_items() {
         2 + 5,
         "two good chunks, five receives of the bad one: {report:?}"
     );
-    let dead = bench
-        .services
-        .receive_all(&bench.dead_letters.url)
-        .await
-        .expect("dlq");
+    let dead = bench.dead_lettered().await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].json().expect("body")["chunk"], 1);
     let record = bench
@@ -670,12 +669,7 @@ async fn a_destination_outage_during_assembly_is_retried_to_a_complete_result() 
         .await
         .expect("s3");
     assert!(manifest.is_some(), "the manifest follows the result");
-    assert!(bench
-        .services
-        .receive_all(&bench.dead_letters.url)
-        .await
-        .expect("dlq")
-        .is_empty());
+    assert!(bench.dead_lettered().await.is_empty());
 }
 
 /// To a queue destination, a fanned-out batch sends each item's result as its
