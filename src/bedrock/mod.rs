@@ -8,6 +8,11 @@
 //! are the exception: they end the call and go back to the target's
 //! pacer (`src/scheduling/pacer.rs`, [`Attempts::Paced`]).
 
+// The batch-job run mode (issue #9) is its first user; until it lands only
+// the tests call it.
+#[allow(dead_code)]
+pub(crate) mod jobs;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -661,7 +666,7 @@ pub(crate) mod tests {
     use crate::domain::job::Job;
     use crate::domain::target::RoleArn;
 
-    fn target() -> Target {
+    pub(crate) fn target() -> Target {
         Target {
             alias: "default".into(),
             allowed_models: None,
