@@ -8,6 +8,8 @@
 //! are the exception: they end the call and go back to the target's
 //! pacer (`src/scheduling/pacer.rs`, [`Attempts::Paced`]).
 
+pub(crate) mod batch_records;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
