@@ -3,6 +3,7 @@
 //! batch-job mode's names and Bedrock output shapes.
 
 pub(crate) mod batch_job;
+pub(crate) mod batch_output;
 pub(crate) mod chunks;
 pub(crate) mod deadline;
 pub(crate) mod input;
