@@ -8,6 +8,7 @@
 //! are the exception: they end the call and go back to the target's
 //! pacer (`src/scheduling/pacer.rs`, [`Attempts::Paced`]).
 
+pub(crate) mod batch_records;
 // The batch-job run mode (issue #9) is its first user; until it lands only
 // the tests call it.
 #[allow(dead_code)]

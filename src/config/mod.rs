@@ -11,9 +11,11 @@ use thiserror::Error;
 
 use std::collections::BTreeMap;
 
+mod batch_jobs;
 mod fan_out;
 mod targets;
 
+pub use batch_jobs::BatchJobs;
 pub use fan_out::FanOut;
 use fan_out::{check_store_apart, fan_out};
 use targets::{apply_allowlist, check_external_id, check_session_duration, sts_name, TargetSpec};
@@ -116,6 +118,8 @@ pub struct Config {
     /// The event bus told when a fanned-out batch is complete
     /// (`RELAY_EVENT_BUS`, an ARN).
     pub event_bus: Option<crate::destination::eventbridge::Bus>,
+    /// How batches may run as Bedrock batch inference jobs (`RELAY_DEFAULT_MODE`, `RELAY_BATCH_*`).
+    pub batch_jobs: BatchJobs,
 }
 
 impl Config {
@@ -204,6 +208,7 @@ impl Config {
         };
 
         let mut targets = BTreeMap::new();
+        let mut batch_roles = BTreeMap::new();
         if let Some(raw) = get("RELAY_TARGETS") {
             let specs: BTreeMap<String, TargetSpec> = serde_json::from_str(&raw).map_err(|err| ConfigError::Invalid {
                 var: "RELAY_TARGETS",
@@ -211,7 +216,7 @@ impl Config {
                     "{err}; expected {{\"alias\": {{\"role_arn\": \"arn:aws:iam::111111111111:role/RoleA\", \"region\": \"us-east-1\", \"external_id\": \"...\", \"session_duration\": 3600}}}}"
                 ),
             })?;
-            for (alias, spec) in specs {
+            for (alias, mut spec) in specs {
                 if alias.is_empty()
                     || !alias
                         .chars()
@@ -221,6 +226,9 @@ impl Config {
                         var: "RELAY_TARGETS",
                         reason: format!("alias `{alias}`: use letters, digits, `_` and `-`"),
                     });
+                }
+                if let Some(role) = spec.batch_role_arn.take() {
+                    batch_roles.insert(alias.clone(), role);
                 }
                 let built = target(&alias, spec, "RELAY_TARGETS")?;
                 targets.insert(alias, built);
@@ -258,6 +266,7 @@ impl Config {
                 region: None,
                 external_id,
                 session_duration: duration,
+                batch_role_arn: None,
             };
             targets.insert(
                 DEFAULT_ALIAS.to_owned(),
@@ -299,6 +308,7 @@ impl Config {
                 reason,
             })?;
 
+        let batch_jobs = batch_jobs::batch_jobs(&get, &targets, batch_roles)?;
         let fan_out = fan_out(&get)?;
         if let (Some(fan_out), DestinationSpec::S3(results)) = (&fan_out, &destination) {
             check_store_apart(&fan_out.store, results)?;
@@ -310,6 +320,7 @@ impl Config {
                 fan_out.store.bucket, fan_out.store.prefix
             ));
         }
+        own.extend(batch_jobs.staging_uri());
         let sources = SourcePolicy::new(&patterns(get("RELAY_ALLOWED_SOURCES")), &own);
         let event_bus = get("RELAY_EVENT_BUS")
             .map(|bus| crate::destination::eventbridge::Bus::parse(bus.trim()))
@@ -411,6 +422,7 @@ impl Config {
             id_prefix,
             fan_out,
             event_bus,
+            batch_jobs,
             bucket_owner,
             memory_mb: get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .and_then(|m| m.trim().parse::<u64>().ok())

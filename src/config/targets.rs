@@ -17,6 +17,9 @@ pub(super) struct TargetSpec {
     pub(super) region: Option<String>,
     pub(super) external_id: Option<String>,
     pub(super) session_duration: Option<u64>,
+    /// The batch service role in the target's account (`RELAY_BATCH_ROLE_ARN`
+    /// for this target alone); read by `batch_jobs.rs`.
+    pub(super) batch_role_arn: Option<String>,
 }
 
 /// STS: 2-1224 characters of `[\w+=,.@:/-]`.

@@ -6,10 +6,14 @@
 //! the model, id and conversation settled. Unknown fields are errors: a typo
 //! like `modle` must fail loudly, not run the default model.
 
+use std::time::Duration;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
+
+use crate::domain::batch_job::{parse_complete_within, JobMode};
 
 /// Longest job id accepted: it becomes part of an S3 key (1024 bytes at most).
 const MAX_ID_LEN: usize = 512;
@@ -97,6 +101,25 @@ pub struct Job {
     pub destination: Option<String>,
     /// SQS FIFO / SNS FIFO message group (templated); defaults to the job id.
     pub group: Option<String>,
+    /// How a batch runs: `on-demand` (model calls now), `batch-job` (Bedrock
+    /// batch inference jobs, half the price, within `complete_within`) or
+    /// `auto` (a batch job when the batch is large enough and may take 24
+    /// hours); defaults to `RELAY_DEFAULT_MODE`. A single job runs on-demand
+    /// (`batch-job` needs `items` or `items_from`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<JobMode>,
+    /// The time the caller accepts for the whole batch: a positive ISO 8601
+    /// duration of days, weeks, hours, minutes or seconds, e.g. `PT24H` or
+    /// `P2D` (not years or months). `auto` chooses a batch job only with
+    /// `PT24H` or more, and `batch-job` refuses less.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "duration"))]
+    pub complete_within: Option<String>,
+    /// Run on-demand the records a batch job did not answer (expired,
+    /// stopped, failed) while time allows; else they are written as failed.
+    /// Default true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_on_demand: Option<bool>,
 }
 
 /// A raw model request for InvokeModel: the body as the model family defines it.
@@ -236,6 +259,12 @@ pub struct ResolvedJob {
     pub inference: Option<Inference>,
     /// Copied into the record.
     pub metadata: Option<Map<String, Value>>,
+    /// The job's `mode`; `None`: `RELAY_DEFAULT_MODE` decides.
+    pub mode: Option<JobMode>,
+    /// The job's `complete_within`, parsed.
+    pub complete_within: Option<Duration>,
+    /// The job's `retry_on_demand` (default true).
+    pub retry_on_demand: bool,
 }
 
 impl ResolvedJob {
@@ -368,6 +397,28 @@ impl Job {
                 ));
             }
         }
+        let complete_within = self
+            .complete_within
+            .as_deref()
+            .map(parse_complete_within)
+            .transpose()
+            .map_err(|reason| JobError::field("complete_within", reason))?;
+        if self.mode == Some(JobMode::BatchJob) {
+            // Item jobs (items taken out, or a frozen chunk's job) must not
+            // carry `batch-job`: they run on-demand.
+            if !self.is_batch() {
+                return Err(JobError::field(
+                    "mode",
+                    "`batch-job` runs a batch: give `items` or `items_from`, or use `on-demand` for a single job",
+                ));
+            }
+            if self.invoke.is_some() {
+                return Err(JobError::field(
+                    "mode",
+                    "`batch-job` sends Converse records, so it runs `prompt` and `messages` jobs; run an `invoke` job with `on-demand`",
+                ));
+            }
+        }
         let messages = match (&self.prompt, &self.messages) {
             (Some(_), Some(_)) => return Err(JobError::PromptAndMessages),
             (None, None) if self.invoke.is_some() => Vec::new(),
@@ -418,6 +469,9 @@ impl Job {
             system,
             inference: self.inference.clone(),
             metadata: self.metadata.clone(),
+            mode: self.mode,
+            complete_within,
+            retry_on_demand: self.retry_on_demand.unwrap_or(true),
         })
     }
 }
@@ -807,6 +861,64 @@ mod tests {
         assert!(error(json!({"messages": [{"role": "user", "content": [{"document": {"format": "pdf", "source": {"bytes": ""}}}]}]}))
             .starts_with("messages[0].content[0].document.name"));
         assert!(error(json!(["not", "an", "object"])).contains("got an array"));
+    }
+
+    /// `mode`, `complete_within` and `retry_on_demand` are settled: parsed,
+    /// defaulted, and absent from a job that does not set them.
+    #[test]
+    fn batch_mode_fields_are_parsed_and_defaulted() {
+        let job = resolve(json!({"prompt": "hi"})).expect("valid");
+        assert_eq!(
+            (job.mode, job.complete_within, job.retry_on_demand),
+            (None, None, true)
+        );
+        let job = resolve(json!({
+            "prompt": "hi", "items": [1, 2], "mode": "batch-job",
+            "complete_within": "P2D", "retry_on_demand": false
+        }))
+        .expect("valid");
+        assert_eq!(job.mode, Some(JobMode::BatchJob));
+        assert_eq!(job.complete_within, Some(Duration::from_secs(48 * 3600)));
+        assert!(!job.retry_on_demand);
+        let plain = Job::from_value(json!({"prompt": "hi"})).expect("parses");
+        let written = serde_json::to_value(&plain).expect("serializes");
+        for field in ["mode", "complete_within", "retry_on_demand"] {
+            assert!(
+                written.get(field).is_none(),
+                "{field} is left out when unset"
+            );
+        }
+    }
+
+    /// A bad window, a single job or an `invoke` job asking for `batch-job`,
+    /// and an unknown mode are refused naming the field.
+    #[test]
+    fn batch_mode_fields_are_checked() {
+        let msg = error(json!({"prompt": "hi", "items": [1], "complete_within": "24h"}));
+        assert!(
+            msg.starts_with("complete_within: not an ISO 8601 duration"),
+            "{msg}"
+        );
+        let msg = error(json!({"prompt": "hi", "items": [1], "complete_within": "-PT1H"}));
+        assert!(
+            msg.starts_with("complete_within:") && msg.contains("positive"),
+            "{msg}"
+        );
+        let msg = error(json!({"prompt": "hi", "mode": "batch-job"}));
+        assert!(msg.starts_with("mode: `batch-job` runs a batch"), "{msg}");
+        let msg = error(json!({"invoke": {"body": {}}, "items": [1], "mode": "batch-job"}));
+        assert!(
+            msg.starts_with("mode:") && msg.contains("`invoke`"),
+            "{msg}"
+        );
+        let msg = error(json!({"prompt": "hi", "mode": "batch"}));
+        assert!(msg.starts_with("mode: unknown variant `batch`"), "{msg}");
+        for mode in ["on-demand", "auto"] {
+            assert!(
+                resolve(json!({"prompt": "hi", "mode": mode})).is_ok(),
+                "{mode}"
+            );
+        }
     }
 
     #[test]

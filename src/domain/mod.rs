@@ -1,6 +1,9 @@
 //! Plain data, no AWS calls: the job format, the event shapes, the model
-//! accounts, the records written for results, and the deadline.
+//! accounts, the records written for results, the deadline, and the
+//! batch-job mode's names and Bedrock output shapes.
 
+pub(crate) mod batch_job;
+pub(crate) mod batch_output;
 pub(crate) mod chunks;
 pub(crate) mod deadline;
 pub(crate) mod input;
