@@ -106,6 +106,29 @@ pub fn sts_client(base: &aws_config::SdkConfig) -> aws_sdk_sts::Client {
     aws_sdk_sts::Client::from_conf(conf)
 }
 
+/// An S3 client signed as `target`'s RoleA, in its region: for the batch-job
+/// staging location in the model account (everything else in S3 is account
+/// B's and uses the function's own credentials).
+pub fn role_a_s3_client(
+    base: &aws_config::SdkConfig,
+    sts: aws_sdk_sts::Client,
+    target: &Target,
+    force_path_style: bool,
+) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(base)
+        .credentials_provider(AssumeRoleProvider::new(sts, target.clone()))
+        .identity_cache(
+            aws_config::identity::IdentityCache::lazy()
+                .buffer_time(REFRESH_BEFORE_EXPIRY)
+                .build(),
+        )
+        .region(aws_config::Region::new(target.region.clone()))
+        .force_path_style(force_path_style)
+        .interceptor(crate::observe::xray::Recorder::new())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
 /// Assumes RoleA with `SourceIdentity`, `ExternalId` and a bounded duration.
 #[derive(Debug, Clone)]
 pub struct AssumeRoleProvider {

@@ -10,9 +10,11 @@
 use lambda_runtime::Diagnostic;
 use thiserror::Error;
 
+use crate::bedrock::jobs::JobCallError;
 use crate::bedrock::BedrockError;
 use crate::destination::DestinationError;
 use crate::documents::DocumentError;
+use crate::domain::batch_job::ModeError;
 use crate::domain::input::InputError;
 use crate::domain::job::JobError;
 use crate::domain::record::ErrorRecord;
@@ -82,6 +84,21 @@ pub enum RelayError {
         /// Why the last receive did not finish it.
         cause: String,
     },
+    /// The batch cannot run in the mode it asks for.
+    #[error("invalid mode: {0}")]
+    Mode(#[from] ModeError),
+    /// A Bedrock batch-job call failed.
+    #[error(transparent)]
+    BatchJob(#[from] JobCallError),
+    /// A Bedrock batch-job event about a job this relay did not submit, or
+    /// from an account that is not one of its targets: refused, nothing read.
+    #[error("the Bedrock batch job event for `{job}` is not about one of this relay's jobs: {reason}; nothing is read or run (check which accounts may put events on the bus that forwards Bedrock's events to this function)")]
+    NotOurBatchJob {
+        /// The job named in the event.
+        job: String,
+        /// What does not match.
+        reason: String,
+    },
     /// A batch stopped before every item settled; its progress is saved.
     #[error("batch {job_id}: {settled} of {total} items settled ({pending} not started before the deadline, {retryable} failed with retryable errors); progress is saved at {progress} and a retry of the event carries on from there")]
     BatchIncomplete {
@@ -118,6 +135,9 @@ impl RelayError {
             Self::NotAChunk { .. } => "NotAChunk",
             Self::ChunkDeadLettered { .. } => "ChunkDeadLettered",
             Self::InProgress { .. } => "JobInProgress",
+            Self::Mode(_) => "InvalidMode",
+            Self::BatchJob(err) => err.code(),
+            Self::NotOurBatchJob { .. } => "NotOurBatchJob",
         }
     }
 
@@ -129,7 +149,10 @@ impl RelayError {
             | Self::Target(_)
             | Self::Template(_)
             | Self::Source(_)
-            | Self::NotAChunk { .. } => false,
+            | Self::NotAChunk { .. }
+            | Self::Mode(_)
+            | Self::NotOurBatchJob { .. } => false,
+            Self::BatchJob(err) => err.is_retryable(),
             Self::ChunkDeadLettered { .. } => true,
             Self::Document(err) => err.is_retryable(),
             Self::BatchIncomplete { .. } | Self::InProgress { .. } => true,
@@ -156,13 +179,15 @@ impl RelayError {
             Self::Template(err) => Some(err.field.clone()),
             Self::Source(SourceError::NotAllowed { field, .. })
             | Self::Source(SourceError::RelayOwned { field, .. }) => Some(field.clone()),
-            Self::Target(_) | Self::Document(_) => None,
+            Self::Target(_) | Self::Document(_) | Self::Mode(_) => None,
             Self::Input(_)
             | Self::Bedrock(_)
             | Self::Destination(_)
             | Self::InProgress { .. }
             | Self::NotAChunk { .. }
             | Self::ChunkDeadLettered { .. }
+            | Self::BatchJob(_)
+            | Self::NotOurBatchJob { .. }
             | Self::BatchIncomplete { .. } => return self.to_string(),
         };
         let at = field.map(|f| format!(" at `{f}`")).unwrap_or_default();

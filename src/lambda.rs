@@ -11,12 +11,14 @@ use lambda_runtime::layers::TracingLayer;
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent, Runtime};
 use serde_json::Value;
 
+use crate::bedrock::jobs::BatchJobs;
 use crate::bedrock::Bedrock;
 use crate::config::Config;
 use crate::destination::Destinations;
 use crate::domain::deadline::Deadline;
 use crate::domain::input::{Payload, PayloadGuardLayer};
-use crate::run::{run_event, Report, Services};
+use crate::run::{run_event, BatchSide, Report, Services};
+use crate::work::Staging;
 
 /// The function's state across invocations.
 #[derive(Debug, Clone)]
@@ -48,7 +50,12 @@ impl Relay {
             })
             .collect();
         let destinations = config.destinations(base);
-        Self::new(config, bedrock, destinations)
+        let batch = batch_sides(&config, base, &sts);
+        let mut relay = Self::new(config, bedrock, destinations);
+        if let Some(services) = Arc::get_mut(&mut relay.services) {
+            services.set_batch_sides(batch);
+        }
+        relay
     }
 
     /// Assembles a relay from parts (tests pass mocked clients): `bedrock` holds
@@ -105,6 +112,36 @@ impl Relay {
             .await
             .map_err(Diagnostic::from)
     }
+}
+
+/// RoleA's batch-job clients of each target with a batch role, when
+/// `RELAY_BATCH_STAGING` is set.
+fn batch_sides(
+    config: &Config,
+    base: &aws_config::SdkConfig,
+    sts: &aws_sdk_sts::Client,
+) -> HashMap<String, BatchSide> {
+    let Some(staging) = &config.batch_jobs.staging else {
+        return HashMap::new();
+    };
+    config
+        .targets
+        .iter()
+        .filter(|target| config.batch_jobs.role_for(&target.alias).is_some())
+        .map(|target| {
+            let s3 = crate::credentials::role_a_s3_client(
+                base,
+                sts.clone(),
+                target,
+                config.s3_force_path_style,
+            );
+            let side = BatchSide {
+                jobs: BatchJobs::new(base, sts.clone(), target),
+                staging: Staging::new(s3, staging, &target.role.account),
+            };
+            (target.alias.clone(), side)
+        })
+        .collect()
 }
 
 #[cfg(test)]

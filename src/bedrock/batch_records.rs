@@ -10,17 +10,6 @@
 //!
 //! [`Bedrock::converse_counted`]: super::Bedrock::converse_counted
 
-// Until the batch-job run mode uses them (`expect` fails once all are used;
-// tests use only some).
-#![cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the batch-job run mode (issue 14) is not wired yet"
-    )
-)]
-#![cfg_attr(test, allow(dead_code))]
-
 use serde_json::{json, Map, Value};
 use thiserror::Error;
 
@@ -62,26 +51,6 @@ pub(crate) fn record(job: &ResolvedJob, index: usize) -> Result<Value, BatchReco
 /// `record` as one line of text, without its newline.
 pub(crate) fn line(record: &Value) -> String {
     record.to_string()
-}
-
-/// The bytes `record` takes in a JSON Lines file, its newline included,
-/// counted without building the text, so a caller can cut files under a size
-/// limit ([`crate::domain::batch_job::MAX_INPUT_FILE_BYTES`]).
-pub(crate) fn line_bytes(record: &Value) -> u64 {
-    struct Count(u64);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len() as u64;
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing a `Value` cannot fail, and `Count` never does.
-    let _ = serde_json::to_writer(&mut count, record);
-    count.0 + 1
 }
 
 fn messages(job: &ResolvedJob) -> Result<Value, BatchRecordError> {
@@ -253,14 +222,6 @@ mod tests {
         let job = resolved(json!({"invoke": {"body": {"inputText": "embed me"}}}));
         let err = record(&job, 0).expect_err("invoke");
         assert!(err.to_string().contains("`prompt` and `messages`"), "{err}");
-    }
-
-    /// `line_bytes` counts the line and its newline without building it.
-    #[test]
-    fn line_bytes_counts_the_text_and_its_newline() {
-        let record = record_of(&resolved(json!({"prompt": "naïve café"})));
-        assert_eq!(line_bytes(&record), line(&record).len() as u64 + 1);
-        assert!(!line(&record).contains('\n'));
     }
 
     fn keys(value: &Value) -> BTreeSet<&str> {

@@ -1,5 +1,5 @@
 //! Bedrock batch inference jobs in a model account: `CreateModelInvocationJob`,
-//! `GetModelInvocationJob` and `StopModelInvocationJob`, signed as RoleA like
+//! and `GetModelInvocationJob`, signed as RoleA like
 //! the runtime calls, and what their failures mean.
 //!
 //! A batch job must be created in the model account: its service role has to
@@ -103,6 +103,20 @@ pub enum JobCallError {
 }
 
 impl JobCallError {
+    /// The stable code (the record's `error.type`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PassRoleDenied { .. } => "BatchPassRoleDenied",
+            Self::CrossAccountRole { .. } => "BatchRoleCrossAccount",
+            Self::Denied { .. } => "BatchJobDenied",
+            Self::QuotaFull { .. } => "BatchJobQuotaFull",
+            Self::TokenReused { .. } => "BatchJobTokenReused",
+            Self::NotFound { .. } => "BatchJobNotFound",
+            Self::Rejected { .. } => "BatchJobRejected",
+            Self::Unavailable { .. } => "BatchJobUnavailable",
+        }
+    }
+
     /// Whether trying the same call later can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::QuotaFull { .. } | Self::Unavailable { .. })
@@ -241,17 +255,6 @@ impl BatchJobs {
             message: out.message,
             output_uri,
         })
-    }
-
-    /// Asks Bedrock to stop the job `arn` (its output so far is kept).
-    pub async fn stop(&self, arn: &str) -> Result<(), JobCallError> {
-        self.client
-            .stop_model_invocation_job()
-            .job_identifier(arn)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|err| self.classify_for(&err, "StopModelInvocationJob", arn))
     }
 
     fn classify<E: aws_sdk_bedrock::error::ProvideErrorMetadata>(
@@ -494,26 +497,5 @@ mod tests {
         assert_eq!(report.status, "PartiallyCompleted");
         assert_eq!(report.message.as_deref(), Some("3 records failed"));
         assert_eq!(report.output_uri.as_deref(), Some("s3://staging/out/"));
-    }
-
-    /// Stopping a job Bedrock does not know says which job and region.
-    #[tokio::test]
-    async fn stopping_an_unknown_job_names_it_and_the_region() {
-        use aws_sdk_bedrock::operation::stop_model_invocation_job::StopModelInvocationJobError;
-        let rule = mock!(aws_sdk_bedrock::Client::stop_model_invocation_job).then_error(|| {
-            StopModelInvocationJobError::generic(
-                ErrorMetadata::builder()
-                    .code("ResourceNotFoundException")
-                    .message("no such job")
-                    .build(),
-            )
-        });
-        let client = mock_client!(aws_sdk_bedrock, RuleMode::MatchAny, [&rule]);
-        let err = BatchJobs::from_client(client, &target())
-            .stop("arn:aws:bedrock:us-west-2:111111111111:model-invocation-job/gone")
-            .await
-            .expect_err("unknown job");
-        assert!(matches!(err, JobCallError::NotFound { .. }), "{err:?}");
-        assert!(err.to_string().contains("/gone in us-west-2"), "{err}");
     }
 }

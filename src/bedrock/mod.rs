@@ -9,9 +9,6 @@
 //! pacer (`src/scheduling/pacer.rs`, [`Attempts::Paced`]).
 
 pub(crate) mod batch_records;
-// The batch-job run mode (issue #9) is its first user; until it lands only
-// the tests call it.
-#[allow(dead_code)]
 pub(crate) mod jobs;
 
 use std::sync::Arc;

@@ -230,6 +230,11 @@ mod tests {
             ("AWS_REGION", "eu-west-1"),
             ("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:role/RoleA"),
             ("RELAY_DESTINATION", "s3://results-bucket/relay/"),
+            (
+                "RELAY_WORK_QUEUE",
+                "https://sqs.eu-west-1.amazonaws.com/222222222222/relay-work",
+            ),
+            ("RELAY_WORK_STORE", "s3://results-bucket/_work/"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -407,5 +412,23 @@ mod tests {
                 "{var}={bad}"
             );
         }
+    }
+
+    /// Batch jobs keep their state in the work store and finish through the
+    /// work queue: staging without them is refused at cold start.
+    #[test]
+    fn staging_needs_the_work_queue_and_store() {
+        let mut lookup = env(&[STAGING, ROLE]);
+        let without = move |name: &str| match name {
+            "RELAY_WORK_QUEUE" | "RELAY_WORK_STORE" => None,
+            _ => lookup(name),
+        };
+        let msg = Config::from_lookup(without)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            msg.contains("RELAY_WORK_STORE") && msg.contains("RELAY_WORK_QUEUE"),
+            "{msg}"
+        );
     }
 }

@@ -313,6 +313,12 @@ impl Config {
         if let (Some(fan_out), DestinationSpec::S3(results)) = (&fan_out, &destination) {
             check_store_apart(&fan_out.store, results)?;
         }
+        if batch_jobs.staging.is_some() && fan_out.is_none() {
+            return Err(ConfigError::Invalid {
+                var: "RELAY_BATCH_STAGING",
+                reason: "batch jobs keep their state in RELAY_WORK_STORE and run what Bedrock did not answer through RELAY_WORK_QUEUE; set both".into(),
+            });
+        }
         let mut own = own_prefixes(&destination, &allowed_destinations, spill.as_ref());
         if let Some(fan_out) = &fan_out {
             own.push(format!(

@@ -173,6 +173,52 @@ impl S3Destination {
         }
     }
 
+    /// The body of the object at `key`, to read as it arrives (for objects too
+    /// large to hold); `None` when there is none.
+    pub async fn open(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::primitives::ByteStream>, DestinationError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(output.body)),
+            Err(err) if err.code() == Some("NoSuchKey") => Ok(None),
+            Err(err) => Err(classify(
+                &self.location,
+                "s3:GetObject",
+                self.location.uri_of(key),
+                err,
+            )),
+        }
+    }
+
+    /// Deletes the object at `key` (deleting one that is gone succeeds).
+    pub async fn delete(&self, key: &str) -> Result<(), DestinationError> {
+        self.client
+            .delete_object()
+            .bucket(&self.location.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|err| {
+                classify(
+                    &self.location,
+                    "s3:DeleteObject",
+                    self.location.uri_of(key),
+                    err,
+                )
+            })
+    }
+
     /// Reads the object at `key` with its ETag; `None` when there is none.
     pub async fn read_tagged(
         &self,

@@ -8,17 +8,6 @@
 //! job id, so a redelivered event derives the same ones: Bedrock's
 //! `clientRequestToken` then refuses to start the same job twice.
 
-// Until the batch-job run mode uses them (`expect` fails once all are used;
-// tests use only some).
-#![cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the batch-job run mode (issue 14) is not wired yet"
-    )
-)]
-#![cfg_attr(test, allow(dead_code))]
-
 use std::fmt;
 use std::ops::Range;
 use std::time::Duration;

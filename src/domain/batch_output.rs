@@ -8,17 +8,6 @@
 //! `recordId`s map back to items (`batch_job::parse_record_id`). Answers
 //! become the same [`ModelReply`] an on-demand Converse call gives.
 
-// Until the batch-job run mode uses them (`expect` fails once all are used;
-// tests use only some).
-#![cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the batch-job run mode (issue 14) is not wired yet"
-    )
-)]
-#![cfg_attr(test, allow(dead_code))]
-
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

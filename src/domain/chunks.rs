@@ -224,6 +224,18 @@ pub struct BatchPlan {
     pub planned_at: String,
     /// The invocation that planned it.
     pub planned_by: String,
+    /// How the batch runs (`on-demand` or `batch-job`) and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ModeRecord>,
+}
+
+/// The run mode of a planned batch, for the planner's answer and the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeRecord {
+    /// `on-demand` or `batch-job`.
+    pub mode: String,
+    /// Which condition decided.
+    pub reason: String,
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::batch_output::BedrockCounts;
+use super::batch_state::SubmittedBatch;
+
 /// The `detail-type` of the event sent when a batch is complete.
 pub const BATCH_COMPLETED_DETAIL_TYPE: &str = "Bedrock Relay Batch Completed";
 
@@ -149,6 +152,31 @@ pub struct Manifest {
     pub started_at: String,
     /// RFC 3339, when it was assembled.
     pub finished_at: String,
+    /// Why it ran as it did (`on-demand` or `batch-job`, and the condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The Bedrock batch jobs it ran as, in the batch-job mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch_jobs: Vec<BatchJobSummary>,
+}
+
+/// One Bedrock batch job of a batch, in its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchJobSummary {
+    /// `jobName`.
+    pub name: String,
+    /// The job's ARN.
+    pub arn: Option<String>,
+    /// Its final status.
+    pub status: String,
+    /// Bedrock's message, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The items it held.
+    pub records: usize,
+    /// Bedrock's own counts (`manifest.json.out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bedrock: Option<BedrockCounts>,
 }
 
 impl Manifest {
@@ -178,7 +206,27 @@ impl Manifest {
             results,
             started_at: started_at.to_owned(),
             finished_at: crate::domain::record::now_rfc3339(),
+            reason: None,
+            batch_jobs: Vec::new(),
         }
+    }
+
+    /// The manifest of a batch that ran as Bedrock batch jobs.
+    pub fn with_batch_jobs(mut self, state: &SubmittedBatch) -> Self {
+        self.mode = "batch-job".to_owned();
+        self.batch_jobs = state
+            .parts
+            .iter()
+            .map(|part| BatchJobSummary {
+                name: part.name.clone(),
+                arn: part.arn.clone(),
+                status: part.status.clone(),
+                message: part.message.clone(),
+                records: part.count,
+                bedrock: part.counts.clone(),
+            })
+            .collect();
+        self
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub(crate) mod batch_job;
 pub(crate) mod batch_output;
+pub(crate) mod batch_state;
 pub(crate) mod chunks;
 pub(crate) mod deadline;
 pub(crate) mod input;

@@ -96,7 +96,11 @@ async fn assemble(
         }
         other => format!("{other} ({} results)", frozen.items.total),
     };
-    let manifest = Manifest::assemble(batch_id, &frozen.planned_at, &summaries, results);
+    let mut manifest = Manifest::assemble(batch_id, &frozen.planned_at, &summaries, results);
+    manifest.reason = frozen.mode.as_ref().map(|m| m.reason.clone());
+    if let Some(state) = store.read_batch_jobs(batch_id).await? {
+        manifest = manifest.with_batch_jobs(&state);
+    }
     let body = serde_json::to_value(&manifest).map_err(|err| DestinationError::Unavailable {
         destination: destination.to_string(),
         message: format!("the manifest does not serialise: {err}"),

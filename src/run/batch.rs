@@ -281,6 +281,37 @@ pub(super) fn check_item_count(count: usize, max_items: usize) -> Result<(), Job
     Ok(())
 }
 
+/// Makes item `index` ready for its call, as every mode sends it: its
+/// documents read and its body rendered with the item in scope. An item that
+/// cannot be made ready is its failed line.
+pub(super) async fn prepare_item(
+    services: &Services,
+    plan: &Plan<'_>,
+    index: usize,
+    item: &Item,
+    shared: Option<&[Document]>,
+) -> Result<crate::domain::job::ResolvedJob, Box<ItemRecord>> {
+    let job_id = &plan.resolved.id;
+    let model = &plan.resolved.model;
+    let failed = |error| Box::new(ItemRecord::failed(job_id, index, None, Some(model), error));
+    let item = item.as_ref().map_err(|error| failed(error.clone()))?;
+    let scope = plan.scope.with_item(item);
+    let mut job = plan.job.clone();
+    services
+        .renderer()
+        .render_documents(&mut job, &scope)
+        .map_err(|err| failed(RelayError::from(err).to_record()))?;
+    let source = match shared {
+        Some(documents) => DocumentSource::Shared(documents),
+        None => DocumentSource::Own {
+            at_once: services.config().max_concurrency,
+        },
+    };
+    prepare(services, job, scope, job_id, source)
+        .await
+        .map_err(|err| failed(err.to_record()))
+}
+
 /// Runs one item, unless too little time is left to finish it.
 pub(super) async fn run_item(
     services: &Services,
@@ -292,33 +323,14 @@ pub(super) async fn run_item(
     deadline: &Deadline,
 ) -> ItemRecord {
     let job_id = &plan.resolved.id;
-    let model = &plan.resolved.model;
     let caller = services.caller();
     // No time for any call: not worth reading the item's documents.
     if caller.budget(deadline).is_none() {
         return ItemRecord::pending(job_id, index);
     }
-    let item = match item {
-        Ok(item) => item,
-        Err(error) => return ItemRecord::failed(job_id, index, None, Some(model), error.clone()),
-    };
-    let scope = plan.scope.with_item(item);
-    let mut job = plan.job.clone();
-    let prepared = match services.renderer().render_documents(&mut job, &scope) {
-        Ok(()) => {
-            let source = match shared {
-                Some(documents) => DocumentSource::Shared(documents),
-                None => DocumentSource::Own {
-                    at_once: services.config().max_concurrency,
-                },
-            };
-            prepare(services, job, scope, job_id, source).await
-        }
-        Err(err) => Err(err.into()),
-    };
-    let resolved = match prepared {
+    let resolved = match prepare_item(services, plan, index, item, shared).await {
         Ok(resolved) => resolved,
-        Err(err) => return ItemRecord::failed(job_id, index, None, Some(model), err.to_record()),
+        Err(failed) => return *failed,
     };
 
     let stats = Arc::new(CallStats::default());

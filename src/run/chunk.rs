@@ -22,17 +22,16 @@ use tracing::Instrument;
 
 use super::assemble;
 use super::batch::{self, Item};
+use super::chunk_save::{finish, is_settled, progress_lines, save, serialise, Chunk};
 use super::guarded::{Guard, GuardError};
 use super::outcome;
 use super::plan::{self, Delivery, Plan};
 use super::Services;
 use crate::config::FanOut;
-use crate::destination::{DestinationSpec, ItemLines};
 use crate::documents;
 use crate::domain::chunks::{BatchPlan, ChunkMessage, ChunkRange};
 use crate::domain::deadline::Deadline;
 use crate::domain::input::Payload;
-use crate::domain::manifest::{ChunkSummary, Counts};
 use crate::domain::record::{ItemRecord, Record, Status};
 use crate::error::RelayError;
 use crate::work::{WorkQueue, WorkStore};
@@ -247,15 +246,6 @@ async fn run_chunk_message(
     }
 }
 
-/// One chunk of a planned batch, as a message delivered it.
-struct Chunk<'a> {
-    store: &'a WorkStore,
-    frozen: &'a BatchPlan,
-    number: usize,
-    range: ChunkRange,
-    receives: u64,
-}
-
 /// [`run_message`] once the chunk is claimed: runs the items not `done`.
 async fn run_chunk(
     services: &Services,
@@ -270,7 +260,7 @@ async fn run_chunk(
     let to_run: Vec<usize> = range.indexes().filter(|i| !done.contains_key(i)).collect();
     let items: Vec<Item> = match to_run.is_empty() {
         true => Vec::new(),
-        false => read_items(services, chunk).await?,
+        false => read_items(services, chunk.frozen, &chunk.range).await?,
     };
     let shared = match to_run.is_empty() {
         true => None,
@@ -304,24 +294,7 @@ async fn run_chunk(
     drop(results);
     save(services, plan, chunk, &mut done, &mut fresh, deadline).await?;
     if left.is_empty() {
-        let lines: Vec<Value> = range.indexes().filter_map(|i| done.remove(&i)).collect();
-        chunk
-            .store
-            .write_chunk_lines(batch_id, chunk.number, &lines, true, deadline)
-            .await?;
-        let summary = ChunkSummary {
-            chunk: chunk.number,
-            counts: Counts::of_lines(&lines),
-            receives: chunk.receives,
-            finished_at: crate::domain::record::now_rfc3339(),
-        };
-        chunk.store.write_summary(batch_id, &summary).await?;
-        tracing::info!(
-            succeeded = summary.counts.succeeded,
-            failed = summary.counts.failed,
-            "chunk done"
-        );
-        return Ok(());
+        return finish(chunk, batch_id, done, deadline).await;
     }
     // What is left is kept in the progress too (read back as not settled),
     // so the chunk's last receive can say which items and why.
@@ -358,13 +331,17 @@ fn err_pending(err: &RelayError) -> Option<usize> {
 /// The chunk's items, read from its range of the items object. An object
 /// changed since planning fails every item of the chunk (`ItemsChanged`):
 /// never run against items the plan did not cut.
-async fn read_items(services: &Services, chunk: &Chunk<'_>) -> Result<Vec<Item>, RelayError> {
-    let items = &chunk.frozen.items;
+pub(super) async fn read_items(
+    services: &Services,
+    frozen: &BatchPlan,
+    range: &ChunkRange,
+) -> Result<Vec<Item>, RelayError> {
+    let items = &frozen.items;
     let read = documents::read_chunk(
         services.sinks().s3_client(),
         &items.uri,
         &items.etag,
-        &chunk.range,
+        range,
         // Staged items are in the relay's own store; `items_from` is the
         // sender's object, whose owner the relay does not know.
         items
@@ -380,107 +357,10 @@ async fn read_items(services: &Services, chunk: &Chunk<'_>) -> Result<Vec<Item>,
             .collect()),
         Err(err) if !err.is_retryable() => {
             let error = RelayError::from(err).to_record();
-            Ok(vec![Err(error); chunk.range.count])
+            Ok(vec![Err(error); range.count])
         }
         Err(err) => Err(err.into()),
     }
-}
-
-/// Whether an item's result is final: succeeded, or failed for good.
-fn is_settled(item: &ItemRecord) -> bool {
-    match (&item.status, &item.error) {
-        (Status::Succeeded, _) => true,
-        (Status::Failed, Some(error)) => !error.retryable,
-        _ => false,
-    }
-}
-
-/// Delivers `fresh` (to a destination other than S3, where the assembled
-/// object is the delivery) and saves the chunk's progress with them.
-async fn save(
-    services: &Services,
-    plan: &Plan<'_>,
-    chunk: &Chunk<'_>,
-    done: &mut BTreeMap<usize, Value>,
-    fresh: &mut Vec<ItemRecord>,
-    deadline: &Deadline,
-) -> Result<(), RelayError> {
-    if fresh.is_empty() {
-        return Ok(());
-    }
-    fresh.sort_by_key(|item| item.index);
-    let batch_id = plan.resolved.id.as_str();
-    let delivery = &plan.delivery;
-    let mut delivered = Vec::with_capacity(fresh.len());
-    let mut failed = None;
-    if matches!(delivery.destination, DestinationSpec::S3(_)) {
-        for item in fresh.drain(..) {
-            delivered.push((item.index, serialise(&item)?));
-        }
-    } else {
-        let lines = ItemLines {
-            job_id: batch_id.to_owned(),
-            total: 0,
-            done: BTreeMap::new(),
-            fresh: std::mem::take(fresh),
-            incomplete: false,
-        };
-        let sent = services
-            .sinks()
-            .write_items(&delivery.destination, &delivery.group, lines, deadline)
-            .await;
-        match sent {
-            Ok(written) => delivered.extend(
-                written
-                    .results
-                    .into_iter()
-                    .filter_map(|o| o.index.map(|i| (i, o.body))),
-            ),
-            Err(undelivered) => {
-                // What went out is kept, so it is not sent again.
-                delivered.extend(
-                    undelivered
-                        .sent
-                        .into_iter()
-                        .filter_map(|o| o.index.map(|i| (i, o.body))),
-                );
-                failed = Some(undelivered.error);
-            }
-        }
-    }
-    done.extend(delivered);
-    let lines = progress_lines(batch_id, &chunk.range, done);
-    chunk
-        .store
-        .write_chunk_lines(batch_id, chunk.number, &lines, false, deadline)
-        .await?;
-    match failed {
-        Some(err) => Err(err.into()),
-        None => Ok(()),
-    }
-}
-
-fn serialise(item: &ItemRecord) -> Result<Value, RelayError> {
-    serde_json::to_value(item).map_err(|err| {
-        crate::destination::DestinationError::Unavailable {
-            destination: "the work store".into(),
-            message: format!("an item result does not serialise: {err}"),
-        }
-        .into()
-    })
-}
-
-/// The chunk's lines so far: settled ones, the rest `pending`.
-fn progress_lines(batch_id: &str, range: &ChunkRange, done: &BTreeMap<usize, Value>) -> Vec<Value> {
-    range
-        .indexes()
-        .map(|index| match done.get(&index) {
-            Some(line) => line.clone(),
-            None => {
-                serde_json::to_value(ItemRecord::pending(batch_id, index)).unwrap_or(Value::Null)
-            }
-        })
-        .collect()
 }
 
 /// The error record of a chunk on its last receive: which items are left,

@@ -15,18 +15,21 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::batch;
+use super::batch_job;
 use super::guarded::Guard;
 use super::outcome;
 use super::plan::Plan;
 use super::Services;
 use crate::config::FanOut;
 use crate::documents;
-use crate::domain::chunks::{ChunkRange, ItemsObject, LineCutter};
+use crate::domain::batch_job::{choose, ModeChoice, RunMode, Workload};
+use crate::domain::chunks::{ChunkRange, ItemsObject, LineCutter, ModeRecord};
 use crate::domain::deadline::Deadline;
 use crate::error::RelayError;
 use crate::work::{WorkQueue, WorkStore};
 
-/// Plans a batch over several chunks, or runs it here when it fits in one.
+/// Plans a batch over several chunks, or runs it here when it fits in one;
+/// a batch that runs as Bedrock batch jobs is planned the same way.
 pub(crate) async fn run(
     services: &Services,
     mut plan: Plan<'_>,
@@ -34,45 +37,72 @@ pub(crate) async fn run(
     request_id: &str,
     deadline: &Deadline,
 ) -> Result<Value, RelayError> {
-    if plan
-        .job
-        .items
-        .as_ref()
-        .is_some_and(|items| items.len() <= fan_out.chunk_items)
-    {
-        return batch::run(services, plan, request_id, deadline).await;
+    // Inline items are counted now: a batch of one chunk that runs
+    // on-demand runs here.
+    if let Some(count) = plan.job.items.as_ref().map(Vec::len) {
+        match choose_mode(services, &plan, count) {
+            Ok(choice) if choice.mode == RunMode::OnDemand && count <= fan_out.chunk_items => {
+                return batch::run(services, plan, request_id, deadline).await;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                return outcome::fail(services, plan.record, &plan.delivery, err, &Arc::default())
+                    .await
+            }
+        }
     }
     let store = WorkStore::new(services.sinks(), &fan_out.store);
     let job_id = plan.resolved.id.clone();
-    // A redelivery of a batch already fanned out answers from its plan,
+    // A redelivery of a batch already planned answers from its plan,
     // without streaming the items again.
     if let Ok(true) = store.is_dispatched(&job_id).await {
         if let Ok(Some(frozen)) = store.read_plan(&job_id).await {
+            if let Ok(Some(state)) = store.read_batch_jobs(&job_id).await {
+                return Ok(batch_job::submitted(&plan, &frozen, &state));
+            }
             return Ok(planned(&plan, &frozen));
         }
     }
     // Cut before claiming: a batch that fits in one chunk runs here, under
     // the batch's own claim, and the cut is a read anyone may repeat.
-    let cut = match cut(services, &store, &mut plan, fan_out.chunk_items).await {
+    let cut = cut(services, &store, &mut plan, fan_out.chunk_items)
+        .await
+        .and_then(|cut| {
+            let choice = choose_mode(
+                services,
+                &plan,
+                cut.as_ref().map_or(0, |(items, _)| items.total),
+            )?;
+            Ok((cut, choice))
+        });
+    let (cut, choice) = match cut {
         Ok(cut) => cut,
         Err(err) => {
             return outcome::fail(services, plan.record, &plan.delivery, err, &Arc::default()).await
         }
     };
-    let Some((items, chunks)) = cut else {
-        return batch::run(services, plan, request_id, deadline).await;
+    let (items, chunks) = match cut {
+        Some((items, chunks)) if chunks.len() > 1 || choice.mode == RunMode::BatchJob => {
+            (items, chunks)
+        }
+        _ => return batch::run(services, plan, request_id, deadline).await,
     };
     let ledger = store.ledger();
     let planning = WorkStore::planning_id(&job_id);
     let guard = Guard::new(&ledger, services.sinks(), &planning, request_id, *deadline);
     let queue = WorkQueue::new(fan_out.queue.clone());
+    let planned = Planned {
+        items,
+        chunks,
+        choice,
+    };
     let result = guard
         .run(
             || async { Ok(store.is_dispatched(&job_id).await?) },
             |dispatched: &bool| *dispatched,
             |dispatched| {
                 dispatch(
-                    services, &store, &queue, &plan, items, chunks, dispatched, request_id,
+                    services, &store, &queue, &plan, planned, dispatched, request_id, deadline,
                 )
             },
         )
@@ -81,7 +111,36 @@ pub(crate) async fn run(
     outcome::settle(services, &plan, result, |_| true).await
 }
 
-/// The items object and its chunks; `None` when the batch fits in one chunk.
+/// How a batch of `items` runs: the job's `mode` (else `RELAY_DEFAULT_MODE`)
+/// against what is configured for its targets.
+fn choose_mode(
+    services: &Services,
+    plan: &Plan<'_>,
+    items: usize,
+) -> Result<ModeChoice, RelayError> {
+    let config = services.config();
+    let requested = plan.resolved.mode.unwrap_or(config.batch_jobs.default_mode);
+    let mut settings = config.batch_jobs.settings(&plan.pool);
+    settings.configured &= plan
+        .pool
+        .first()
+        .is_some_and(|target| services.batch_side(&target.alias).is_some());
+    let work = Workload {
+        items,
+        complete_within: plan.resolved.complete_within,
+        converse: plan.resolved.invoke.is_none(),
+    };
+    Ok(choose(requested, &work, &settings)?)
+}
+
+/// What planning found: the items object, its chunks and the mode.
+struct Planned {
+    items: ItemsObject,
+    chunks: Vec<ChunkRange>,
+    choice: ModeChoice,
+}
+
+/// The items object and its chunks; `None` for a job without items.
 async fn cut(
     services: &Services,
     store: &WorkStore,
@@ -122,9 +181,6 @@ async fn cut(
     };
     let (etag, chunks, total) =
         documents::cut_items(services.sinks().s3_client(), &uri, per_chunk, max_items).await?;
-    if chunks.len() <= 1 {
-        return Ok(None);
-    }
     Ok(Some((
         ItemsObject {
             uri,
@@ -137,24 +193,47 @@ async fn cut(
 }
 
 /// [`run`] once planning is claimed: writes the plan (or finds the one an
-/// earlier planner wrote) and sends every chunk message.
+/// earlier planner wrote), then sends every chunk message, or submits the
+/// batch's Bedrock batch jobs.
 #[allow(clippy::too_many_arguments)]
 async fn dispatch(
     services: &Services,
     store: &WorkStore,
     queue: &WorkQueue,
     plan: &Plan<'_>,
-    items: ItemsObject,
-    chunks: Vec<ChunkRange>,
+    found: Planned,
     already_dispatched: bool,
     request_id: &str,
+    deadline: &Deadline,
 ) -> Result<Value, RelayError> {
     let job_id = &plan.resolved.id;
-    let frozen = plan.freeze(items, chunks, request_id).map_err(|err| {
+    let Planned {
+        items,
+        chunks,
+        choice,
+    } = found;
+    let mut frozen = plan.freeze(items, chunks, request_id).map_err(|err| {
         crate::domain::job::JobError::field(".", format!("the job does not serialise: {err}"))
     })?;
+    frozen.mode = Some(ModeRecord {
+        mode: match choice.mode {
+            RunMode::OnDemand => "on-demand",
+            RunMode::BatchJob => "batch-job",
+        }
+        .into(),
+        reason: choice.reason.clone(),
+    });
     // The plan in force is the first one written: a retry sends its chunks.
     let frozen = store.write_plan(&frozen).await?;
+    let batch_jobs = frozen.mode.as_ref().is_some_and(|m| m.mode == "batch-job");
+    if batch_jobs {
+        // Submitting again finds the jobs an earlier planner submitted.
+        let state = batch_job::submit(services, store, plan, &frozen, &choice, deadline).await?;
+        if !already_dispatched {
+            store.mark_dispatched(job_id).await?;
+        }
+        return Ok(batch_job::submitted(plan, &frozen, &state));
+    }
     if !already_dispatched {
         queue
             .send_chunks(services.sinks(), job_id, 0..frozen.chunks.len())
@@ -179,5 +258,6 @@ fn planned(plan: &Plan<'_>, frozen: &crate::domain::chunks::BatchPlan) -> Value 
         "chunks": frozen.chunks.len(),
         "planned_at": frozen.planned_at,
         "model": plan.resolved.model,
+        "reason": frozen.mode.as_ref().map(|m| m.reason.as_str()),
     })
 }

@@ -10,10 +10,14 @@
 //! | batch in one invocation | [`batch`] | a job with `items` or `items_from`, no work queue or one chunk's worth |
 //! | fan-out | [`fanout`] | a batch larger than `RELAY_CHUNK_ITEMS`, with `RELAY_WORK_QUEUE` |
 //! | chunk | [`chunk`] (and [`assemble`]) | an SQS event from the work queue |
+//! | batch job | [`batch_job`] (and [`collect`]) | a batch planned as a fan-out whose mode is `batch-job` (or `auto` choosing it); then the check schedule and Bedrock's state-change events |
 
 mod assemble;
 mod batch;
+mod batch_job;
 mod chunk;
+mod chunk_save;
+mod collect;
 mod fanout;
 mod guarded;
 mod outcome;
@@ -27,17 +31,28 @@ use std::sync::Arc;
 use serde_json::Value;
 use tracing::Instrument;
 
+use crate::bedrock::jobs::BatchJobs;
 use crate::bedrock::Bedrock;
 use crate::config::{Config, FanOut};
 use crate::destination::Destinations;
+use crate::domain::batch_job::JobMode;
 use crate::domain::deadline::Deadline;
 use crate::domain::input::Payload;
 use crate::domain::job::Job;
 use crate::error::RelayError;
 use crate::scheduling::ModelCaller;
 use crate::template::Renderer;
+use crate::work::Staging;
 
 pub(crate) use outcome::Report;
+
+/// A target's side of batch jobs, signed as its RoleA: its batch-job API
+/// and the staging location in its account.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchSide {
+    pub(crate) jobs: BatchJobs,
+    pub(crate) staging: Staging,
+}
 
 /// What every run shares, built once at cold start and kept across the
 /// invocations of a warm function: the configuration, account B's clients for
@@ -50,6 +65,7 @@ pub(crate) struct Services {
     renderer: Renderer,
     caller: ModelCaller,
     report: Report,
+    batch: HashMap<String, BatchSide>,
 }
 
 impl Services {
@@ -66,7 +82,18 @@ impl Services {
             sinks,
             renderer: Renderer::new(),
             report,
+            batch: HashMap::new(),
         }
+    }
+
+    /// Gives the targets with a batch role their batch-job side.
+    pub(crate) fn set_batch_sides(&mut self, batch: HashMap<String, BatchSide>) {
+        self.batch = batch;
+    }
+
+    /// The batch-job side of the target `alias`, when batch jobs are on for it.
+    pub(crate) fn batch_side(&self, alias: &str) -> Option<&BatchSide> {
+        self.batch.get(alias)
     }
 
     /// The function's configuration.
@@ -131,6 +158,12 @@ pub(crate) async fn run_event(
         // compiler's layout of one future holding all of them inline overflows.
         return Box::pin(chunk::run(services, event, request_id, &deadline)).await;
     }
+    if let Some(trigger) = batch_job::trigger(payload) {
+        return Box::pin(batch_job::on_trigger(
+            services, trigger, request_id, &deadline,
+        ))
+        .await;
+    }
     let plan = match plan::plan(services, payload, request_id) {
         Ok(plan) => plan,
         Err(unplanned) => {
@@ -155,6 +188,11 @@ pub(crate) async fn run_event(
         tracing::info!("job accepted");
         match Mode::of(&plan.job, services.config()) {
             Mode::Single => single::run(services, plan, request_id, &deadline).await,
+            // Batch jobs keep their state in the work store.
+            Mode::Batch if plan.resolved.mode == Some(JobMode::BatchJob) => {
+                let err = crate::domain::batch_job::ModeError::NotConfigured.into();
+                outcome::fail(services, plan.record, &plan.delivery, err, &Arc::default()).await
+            }
             Mode::Batch => batch::run(services, plan, request_id, &deadline).await,
             Mode::FanOut(fan_out) => {
                 Box::pin(fanout::run(services, plan, fan_out, request_id, &deadline)).await

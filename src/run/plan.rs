@@ -195,6 +195,8 @@ impl Plan<'_> {
         let mut job = self.job.clone();
         job.items = None;
         job.items_from = None;
+        // The chunks run on-demand; how the batch ran is in its store.
+        job.mode = None;
         job.id = Some(self.resolved.id.clone());
         job.model = Some(self.resolved.model.clone());
         job.destination = Some(self.delivery.destination.to_string());
@@ -211,6 +213,7 @@ impl Plan<'_> {
             chunks,
             planned_at: crate::domain::record::now_rfc3339(),
             planned_by: request_id.to_owned(),
+            mode: None,
         })
     }
 }

@@ -43,6 +43,8 @@ pub(crate) async fn prepare(
         scope.documents = Some(documents.iter().map(Document::template_value).collect());
     }
     services.renderer().render_body(&mut job, &scope)?;
+    // The mode is the batch's (settled when it was planned); one call has none.
+    job.mode = None;
     let mut resolved = job.resolve(services.config().default_model.as_deref(), job_id)?;
     resolved.id = job_id.to_owned();
     attach_documents(&mut resolved, documents)?;

@@ -20,6 +20,10 @@
 //! `<id>/chunk-000003`), so a chunk is claimed, read back and resumed exactly
 //! as a batch in one invocation is.
 
+mod batch_jobs;
+
+pub use batch_jobs::Staging;
+
 use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
@@ -331,9 +335,10 @@ impl WorkQueue {
         &self,
         sinks: &Destinations,
         batch: &str,
-        chunks: std::ops::Range<usize>,
+        chunks: impl IntoIterator<Item = usize>,
     ) -> Result<(), DestinationError> {
         let messages = chunks
+            .into_iter()
             .map(|chunk| {
                 Ok(Outgoing {
                     job_id: batch.to_owned(),

@@ -38,6 +38,7 @@ fn plan() -> BatchPlan {
         chunks: vec![chunk(0), chunk(10), chunk(20)],
         planned_at: PLANNED_AT.into(),
         planned_by: "req".into(),
+        mode: None,
     }
 }
 
