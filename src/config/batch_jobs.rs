@@ -418,7 +418,7 @@ mod tests {
     /// work queue: staging without them is refused at cold start.
     #[test]
     fn staging_needs_the_work_queue_and_store() {
-        let mut lookup = env(&[STAGING, ROLE]);
+        let lookup = env(&[STAGING, ROLE]);
         let without = move |name: &str| match name {
             "RELAY_WORK_QUEUE" | "RELAY_WORK_STORE" => None,
             _ => lookup(name),
