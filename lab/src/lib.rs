@@ -149,6 +149,8 @@ impl Lab {
             ),
             ("AWS_ENDPOINT_URL", self.moto.endpoint().to_owned()),
             ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", self.bedrock.endpoint()),
+            // The batch-job control plane is the same emulator.
+            ("AWS_ENDPOINT_URL_BEDROCK", self.bedrock.endpoint()),
             ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
             ("RELAY_ROLE_ARN", self.role_a_arn.clone()),
             ("RELAY_EXTERNAL_ID", EXTERNAL_ID.to_owned()),

@@ -257,6 +257,17 @@ async fn run_chunk(
 ) -> Result<(), RelayError> {
     let range = chunk.range;
     let batch_id = plan.resolved.id.as_str();
+    // A chunk's progress may be older than its first claim: a batch job's
+    // collection saves what Bedrock answered, then sends the chunk for the
+    // rest. One read, so what was answered is never asked again.
+    if done.is_empty() {
+        let chunk_id = WorkStore::chunk_id(batch_id, chunk.number);
+        done = chunk
+            .store
+            .ledger()
+            .settled_items(services.sinks(), &chunk_id)
+            .await?;
+    }
     let to_run: Vec<usize> = range.indexes().filter(|i| !done.contains_key(i)).collect();
     let items: Vec<Item> = match to_run.is_empty() {
         true => Vec::new(),

@@ -1,0 +1,364 @@
+//! Batches that run as Bedrock batch inference jobs in account A, end to end
+//! in the lab: the function (in account B) stages the records in account A's
+//! staging bucket with RoleA, submits the job, learns its outcome from the
+//! check schedule or from Bedrock's state-change event, and delivers the
+//! results in input order to account B's destination, as an on-demand batch
+//! would — with what Bedrock did not answer run on-demand.
+//!
+//! Needs the lab's Python tools: `scripts/setup` (the test command runs it).
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use lab::batch_jobs::{BatchKnobs, DETAIL_TYPE, SOURCE};
+use lab::esm::{self, Mapping};
+use lab::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
+use lab::services::{sdk_config, LabQueue, Services};
+use lab::{Lab, ACCOUNT_A, ACCOUNT_B, BUCKET, PREFIX};
+use serde_json::{json, Value};
+
+const MODEL: &str = "amazon.nova-lite-v1:0";
+const INPUTS: &str = "relay-inputs";
+/// The staging bucket, in account A.
+const STAGING: &str = "relay-staging-a";
+const FUNCTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The lab with batch jobs set up as deploy/account-a.yaml sets them up (a
+/// staging bucket and a batch service role in account A, RoleA allowed to
+/// pass it), a work queue and store in account B, and `instances` function
+/// processes.
+struct Batches {
+    lab: Lab,
+    sqs: aws_sdk_sqs::Client,
+    work: LabQueue,
+    runtimes: Vec<RuntimeApi>,
+    functions: Vec<FunctionProcess>,
+}
+
+impl Batches {
+    async fn start(instances: usize, knobs: BatchKnobs) -> Self {
+        let lab = Lab::start().await.expect("lab");
+        lab.connect_batch_jobs();
+        lab.bedrock.batch_jobs().set_knobs(knobs);
+        let admin_a = lab.admin_of(ACCOUNT_A).await.expect("account A admin");
+        lab::s3_client(lab.moto.endpoint(), &admin_a)
+            .create_bucket()
+            .bucket(STAGING)
+            .send()
+            .await
+            .expect("staging bucket");
+        let service_role = lab
+            .create_batch_service_role(ACCOUNT_A, "BedrockBatchService", &[STAGING])
+            .await
+            .expect("service role");
+        lab.allow_batch_jobs(&lab.role_a_arn, &service_role)
+            .await
+            .expect("pass role");
+        let services = Services::of(&lab).await;
+        let sqs = aws_sdk_sqs::Client::new(&sdk_config(lab.moto.endpoint(), &lab.admin_b).await);
+        let work = services.create_queue("work").await.expect("work queue");
+        sqs.set_queue_attributes()
+            .queue_url(&work.url)
+            .attributes(QueueAttributeName::VisibilityTimeout, "60")
+            .send()
+            .await
+            .expect("visibility");
+        lab.create_bucket(INPUTS).await.expect("inputs bucket");
+
+        let mut env = lab.function_env();
+        let store = format!("s3://{BUCKET}/{PREFIX}_batches/");
+        let staging = format!("s3://{STAGING}/relay/");
+        for (key, value) in [
+            ("RELAY_WORK_QUEUE", work.url.as_str()),
+            ("RELAY_WORK_STORE", store.as_str()),
+            ("RELAY_CHUNK_ITEMS", "50"),
+            ("RELAY_CHUNK_RETRY_SECONDS", "0"),
+            ("RELAY_BATCH_STAGING", staging.as_str()),
+            ("RELAY_BATCH_ROLE_ARN", service_role.as_str()),
+        ] {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_owned(), value.to_owned()));
+        }
+        let mut runtimes = Vec::new();
+        let mut functions = Vec::new();
+        for _ in 0..instances {
+            let runtime = RuntimeApi::start().await.expect("runtime api");
+            functions.push(
+                FunctionProcess::spawn(
+                    Path::new(env!("CARGO_BIN_EXE_bedrock-relay")),
+                    &runtime,
+                    &env,
+                )
+                .expect("function"),
+            );
+            runtimes.push(runtime);
+        }
+        Self {
+            lab,
+            sqs,
+            work,
+            runtimes,
+            functions,
+        }
+    }
+
+    async fn invoke(&self, event: &Value) -> Outcome {
+        self.runtimes[0]
+            .invoke(event.to_string().into_bytes(), FUNCTION_TIMEOUT)
+            .await
+            .unwrap_or_else(|err| panic!("{err}; logs:\n{}", self.logs()))
+    }
+
+    /// The job event `id` around `detail`, as an EventBridge schedule sends it.
+    async fn send_job(&self, id: &str, detail: Value) -> Outcome {
+        self.invoke(&json!({
+            "version": "0", "id": id, "detail-type": "Bedrock Relay Job",
+            "source": "com.example.nightly", "account": ACCOUNT_B,
+            "time": "2026-12-01T02:00:00Z", "region": "us-east-1", "resources": [],
+            "detail": detail,
+        }))
+        .await
+    }
+
+    /// What the check schedule sends.
+    async fn check(&self) -> Outcome {
+        self.invoke(&json!({"relay": "check-batch-jobs"})).await
+    }
+
+    async fn put_items(&self, key: &str, n: usize) {
+        let body: String = (0..n)
+            .map(|i| format!("{}\n", json!({"text": format!("review {i}")})))
+            .collect();
+        self.lab
+            .put_object(INPUTS, key, body, "application/x-ndjson")
+            .await
+            .expect("items");
+    }
+
+    /// Waits until every batch job the emulator holds has ended.
+    async fn wait_for_jobs(&self) {
+        for job in self.lab.bedrock.batch_jobs().jobs() {
+            self.lab
+                .bedrock
+                .batch_jobs()
+                .wait_for_end(&job.job_arn, Duration::from_secs(60))
+                .await
+                .expect("job ends");
+        }
+    }
+
+    /// Runs the work queue through the instances until it stays empty.
+    async fn drain(&self) -> esm::Report {
+        let mapping = Mapping {
+            queue_url: self.work.url.clone(),
+            queue_arn: self.work.arn.clone(),
+            batch_size: 1,
+            maximum_concurrency: self.runtimes.len(),
+            function_timeout: FUNCTION_TIMEOUT,
+        };
+        esm::run(
+            &self.sqs,
+            &mapping,
+            &self.runtimes,
+            Duration::from_secs(3),
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("mapping")
+    }
+
+    async fn manifest(&self, id: &str) -> Option<Value> {
+        self.lab
+            .object(BUCKET, &format!("{PREFIX}{id}.manifest.json"))
+            .await
+            .expect("s3")
+            .map(|bytes| serde_json::from_slice(&bytes).expect("manifest JSON"))
+    }
+
+    /// On-demand model calls the runtime answered (the batch-job API's calls
+    /// are counted by the emulator too).
+    fn on_demand_calls(&self) -> usize {
+        self.lab
+            .bedrock
+            .calls()
+            .iter()
+            .filter(|c| c.status == 200 && matches!(c.operation.as_str(), "Converse" | "InvokeModel"))
+            .count()
+    }
+
+    fn logs(&self) -> String {
+        self.functions
+            .iter()
+            .map(|f| f.logs().join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+}
+
+fn job(items_from: &str) -> Value {
+    json!({
+        "model": MODEL,
+        "prompt": "Sentiment of: {{ item.text }}",
+        "items_from": items_from,
+        "complete_within": "P2D",
+    })
+}
+
+fn answer(outcome: &Outcome) -> &Value {
+    match outcome {
+        Outcome::Response { body } => body,
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+/// A nightly batch of 150 items that accepts two days (`complete_within:
+/// P2D`, mode `auto`) runs as one Bedrock batch job in account A: the
+/// planner stages it and submits the job, a second delivery of the event
+/// submits nothing more, and once the job completed the check schedule
+/// delivers every answer in input order to account B's results, with the
+/// job and Bedrock's counts in the manifest. No on-demand call is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_can_wait_runs_as_one_batch_job_and_is_delivered_in_order() {
+    let lab = Batches::start(1, BatchKnobs::default()).await;
+    lab.put_items("nightly/reviews.jsonl", 150).await;
+    let id = "nightly-batch-job";
+    let detail = job("s3://relay-inputs/nightly/reviews.jsonl");
+    let first = lab.send_job(id, detail.clone()).await;
+    let first = answer(&first);
+    assert_eq!(first["status"], "submitted", "{first}\n{}", lab.logs());
+    assert_eq!(first["mode"], "batch-job");
+    assert!(
+        first["reason"].as_str().is_some_and(|r| r.starts_with("auto:")),
+        "{first}"
+    );
+    assert_eq!(first["jobs"].as_array().map(Vec::len), Some(1));
+    let second = lab.send_job(id, detail).await;
+    assert_eq!(answer(&second)["status"], "submitted", "{second:?}");
+    let jobs = lab.lab.bedrock.batch_jobs().jobs();
+    assert_eq!(jobs.len(), 1, "one submission for two deliveries");
+    assert_eq!(jobs[0].model_invocation_type, "Converse");
+    assert!(jobs[0].job_arn.contains(ACCOUNT_A), "created in account A");
+
+    lab.wait_for_jobs().await;
+    let checked = lab.check().await;
+    assert_eq!(
+        answer(&checked)["checked"][0]["collected"],
+        true,
+        "{checked:?}\n{}",
+        lab.logs()
+    );
+
+    let lines = lab
+        .lab
+        .batch_lines(id)
+        .await
+        .expect("s3")
+        .unwrap_or_else(|| panic!("no result; logs:\n{}", lab.logs()));
+    assert_eq!(lines.len(), 150);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], i, "input order");
+        assert_eq!(line["status"], "succeeded", "{line}");
+        assert_eq!(
+            line["output"]["text"],
+            format!("Echo from {MODEL}: Sentiment of: review {i}")
+        );
+        assert!(line["usage"]["input_tokens"].as_u64() > Some(0), "{line}");
+    }
+    let manifest = lab.manifest(id).await.expect("manifest");
+    assert_eq!(manifest["mode"], "batch-job", "{manifest}");
+    assert_eq!(manifest["status"], "succeeded");
+    assert_eq!(manifest["succeeded"], 150);
+    assert_eq!(manifest["batch_jobs"][0]["status"], "Completed");
+    assert_eq!(manifest["batch_jobs"][0]["bedrock"]["success_record_count"], 150);
+    assert_eq!(lab.on_demand_calls(), 0, "no on-demand call");
+
+    // A later check finds nothing in flight.
+    let again = lab.check().await;
+    assert_eq!(answer(&again)["checked"], json!([]));
+}
+
+/// A job that ends PartiallyCompleted (every 10th record answered with an
+/// error), its outcome learned from Bedrock's state-change event: the failed
+/// records run on-demand through the work queue, and the batch is complete
+/// with each item answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_bedrock_failed_run_on_demand_after_the_state_change_event() {
+    let knobs = BatchKnobs {
+        fail_every_nth: Some(10),
+        ..BatchKnobs::default()
+    };
+    let lab = Batches::start(2, knobs).await;
+    lab.put_items("nightly/partial.jsonl", 120).await;
+    let id = "nightly-partial";
+    let submitted = lab.send_job(id, job("s3://relay-inputs/nightly/partial.jsonl")).await;
+    assert_eq!(answer(&submitted)["mode"], "batch-job", "{submitted:?}");
+    lab.wait_for_jobs().await;
+
+    let ended = lab
+        .lab
+        .bedrock
+        .batch_jobs()
+        .events()
+        .into_iter()
+        .find(|e| e.status == "PartiallyCompleted")
+        .expect("a PartiallyCompleted event");
+    let event = json!({
+        "version": "0", "id": "ev-1", "detail-type": DETAIL_TYPE, "source": SOURCE,
+        "account": ended.account, "time": "2026-12-01T03:00:00Z", "region": "us-east-1",
+        "resources": [ended.job_arn], "detail": ended.detail,
+    });
+    let collected = lab.invoke(&event).await;
+    assert_eq!(answer(&collected)["collected"], true, "{collected:?}\n{}", lab.logs());
+    assert_eq!(lab.on_demand_calls(), 0, "nothing on-demand before the chunks run");
+
+    let report = lab.drain().await;
+    assert!(report.records >= 1, "{report:?}");
+    let lines = lab
+        .lab
+        .batch_lines(id)
+        .await
+        .expect("s3")
+        .unwrap_or_else(|| panic!("no result; logs:\n{}", lab.logs()));
+    assert_eq!(lines.len(), 120);
+    assert!(lines.iter().all(|l| l["status"] == "succeeded"), "every item answered");
+    assert_eq!(lab.on_demand_calls(), 12, "only the 12 records Bedrock failed run on-demand");
+    let manifest = lab.manifest(id).await.expect("manifest");
+    assert_eq!(manifest["batch_jobs"][0]["status"], "PartiallyCompleted");
+    assert_eq!(manifest["succeeded"], 120);
+}
+
+/// A state-change event that names a job this relay did not submit, or comes
+/// from an account that is not one of its targets, is refused with an error
+/// record, and nothing is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_state_change_events_are_refused() {
+    let lab = Batches::start(1, BatchKnobs::default()).await;
+    let forged = |account: &str, name: &str| {
+        json!({
+            "version": "0", "id": "forged", "detail-type": DETAIL_TYPE, "source": SOURCE,
+            "account": account, "time": "2026-12-01T03:00:00Z", "region": "us-east-1",
+            "resources": [], "detail": {
+                "batchJobName": name,
+                "batchJobArn": format!("arn:aws:bedrock:us-east-1:{account}:model-invocation-job/x1"),
+                "status": "Completed", "accountId": account,
+            },
+        })
+    };
+    for (account, name) in [(ACCOUNT_A, "not-ours"), ("333333333333", "relay-x-p0")] {
+        match lab.invoke(&forged(account, name)).await {
+            Outcome::Error { error_type, error_message } => {
+                assert_eq!(error_type, "NonRetryable.NotOurBatchJob", "{error_message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    let record = lab
+        .lab
+        .record("batch-job-not-ours")
+        .await
+        .expect("s3")
+        .expect("an error record");
+    assert_eq!(record["error"]["type"], "NotOurBatchJob");
+    assert!(lab.lab.bedrock.batch_jobs().jobs().is_empty());
+}
