@@ -183,7 +183,9 @@ impl Batches {
             .bedrock
             .calls()
             .iter()
-            .filter(|c| c.status == 200 && matches!(c.operation.as_str(), "Converse" | "InvokeModel"))
+            .filter(|c| {
+                c.status == 200 && matches!(c.operation.as_str(), "Converse" | "InvokeModel")
+            })
             .count()
     }
 
@@ -229,7 +231,9 @@ async fn a_batch_that_can_wait_runs_as_one_batch_job_and_is_delivered_in_order()
     assert_eq!(first["status"], "submitted", "{first}\n{}", lab.logs());
     assert_eq!(first["mode"], "batch-job");
     assert!(
-        first["reason"].as_str().is_some_and(|r| r.starts_with("auto:")),
+        first["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("auto:")),
         "{first}"
     );
     assert_eq!(first["jobs"].as_array().map(Vec::len), Some(1));
@@ -270,7 +274,10 @@ async fn a_batch_that_can_wait_runs_as_one_batch_job_and_is_delivered_in_order()
     assert_eq!(manifest["status"], "succeeded");
     assert_eq!(manifest["succeeded"], 150);
     assert_eq!(manifest["batch_jobs"][0]["status"], "Completed");
-    assert_eq!(manifest["batch_jobs"][0]["bedrock"]["success_record_count"], 150);
+    assert_eq!(
+        manifest["batch_jobs"][0]["bedrock"]["success_record_count"],
+        150
+    );
     assert_eq!(lab.on_demand_calls(), 0, "no on-demand call");
 
     // A later check finds nothing in flight.
@@ -291,7 +298,9 @@ async fn records_bedrock_failed_run_on_demand_after_the_state_change_event() {
     let lab = Batches::start(2, knobs).await;
     lab.put_items("nightly/partial.jsonl", 120).await;
     let id = "nightly-partial";
-    let submitted = lab.send_job(id, job("s3://relay-inputs/nightly/partial.jsonl")).await;
+    let submitted = lab
+        .send_job(id, job("s3://relay-inputs/nightly/partial.jsonl"))
+        .await;
     assert_eq!(answer(&submitted)["mode"], "batch-job", "{submitted:?}");
     lab.wait_for_jobs().await;
 
@@ -309,8 +318,17 @@ async fn records_bedrock_failed_run_on_demand_after_the_state_change_event() {
         "resources": [ended.job_arn], "detail": ended.detail,
     });
     let collected = lab.invoke(&event).await;
-    assert_eq!(answer(&collected)["collected"], true, "{collected:?}\n{}", lab.logs());
-    assert_eq!(lab.on_demand_calls(), 0, "nothing on-demand before the chunks run");
+    assert_eq!(
+        answer(&collected)["collected"],
+        true,
+        "{collected:?}\n{}",
+        lab.logs()
+    );
+    assert_eq!(
+        lab.on_demand_calls(),
+        0,
+        "nothing on-demand before the chunks run"
+    );
 
     let report = lab.drain().await;
     assert!(report.records >= 1, "{report:?}");
@@ -321,8 +339,15 @@ async fn records_bedrock_failed_run_on_demand_after_the_state_change_event() {
         .expect("s3")
         .unwrap_or_else(|| panic!("no result; logs:\n{}", lab.logs()));
     assert_eq!(lines.len(), 120);
-    assert!(lines.iter().all(|l| l["status"] == "succeeded"), "every item answered");
-    assert_eq!(lab.on_demand_calls(), 12, "only the 12 records Bedrock failed run on-demand");
+    assert!(
+        lines.iter().all(|l| l["status"] == "succeeded"),
+        "every item answered"
+    );
+    assert_eq!(
+        lab.on_demand_calls(),
+        12,
+        "only the 12 records Bedrock failed run on-demand"
+    );
     let manifest = lab.manifest(id).await.expect("manifest");
     assert_eq!(manifest["batch_jobs"][0]["status"], "PartiallyCompleted");
     assert_eq!(manifest["succeeded"], 120);
@@ -347,7 +372,10 @@ async fn forged_state_change_events_are_refused() {
     };
     for (account, name) in [(ACCOUNT_A, "not-ours"), ("333333333333", "relay-x-p0")] {
         match lab.invoke(&forged(account, name)).await {
-            Outcome::Error { error_type, error_message } => {
+            Outcome::Error {
+                error_type,
+                error_message,
+            } => {
                 assert_eq!(error_type, "NonRetryable.NotOurBatchJob", "{error_message}");
             }
             other => panic!("expected a refusal, got {other:?}"),

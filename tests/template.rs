@@ -1467,3 +1467,209 @@ fn role_a_trust_requires_source_identity_and_an_external_id() {
     );
     assert!(condition["StringEquals"].get("sts:ExternalId").is_none());
 }
+
+fn function_event(stack: &Stack, name: &str) -> Value {
+    stack.eval(
+        &stack.template["Resources"]["RelayFunction"]["Properties"]["Events"][name]["Properties"],
+    )
+}
+
+/// Without a staging location nothing of batch jobs is on: the function gets
+/// no staging or role, the check schedule and the event rule are disabled, and
+/// there is no batch-job bus.
+#[test]
+fn batch_jobs_are_off_until_a_staging_location_is_given() {
+    let stack = Stack::relay(&[]);
+    assert!(!stack.condition("HasBatchJobs"));
+    assert_eq!(stack.env("RELAY_BATCH_STAGING"), "");
+    assert_eq!(stack.env("RELAY_BATCH_ROLE_ARN"), "");
+    assert_eq!(stack.env("RELAY_DEFAULT_MODE"), "auto");
+    assert_eq!(function_event(&stack, "BatchJobCheck")["State"], "DISABLED");
+    assert_eq!(
+        function_event(&stack, "BatchJobEvents")["State"],
+        "DISABLED"
+    );
+}
+
+/// With batch jobs on, the function gets the staging location, the batch
+/// role and the limits; the check schedule sends what the function takes as a
+/// check (`{"relay": "check-batch-jobs"}`) every five minutes; Bedrock's state
+/// changes arrive on the relay's own bus, which only the model account (the
+/// account of TargetRoleArn) may put events on.
+#[test]
+fn batch_job_events_come_only_from_the_model_accounts_forwarding() {
+    let stack = Stack::relay(&[
+        ("BatchStaging", "s3://bedrock-relay-staging-111/relay/"),
+        (
+            "BatchRoleArn",
+            "arn:aws:iam::111111111111:role/BedrockBatchService",
+        ),
+        ("BatchJobMaxRecords", "20000"),
+    ]);
+    assert!(stack.condition("HasBatchJobs"));
+    assert_eq!(
+        stack.env("RELAY_BATCH_STAGING"),
+        "s3://bedrock-relay-staging-111/relay/"
+    );
+    assert_eq!(
+        stack.env("RELAY_BATCH_ROLE_ARN"),
+        "arn:aws:iam::111111111111:role/BedrockBatchService"
+    );
+    assert_eq!(stack.env("RELAY_BATCH_JOB_MAX_RECORDS"), "20000");
+    assert_eq!(stack.env("RELAY_BATCH_JOB_MIN_RECORDS"), "100");
+
+    let check = function_event(&stack, "BatchJobCheck");
+    assert_eq!(check["State"], "ENABLED");
+    assert_eq!(check["Schedule"], "rate(5 minutes)");
+    let input: Value = serde_json::from_str(check["Input"].as_str().expect("input")).expect("JSON");
+    assert_eq!(input, json!({"relay": "check-batch-jobs"}));
+
+    let events = function_event(&stack, "BatchJobEvents");
+    assert_eq!(events["State"], "ENABLED");
+    assert_eq!(events["EventBusName"], "ref:BatchJobEventBus");
+    assert_eq!(events["Pattern"]["source"], json!(["aws.bedrock"]));
+    assert_eq!(
+        events["Pattern"]["detail-type"],
+        json!(["Batch Inference Job State Change"])
+    );
+    let policy = stack.eval(&stack.template["Resources"]["BatchJobEventBusPolicy"]["Properties"]);
+    assert_eq!(
+        policy["Statement"]["Principal"]["AWS"],
+        "arn:aws:iam::111111111111:root"
+    );
+    assert_eq!(policy["Statement"]["Action"], "events:PutEvents");
+    assert_eq!(
+        policy["Statement"]["Resource"],
+        "getatt:BatchJobEventBus.Arn"
+    );
+}
+
+fn account_a(extra: &[(&str, &str)]) -> Stack {
+    let mut all = vec![
+        (
+            "TrustedExecutionRoleArn",
+            "arn:aws:iam::222222222222:role/bedrock-relay-exec",
+        ),
+        ("FoundationModelIds", "amazon.nova-lite-v1:0"),
+        ("ExternalId", "relay-7f3a"),
+    ];
+    all.extend_from_slice(extra);
+    Stack::deploy("deploy/account-a.yaml", &all)
+}
+
+/// With EnableBatchJobs, account A gets a batch service role only Bedrock may
+/// assume, for jobs of this account; RoleA may pass exactly that role, to
+/// Bedrock only, create and read jobs, stage records under input/ and read
+/// Bedrock's output under output/; the staging bucket is private, encrypted,
+/// TLS-only and expires what it holds. Without it, none of this exists.
+#[test]
+fn batch_jobs_in_account_a_are_least_privilege_and_off_by_default() {
+    let off = account_a(&[]);
+    assert!(!off.condition("BatchJobs"));
+    for resource in [
+        "StagingBucket",
+        "BatchServiceRole",
+        "TargetRoleBatchJobs",
+        "BatchEventsForwarding",
+    ] {
+        assert_eq!(
+            off.template["Resources"][resource]["Condition"]
+                .as_str()
+                .map(|c| off.condition(c)),
+            Some(false),
+            "{resource} exists only with batch jobs"
+        );
+    }
+
+    let on = account_a(&[("EnableBatchJobs", "true")]);
+    assert!(on.condition("BatchJobs"));
+    assert!(
+        !on.condition("ForwardsBatchEvents"),
+        "no bus given: no forwarding"
+    );
+    let role = on.eval(&on.template["Resources"]["BatchServiceRole"]["Properties"]);
+    let trust = &role["AssumeRolePolicyDocument"]["Statement"][0];
+    assert_eq!(trust["Principal"]["Service"], "bedrock.amazonaws.com");
+    assert_eq!(
+        trust["Condition"]["StringEquals"]["aws:SourceAccount"],
+        "222222222222"
+    );
+    assert_eq!(
+        trust["Condition"]["ArnLike"]["aws:SourceArn"],
+        "arn:aws:bedrock:*:222222222222:model-invocation-job/*"
+    );
+    let data = &role["Policies"][0]["PolicyDocument"]["Statement"];
+    assert_eq!(
+        data[0]["Resource"],
+        "getatt:StagingBucket.Arn/relay/input/*"
+    );
+    assert_eq!(data[1]["Action"], "s3:PutObject");
+    assert_eq!(
+        data[1]["Resource"],
+        "getatt:StagingBucket.Arn/relay/output/*"
+    );
+
+    let statements = on.eval(
+        &on.template["Resources"]["TargetRoleBatchJobs"]["Properties"]["PolicyDocument"]
+            ["Statement"],
+    );
+    let by_sid = |sid: &str| {
+        statements
+            .as_array()
+            .expect("statements")
+            .iter()
+            .find(|s| s["Sid"] == sid)
+            .cloned()
+            .unwrap_or_else(|| panic!("no statement {sid}"))
+    };
+    let pass = by_sid("PassTheBatchServiceRole");
+    assert_eq!(pass["Action"], "iam:PassRole");
+    assert_eq!(pass["Resource"], "getatt:BatchServiceRole.Arn");
+    assert_eq!(
+        pass["Condition"]["StringEquals"]["iam:PassedToService"],
+        "bedrock.amazonaws.com"
+    );
+    assert_eq!(
+        by_sid("StageRecords")["Resource"],
+        "getatt:StagingBucket.Arn/relay/input/*"
+    );
+    assert_eq!(
+        by_sid("ReadOutput")["Resource"],
+        "getatt:StagingBucket.Arn/relay/output/*"
+    );
+    assert!(strings(&by_sid("CreateAndReadBatchJobs")["Action"])
+        .contains(&"bedrock:CreateModelInvocationJob".to_owned()));
+
+    let bucket = on.eval(&on.template["Resources"]["StagingBucket"]["Properties"]);
+    let block = &bucket["PublicAccessBlockConfiguration"];
+    for flag in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(block[flag], true, "{flag}");
+    }
+    assert_eq!(
+        bucket["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"],
+        "14"
+    );
+    let tls = on.eval(
+        &on.template["Resources"]["StagingBucketPolicy"]["Properties"]["PolicyDocument"]
+            ["Statement"][0],
+    );
+    assert_eq!(tls["Effect"], "Deny");
+    assert_eq!(tls["Condition"]["Bool"]["aws:SecureTransport"], "false");
+
+    let bus = "arn:aws:events:us-east-1:222222222222:event-bus/bedrock-relay-batch-jobs";
+    let forwarding = account_a(&[("EnableBatchJobs", "true"), ("RelayEventBusArn", bus)]);
+    assert!(forwarding.condition("ForwardsBatchEvents"));
+    let rule =
+        forwarding.eval(&forwarding.template["Resources"]["BatchEventsForwarding"]["Properties"]);
+    assert_eq!(rule["Targets"][0]["Arn"], bus);
+    assert_eq!(
+        rule["EventPattern"]["detail"]["batchJobName"],
+        json!([{"prefix": "relay-"}]),
+        "only the relay's jobs are forwarded"
+    );
+}
