@@ -38,6 +38,11 @@ struct Batches {
 
 impl Batches {
     async fn start(instances: usize, knobs: BatchKnobs) -> Self {
+        Self::start_with(instances, knobs, &[]).await
+    }
+
+    /// [`Self::start`] with more function settings.
+    async fn start_with(instances: usize, knobs: BatchKnobs, extra_env: &[(&str, &str)]) -> Self {
         let lab = Lab::start().await.expect("lab");
         lab.connect_batch_jobs();
         lab.bedrock.batch_jobs().set_knobs(knobs);
@@ -76,7 +81,10 @@ impl Batches {
             ("RELAY_CHUNK_RETRY_SECONDS", "0"),
             ("RELAY_BATCH_STAGING", staging.as_str()),
             ("RELAY_BATCH_ROLE_ARN", service_role.as_str()),
-        ] {
+        ]
+        .into_iter()
+        .chain(extra_env.iter().copied())
+        {
             env.retain(|(k, _)| k != key);
             env.push((key.to_owned(), value.to_owned()));
         }
@@ -389,4 +397,118 @@ async fn forged_state_change_events_are_refused() {
         .expect("an error record");
     assert_eq!(record["error"]["type"], "NotOurBatchJob");
     assert!(lab.lab.bedrock.batch_jobs().jobs().is_empty());
+}
+
+/// A job that expires half-way (its timeout reached with 60 of 120 records
+/// answered), for a job that does not want the rest run on-demand
+/// (`retry_on_demand: false`): the 60 answers are delivered, the other 60
+/// are failed lines that name the expired job, and nothing runs on-demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_job_keeps_its_answers_and_fails_the_rest_when_asked_not_to_retry() {
+    let knobs = BatchKnobs {
+        expire_after_records: Some(60),
+        ..BatchKnobs::default()
+    };
+    let lab = Batches::start(1, knobs).await;
+    lab.put_items("nightly/expiring.jsonl", 120).await;
+    let id = "nightly-expiring";
+    let mut detail = job("s3://relay-inputs/nightly/expiring.jsonl");
+    detail["retry_on_demand"] = json!(false);
+    let submitted = lab.send_job(id, detail).await;
+    assert_eq!(answer(&submitted)["mode"], "batch-job", "{submitted:?}");
+    lab.wait_for_jobs().await;
+    let checked = lab.check().await;
+    assert_eq!(
+        answer(&checked)["checked"][0]["collected"],
+        true,
+        "{checked:?}\n{}",
+        lab.logs()
+    );
+
+    let lines = lab
+        .lab
+        .batch_lines(id)
+        .await
+        .expect("s3")
+        .unwrap_or_else(|| panic!("no result; logs:\n{}", lab.logs()));
+    assert_eq!(lines.len(), 120);
+    let failed: Vec<&Value> = lines.iter().filter(|l| l["status"] == "failed").collect();
+    assert_eq!(
+        failed.len(),
+        60,
+        "the records the expired job did not answer"
+    );
+    for line in &failed {
+        assert_eq!(line["error"]["type"], "BatchRecordUnanswered", "{line}");
+        assert!(
+            line["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Expired")),
+            "{line}"
+        );
+    }
+    assert_eq!(lab.on_demand_calls(), 0);
+    let manifest = lab.manifest(id).await.expect("manifest");
+    assert_eq!(manifest["status"], "partial");
+    assert_eq!(manifest["batch_jobs"][0]["status"], "Expired");
+}
+
+/// A batch of 250 records with jobs of at most 100 becomes three jobs; with
+/// room for one job at a time in the account, the second and third wait and
+/// are submitted by later checks as the earlier ones end. The results are
+/// in input order across the three jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_over_the_accounts_quota_wait_for_their_turn() {
+    let knobs = BatchKnobs {
+        max_active_jobs: Some(1),
+        ..BatchKnobs::default()
+    };
+    let lab = Batches::start_with(
+        1,
+        knobs,
+        &[
+            ("RELAY_BATCH_JOB_MAX_RECORDS", "100"),
+            ("RELAY_BATCH_JOB_MIN_RECORDS", "50"),
+        ],
+    )
+    .await;
+    lab.put_items("nightly/large.jsonl", 250).await;
+    let id = "nightly-large";
+    let submitted = lab
+        .send_job(id, job("s3://relay-inputs/nightly/large.jsonl"))
+        .await;
+    let submitted = answer(&submitted);
+    let jobs = submitted["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 3, "{submitted}");
+    assert_eq!(jobs[0]["status"], "Submitted");
+    assert_eq!(jobs[1]["status"], "Waiting", "{submitted}");
+    assert_eq!(lab.lab.bedrock.batch_jobs().jobs().len(), 1);
+
+    let mut collected = false;
+    for _ in 0..10 {
+        lab.wait_for_jobs().await;
+        let checked = lab.check().await;
+        if answer(&checked)["checked"][0]["collected"] == true {
+            collected = true;
+            break;
+        }
+    }
+    assert!(
+        collected,
+        "collected within ten checks; logs:\n{}",
+        lab.logs()
+    );
+    assert_eq!(
+        lab.lab.bedrock.batch_jobs().jobs().len(),
+        3,
+        "one job per part, each once"
+    );
+    let lines = lab.lab.batch_lines(id).await.expect("s3").expect("result");
+    assert_eq!(lines.len(), 250);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], i);
+        assert_eq!(line["status"], "succeeded", "{line}");
+    }
+    let manifest = lab.manifest(id).await.expect("manifest");
+    assert_eq!(manifest["batch_jobs"].as_array().map(Vec::len), Some(3));
 }
