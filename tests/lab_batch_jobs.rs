@@ -44,22 +44,8 @@ impl Batches {
     /// [`Self::start`] with more function settings.
     async fn start_with(instances: usize, knobs: BatchKnobs, extra_env: &[(&str, &str)]) -> Self {
         let lab = Lab::start().await.expect("lab");
-        lab.connect_batch_jobs();
+        let (staging, service_role) = lab.enable_batch_jobs(STAGING).await.expect("batch jobs");
         lab.bedrock.batch_jobs().set_knobs(knobs);
-        let admin_a = lab.admin_of(ACCOUNT_A).await.expect("account A admin");
-        lab::s3_client(lab.moto.endpoint(), &admin_a)
-            .create_bucket()
-            .bucket(STAGING)
-            .send()
-            .await
-            .expect("staging bucket");
-        let service_role = lab
-            .create_batch_service_role(ACCOUNT_A, "BedrockBatchService", &[STAGING])
-            .await
-            .expect("service role");
-        lab.allow_batch_jobs(&lab.role_a_arn, &service_role)
-            .await
-            .expect("pass role");
         let services = Services::of(&lab).await;
         let sqs = aws_sdk_sqs::Client::new(&sdk_config(lab.moto.endpoint(), &lab.admin_b).await);
         let work = services.create_queue("work").await.expect("work queue");
@@ -73,7 +59,6 @@ impl Batches {
 
         let mut env = lab.function_env();
         let store = format!("s3://{BUCKET}/{PREFIX}_batches/");
-        let staging = format!("s3://{STAGING}/relay/");
         for (key, value) in [
             ("RELAY_WORK_QUEUE", work.url.as_str()),
             ("RELAY_WORK_STORE", store.as_str()),

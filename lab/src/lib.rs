@@ -25,6 +25,7 @@
 
 pub mod batch_jobs;
 pub mod bench;
+pub mod bench_cost;
 pub mod bench_fanout;
 pub mod emulator;
 pub mod esm;

@@ -88,6 +88,28 @@ impl Lab {
         crate::admin_session(&self.moto, account).await
     }
 
+    /// Batch jobs as `deploy/account-a.yaml` sets them up with
+    /// `EnableBatchJobs`: the batch plane connected, a staging bucket
+    /// `bucket` in account A, a batch service role there that may use it, and
+    /// RoleA allowed to pass that role. Returns the settings the function
+    /// gets: `RELAY_BATCH_STAGING` (`s3://<bucket>/relay/`) and
+    /// `RELAY_BATCH_ROLE_ARN`.
+    pub async fn enable_batch_jobs(&self, bucket: &str) -> Result<(String, String), LabError> {
+        self.connect_batch_jobs();
+        let admin_a = self.admin_of(crate::ACCOUNT_A).await?;
+        s3_client(self.moto.endpoint(), &admin_a)
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(aws("create the staging bucket"))?;
+        let role = self
+            .create_batch_service_role(crate::ACCOUNT_A, "BedrockBatchService", &[bucket])
+            .await?;
+        self.allow_batch_jobs(&self.role_a_arn, &role).await?;
+        Ok((format!("s3://{bucket}/relay/"), role))
+    }
+
     /// Connects the emulator's batch plane to this lab's moto.
     pub fn connect_batch_jobs(&self) {
         self.bedrock.batch_jobs().connect(self.moto.endpoint());

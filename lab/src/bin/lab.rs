@@ -85,10 +85,11 @@ async fn main() {
         Some("emulator") => emulator(&args).await,
         Some("bench") => bench(&args).await,
         Some("bench-fanout") => bench_fanout(&args).await,
+        Some("bench-cost") => bench_cost(&args).await,
         Some("soak") => soak(&args).await,
         _ => {
             eprintln!(
-                "usage: lab demo [--function PATH] | lab up | lab bench ... | lab bench-fanout ... | lab soak [--function PATH] [--events N] | lab emulator [--moto URL] [--port N]"
+                "usage: lab demo [--function PATH] | lab up | lab bench ... | lab bench-fanout ... | lab bench-cost [--function PATH] [--items N] | lab soak [--function PATH] [--events N] | lab emulator [--moto URL] [--port N]"
             );
             std::process::exit(2);
         }
@@ -282,6 +283,20 @@ async fn bench_fanout(args: &[String]) -> Result<(), LabError> {
         eprintln!("bench-fanout: FAILED: items lost or answered twice");
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// `lab bench-cost`: the same batch on-demand and as a Bedrock batch job;
+/// prints what each would cost from the manifests' tokens.
+async fn bench_cost(args: &[String]) -> Result<(), LabError> {
+    let function = function_path(args);
+    let items: usize = flag(args, "--items")
+        .unwrap_or("2000")
+        .parse()
+        .map_err(|_| LabError::Setup("--items: not a number".into()))?;
+    println!("bench-cost: {items} items of {} ...", lab::bench_cost::PRICES[0].0);
+    let rows = lab::bench_cost::run(&function, items).await?;
+    println!("{}", lab::bench_cost::table(&rows));
     Ok(())
 }
 
