@@ -14,8 +14,8 @@
 //!   `--event`, that of a whole `Bedrock Relay Job` EventBridge event).
 //! - `bedrock-relay status JOB_ID [--watch] [--interval SECS] [--json]`
 //!   tells how far a job has got (mode, chunks, items, tokens, throttles,
-//!   elapsed, time left) from the work store and the destination; `--watch`
-//!   draws a progress bar until it is complete.
+//!   elapsed, time left, and a batch job's Bedrock jobs) from the work store
+//!   and the destination; `--watch` draws a progress bar until it is complete.
 //!
 //! Exit codes: 0 all good, 1 a job or check failed, 2 usage or configuration.
 
