@@ -497,3 +497,136 @@ async fn jobs_over_the_accounts_quota_wait_for_their_turn() {
     let manifest = lab.manifest(id).await.expect("manifest");
     assert_eq!(manifest["batch_jobs"].as_array().map(Vec::len), Some(3));
 }
+
+/// `bedrock-relay status` of a batch that runs as one batch job, read from
+/// the work store only: once submitted it is mode `batch-job` with the mode
+/// choice's reason and the job (name, ARN, `Submitted`, 120 records), every
+/// item pending and no estimate; after the job ended in Bedrock it still
+/// shows what the relay last recorded; once the check schedule collected it,
+/// it is complete, the job `Completed` with Bedrock's counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_batch_job_before_and_after_collection() {
+    let lab = Batches::start(1, BatchKnobs::default()).await;
+    lab.put_items("nightly/status.jsonl", 120).await;
+    let id = "nightly-status";
+    let submitted = lab
+        .send_job(id, job("s3://relay-inputs/nightly/status.jsonl"))
+        .await;
+    assert_eq!(answer(&submitted)["mode"], "batch-job", "{submitted:?}");
+    let arn = answer(&submitted)["jobs"][0]["arn"].clone();
+    assert!(arn.is_string(), "{submitted:?}");
+
+    let (code, before) = cli_status(&lab, id).await;
+    assert_eq!(code, 0, "{before}");
+    assert_eq!(before["mode"], "batch-job", "{before}");
+    assert_eq!(before["status"], "submitted");
+    assert!(
+        before["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("auto:")),
+        "{before}"
+    );
+    assert_eq!(
+        (before["items"].as_u64(), before["pending"].as_u64()),
+        (Some(120), Some(120))
+    );
+    assert_eq!(
+        before["left_secs"],
+        Value::Null,
+        "Bedrock's pace is unknown"
+    );
+    let jobs = before["batch_jobs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(jobs.len(), 1, "{before}");
+    assert_eq!(jobs[0]["arn"], arn);
+    assert_eq!(jobs[0]["status"], "Submitted");
+    assert_eq!(jobs[0]["records"], 120);
+    assert!(jobs[0]["name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("relay-")));
+
+    lab.wait_for_jobs().await;
+    let (_, ended) = cli_status(&lab, id).await;
+    assert_eq!(
+        ended["batch_jobs"][0]["status"], "Submitted",
+        "status reads the store, never Bedrock: {ended}"
+    );
+
+    let checked = lab.check().await;
+    assert_eq!(
+        answer(&checked)["checked"][0]["collected"],
+        true,
+        "{checked:?}"
+    );
+    let (code, after) = cli_status(&lab, id).await;
+    assert_eq!(code, 0, "{after}");
+    assert_eq!(
+        (after["complete"].as_bool(), after["status"].as_str()),
+        (Some(true), Some("succeeded")),
+        "{after}"
+    );
+    assert_eq!(
+        (after["succeeded"].as_u64(), after["pending"].as_u64()),
+        (Some(120), Some(0))
+    );
+    let job = &after["batch_jobs"][0];
+    assert_eq!(job["status"], "Completed", "{after}");
+    assert_eq!(job["bedrock"]["success_record_count"], 120, "{after}");
+    assert_eq!(
+        after["results"],
+        format!("s3://{BUCKET}/{PREFIX}{id}.jsonl")
+    );
+
+    // The same, for people.
+    let text = cli(&lab, &["status", id]).await;
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("mode:      batch-job\n"), "{stdout}");
+    assert!(
+        stdout.contains(
+            ": Completed, 120 records, Bedrock processed 120 (120 succeeded, 0 failed), arn:"
+        ),
+        "{stdout}"
+    );
+}
+
+/// Runs the built binary as a command line with the function's environment.
+async fn cli(lab: &Batches, args: &[&str]) -> std::process::Output {
+    let store = format!("s3://{BUCKET}/{PREFIX}_batches/");
+    let staging = format!("s3://{STAGING}/relay/");
+    let role = lab
+        .lab
+        .bedrock
+        .batch_jobs()
+        .jobs()
+        .first()
+        .map(|job| job.role_arn.clone())
+        .expect("a submitted job names the service role");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_bedrock-relay"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_REGION", lab::moto::REGION)
+        .envs(lab.lab.function_env())
+        .envs([
+            ("RELAY_WORK_QUEUE", lab.work.url.as_str()),
+            ("RELAY_WORK_STORE", store.as_str()),
+            ("RELAY_BATCH_STAGING", staging.as_str()),
+            ("RELAY_BATCH_ROLE_ARN", role.as_str()),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .await
+        .expect("binary runs")
+}
+
+/// `status <id> --json`: the exit code and the object printed.
+async fn cli_status(lab: &Batches, id: &str) -> (i32, Value) {
+    let output = cli(lab, &["status", id, "--json"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code().unwrap_or(-1), value)
+}

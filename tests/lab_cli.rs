@@ -1,9 +1,10 @@
-//! The binary as a command line (`doctor`, `invoke`) in the local lab.
+//! The binary as a command line (`doctor`, with and without batch jobs, and
+//! `invoke`) in the local lab.
 
 use std::path::Path;
 
 use lab::{Lab, ACCOUNT_A};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Runs the built binary with `args` and the lab's function environment plus
 /// `extra`; returns the exit code and stdout.
@@ -286,4 +287,140 @@ async fn invoke_runs_one_event_through_the_lambda_path() {
     )
     .await;
     assert_eq!(code, 2, "configuration error");
+}
+
+/// The staging bucket deploy/account-a.yaml would create, in account A.
+const STAGING: &str = "relay-staging-a";
+
+/// Batch jobs set up in account A as deploy/account-a.yaml sets them up (a
+/// staging bucket unless `bucket` is false, a batch service role, RoleA
+/// allowed its batch actions and to pass that role); returns the function's
+/// batch-job environment, staging at `staging`.
+async fn batch_jobs_env(lab: &Lab, bucket: bool, staging: &str) -> Vec<(String, String)> {
+    lab.connect_batch_jobs();
+    if bucket {
+        let admin_a = lab.admin_of(ACCOUNT_A).await.expect("account A admin");
+        lab::s3_client(lab.moto.endpoint(), &admin_a)
+            .create_bucket()
+            .bucket(STAGING)
+            .send()
+            .await
+            .expect("staging bucket");
+    }
+    let role = lab
+        .create_batch_service_role(ACCOUNT_A, "BedrockBatchService", &[STAGING])
+        .await
+        .expect("service role");
+    lab.allow_batch_jobs(&lab.role_a_arn, &role)
+        .await
+        .expect("batch actions");
+    [
+        (
+            "RELAY_WORK_QUEUE",
+            "https://sqs.us-east-1.amazonaws.com/222222222222/relay-work".to_owned(),
+        ),
+        (
+            "RELAY_WORK_STORE",
+            format!("s3://{}/{}_batches/", lab::BUCKET, lab::PREFIX),
+        ),
+        ("RELAY_BATCH_STAGING", staging.to_owned()),
+        ("RELAY_BATCH_ROLE_ARN", role),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// With batch jobs configured, the doctor checks their links for the
+/// target: RoleA writes its probe under the staging input prefix and lists
+/// the output prefix, the batch role is in account A, RoleA may list batch
+/// jobs (nothing is created); iam:PassRole is an advisory (skipped) line
+/// that names deploy/account-a.yaml's statement. The doctor passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_batch_job_links_when_batch_jobs_are_configured() {
+    let lab = Lab::start().await.expect("lab");
+    let env = batch_jobs_env(&lab, true, &format!("s3://{STAGING}/relay/")).await;
+    let (code, stdout) = doctor(&lab, &pairs(&env)).await;
+    assert_eq!(code, 0, "{stdout}");
+    let checks = checks(&stdout);
+    for name in ["batch-staging", "batch-role", "batch-api"] {
+        let check = check(&checks, name);
+        assert_eq!(check["ok"], true, "{name}: {stdout}");
+        assert_eq!(check["target"], "default", "{name}: {stdout}");
+        assert_eq!(check.get("skipped"), None, "{name}: {stdout}");
+    }
+    assert!(check(&checks, "batch-staging")["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains(&format!("s3://{STAGING}/relay/input/_doctor/probe.json"))));
+    let pass_role = check(&checks, "batch-pass-role");
+    assert_eq!(
+        (&pass_role["ok"], &pass_role["skipped"]),
+        (&json!(true), &json!(true))
+    );
+    assert!(
+        pass_role["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("PassTheBatchServiceRole")),
+        "{stdout}"
+    );
+
+    let admin_a = lab.admin_of(ACCOUNT_A).await.expect("account A admin");
+    let probe = lab::s3_client(lab.moto.endpoint(), &admin_a)
+        .get_object()
+        .bucket(STAGING)
+        .key("relay/input/_doctor/probe.json")
+        .send()
+        .await;
+    assert!(probe.is_ok(), "the probe object is in account A: {probe:?}");
+    let lists: Vec<_> = lab
+        .bedrock
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == "ListModelInvocationJobs")
+        .collect();
+    assert_eq!(lists.len(), 1, "one probe of the batch-job API");
+    assert_eq!(lists[0].account.as_deref(), Some(ACCOUNT_A), "as RoleA");
+    assert!(
+        lab.bedrock.batch_jobs().jobs().is_empty(),
+        "nothing created"
+    );
+
+    // Human-readable: the advisory is a SKIP line, not a failure.
+    let args = ["doctor", "--model", "amazon.nova-lite-v1:0"];
+    let (code, stdout) = run(&lab, &args, &pairs(&env)).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("SKIP batch-pass-role [default]: skipped:")),
+        "{stdout}"
+    );
+}
+
+/// A staging location whose bucket does not exist fails the staging link
+/// with the fix (the bucket to set or create) and the doctor with it; the
+/// other batch-job links still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_a_staging_bucket_that_does_not_exist_with_the_fix() {
+    let lab = Lab::start().await.expect("lab");
+    let env = batch_jobs_env(&lab, false, "s3://relay-staging-missing/relay/").await;
+    let (code, stdout) = doctor(&lab, &pairs(&env)).await;
+    assert_eq!(code, 1, "{stdout}");
+    let checks = checks(&stdout);
+    let staging = check(&checks, "batch-staging");
+    assert_eq!(staging["ok"], false, "{stdout}");
+    let detail = staging["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("the staging bucket `relay-staging-missing` does not exist")
+            && detail.contains("set RELAY_BATCH_STAGING")
+            && detail.contains(ACCOUNT_A),
+        "{detail}"
+    );
+    for name in ["batch-role", "batch-api", "destination"] {
+        assert_eq!(check(&checks, name)["ok"], true, "{name}: {stdout}");
+    }
 }

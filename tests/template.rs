@@ -1673,3 +1673,37 @@ fn batch_jobs_in_account_a_are_least_privilege_and_off_by_default() {
         "only the relay's jobs are forwarded"
     );
 }
+
+/// With EnableBatchJobs, RoleA may list the account's batch jobs, which is
+/// how `bedrock-relay doctor` checks the batch-job API without creating a
+/// job; listing has no resource-level permission, so that one statement
+/// takes `*`, and it grants nothing else.
+#[test]
+fn role_a_may_list_batch_jobs_for_the_doctor() {
+    let on = account_a(&[("EnableBatchJobs", "true")]);
+    let statements = on.eval(
+        &on.template["Resources"]["TargetRoleBatchJobs"]["Properties"]["PolicyDocument"]
+            ["Statement"],
+    );
+    let list = statements
+        .as_array()
+        .expect("statements")
+        .iter()
+        .find(|s| s["Sid"] == "ListBatchJobsForTheDoctor")
+        .cloned()
+        .expect("the doctor's statement");
+    assert_eq!(list["Effect"], "Allow");
+    assert_eq!(
+        strings(&list["Action"]),
+        ["bedrock:ListModelInvocationJobs"]
+    );
+    assert_eq!(strings(&list["Resource"]), ["*"]);
+    for statement in statements.as_array().expect("statements") {
+        if statement["Sid"] != "ListBatchJobsForTheDoctor" {
+            assert!(
+                !strings(&statement["Resource"]).iter().any(|r| r == "*"),
+                "{statement}"
+            );
+        }
+    }
+}

@@ -68,7 +68,10 @@ impl CostFigures {
 
 /// The tokens of a manifest, summed over its targets and models.
 fn tokens(manifest: &Value) -> (u64, u64) {
-    let rows = manifest["by_target"].as_array().cloned().unwrap_or_default();
+    let rows = manifest["by_target"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let sum = |field: &str| rows.iter().filter_map(|r| r[field].as_u64()).sum();
     (sum("input_tokens"), sum("output_tokens"))
 }
@@ -98,7 +101,12 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
         .map_err(|e| LabError::Aws(format!("work queue: {e:?}")))?;
     lab.create_bucket(INPUTS).await?;
     let body: String = (0..items)
-        .map(|i| format!("{}\n", json!({"text": format!("review number {i} of the nightly batch")})))
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"text": format!("review number {i} of the nightly batch")})
+            )
+        })
         .collect();
     lab.put_object(INPUTS, "cost/items.jsonl", body, "application/x-ndjson")
         .await?;
@@ -128,7 +136,11 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
     let timeout = Duration::from_secs(120);
     let invoke = |event: Value| {
         let runtime = &runtimes[0];
-        async move { runtime.invoke(event.to_string().into_bytes(), timeout).await }
+        async move {
+            runtime
+                .invoke(event.to_string().into_bytes(), timeout)
+                .await
+        }
     };
     let job = |id: &str, extra: Value| {
         let mut detail = json!({
@@ -164,7 +176,9 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
         lab.bedrock
             .calls()
             .iter()
-            .filter(|c| c.status == 200 && matches!(c.operation.as_str(), "Converse" | "InvokeModel"))
+            .filter(|c| {
+                c.status == 200 && matches!(c.operation.as_str(), "Converse" | "InvokeModel")
+            })
             .count()
     };
 
@@ -178,7 +192,14 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
         maximum_concurrency: runtimes.len(),
         function_timeout: timeout,
     };
-    esm::run(&sqs, &mapping, &runtimes, Duration::from_secs(2), Duration::from_secs(600)).await?;
+    esm::run(
+        &sqs,
+        &mapping,
+        &runtimes,
+        Duration::from_secs(2),
+        Duration::from_secs(600),
+    )
+    .await?;
     let on_demand = manifest("cost-on-demand".into()).await?;
     let wall = started.elapsed().as_secs_f64();
     let (input, output) = tokens(&on_demand);
@@ -200,7 +221,9 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
     expect_answer(invoke(job("cost-batch-job", json!({"complete_within": "P2D"}))).await?)?;
     let plane = lab.bedrock.batch_jobs();
     for job in plane.jobs() {
-        plane.wait_for_end(&job.job_arn, Duration::from_secs(600)).await?;
+        plane
+            .wait_for_end(&job.job_arn, Duration::from_secs(600))
+            .await?;
     }
     expect_answer(invoke(json!({"relay": "check-batch-jobs"})).await?)?;
     let batch = manifest("cost-batch-job".into()).await?;
@@ -244,13 +267,19 @@ pub fn table(rows: &[CostFigures]) -> String {
             rows.iter().map(cell).collect::<Vec<_>>().join(" | ")
         );
     };
-    line("items (succeeded)", &|r| format!("{} ({})", r.items, r.succeeded));
+    line("items (succeeded)", &|r| {
+        format!("{} ({})", r.items, r.succeeded)
+    });
     line("wall time in the lab", &|r| format!("{:.1} s", r.wall_s));
     line("on-demand model calls", &|r| r.on_demand_calls.to_string());
     line("batch jobs", &|r| r.batch_jobs.to_string());
-    line("input / output tokens", &|r| format!("{} / {}", r.input_tokens, r.output_tokens));
+    line("input / output tokens", &|r| {
+        format!("{} / {}", r.input_tokens, r.output_tokens)
+    });
     line("spend for the batch", &|r| format!("${:.6}", r.spend));
-    line("**spend per 1,000 items**", &|r| format!("**${:.6}**", r.per_thousand()));
+    line("**spend per 1,000 items**", &|r| {
+        format!("**${:.6}**", r.per_thousand())
+    });
     out
 }
 

@@ -1,6 +1,7 @@
 //! Bedrock batch inference jobs in a model account: `CreateModelInvocationJob`,
-//! and `GetModelInvocationJob`, signed as RoleA like
-//! the runtime calls, and what their failures mean.
+//! `GetModelInvocationJob`, and `ListModelInvocationJobs` as the doctor's
+//! probe, signed as RoleA like the runtime calls, and what their failures
+//! mean.
 //!
 //! A batch job must be created in the model account: its service role has to
 //! be a role of that account (Bedrock refuses another account's with
@@ -257,6 +258,19 @@ impl BatchJobs {
         })
     }
 
+    /// Lists at most one job of the account: whether RoleA may call the
+    /// batch-job API at all, creating nothing (the doctor's probe). Returns
+    /// how many jobs the page held (0 or 1).
+    pub async fn list_probe(&self) -> Result<usize, JobCallError> {
+        self.client
+            .list_model_invocation_jobs()
+            .max_results(1)
+            .send()
+            .await
+            .map(|out| out.invocation_job_summaries().len())
+            .map_err(|err| self.classify_for(&err, "ListModelInvocationJobs", "of the account"))
+    }
+
     fn classify<E: aws_sdk_bedrock::error::ProvideErrorMetadata>(
         &self,
         err: &SdkError<E, HttpResponse>,
@@ -332,6 +346,9 @@ mod tests {
         CreateModelInvocationJobError, CreateModelInvocationJobOutput,
     };
     use aws_sdk_bedrock::operation::get_model_invocation_job::GetModelInvocationJobOutput;
+    use aws_sdk_bedrock::operation::list_model_invocation_jobs::{
+        ListModelInvocationJobsError, ListModelInvocationJobsOutput,
+    };
     use aws_sdk_bedrock::types::ModelInvocationJobStatus;
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
     use aws_smithy_types::error::ErrorMetadata;
@@ -497,5 +514,38 @@ mod tests {
         assert_eq!(report.status, "PartiallyCompleted");
         assert_eq!(report.message.as_deref(), Some("3 records failed"));
         assert_eq!(report.output_uri.as_deref(), Some("s3://staging/out/"));
+    }
+
+    /// The doctor's probe asks for one job and creates nothing; RoleA
+    /// without the permission gets the grant to add.
+    #[tokio::test]
+    async fn the_list_probe_asks_for_one_job_and_names_a_missing_grant() {
+        let listed = mock!(aws_sdk_bedrock::Client::list_model_invocation_jobs)
+            .match_requests(|req| req.max_results() == Some(1))
+            .then_output(|| ListModelInvocationJobsOutput::builder().build());
+        let client = mock_client!(aws_sdk_bedrock, RuleMode::MatchAny, [&listed]);
+        let jobs = BatchJobs::from_client(client, &target());
+        assert_eq!(jobs.list_probe().await.expect("listed"), 0);
+        assert_eq!(listed.num_calls(), 1);
+
+        let denied = mock!(aws_sdk_bedrock::Client::list_model_invocation_jobs).then_error(|| {
+            ListModelInvocationJobsError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("not authorized to perform bedrock:ListModelInvocationJobs")
+                    .build(),
+            )
+        });
+        let client = mock_client!(aws_sdk_bedrock, RuleMode::MatchAny, [&denied]);
+        let err = BatchJobs::from_client(client, &target())
+            .list_probe()
+            .await
+            .expect_err("denied");
+        assert!(matches!(err, JobCallError::Denied { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("grant RoleA bedrock:ListModelInvocationJobs"),
+            "{err}"
+        );
     }
 }

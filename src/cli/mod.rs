@@ -8,16 +8,18 @@
 //! - `bedrock-relay doctor [--target ALIAS] [--model ID] [--json]` walks the
 //!   chain link by link and prints each with pass/fail and the fix: identity in
 //!   account B, AssumeRole into each target, identity in account A, a 1-token
-//!   Converse, a write to the destination.
+//!   Converse, with `RELAY_BATCH_STAGING` the batch-job links of each target
+//!   (`batch_doctor.rs`), a write to the destination.
 //! - `bedrock-relay schema [--event]` prints the job's JSON Schema (with
 //!   `--event`, that of a whole `Bedrock Relay Job` EventBridge event).
 //! - `bedrock-relay status JOB_ID [--watch] [--interval SECS] [--json]`
 //!   tells how far a job has got (mode, chunks, items, tokens, throttles,
-//!   elapsed, time left) from the work store and the destination; `--watch`
-//!   draws a progress bar until it is complete.
+//!   elapsed, time left, and a batch job's Bedrock jobs) from the work store
+//!   and the destination; `--watch` draws a progress bar until it is complete.
 //!
 //! Exit codes: 0 all good, 1 a job or check failed, 2 usage or configuration.
 
+mod batch_doctor;
 mod status;
 mod trail;
 
@@ -304,6 +306,7 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
             },
             Some(model_id) => model_check(&base, &sts, target, &config, &model_id).await,
         });
+        checks.extend(batch_doctor::checks(&base, &sts, &config, target).await);
     }
 
     let destinations = config.destinations(&base);

@@ -7,7 +7,11 @@
 //!    `<store><id>/plan.json`: the batch fans out (mode `fan-out`). Its
 //!    `<id>/manifest.json` there means it is assembled; before that the
 //!    summaries of the chunks done and the progress lines of the others are
-//!    added up.
+//!    added up. A plan whose mode is `batch-job` runs as Bedrock batch jobs
+//!    (mode `batch-job`): `<id>/batch-jobs.json` there holds each job as the
+//!    relay last recorded it (the check schedule and Bedrock's events update
+//!    it; `status` reads only the store and never asks Bedrock), and the
+//!    collection saves the answers as the batch's chunks, counted as above.
 //! 2. In `RELAY_DESTINATION` (S3 only): `<prefix><id>.jsonl`, a batch run in
 //!    one invocation and finished (mode `in-invocation`);
 //!    `<prefix><id>.progress.jsonl`, one cut short and waiting for Lambda's
@@ -22,21 +26,23 @@
 //! | field | what |
 //! |---|---|
 //! | `job_id` | the job id, as given (scoped ids carry their `RELAY_ID_PREFIX`) |
-//! | `mode` | `fan-out`, `in-invocation` or `single` |
-//! | `status` | `planned`, `running` or `assembling` while not complete; then `succeeded`, `partial` (some items failed) or `failed` |
+//! | `mode` | `fan-out`, `batch-job`, `in-invocation` or `single` |
+//! | `status` | `planned`, `running` or `assembling` while not complete; a batch job also `submitted` (its jobs are with Bedrock) and `collecting` (every job ended, the answers are being read); then `succeeded`, `partial` (some items failed) or `failed` |
 //! | `complete` | whether it has finished (nothing more will change) |
 //! | `chunks_done`, `chunks_total` | chunks done and planned (a batch in one invocation, or a single job, is one chunk) |
 //! | `items` | items in the batch (1 for a single job, 0 for a batch that failed before its items were read) |
 //! | `succeeded`, `failed` | items settled so far, by how they ended |
-//! | `pending` | `items` less those settled; an item whose failure is retryable counts here until it settles |
+//! | `pending` | `items` less those settled; an item whose failure is retryable counts here until it settles, and a batch job's items until they are collected |
 //! | `input_tokens`, `output_tokens` | tokens of the settled items |
 //! | `calls`, `throttles` | model calls made for the settled items, and of those the ones Bedrock throttled |
 //! | `started_at` | RFC 3339: when it was planned (fan-out), when its first item settled (in-invocation: its lines name no start), when the invocation started (single); `null` if unknown |
 //! | `finished_at` | RFC 3339, once complete; `null` before |
 //! | `elapsed_secs` | seconds from `started_at` to `finished_at`, or to now; `null` if unknown |
-//! | `left_secs` | estimate: `elapsed_secs × pending / settled`; `0` once complete, `null` while nothing has settled |
+//! | `left_secs` | estimate: `elapsed_secs × pending / settled`; `0` once complete, `null` while nothing has settled or a batch's Bedrock jobs run |
 //! | `results` | where the results are once complete (`s3://`, or for a fanned-out batch sent elsewhere the destination and count); `null` before |
 //! | `error` | the error type and message of a failed single job (or whole batch); `null` otherwise |
+//! | `reason` | why a planned batch runs in its mode (`auto: ...`, from the mode choice); `null` when the plan records none, and for batches in one invocation and single jobs |
+//! | `batch_jobs` | a batch job's Bedrock jobs, in record order, as the relay last recorded them: `name`, `arn` (`null` while the part waits for room under the jobs quota), `status` (Bedrock's, e.g. `InProgress`, or `Waiting`), `records`, and when known `message` (Bedrock's, for a failed, stopped or expired job) and `bedrock` (its own counts, `manifest.json.out`, read at collection); `[]` in other modes |
 //!
 //! With `--watch`, one such object per poll, each on its own line, the last
 //! one complete. A batch that cannot complete (a chunk in the dead-letter
@@ -60,8 +66,9 @@ use serde_json::Value;
 pub use read::{run, Reader};
 
 use super::{EXIT_FAILED, EXIT_OK};
+use crate::domain::batch_state::SubmittedBatch;
 use crate::domain::chunks::BatchPlan;
-use crate::domain::manifest::{ChunkSummary, Counts, Manifest};
+use crate::domain::manifest::{BatchJobSummary, ChunkSummary, Counts, Manifest};
 use crate::ledger::is_settled;
 
 /// How often `--watch` reads again unless `--interval` says otherwise.
@@ -73,6 +80,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 pub enum Mode {
     /// Planned onto the work queue, run chunk by chunk.
     FanOut,
+    /// Planned, and run by Bedrock batch inference jobs in the model account.
+    BatchJob,
     /// A batch run in one invocation (and its retries).
     InInvocation,
     /// A single job.
@@ -83,6 +92,7 @@ impl Mode {
     fn text(self) -> &'static str {
         match self {
             Self::FanOut => "fan-out",
+            Self::BatchJob => "batch-job",
             Self::InInvocation => "in-invocation",
             Self::Single => "single",
         }
@@ -132,6 +142,10 @@ pub struct Status {
     pub results: Option<String>,
     /// A failed job's error type and message.
     pub error: Option<String>,
+    /// Why a planned batch runs in its mode.
+    pub reason: Option<String>,
+    /// A batch job's Bedrock jobs, as last recorded.
+    pub batch_jobs: Vec<BatchJobSummary>,
 }
 
 impl Status {
@@ -157,6 +171,8 @@ impl Status {
             left_secs: None,
             results: None,
             error: None,
+            reason: None,
+            batch_jobs: Vec::new(),
         }
     }
 
@@ -172,6 +188,7 @@ impl Status {
     ) -> Self {
         let total = plan.chunks.len();
         let mut status = Self::new(&plan.job_id, Mode::FanOut, plan.items.total as u64, total);
+        status.reason = plan.mode.as_ref().map(|mode| mode.reason.clone());
         let finished_at = match manifest {
             Some(manifest) => {
                 status.count(&manifest.counts);
@@ -200,6 +217,49 @@ impl Status {
             }
         };
         status.timed(Some(plan.planned_at.clone()), finished_at, now_ms)
+    }
+
+    /// A batch planned to run as Bedrock batch jobs: counted as a fanned-out
+    /// batch (the collection saves the answers as its chunks), with its jobs
+    /// from `state` (`None` while its records are still being staged). Until
+    /// every job's answers are collected, its status says where the jobs are
+    /// and there is no estimate: Bedrock's pace is not known.
+    pub fn batch_job(
+        plan: &BatchPlan,
+        state: Option<&SubmittedBatch>,
+        summaries: &BTreeMap<usize, ChunkSummary>,
+        progress: &[Value],
+        manifest: Option<&Manifest>,
+        now_ms: i64,
+    ) -> Self {
+        let mut status = Self::fan_out(plan, summaries, progress, manifest, now_ms);
+        status.mode = Mode::BatchJob;
+        if let Some(state) = state {
+            status.reason = Some(state.reason.clone());
+            status.batch_jobs = state.parts.iter().map(BatchJobSummary::of).collect();
+        }
+        if status.complete {
+            return status;
+        }
+        let stage = match state {
+            None => "planned",
+            Some(state) if !state.has_ended() => "submitted",
+            Some(state) if !state.collected => "collecting",
+            // Collected, with records run on-demand through the work queue:
+            // counted as a fanned-out batch's chunks.
+            Some(_) if status.status == "planned" => "running",
+            Some(_) => return status,
+        };
+        status.status = stage.into();
+        status.left_secs = None;
+        status
+    }
+
+    /// Whether the batch's Bedrock jobs still hold its items: no estimate
+    /// can be made from the items settled so far.
+    fn with_bedrock(&self) -> bool {
+        self.mode == Mode::BatchJob
+            && matches!(self.status.as_str(), "planned" | "submitted" | "collecting")
     }
 
     /// A batch in one invocation, from its lines: the final ones when
@@ -354,11 +414,17 @@ pub fn render(status: &Status) -> String {
     let left = match (status.complete, status.left_secs) {
         (true, _) => "none, complete".to_owned(),
         (false, Some(secs)) => format!("about {}", human_duration(secs)),
+        (false, None) if status.with_bedrock() => {
+            "unknown until Bedrock's batch jobs end and are collected".to_owned()
+        }
         (false, None) => "unknown until an item settles".to_owned(),
     };
     let mut rows = vec![
         ("job", status.job_id.clone()),
         ("mode", status.mode.text().to_owned()),
+    ];
+    rows.extend(status.reason.clone().map(|reason| ("reason", reason)));
+    rows.extend([
         ("status", status.status.clone()),
         (
             "chunks",
@@ -390,7 +456,13 @@ pub fn render(status: &Status) -> String {
                 .map_or_else(|| "unknown".to_owned(), human_duration),
         ),
         ("left", left),
-    ];
+    ]);
+    rows.extend(
+        status
+            .batch_jobs
+            .iter()
+            .map(|job| ("batch job", batch_job_line(job))),
+    );
     rows.extend(status.results.clone().map(|uri| ("results", uri)));
     rows.extend(status.error.clone().map(|error| ("error", error)));
     let width = rows
@@ -401,6 +473,45 @@ pub fn render(status: &Status) -> String {
     rows.iter()
         .map(|(label, value)| format!("{:<width$} {value}\n", format!("{label}:")))
         .collect()
+}
+
+/// One Bedrock job as a line: its name, status and records, Bedrock's counts
+/// once read, its ARN (or why it has none yet) and Bedrock's message.
+pub fn batch_job_line(job: &BatchJobSummary) -> String {
+    let mut line = format!("{}: {}, {} records", job.name, job.status, job.records);
+    if let Some(counts) = &job.bedrock {
+        let known = |n: Option<u64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
+        line.push_str(&format!(
+            ", Bedrock processed {} ({} succeeded, {} failed)",
+            known(counts.processed_record_count),
+            known(counts.success_record_count),
+            known(counts.error_record_count)
+        ));
+    }
+    match &job.arn {
+        Some(arn) => line.push_str(&format!(", {arn}")),
+        None => line.push_str(
+            ", not submitted yet: it waits for room under the account's batch jobs quota",
+        ),
+    }
+    if let Some(message) = &job.message {
+        line.push_str(&format!("; Bedrock says: {message}"));
+    }
+    line
+}
+
+/// The Bedrock jobs by status, e.g. `1 Completed, 2 InProgress`; empty
+/// without jobs.
+pub fn jobs_by_status(jobs: &[BatchJobSummary]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for job in jobs {
+        *counts.entry(job.status.as_str()).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The job id in `status`'s arguments (after the subcommand): the first that

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::batch_output::BedrockCounts;
-use super::batch_state::SubmittedBatch;
+use super::batch_state::{JobPart, SubmittedBatch};
 
 /// The `detail-type` of the event sent when a batch is complete.
 pub const BATCH_COMPLETED_DETAIL_TYPE: &str = "Bedrock Relay Batch Completed";
@@ -214,19 +214,22 @@ impl Manifest {
     /// The manifest of a batch that ran as Bedrock batch jobs.
     pub fn with_batch_jobs(mut self, state: &SubmittedBatch) -> Self {
         self.mode = "batch-job".to_owned();
-        self.batch_jobs = state
-            .parts
-            .iter()
-            .map(|part| BatchJobSummary {
-                name: part.name.clone(),
-                arn: part.arn.clone(),
-                status: part.status.clone(),
-                message: part.message.clone(),
-                records: part.count,
-                bedrock: part.counts.clone(),
-            })
-            .collect();
+        self.batch_jobs = state.parts.iter().map(BatchJobSummary::of).collect();
         self
+    }
+}
+
+impl BatchJobSummary {
+    /// What the relay last recorded about `part`'s job.
+    pub fn of(part: &JobPart) -> Self {
+        Self {
+            name: part.name.clone(),
+            arn: part.arn.clone(),
+            status: part.status.clone(),
+            message: part.message.clone(),
+            records: part.count,
+            bedrock: part.counts.clone(),
+        }
     }
 }
 

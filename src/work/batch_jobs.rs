@@ -11,11 +11,13 @@
 //! | `input/<id>/part-000000.jsonl` | staging | one job's records |
 //! | `output/<id>/part-000000/<bedrock job id>/part-000000.jsonl.out` | staging | Bedrock's answers (any order) |
 //! | `output/<id>/part-000000/<bedrock job id>/manifest.json.out` | staging | Bedrock's counts |
+//! | `input/_doctor/probe.json` | staging | written by `bedrock-relay doctor` ([`Staging::probe`]) |
 
 use aws_sdk_s3::primitives::ByteStream;
 
 use super::{to_json, WorkStore};
 use crate::destination::multipart::ObjectWriter;
+use crate::destination::s3::classify;
 use crate::destination::{DestinationError, S3Destination, S3Location};
 use crate::domain::batch_output::BedrockCounts;
 use crate::domain::batch_state::SubmittedBatch;
@@ -170,5 +172,89 @@ impl Staging {
     /// `s3://` of `key`.
     pub fn uri_of(&self, key: &str) -> String {
         self.s3.location().uri_of(key)
+    }
+
+    /// The doctor's probe, doing what the relay does here with RoleA: writes
+    /// `input/_doctor/probe.json` (as records are staged) and lists one key
+    /// under `output/` (as Bedrock's files are found). Both are under the
+    /// prefixes deploy/account-a.yaml grants RoleA; it grants no delete, so
+    /// the probe object stays until the bucket's lifecycle expires it.
+    /// Returns the probe object's URI.
+    pub async fn probe(&self) -> Result<String, DestinationError> {
+        let key = self.key("input/_doctor/probe.json");
+        let body = serde_json::json!({
+            "written_by": "bedrock-relay doctor",
+            "at": crate::domain::record::now_rfc3339(),
+        });
+        let uri = self
+            .s3
+            .put_json(&key, body.to_string().into_bytes())
+            .await?;
+        let location = self.s3.location();
+        let output = self.key("output/");
+        self.s3
+            .client()
+            .list_objects_v2()
+            .bucket(&location.bucket)
+            .set_expected_bucket_owner(self.owner().map(str::to_owned))
+            .prefix(&output)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|err| classify(location, "s3:ListBucket", location.uri_of(&output), err))?;
+        Ok(uri)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
+    use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+    use aws_smithy_types::error::ErrorMetadata;
+
+    use super::*;
+
+    fn staging(client: aws_sdk_s3::Client) -> Staging {
+        let location = S3Location::parse("s3://staging-a/relay/").expect("uri");
+        Staging::new(client, &location, "111111111111")
+    }
+
+    /// The doctor's probe writes under `input/_doctor/` and lists one key
+    /// under `output/`, each expecting the model account to own the bucket.
+    #[tokio::test]
+    async fn the_probe_writes_under_input_and_lists_output_as_the_relay_does() {
+        let put = mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(|req| {
+                req.key() == Some("relay/input/_doctor/probe.json")
+                    && req.expected_bucket_owner() == Some("111111111111")
+            })
+            .then_output(|| PutObjectOutput::builder().build());
+        let list = mock!(aws_sdk_s3::Client::list_objects_v2)
+            .match_requests(|req| {
+                req.prefix() == Some("relay/output/")
+                    && req.max_keys() == Some(1)
+                    && req.expected_bucket_owner() == Some("111111111111")
+            })
+            .then_output(|| ListObjectsV2Output::builder().build());
+        let client = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&put, &list]);
+        let uri = staging(client).probe().await.expect("probed");
+        assert_eq!(uri, "s3://staging-a/relay/input/_doctor/probe.json");
+        assert_eq!((put.num_calls(), list.num_calls()), (1, 1));
+    }
+
+    /// A staging bucket that does not exist is reported as missing, and
+    /// nothing is listed.
+    #[tokio::test]
+    async fn the_probe_reports_a_missing_bucket() {
+        let put = mock!(aws_sdk_s3::Client::put_object).then_error(|| {
+            PutObjectError::generic(ErrorMetadata::builder().code("NoSuchBucket").build())
+        });
+        let list = mock!(aws_sdk_s3::Client::list_objects_v2)
+            .then_output(|| ListObjectsV2Output::builder().build());
+        let client = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&put, &list]);
+        let err = staging(client).probe().await.expect_err("missing");
+        assert!(matches!(err, DestinationError::Missing { .. }), "{err:?}");
+        assert_eq!(list.num_calls(), 0);
     }
 }

@@ -294,7 +294,10 @@ async fn bench_cost(args: &[String]) -> Result<(), LabError> {
         .unwrap_or("2000")
         .parse()
         .map_err(|_| LabError::Setup("--items: not a number".into()))?;
-    println!("bench-cost: {items} items of {} ...", lab::bench_cost::PRICES[0].0);
+    println!(
+        "bench-cost: {items} items of {} ...",
+        lab::bench_cost::PRICES[0].0
+    );
     let rows = lab::bench_cost::run(&function, items).await?;
     println!("{}", lab::bench_cost::table(&rows));
     Ok(())

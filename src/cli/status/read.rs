@@ -1,5 +1,7 @@
 //! The reads behind `status` (the work store, the destination) and the
-//! command itself: once, or `--watch`ing until the job is complete.
+//! command itself: once, or `--watch`ing until the job is complete. A batch
+//! job's state is read again on every read (the check schedule and Bedrock's
+//! events change it); the plan and the chunks done are read once.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,13 +10,13 @@ use futures_util::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::{human_duration, render, Status};
+use super::{human_duration, jobs_by_status, render, Status};
 use crate::cli::{EXIT_FAILED, EXIT_USAGE};
 use crate::config::Config;
 use crate::destination::s3::parse_lines;
 use crate::destination::{DestinationError, DestinationSpec, S3Destination};
 use crate::domain::chunks::BatchPlan;
-use crate::domain::manifest::ChunkSummary;
+use crate::domain::manifest::{ChunkSummary, Manifest};
 use crate::work::WorkStore;
 
 /// Failed reads in a row after which `--watch` gives up.
@@ -142,21 +144,36 @@ impl Reader {
         })
     }
 
-    /// A fanned-out batch: the manifest, or the chunks so far.
+    /// A fanned-out batch (or one run as batch jobs): the manifest, or the
+    /// chunks so far.
     async fn fan_out(
         &mut self,
         store: &WorkStore,
         plan: &BatchPlan,
     ) -> Result<Status, DestinationError> {
         let batch = plan.job_id.as_str();
-        if let Some(manifest) = store.manifest(batch).await? {
-            return Ok(Status::fan_out(
+        let batch_jobs = plan.mode.as_ref().is_some_and(|m| m.mode == "batch-job");
+        // Read before the chunks: a state that says collected then comes
+        // with every chunk the collection saved.
+        let state = match batch_jobs {
+            true => store.read_batch_jobs(batch).await?,
+            false => None,
+        };
+        let status = |summaries: &BTreeMap<usize, ChunkSummary>,
+                      progress: &[Value],
+                      manifest: Option<&Manifest>| match batch_jobs {
+            true => Status::batch_job(
                 plan,
-                &self.summaries,
-                &[],
-                Some(&manifest),
+                state.as_ref(),
+                summaries,
+                progress,
+                manifest,
                 now_ms(),
-            ));
+            ),
+            false => Status::fan_out(plan, summaries, progress, manifest, now_ms()),
+        };
+        if let Some(manifest) = store.manifest(batch).await? {
+            return Ok(status(&self.summaries, &[], Some(&manifest)));
         }
         let (done, with_progress) = store.chunk_numbers(batch).await?;
         let new: Vec<usize> = done
@@ -188,13 +205,7 @@ impl Reader {
         for lines in read {
             progress.extend(lines?);
         }
-        Ok(Status::fan_out(
-            plan,
-            &self.summaries,
-            &progress,
-            None,
-            now_ms(),
-        ))
+        Ok(status(&self.summaries, &progress, None))
     }
 }
 
@@ -295,8 +306,16 @@ fn show(bar: &ProgressBar, status: &Status) {
         Some(secs) => format!(", about {} left", human_duration(secs)),
         None => String::new(),
     };
+    let jobs = match status.batch_jobs.is_empty() {
+        true => String::new(),
+        false => format!(
+            "; {}, batch jobs: {}",
+            status.status,
+            jobs_by_status(&status.batch_jobs)
+        ),
+    };
     bar.set_message(format!(
-        "({} succeeded, {} failed, {} throttles; chunks {}/{}{left})",
+        "({} succeeded, {} failed, {} throttles; chunks {}/{}{left}{jobs})",
         status.succeeded, status.failed, status.throttles, status.chunks_done, status.chunks_total
     ));
 }

@@ -4,7 +4,9 @@
 use serde_json::json;
 
 use super::*;
-use crate::domain::chunks::{ChunkRange, ItemsObject};
+use crate::domain::batch_output::BedrockCounts;
+use crate::domain::batch_state::{JobPart, SubmittedBatch, WAITING};
+use crate::domain::chunks::{ChunkRange, ItemsObject, ModeRecord};
 
 const PLANNED_AT: &str = "2026-12-01T02:00:00Z";
 
@@ -314,10 +316,16 @@ fn the_json_field_names_are_stable() {
             "elapsed_secs",
             "left_secs",
             "results",
-            "error"
+            "error",
+            "reason",
+            "batch_jobs"
         ]
     );
     assert_eq!(value["mode"], "fan-out");
+    assert_eq!(
+        (&value["reason"], &value["batch_jobs"]),
+        (&Value::Null, &json!([]))
+    );
 }
 
 /// The job id is the first argument that is neither a flag nor the
@@ -334,4 +342,202 @@ fn the_job_id_is_the_first_argument_that_is_not_a_flag() {
         Some("a/b")
     );
     assert_eq!(job_id_arg(&args(&["--json"])), None);
+}
+
+const REASON: &str = "auto: 30 items reach RELAY_BATCH_JOB_MIN_RECORDS and complete_within is P2D";
+
+/// [`plan`], planned to run as batch jobs.
+fn batch_job_plan() -> BatchPlan {
+    BatchPlan {
+        mode: Some(ModeRecord {
+            mode: "batch-job".into(),
+            reason: REASON.into(),
+        }),
+        ..plan()
+    }
+}
+
+/// The 30 items as two jobs of 20 and 10, with these statuses (`Waiting`
+/// has no ARN yet).
+fn submitted(statuses: [&str; 2], collected: bool) -> SubmittedBatch {
+    let part = |part: usize, first: usize, count: usize, status: &str| JobPart {
+        part,
+        first,
+        count,
+        name: format!("relay-nightly-p{part}"),
+        token: format!("relay-t-p{part}"),
+        input_uri: format!("s3://staging/relay/input/nightly/part-00000{part}.jsonl"),
+        output_uri: format!("s3://staging/relay/output/nightly/part-00000{part}/"),
+        arn: (status != WAITING).then(|| {
+            format!("arn:aws:bedrock:us-east-1:111111111111:model-invocation-job/j{part}")
+        }),
+        status: status.into(),
+        message: None,
+        counts: None,
+    };
+    SubmittedBatch {
+        version: 1,
+        job_id: "nightly".into(),
+        target: "default".into(),
+        account: "111111111111".into(),
+        model: "m".into(),
+        reason: REASON.into(),
+        retry_on_demand: true,
+        timeout_hours: 48,
+        submitted_at: PLANNED_AT.into(),
+        parts: vec![part(0, 0, 20, statuses[0]), part(1, 20, 10, statuses[1])],
+        collected,
+    }
+}
+
+/// While its records are staged there is no job yet: a batch job is
+/// planned, with the mode choice's reason and no jobs.
+#[test]
+fn a_batch_job_being_staged_is_planned_with_its_reason() {
+    let status = Status::batch_job(
+        &batch_job_plan(),
+        None,
+        &BTreeMap::new(),
+        &[],
+        None,
+        at(PLANNED_AT) + 5_000,
+    );
+    assert_eq!(
+        (status.mode, status.status.as_str()),
+        (Mode::BatchJob, "planned")
+    );
+    assert_eq!(status.reason.as_deref(), Some(REASON));
+    assert!(status.batch_jobs.is_empty());
+    assert_eq!(json!(status)["mode"], "batch-job");
+}
+
+/// Submitted jobs hold every item: all pending, no estimate even when an
+/// item that could not be a record settled at staging, and each job as the
+/// relay last recorded it, one waiting for room without an ARN.
+#[test]
+fn submitted_batch_jobs_hold_their_items_and_show_each_job() {
+    let rejected = [line(3, "failed", false)];
+    let state = submitted(["InProgress", WAITING], false);
+    let status = Status::batch_job(
+        &batch_job_plan(),
+        Some(&state),
+        &BTreeMap::new(),
+        &rejected,
+        None,
+        at(PLANNED_AT) + 60_000,
+    );
+    assert_eq!(status.status, "submitted");
+    assert_eq!((status.failed, status.pending), (1, 29));
+    assert_eq!(status.left_secs, None, "Bedrock's pace is not known");
+    assert_eq!(status.exit_code(), EXIT_OK);
+    let jobs = &json!(status)["batch_jobs"];
+    assert_eq!(
+        jobs[0],
+        json!({"name": "relay-nightly-p0", "status": "InProgress", "records": 20,
+               "arn": "arn:aws:bedrock:us-east-1:111111111111:model-invocation-job/j0"})
+    );
+    assert_eq!(
+        (&jobs[1]["arn"], &jobs[1]["status"]),
+        (&Value::Null, &json!("Waiting"))
+    );
+    assert_eq!(
+        jobs_by_status(&status.batch_jobs),
+        "1 InProgress, 1 Waiting"
+    );
+}
+
+/// Every job ended but its answers are not read yet: collecting; once
+/// collected, records run on-demand count as a fanned-out batch's chunks.
+#[test]
+fn ended_jobs_are_collecting_until_collected() {
+    let plan = batch_job_plan();
+    let ended = submitted(["Completed", "PartiallyCompleted"], false);
+    let status = Status::batch_job(&plan, Some(&ended), &BTreeMap::new(), &[], None, 0);
+    assert_eq!((status.status.as_str(), status.pending), ("collecting", 30));
+
+    let lines: Vec<Value> = (0..10).map(|i| line(i, "succeeded", false)).collect();
+    let summaries = [(0, summary(0, &lines))].into_iter().collect();
+    let collected = submitted(["Completed", "PartiallyCompleted"], true);
+    let now = at(PLANNED_AT) + 100_000;
+    let status = Status::batch_job(&plan, Some(&collected), &summaries, &[], None, now);
+    assert_eq!((status.status.as_str(), status.chunks_done), ("running", 1));
+    assert_eq!(status.left_secs, Some(200), "10 settled in 100 s, 20 to go");
+}
+
+/// The manifest completes a batch job like a fanned-out batch, with each
+/// job's final status and Bedrock's counts.
+#[test]
+fn a_collected_batch_job_is_complete_with_bedrocks_counts() {
+    let good: Vec<Value> = (0..30).map(|i| line(i, "succeeded", false)).collect();
+    let mut state = submitted(["Completed", "Completed"], true);
+    state.parts[0].counts = Some(BedrockCounts {
+        total_record_count: Some(20),
+        processed_record_count: Some(20),
+        success_record_count: Some(20),
+        error_record_count: Some(0),
+        ..BedrockCounts::default()
+    });
+    let manifest = Manifest::assemble(
+        "nightly",
+        PLANNED_AT,
+        &[summary(0, &good)],
+        "s3://r/n.jsonl".into(),
+    )
+    .with_batch_jobs(&state);
+    let status = Status::batch_job(
+        &batch_job_plan(),
+        Some(&state),
+        &BTreeMap::new(),
+        &[],
+        Some(&manifest),
+        i64::MAX,
+    );
+    assert!(status.complete);
+    assert_eq!(
+        (status.status.as_str(), status.succeeded),
+        ("succeeded", 30)
+    );
+    assert_eq!(
+        json!(status)["batch_jobs"][0]["bedrock"]["success_record_count"],
+        20
+    );
+    assert_eq!(json!(status)["batch_jobs"][1].get("bedrock"), None);
+}
+
+/// The text of a batch job names the reason and has a line per job: its
+/// status, records, Bedrock's counts once read, its ARN or why it has
+/// none, and Bedrock's message; the time left waits for Bedrock.
+#[test]
+fn the_text_of_a_batch_job_has_its_reason_and_a_line_per_job() {
+    let mut state = submitted(["Expired", WAITING], false);
+    state.parts[0].message = Some("the job timed out".into());
+    state.parts[0].counts = Some(BedrockCounts {
+        processed_record_count: Some(12),
+        success_record_count: Some(11),
+        error_record_count: Some(1),
+        ..BedrockCounts::default()
+    });
+    let status = Status::batch_job(
+        &batch_job_plan(),
+        Some(&state),
+        &BTreeMap::new(),
+        &[],
+        None,
+        0,
+    );
+    let text = render(&status);
+    assert!(text.contains("mode:      batch-job\n"), "{text}");
+    assert!(text.contains(&format!("reason:    {REASON}\n")), "{text}");
+    assert!(
+        text.contains("batch job: relay-nightly-p0: Expired, 20 records, Bedrock processed 12 (11 succeeded, 1 failed), arn:aws:bedrock:us-east-1:111111111111:model-invocation-job/j0; Bedrock says: the job timed out\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("batch job: relay-nightly-p1: Waiting, 10 records, not submitted yet: it waits for room under the account's batch jobs quota\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("left:      unknown until Bedrock's batch jobs end and are collected\n"),
+        "{text}"
+    );
 }
