@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{parse_number, ConfigError, MAX_ITEMS_CEILING};
+use super::{parse_number, parse_optional, ConfigError, MAX_ITEMS_CEILING};
 use crate::destination::S3Location;
 use crate::domain::batch_job::{
     BatchJobSettings, JobMode, DEFAULT_MAX_RECORDS, DEFAULT_MIN_RECORDS,
@@ -84,20 +84,16 @@ pub(super) fn batch_jobs(
             reason: format!("`{}` is not `on-demand`, `batch-job` or `auto`", raw.trim()),
         })?,
     };
-    let staging = get("RELAY_BATCH_STAGING")
-        .map(|raw| S3Location::parse(raw.trim()))
-        .transpose()
-        .map_err(|reason| ConfigError::Invalid {
-            var: "RELAY_BATCH_STAGING",
-            reason,
-        })?;
-    let default_role = get("RELAY_BATCH_ROLE_ARN")
-        .map(|raw| RoleArn::parse(raw.trim()))
-        .transpose()
-        .map_err(|reason| ConfigError::Invalid {
-            var: "RELAY_BATCH_ROLE_ARN",
-            reason,
-        })?;
+    let staging = parse_optional(
+        get("RELAY_BATCH_STAGING"),
+        "RELAY_BATCH_STAGING",
+        S3Location::parse,
+    )?;
+    let default_role = parse_optional(
+        get("RELAY_BATCH_ROLE_ARN"),
+        "RELAY_BATCH_ROLE_ARN",
+        RoleArn::parse,
+    )?;
     let roles = target_batch_roles(targets, target_roles, default_role.as_ref())?;
 
     match (&staging, roles.is_empty()) {

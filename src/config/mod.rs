@@ -293,20 +293,12 @@ impl Config {
                 reason: err.to_string(),
             })?;
         let allowed_destinations = patterns(get("RELAY_ALLOWED_DESTINATIONS"));
-        let idempotency_table = get("RELAY_IDEMPOTENCY_TABLE")
-            .map(|raw| dynamodb::Table::from_name_or_arn(raw.trim()))
-            .transpose()
-            .map_err(|reason| ConfigError::Invalid {
-                var: "RELAY_IDEMPOTENCY_TABLE",
-                reason,
-            })?;
-        let spill = get("RELAY_SPILL_S3")
-            .map(|raw| S3Location::parse(raw.trim()))
-            .transpose()
-            .map_err(|reason| ConfigError::Invalid {
-                var: "RELAY_SPILL_S3",
-                reason,
-            })?;
+        let idempotency_table = parse_optional(
+            get("RELAY_IDEMPOTENCY_TABLE"),
+            "RELAY_IDEMPOTENCY_TABLE",
+            dynamodb::Table::from_name_or_arn,
+        )?;
+        let spill = parse_optional(get("RELAY_SPILL_S3"), "RELAY_SPILL_S3", S3Location::parse)?;
 
         let batch_jobs = batch_jobs::batch_jobs(&get, &targets, batch_roles)?;
         let fan_out = fan_out(&get)?;
@@ -328,13 +320,11 @@ impl Config {
         }
         own.extend(batch_jobs.staging_uri());
         let sources = SourcePolicy::new(&patterns(get("RELAY_ALLOWED_SOURCES")), &own);
-        let event_bus = get("RELAY_EVENT_BUS")
-            .map(|bus| crate::destination::eventbridge::Bus::parse(bus.trim()))
-            .transpose()
-            .map_err(|reason| ConfigError::Invalid {
-                var: "RELAY_EVENT_BUS",
-                reason,
-            })?;
+        let event_bus = parse_optional(
+            get("RELAY_EVENT_BUS"),
+            "RELAY_EVENT_BUS",
+            crate::destination::eventbridge::Bus::parse,
+        )?;
         let id_prefix = get("RELAY_ID_PREFIX").map(|p| p.trim().to_owned());
         let bucket_owner = get("RELAY_BUCKET_OWNER").map(|o| o.trim().to_owned());
         if let Some(owner) = &bucket_owner {
@@ -559,6 +549,18 @@ fn endpoint_needs_path_style(url: &str) -> bool {
             .map_or(host_port, |(host, _)| host)
     };
     host == "localhost" || host.ends_with(".localhost") || host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// `raw` (a variable that may be unset) parsed by `parse`; a value it
+/// refuses is an error naming `var`.
+pub(super) fn parse_optional<T>(
+    raw: Option<String>,
+    var: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    raw.map(|raw| parse(raw.trim()))
+        .transpose()
+        .map_err(|reason| ConfigError::Invalid { var, reason })
 }
 
 fn parse_bool(raw: Option<String>, var: &'static str) -> Result<bool, ConfigError> {

@@ -212,29 +212,7 @@ mod sim;
 mod tests {
     use super::*;
 
-    /// A sliding-window quota as the lab's emulator enforces it.
-    struct Quota {
-        allowed: usize,
-        window: Duration,
-        accepted: VecDeque<Instant>,
-    }
-
-    impl Quota {
-        fn admit(&mut self, now: Instant) -> bool {
-            while self
-                .accepted
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= self.window)
-            {
-                self.accepted.pop_front();
-            }
-            if self.accepted.len() >= self.allowed {
-                return false;
-            }
-            self.accepted.push_back(now);
-            true
-        }
-    }
+    use super::sim::Quota;
 
     /// Sends `items` through a pacer against `quota` in paused time, with
     /// answers coming back at once; returns (seconds taken, throttles).
@@ -263,15 +241,7 @@ mod tests {
         // once). One send at a time with instant answers is the pacer's worst
         // case (no other call is waiting when a slot frees); the lab's batch
         // benchmark, 16 items at a time, reaches 97 %.
-        let (seconds, throttles) = run(
-            500,
-            Quota {
-                allowed: 20,
-                window: Duration::from_secs(1),
-                accepted: VecDeque::new(),
-            },
-        )
-        .await;
+        let (seconds, throttles) = run(500, Quota::new(20, Duration::from_secs(1))).await;
         assert!(seconds < 24.0 / 0.93, "{seconds} s");
         assert!(throttles < 250, "{throttles} throttles for 500 items");
     }
@@ -282,15 +252,7 @@ mod tests {
         // minute; 600 items need 9 minutes at the full rate. The pacer waits
         // out the full window at the granted rate (1 a second) rather than
         // decaying, and keeps that rate when the window frees.
-        let (seconds, throttles) = run(
-            600,
-            Quota {
-                allowed: 60,
-                window: Duration::from_secs(60),
-                accepted: VecDeque::new(),
-            },
-        )
-        .await;
+        let (seconds, throttles) = run(600, Quota::new(60, Duration::from_secs(60))).await;
         assert!(seconds < 540.0 / 0.9, "{seconds} s");
         assert!(throttles < 1500, "{throttles} throttles for 600 items");
     }

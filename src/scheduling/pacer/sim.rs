@@ -14,18 +14,27 @@ use tokio::time::Instant;
 use super::Pacer;
 
 /// A sliding-window quota as the lab's emulator enforces it: at most
-/// `allowed` admitted in any 1 s; a throttled request does not count.
-struct Quota {
+/// `allowed` admitted in any `window`; a throttled request does not count.
+pub(super) struct Quota {
     allowed: usize,
+    window: Duration,
     accepted: VecDeque<Instant>,
 }
 
 impl Quota {
-    fn admit(&mut self, now: Instant) -> bool {
+    pub(super) fn new(allowed: usize, window: Duration) -> Self {
+        Self {
+            allowed,
+            window,
+            accepted: VecDeque::new(),
+        }
+    }
+
+    pub(super) fn admit(&mut self, now: Instant) -> bool {
         while self
             .accepted
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
         {
             self.accepted.pop_front();
         }
@@ -88,10 +97,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn run(sim: FanOut, seed: u64) -> Figures {
-    let quota = Arc::new(Mutex::new(Quota {
-        allowed: sim.quota,
-        accepted: VecDeque::new(),
-    }));
+    let quota = Arc::new(Mutex::new(Quota::new(sim.quota, Duration::from_secs(1))));
     let chunks = Arc::new(Mutex::new(sim.chunks));
     let counts = Arc::new(Mutex::new(Counts::default()));
     let started = Instant::now();
