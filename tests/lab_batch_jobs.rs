@@ -630,3 +630,65 @@ async fn cli_status(lab: &Batches, id: &str) -> (i32, Value) {
     });
     (output.status.code().unwrap_or(-1), value)
 }
+
+/// The destination is down when the job's results arrive (its bucket is
+/// missing): the check that collects them fails and keeps the batch in
+/// flight; once the bucket is back, the next check delivers the complete
+/// result, and Bedrock is not asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_down_when_results_arrive_is_retried_by_the_next_check() {
+    const FINAL: &str = "relay-final";
+    let lab = Batches::start_with(
+        1,
+        BatchKnobs::default(),
+        &[("RELAY_ALLOWED_DESTINATIONS", "s3://relay-final/*")],
+    )
+    .await;
+    lab.put_items("nightly/outage.jsonl", 110).await;
+    let id = "nightly-outage";
+    let mut detail = job("s3://relay-inputs/nightly/outage.jsonl");
+    detail["destination"] = json!("s3://relay-final/nightly/");
+    let submitted = lab.send_job(id, detail).await;
+    assert_eq!(answer(&submitted)["mode"], "batch-job", "{submitted:?}");
+    lab.wait_for_jobs().await;
+
+    let failed = lab.check().await;
+    let failed = answer(&failed);
+    assert!(
+        failed["checked"][0]["error"]
+            .as_str()
+            .is_some_and(|code| code.starts_with("Destination")),
+        "{failed}"
+    );
+    lab.lab.create_bucket(FINAL).await.expect("bucket back");
+    let collected = lab.check().await;
+    assert_eq!(
+        answer(&collected)["checked"][0]["collected"],
+        true,
+        "{collected:?}\n{}",
+        lab.logs()
+    );
+
+    let lines = lab
+        .lab
+        .object(FINAL, &format!("nightly/{id}.jsonl"))
+        .await
+        .expect("s3")
+        .unwrap_or_else(|| panic!("not delivered; logs:\n{}", lab.logs()));
+    let lines: Vec<Value> = lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("line"))
+        .collect();
+    assert_eq!(lines.len(), 110);
+    assert!(lines
+        .iter()
+        .enumerate()
+        .all(|(i, l)| l["index"] == i && l["status"] == "succeeded"));
+    assert_eq!(
+        lab.lab.bedrock.batch_jobs().jobs().len(),
+        1,
+        "one job, never resubmitted"
+    );
+    assert_eq!(lab.on_demand_calls(), 0);
+}

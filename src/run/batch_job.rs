@@ -553,3 +553,38 @@ async fn collect_claimed(
         Err(GuardError::Ledger(err) | GuardError::Run(err)) => Err(err),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The check schedule's input and Bedrock's state-change events wake the
+    /// batch-job mode; a job (even one with a `source` field) or an event of
+    /// another kind does not.
+    #[test]
+    fn only_the_check_and_bedrocks_job_events_are_batch_job_inputs() {
+        let check = Payload::Json(json!({"relay": "check-batch-jobs"}));
+        assert!(matches!(trigger(&check), Some(Trigger::Check)));
+        let change = Payload::Json(json!({
+            "source": "aws.bedrock", "detail-type": "Batch Inference Job State Change",
+            "account": "111111111111", "detail": {}}));
+        assert!(matches!(trigger(&change), Some(Trigger::StateChange(_))));
+        for other in [
+            json!({"relay": "something-else"}),
+            json!({"source": "aws.bedrock", "detail-type": "Model Invocation"}),
+            json!({"source": "com.example", "detail-type": "Batch Inference Job State Change"}),
+            json!({"prompt": "hi", "source": "aws.bedrock"}),
+        ] {
+            assert!(trigger(&Payload::Json(other.clone())).is_none(), "{other}");
+        }
+    }
+
+    /// A job id becomes a tag value Bedrock accepts: characters outside the
+    /// tag alphabet are replaced, and it is cut at 256.
+    #[test]
+    fn tag_values_keep_to_the_tag_alphabet_and_length() {
+        assert_eq!(tag_value("nightly/2026-12-01"), "nightly/2026-12-01");
+        assert_eq!(tag_value("a#b*c"), "a_b_c");
+        assert_eq!(tag_value(&"x".repeat(300)).len(), 256);
+    }
+}
