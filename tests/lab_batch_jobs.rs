@@ -692,3 +692,57 @@ async fn a_destination_down_when_results_arrive_is_retried_by_the_next_check() {
     );
     assert_eq!(lab.on_demand_calls(), 0);
 }
+
+/// To a queue destination, a batch-job batch sends each item's result once,
+/// whether Bedrock's job answered it or it ran on-demand afterwards (every
+/// 10th record failed in the job), and the manifest last, as an on-demand
+/// batch does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_destination_gets_every_item_once_from_the_job_and_on_demand() {
+    let knobs = BatchKnobs {
+        fail_every_nth: Some(10),
+        ..BatchKnobs::default()
+    };
+    let lab = Batches::start_with(
+        2,
+        knobs,
+        &[("RELAY_ALLOWED_DESTINATIONS", "*/222222222222/results")],
+    )
+    .await;
+    let services = Services::of(&lab.lab).await;
+    let results = services.create_queue("results").await.expect("queue");
+    lab.put_items("nightly/to-queue.jsonl", 110).await;
+    let id = "nightly-to-queue";
+    let mut detail = job("s3://relay-inputs/nightly/to-queue.jsonl");
+    detail["destination"] = json!(results.url);
+    let submitted = lab.send_job(id, detail).await;
+    assert_eq!(answer(&submitted)["mode"], "batch-job", "{submitted:?}");
+    lab.wait_for_jobs().await;
+    let checked = lab.check().await;
+    assert_eq!(
+        answer(&checked)["checked"][0]["collected"],
+        true,
+        "{checked:?}\n{}",
+        lab.logs()
+    );
+    lab.drain().await;
+
+    let bodies: Vec<Value> = services
+        .receive_all(&results.url)
+        .await
+        .expect("results")
+        .iter()
+        .map(|m| m.json().expect("JSON"))
+        .collect();
+    let mut indexes: Vec<u64> = bodies.iter().filter_map(|b| b["index"].as_u64()).collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..110).collect::<Vec<u64>>(), "each item once");
+    assert!(bodies
+        .iter()
+        .filter(|b| b["index"].is_u64())
+        .all(|b| b["status"] == "succeeded"));
+    let manifests: Vec<&Value> = bodies.iter().filter(|b| b["mode"] == "batch-job").collect();
+    assert_eq!(manifests.len(), 1, "{bodies:?}");
+    assert_eq!(manifests[0]["succeeded"], 110);
+    assert_eq!(lab.on_demand_calls(), 11, "only the records the job failed");
+}
