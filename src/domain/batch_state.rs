@@ -30,6 +30,11 @@ pub struct SubmittedBatch {
     pub reason: String,
     /// Whether records Bedrock did not answer run on-demand afterwards.
     pub retry_on_demand: bool,
+    /// When the sender's `complete_within` runs out (epoch ms, from the
+    /// submission); after it, what Bedrock did not answer is not run
+    /// on-demand any more but failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_by_ms: Option<u64>,
     /// `timeoutDurationInHours` of every part.
     pub timeout_hours: u32,
     /// When the first part was submitted (RFC 3339).
@@ -96,6 +101,12 @@ impl JobPart {
 }
 
 impl SubmittedBatch {
+    /// Whether what Bedrock did not answer runs on-demand at `now_ms`: the
+    /// job asks for it and its `complete_within` has not run out.
+    pub fn runs_rest_on_demand(&self, now_ms: u64) -> bool {
+        self.retry_on_demand && self.complete_by_ms.is_none_or(|by| now_ms < by)
+    }
+
     /// Whether every part's job has ended.
     pub fn has_ended(&self) -> bool {
         self.parts.iter().all(JobPart::has_ended)
@@ -127,6 +138,38 @@ mod tests {
             message: None,
             counts: None,
         }
+    }
+
+    /// What Bedrock did not answer runs on-demand only when the job asks for
+    /// it and its `complete_within` has not run out.
+    #[test]
+    fn the_rest_runs_on_demand_only_within_complete_within() {
+        let batch = SubmittedBatch {
+            version: STATE_VERSION,
+            job_id: "b".into(),
+            target: "default".into(),
+            account: "111111111111".into(),
+            model: "m".into(),
+            reason: "auto".into(),
+            retry_on_demand: true,
+            complete_by_ms: Some(1_000),
+            timeout_hours: 24,
+            submitted_at: "2026-12-01T00:00:00Z".into(),
+            parts: vec![],
+            collected: false,
+        };
+        assert!(batch.runs_rest_on_demand(999));
+        assert!(!batch.runs_rest_on_demand(1_000));
+        let unbounded = SubmittedBatch {
+            complete_by_ms: None,
+            ..batch.clone()
+        };
+        assert!(unbounded.runs_rest_on_demand(u64::MAX));
+        let refused = SubmittedBatch {
+            retry_on_demand: false,
+            ..batch
+        };
+        assert!(!refused.runs_rest_on_demand(0));
     }
 
     /// A part has ended only once Bedrock accepted it and its job reached a

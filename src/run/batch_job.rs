@@ -256,6 +256,10 @@ async fn stage(
         model: plan.resolved.model.clone(),
         reason: choice.reason.clone(),
         retry_on_demand: plan.resolved.retry_on_demand,
+        complete_by_ms: plan.resolved.complete_within.map(|within| {
+            crate::domain::deadline::now_epoch_ms()
+                .saturating_add(u64::try_from(within.as_millis()).unwrap_or(u64::MAX))
+        }),
         timeout_hours: timeout_hours(plan.resolved.complete_within),
         submitted_at: crate::domain::record::now_rfc3339(),
         parts,

@@ -9,9 +9,9 @@
 //! keeping only its own records. A chunk whose every item settled is
 //! finished here. A record Bedrock did not answer (a per-record error, or
 //! none at all after an expired, stopped or failed job) runs on-demand when
-//! the job's `retry_on_demand` is true (the default): its chunk goes to the
-//! work queue and the chunk mode runs only what is left; otherwise it is a
-//! failed line. A collection cut short by the deadline is taken up by the
+//! the job's `retry_on_demand` is true (the default) and its
+//! `complete_within` has not run out: its chunk goes to the work queue and
+//! the chunk mode runs only what is left; otherwise it is a failed line. A collection cut short by the deadline is taken up by the
 //! next check: finished chunks are not read again.
 
 use std::collections::BTreeMap;
@@ -72,7 +72,9 @@ pub(super) async fn collect(
         .iter()
         .find(|t| t.alias == state.target)
         .map(|t| t.to_record());
+    let on_demand = state.runs_rest_on_demand(crate::domain::deadline::now_epoch_ms());
     let reader = Reader {
+        on_demand,
         services,
         side,
         state: &state,
@@ -122,6 +124,8 @@ pub(super) async fn collect(
 
 /// What reading a window needs.
 struct Reader<'a> {
+    /// Whether what Bedrock did not answer runs on-demand (else it fails).
+    on_demand: bool,
     services: &'a Services,
     side: &'a BatchSide,
     state: &'a SubmittedBatch,
@@ -181,7 +185,7 @@ impl Reader<'_> {
             for index in range.indexes().filter(|i| !done.contains_key(i)) {
                 match answers.remove(&index) {
                     Some(item) => fresh.push(item),
-                    None if self.state.retry_on_demand => {}
+                    None if self.on_demand => {}
                     None => fresh.push(self.unanswered(index)),
                 }
             }
@@ -264,10 +268,16 @@ impl Reader<'_> {
         let batch_id = self.state.job_id.as_str();
         match outcome {
             RecordOutcome::Answered(reply) => Some(match &self.served_by {
-                Some(target) => ItemRecord::succeeded(batch_id, index, target.clone(), &self.state.model, &reply),
+                Some(target) => ItemRecord::succeeded(
+                    batch_id,
+                    index,
+                    target.clone(),
+                    &self.state.model,
+                    &reply,
+                ),
                 None => return None,
             }),
-            RecordOutcome::Failed(_) if self.state.retry_on_demand => None,
+            RecordOutcome::Failed(_) if self.on_demand => None,
             RecordOutcome::Failed(error) => Some(ItemRecord::failed(
                 batch_id,
                 index,
@@ -276,14 +286,24 @@ impl Reader<'_> {
                 ErrorRecord {
                     kind: "BatchRecordFailed".into(),
                     message: format!(
-                        "Bedrock's batch job {} answered this record with error {}: {}; retry_on_demand is false, so it was not run on-demand",
+                        "Bedrock's batch job {} answered this record with error {}: {}; {}",
                         part.arn.as_deref().unwrap_or(&part.name),
                         error.code,
-                        error.message
+                        error.message,
+                        self.not_run_because()
                     ),
                     retryable: false,
                 },
             )),
+        }
+    }
+
+    /// Why a record Bedrock did not answer is not run on-demand.
+    fn not_run_because(&self) -> &'static str {
+        if self.state.retry_on_demand {
+            "the batch's complete_within ran out before the jobs ended, so it was not run on-demand"
+        } else {
+            "retry_on_demand is false, so it was not run on-demand"
         }
     }
 
@@ -315,7 +335,7 @@ impl Reader<'_> {
             Some(&self.state.model),
             ErrorRecord {
                 kind: "BatchRecordUnanswered".into(),
-                message: format!("{why}; retry_on_demand is false, so it was not run on-demand"),
+                message: format!("{why}; {}", self.not_run_because()),
                 retryable: false,
             },
         )

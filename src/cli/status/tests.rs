@@ -383,6 +383,7 @@ fn submitted(statuses: [&str; 2], collected: bool) -> SubmittedBatch {
         model: "m".into(),
         reason: REASON.into(),
         retry_on_demand: true,
+        complete_by_ms: None,
         timeout_hours: 48,
         submitted_at: PLANNED_AT.into(),
         parts: vec![part(0, 0, 20, statuses[0]), part(1, 20, 10, statuses[1])],
