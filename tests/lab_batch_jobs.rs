@@ -746,3 +746,29 @@ async fn a_queue_destination_gets_every_item_once_from_the_job_and_on_demand() {
     assert_eq!(manifests[0]["succeeded"], 110);
     assert_eq!(lab.on_demand_calls(), 11, "only the records the job failed");
 }
+
+/// A batch under the batch-job minimum (40 items, 100 needed) that could
+/// wait still runs on-demand under `auto`, at once, and its answer says which
+/// mode ran and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_under_the_minimum_runs_on_demand_and_says_why() {
+    let lab = Batches::start(1, BatchKnobs::default()).await;
+    lab.put_items("nightly/small.jsonl", 40).await;
+    let outcome = lab
+        .send_job(
+            "nightly-small",
+            job("s3://relay-inputs/nightly/small.jsonl"),
+        )
+        .await;
+    let answer = answer(&outcome);
+    assert_eq!(answer["status"], "succeeded", "{answer}");
+    assert_eq!(answer["mode"], "on-demand");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("40 items") && r.contains("RELAY_BATCH_JOB_MIN_RECORDS")),
+        "{answer}"
+    );
+    assert!(lab.lab.bedrock.batch_jobs().jobs().is_empty());
+    assert_eq!(lab.on_demand_calls(), 40);
+}

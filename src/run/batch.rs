@@ -238,6 +238,8 @@ async fn run_claimed(
         "already_done": tally.already_done,
         "record": written,
         "model": plan.resolved.model,
+        "mode": "on-demand",
+        "reason": plan.mode_reason,
     }))
 }
 

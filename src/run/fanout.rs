@@ -22,7 +22,7 @@ use super::plan::Plan;
 use super::Services;
 use crate::config::FanOut;
 use crate::documents;
-use crate::domain::batch_job::{choose, ModeChoice, RunMode, Workload};
+use crate::domain::batch_job::{ModeChoice, RunMode};
 use crate::domain::chunks::{ChunkRange, ItemsObject, LineCutter, ModeRecord};
 use crate::domain::deadline::Deadline;
 use crate::error::RelayError;
@@ -40,8 +40,9 @@ pub(crate) async fn run(
     // Inline items are counted now: a batch of one chunk that runs
     // on-demand runs here.
     if let Some(count) = plan.job.items.as_ref().map(Vec::len) {
-        match choose_mode(services, &plan, count) {
+        match plan.choose_mode(services, count) {
             Ok(choice) if choice.mode == RunMode::OnDemand && count <= fan_out.chunk_items => {
+                plan.mode_reason = Some(choice.reason);
                 return batch::run(services, plan, request_id, deadline).await;
             }
             Ok(_) => {}
@@ -68,11 +69,8 @@ pub(crate) async fn run(
     let cut = cut(services, &store, &mut plan, fan_out.chunk_items)
         .await
         .and_then(|cut| {
-            let choice = choose_mode(
-                services,
-                &plan,
-                cut.as_ref().map_or(0, |(items, _)| items.total),
-            )?;
+            let choice =
+                plan.choose_mode(services, cut.as_ref().map_or(0, |(items, _)| items.total))?;
             Ok((cut, choice))
         });
     let (cut, choice) = match cut {
@@ -85,7 +83,10 @@ pub(crate) async fn run(
         Some((items, chunks)) if chunks.len() > 1 || choice.mode == RunMode::BatchJob => {
             (items, chunks)
         }
-        _ => return batch::run(services, plan, request_id, deadline).await,
+        _ => {
+            plan.mode_reason = Some(choice.reason);
+            return batch::run(services, plan, request_id, deadline).await;
+        }
     };
     let ledger = store.ledger();
     let planning = WorkStore::planning_id(&job_id);
@@ -109,28 +110,6 @@ pub(crate) async fn run(
         .await;
     // Nothing in planning writes a record of its own: every failure gets one.
     outcome::settle(services, &plan, result, |_| true).await
-}
-
-/// How a batch of `items` runs: the job's `mode` (else `RELAY_DEFAULT_MODE`)
-/// against what is configured for its targets.
-fn choose_mode(
-    services: &Services,
-    plan: &Plan<'_>,
-    items: usize,
-) -> Result<ModeChoice, RelayError> {
-    let config = services.config();
-    let requested = plan.resolved.mode.unwrap_or(config.batch_jobs.default_mode);
-    let mut settings = config.batch_jobs.settings(&plan.pool);
-    settings.configured &= plan
-        .pool
-        .first()
-        .is_some_and(|target| services.batch_side(&target.alias).is_some());
-    let work = Workload {
-        items,
-        complete_within: plan.resolved.complete_within,
-        converse: plan.resolved.invoke.is_none(),
-    };
-    Ok(choose(requested, &work, &settings)?)
 }
 
 /// What planning found: the items object, its chunks and the mode.

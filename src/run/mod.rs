@@ -193,7 +193,12 @@ pub(crate) async fn run_event(
                 let err = crate::domain::batch_job::ModeError::NotConfigured.into();
                 outcome::fail(services, plan.record, &plan.delivery, err, &Arc::default()).await
             }
-            Mode::Batch => batch::run(services, plan, request_id, &deadline).await,
+            Mode::Batch => {
+                let mut plan = plan;
+                let count = plan.job.items.as_ref().map_or(0, Vec::len);
+                plan.mode_reason = plan.choose_mode(services, count).ok().map(|c| c.reason);
+                batch::run(services, plan, request_id, &deadline).await
+            }
             Mode::FanOut(fan_out) => {
                 Box::pin(fanout::run(services, plan, fan_out, request_id, &deadline)).await
             }

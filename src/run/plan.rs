@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::destination::DestinationSpec;
+use crate::domain::batch_job::{choose, ModeChoice, Workload};
 use crate::domain::chunks::{BatchPlan, ChunkRange, ItemsObject, PLAN_VERSION};
 use crate::domain::input::{Envelope, Input, Payload, Shape};
 use crate::domain::job::{is_template, sanitize_id, Job, ResolvedJob};
@@ -74,6 +75,8 @@ pub(crate) struct Plan<'s> {
     pub delivery: Delivery,
     /// The job's record so far (id, shape, event, model, metadata).
     pub record: Record,
+    /// Why a batch runs on-demand, once the mode is chosen (for its answer).
+    pub mode_reason: Option<String>,
 }
 
 /// An event that cannot be planned: the record to fail and where to write it.
@@ -180,10 +183,33 @@ pub(crate) fn plan<'s>(
         scope,
         delivery,
         record,
+        mode_reason: None,
     })
 }
 
 impl Plan<'_> {
+    /// How this batch of `items` runs: the job's `mode` (else
+    /// `RELAY_DEFAULT_MODE`) against what is configured for its targets.
+    pub(crate) fn choose_mode(
+        &self,
+        services: &Services,
+        items: usize,
+    ) -> Result<ModeChoice, RelayError> {
+        let config = services.config();
+        let requested = self.resolved.mode.unwrap_or(config.batch_jobs.default_mode);
+        let mut settings = config.batch_jobs.settings(&self.pool);
+        settings.configured &= self
+            .pool
+            .first()
+            .is_some_and(|target| services.batch_side(&target.alias).is_some());
+        let work = Workload {
+            items,
+            complete_within: self.resolved.complete_within,
+            converse: self.resolved.invoke.is_none(),
+        };
+        Ok(choose(requested, &work, &settings)?)
+    }
+
     /// The plan a fanned-out batch's chunks run by: this job without its
     /// items, its id and model settled.
     pub(crate) fn freeze(
@@ -254,6 +280,7 @@ pub(crate) fn thaw<'s>(
         scope: Scope::event(frozen.event.clone()),
         delivery,
         record,
+        mode_reason: None,
     })
 }
 
