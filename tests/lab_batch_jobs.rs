@@ -772,3 +772,60 @@ async fn a_batch_under_the_minimum_runs_on_demand_and_says_why() {
     assert!(lab.lab.bedrock.batch_jobs().jobs().is_empty());
     assert_eq!(lab.on_demand_calls(), 40);
 }
+
+/// A batch whose records would make an input file over the size limit
+/// (`RELAY_BATCH_JOB_MAX_FILE_BYTES`, 1 GB at Bedrock; 8 KiB here) is split
+/// into more jobs than the records limit alone needs, each file under the
+/// limit, and the results are still complete and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_over_the_file_size_limit_are_split_into_more_jobs() {
+    let lab = Batches::start_with(
+        1,
+        BatchKnobs::default(),
+        &[("RELAY_BATCH_JOB_MAX_FILE_BYTES", "8192")],
+    )
+    .await;
+    lab.put_items("nightly/sized.jsonl", 150).await;
+    let id = "nightly-sized";
+    let submitted = lab
+        .send_job(id, job("s3://relay-inputs/nightly/sized.jsonl"))
+        .await;
+    let jobs = answer(&submitted)["jobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(jobs.len() >= 3, "{submitted:?}");
+    let records: u64 = jobs.iter().filter_map(|j| j["records"].as_u64()).sum();
+    assert_eq!(records, 150, "the parts cover every item once: {jobs:?}");
+    let admin_a = lab.lab.admin_of(ACCOUNT_A).await.expect("admin");
+    let s3 = lab::s3_client(lab.lab.moto.endpoint(), &admin_a);
+    for part in 0..jobs.len() {
+        let key = format!("relay/input/{id}/part-{part:06}.jsonl");
+        let head = s3
+            .head_object()
+            .bucket(STAGING)
+            .key(&key)
+            .send()
+            .await
+            .expect("staged");
+        assert!(
+            head.content_length().unwrap_or(0) <= 8192,
+            "{key}: {head:?}"
+        );
+    }
+
+    lab.wait_for_jobs().await;
+    let checked = lab.check().await;
+    assert_eq!(
+        answer(&checked)["checked"][0]["collected"],
+        true,
+        "{checked:?}\n{}",
+        lab.logs()
+    );
+    let lines = lab.lab.batch_lines(id).await.expect("s3").expect("result");
+    assert_eq!(lines.len(), 150);
+    assert!(lines
+        .iter()
+        .enumerate()
+        .all(|(i, l)| l["index"] == i && l["status"] == "succeeded"));
+}

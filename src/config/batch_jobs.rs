@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use super::{parse_number, parse_optional, ConfigError, MAX_ITEMS_CEILING};
 use crate::destination::S3Location;
 use crate::domain::batch_job::{
-    BatchJobSettings, JobMode, DEFAULT_MAX_RECORDS, DEFAULT_MIN_RECORDS,
+    BatchJobSettings, JobMode, DEFAULT_MAX_RECORDS, DEFAULT_MIN_RECORDS, MAX_INPUT_FILE_BYTES,
 };
 use crate::domain::target::{RoleArn, Target};
 
@@ -41,6 +41,10 @@ pub struct BatchJobs {
     /// Jobs submitted or in progress at once per account
     /// (`RELAY_BATCH_MAX_ACTIVE_JOBS`); more wait their turn.
     pub max_active_jobs: usize,
+    /// The largest input file a job takes (`RELAY_BATCH_JOB_MAX_FILE_BYTES`,
+    /// Bedrock's per-model quota, 1 GB by default); a part that would be
+    /// larger is split into more jobs.
+    pub max_file_bytes: u64,
 }
 
 impl BatchJobs {
@@ -147,7 +151,14 @@ pub(super) fn batch_jobs(
         1..=1000,
         DEFAULT_MAX_ACTIVE_JOBS,
     )?;
+    let max_file_bytes = parse_number(
+        get("RELAY_BATCH_JOB_MAX_FILE_BYTES"),
+        "RELAY_BATCH_JOB_MAX_FILE_BYTES",
+        1024..=MAX_INPUT_FILE_BYTES * 100,
+        MAX_INPUT_FILE_BYTES,
+    )?;
     Ok(BatchJobs {
+        max_file_bytes,
         default_mode,
         staging,
         roles,
