@@ -15,6 +15,7 @@
 mod assemble;
 mod batch;
 mod batch_job;
+mod batch_stage;
 mod chunk;
 mod chunk_save;
 mod collect;
