@@ -221,7 +221,6 @@ fn target_batch_roles(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use super::super::Config;
     use super::*;
@@ -232,24 +231,18 @@ mod tests {
         "arn:aws:iam::111111111111:role/BedrockBatch",
     );
 
+    /// The required settings, a work queue and store (batch jobs need
+    /// them), and `pairs`.
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let mut map: HashMap<String, String> = [
-            ("AWS_REGION", "eu-west-1"),
-            ("RELAY_ROLE_ARN", "arn:aws:iam::111111111111:role/RoleA"),
-            ("RELAY_DESTINATION", "s3://results-bucket/relay/"),
+        let mut all = vec![
             (
                 "RELAY_WORK_QUEUE",
                 "https://sqs.eu-west-1.amazonaws.com/222222222222/relay-work",
             ),
             ("RELAY_WORK_STORE", "s3://results-bucket/_work/"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        for (k, v) in pairs {
-            map.insert(k.to_string(), v.to_string());
-        }
-        move |name| map.get(name).cloned()
+        ];
+        all.extend_from_slice(pairs);
+        super::super::tests::env(&all)
     }
 
     fn config(pairs: &[(&str, &str)]) -> Config {

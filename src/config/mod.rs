@@ -604,7 +604,8 @@ mod tests {
 
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    /// A lookup with the required settings and `pairs` (which win).
+    pub(super) fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let mut map: HashMap<String, String> = [
             ("AWS_LAMBDA_FUNCTION_NAME", "relay-fn"),
             ("AWS_REGION", "eu-west-1"),
