@@ -73,20 +73,13 @@ impl Batches {
             env.retain(|(k, _)| k != key);
             env.push((key.to_owned(), value.to_owned()));
         }
-        let mut runtimes = Vec::new();
-        let mut functions = Vec::new();
-        for _ in 0..instances {
-            let runtime = RuntimeApi::start().await.expect("runtime api");
-            functions.push(
-                FunctionProcess::spawn(
-                    Path::new(env!("CARGO_BIN_EXE_bedrock-relay")),
-                    &runtime,
-                    &env,
-                )
-                .expect("function"),
-            );
-            runtimes.push(runtime);
-        }
+        let (runtimes, functions) = FunctionProcess::spawn_many(
+            Path::new(env!("CARGO_BIN_EXE_bedrock-relay")),
+            instances,
+            &env,
+        )
+        .await
+        .expect("functions");
         Self {
             lab,
             sqs,

@@ -15,7 +15,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{json, Value};
 
 use crate::esm::{self, Mapping};
-use crate::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
+use crate::runtime_api::{FunctionProcess, Outcome};
 use crate::services::{sdk_config, Services};
 use crate::{Lab, LabError, ACCOUNT_B, BUCKET, PREFIX};
 
@@ -126,13 +126,7 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
         env.retain(|(k, _)| k != key);
         env.push((key.to_owned(), value.to_owned()));
     }
-    let mut runtimes = Vec::new();
-    let mut functions = Vec::new();
-    for _ in 0..4 {
-        let runtime = RuntimeApi::start().await?;
-        functions.push(FunctionProcess::spawn(function, &runtime, &env)?);
-        runtimes.push(runtime);
-    }
+    let (runtimes, functions) = FunctionProcess::spawn_many(function, 4, &env).await?;
     let timeout = Duration::from_secs(120);
     let invoke = |event: Value| {
         let runtime = &runtimes[0];

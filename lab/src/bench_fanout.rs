@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::bench::{cpu_ticks, peak_rss_kb};
 use crate::esm::{self, Mapping};
-use crate::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
+use crate::runtime_api::{FunctionProcess, Outcome};
 use crate::services::{sdk_config, Services};
 use crate::{Lab, LabError, BUCKET, PREFIX};
 
@@ -234,13 +234,8 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
     ] {
         env.push((name.to_owned(), value));
     }
-    let mut runtimes = Vec::with_capacity(load.instances);
-    let mut functions = Vec::with_capacity(load.instances);
-    for _ in 0..load.instances.max(1) {
-        let runtime = RuntimeApi::start().await?;
-        functions.push(FunctionProcess::spawn(function, &runtime, &env)?);
-        runtimes.push(runtime);
-    }
+    let (runtimes, functions) =
+        FunctionProcess::spawn_many(function, load.instances.max(1), &env).await?;
     let pids: Vec<u32> = functions
         .iter()
         .map(|f| f.pid().ok_or_else(|| LabError::Function("no pid".into())))

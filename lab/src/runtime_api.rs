@@ -319,6 +319,24 @@ impl FunctionProcess {
         Self::spawn_command(Command::new(binary), runtime, env)
     }
 
+    /// `instances` processes of `binary`, each with its own Runtime API, as
+    /// Lambda runs several instances of one function: the Runtime APIs (to
+    /// invoke them, or hand to the event source mapping) and the processes.
+    pub async fn spawn_many(
+        binary: &Path,
+        instances: usize,
+        env: &[(String, String)],
+    ) -> Result<(Vec<RuntimeApi>, Vec<FunctionProcess>), LabError> {
+        let mut runtimes = Vec::with_capacity(instances);
+        let mut functions = Vec::with_capacity(instances);
+        for _ in 0..instances {
+            let runtime = RuntimeApi::start().await?;
+            functions.push(Self::spawn(binary, &runtime, env)?);
+            runtimes.push(runtime);
+        }
+        Ok((runtimes, functions))
+    }
+
     /// [`FunctionProcess::spawn`] for any command (an interpreter and its
     /// runtime client, say).
     pub fn spawn_command(
