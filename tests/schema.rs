@@ -112,6 +112,9 @@ fn example_events_agree_with_the_schemas() {
             .unwrap_or_default();
         let text = std::fs::read_to_string(&path).expect("read an event file");
         let event: Value = serde_json::from_str(&text).expect("events/*.json is JSON");
+        if event.get("relay").is_some() {
+            continue; // the batch-job check schedule's input, not a job
+        }
         let is_envelope = ["detail-type", "source", "detail"]
             .iter()
             .all(|k| event.get(*k).is_some());

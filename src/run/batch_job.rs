@@ -440,6 +440,27 @@ mod tests {
         }
     }
 
+    /// The sample inputs in `events/` are what the function takes them for:
+    /// the check schedule's input, Bedrock's state-change event (whose detail
+    /// parses and names its account in the ARN), and a nightly batch that is
+    /// a job, not a batch-job input.
+    #[test]
+    fn the_sample_events_are_recognised() {
+        let read = |text: &str| Payload::Json(serde_json::from_str(text).expect("JSON"));
+        let check = read(include_str!("../../events/batch-job-check.json"));
+        assert!(matches!(trigger(&check), Some(Trigger::Check)));
+        let change = read(include_str!("../../events/batch-job-state-change.json"));
+        let Some(Trigger::StateChange(event)) = trigger(&change) else {
+            panic!("not a state change");
+        };
+        let detail: JobStateChange =
+            serde_json::from_value(event["detail"].clone()).expect("detail");
+        assert_eq!(detail.arn_account(), Some("111111111111"));
+        assert_eq!(event["account"], "111111111111");
+        let nightly = read(include_str!("../../events/nightly-batch-job-event.json"));
+        assert!(trigger(&nightly).is_none());
+    }
+
     /// A job id becomes a tag value Bedrock accepts: characters outside the
     /// tag alphabet are replaced, and it is cut at 256.
     #[test]
