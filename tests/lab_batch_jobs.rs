@@ -134,6 +134,19 @@ impl Batches {
         }
     }
 
+    /// Waits until every job ended, then sends one check, which must
+    /// collect the (only) batch in flight.
+    async fn collect(&self) {
+        self.wait_for_jobs().await;
+        let checked = self.check().await;
+        assert_eq!(
+            answer(&checked)["checked"][0]["collected"],
+            true,
+            "{checked:?}\n{}",
+            self.logs()
+        );
+    }
+
     /// Runs the work queue through the instances until it stays empty.
     async fn drain(&self) -> esm::Report {
         let mapping = Mapping {
@@ -230,14 +243,7 @@ async fn a_batch_that_can_wait_runs_as_one_batch_job_and_is_delivered_in_order()
     assert_eq!(jobs[0].model_invocation_type, "Converse");
     assert!(jobs[0].job_arn.contains(ACCOUNT_A), "created in account A");
 
-    lab.wait_for_jobs().await;
-    let checked = lab.check().await;
-    assert_eq!(
-        answer(&checked)["checked"][0]["collected"],
-        true,
-        "{checked:?}\n{}",
-        lab.logs()
-    );
+    lab.collect().await;
 
     let lines = lab
         .lab
@@ -394,14 +400,7 @@ async fn an_expired_job_keeps_its_answers_and_fails_the_rest_when_asked_not_to_r
     detail["retry_on_demand"] = json!(false);
     let submitted = lab.send_job(id, detail).await;
     assert_eq!(answer(&submitted)["mode"], "batch-job", "{submitted:?}");
-    lab.wait_for_jobs().await;
-    let checked = lab.check().await;
-    assert_eq!(
-        answer(&checked)["checked"][0]["collected"],
-        true,
-        "{checked:?}\n{}",
-        lab.logs()
-    );
+    lab.collect().await;
 
     let lines = lab
         .lab
@@ -710,14 +709,7 @@ async fn a_queue_destination_gets_every_item_once_from_the_job_and_on_demand() {
     detail["destination"] = json!(results.url);
     let submitted = lab.send_job(id, detail).await;
     assert_eq!(answer(&submitted)["mode"], "batch-job", "{submitted:?}");
-    lab.wait_for_jobs().await;
-    let checked = lab.check().await;
-    assert_eq!(
-        answer(&checked)["checked"][0]["collected"],
-        true,
-        "{checked:?}\n{}",
-        lab.logs()
-    );
+    lab.collect().await;
     lab.drain().await;
 
     let bodies: Vec<Value> = services
@@ -807,14 +799,7 @@ async fn records_over_the_file_size_limit_are_split_into_more_jobs() {
         );
     }
 
-    lab.wait_for_jobs().await;
-    let checked = lab.check().await;
-    assert_eq!(
-        answer(&checked)["checked"][0]["collected"],
-        true,
-        "{checked:?}\n{}",
-        lab.logs()
-    );
+    lab.collect().await;
     let lines = lab.lab.batch_lines(id).await.expect("s3").expect("result");
     assert_eq!(lines.len(), 150);
     assert!(lines
