@@ -663,15 +663,10 @@ async fn a_destination_down_when_results_arrive_is_retried_by_the_next_check() {
 
     let lines = lab
         .lab
-        .object(FINAL, &format!("nightly/{id}.jsonl"))
+        .lines_in(FINAL, &format!("nightly/{id}.jsonl"))
         .await
         .expect("s3")
         .unwrap_or_else(|| panic!("not delivered; logs:\n{}", lab.logs()));
-    let lines: Vec<Value> = lines
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).expect("line"))
-        .collect();
     assert_eq!(lines.len(), 110);
     assert!(lines
         .iter()

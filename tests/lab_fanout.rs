@@ -637,15 +637,10 @@ async fn a_destination_outage_during_assembly_is_retried_to_a_complete_result() 
     let (report, ()) = tokio::join!(bench.drain(1), restore);
     let lines = bench
         .lab
-        .object(FINAL, &format!("nightly/{id}.jsonl"))
+        .lines_in(FINAL, &format!("nightly/{id}.jsonl"))
         .await
         .expect("s3")
         .unwrap_or_else(|| panic!("not assembled: {report:?}; logs:\n{}", bench.logs()));
-    let lines: Vec<Value> = lines
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).expect("line"))
-        .collect();
     assert_eq!(lines.len(), 25);
     assert!(lines
         .iter()

@@ -238,7 +238,12 @@ impl Lab {
 
     /// A JSON Lines object in the results bucket, parsed, if written.
     pub async fn lines(&self, key: &str) -> Result<Option<Vec<Value>>, LabError> {
-        let Some(bytes) = self.object(BUCKET, key).await? else {
+        self.lines_in(BUCKET, key).await
+    }
+
+    /// A JSON Lines object in `bucket` (account B's), parsed, if written.
+    pub async fn lines_in(&self, bucket: &str, key: &str) -> Result<Option<Vec<Value>>, LabError> {
+        let Some(bytes) = self.object(bucket, key).await? else {
             return Ok(None);
         };
         bytes
