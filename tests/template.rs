@@ -47,6 +47,7 @@ fn dashboard_charts_the_metrics_the_function_emits() {
         error_type: Some("E".into()),
         usage: Some(bedrock_relay::Usage::default()),
         model_latency_ms: Some(1),
+        guardrail_intervened: true,
         attempts: 1,
         throttled: 0,
         is_item,

@@ -4,9 +4,12 @@
 //!
 //! The `modelInput` carries what [`Bedrock::converse_counted`] sends
 //! on-demand, in Converse's JSON wire shape: the same messages and blocks
-//! (`to_bedrock_messages`), the system blocks only when there are some, and
-//! `inferenceConfig` only when the job has `inference`. The model is the
-//! job's `modelId`, so it is not in the record.
+//! (`request.rs`), the system blocks only when there are some, the cache
+//! points where [`CachePoints`] puts them, `inferenceConfig` only when the
+//! job has `inference`, structured output (`outputConfig`) and
+//! `additionalModelRequestFields`. The model is the job's `modelId`, so it
+//! is not in the record. Guardrails and service tiers are on-demand only
+//! (`domain/batch_job.rs` keeps such batches off batch jobs).
 //!
 //! [`Bedrock::converse_counted`]: super::Bedrock::converse_counted
 
@@ -14,6 +17,7 @@ use serde_json::{json, Map, Value};
 use thiserror::Error;
 
 use crate::domain::batch_job::record_id;
+use crate::domain::features::{schema_name, CachePoints};
 use crate::domain::job::{decode_media, ContentBlock, Inference, MediaBlock, ResolvedJob, Role};
 
 /// A job that cannot be a Converse batch record.
@@ -36,14 +40,48 @@ pub(crate) fn record(job: &ResolvedJob, index: usize) -> Result<Value, BatchReco
     if job.invoke.is_some() {
         return Err(BatchRecordError::Invoke);
     }
+    let features = &job.features;
+    let points = features.cache_points(
+        job.system.len(),
+        job.messages.first().map_or(0, |m| m.content.len()),
+    );
+    let cache_point = |points: CachePoints| json!({"cachePoint": {"type": "default", "ttl": points.ttl.as_str()}});
     let mut input = Map::new();
-    input.insert("messages".into(), messages(job)?);
+    input.insert(
+        "messages".into(),
+        messages(
+            job,
+            points.and_then(|p| p.first_message_after.map(|at| (at, cache_point(p)))),
+        )?,
+    );
     if !job.system.is_empty() {
-        let system = job.system.iter().map(|text| json!({"text": text}));
-        input.insert("system".into(), system.collect());
+        let mut system: Vec<Value> = job
+            .system
+            .iter()
+            .map(|text| json!({"text": text}))
+            .collect();
+        if let Some(p) = points.filter(|p| p.after_system) {
+            system.push(cache_point(p));
+        }
+        input.insert("system".into(), Value::Array(system));
     }
     if let Some(inference) = &job.inference {
         input.insert("inferenceConfig".into(), inference_config(inference));
+    }
+    if let Some(schema) = &features.output_schema {
+        input.insert(
+            "outputConfig".into(),
+            json!({"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
+                "schema": schema.to_string(),
+                "name": schema_name(schema),
+            }}}}),
+        );
+    }
+    if let Some(fields) = &features.model_fields {
+        input.insert(
+            "additionalModelRequestFields".into(),
+            Value::Object(fields.clone()),
+        );
     }
     Ok(json!({"recordId": record_id(index), "modelInput": input}))
 }
@@ -53,15 +91,23 @@ pub(crate) fn line(record: &Value) -> String {
     record.to_string()
 }
 
-fn messages(job: &ResolvedJob) -> Result<Value, BatchRecordError> {
+/// The messages, with `cache_point` (its position in the first message and
+/// the block) inserted.
+fn messages(
+    job: &ResolvedJob,
+    cache_point: Option<(usize, Value)>,
+) -> Result<Value, BatchRecordError> {
     let mut messages = Vec::with_capacity(job.messages.len());
     for (i, message) in job.messages.iter().enumerate() {
-        let mut content = Vec::with_capacity(message.content.len());
+        let mut content = Vec::with_capacity(message.content.len() + 1);
         for (j, block) in message.content.iter().enumerate() {
             content.push(content_block(
                 block,
                 &format!("messages[{i}].content[{j}]"),
             )?);
+        }
+        if let (0, Some((at, point))) = (i, &cache_point) {
+            content.insert(*at, point.clone());
         }
         let role = match message.role {
             Role::User => "user",

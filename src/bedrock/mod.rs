@@ -10,6 +10,8 @@
 
 pub(crate) mod batch_records;
 pub(crate) mod jobs;
+mod reply;
+mod request;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,13 +22,6 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::SdkConfig;
 use aws_sdk_bedrockruntime::config::retry::{ClientRateLimiter, RetryPartition, TokenBucket};
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
-use aws_sdk_bedrockruntime::primitives::Blob;
-use aws_sdk_bedrockruntime::types::{
-    self as bedrock, ContentBlock as BedrockBlock, ConversationRole, DocumentBlock, DocumentFormat,
-    DocumentSource, ImageBlock, ImageFormat, ImageSource, InferenceConfiguration,
-    SystemContentBlock,
-};
 use aws_smithy_runtime_api::client::auth::AuthSchemeId;
 use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
 use aws_smithy_runtime_api::client::retries::classifiers::{
@@ -40,11 +35,15 @@ use crate::aws::errors::{Class, SdkFailure};
 use crate::credentials::{
     find_assume_role_error, AssumeRoleError, AssumeRoleProvider, REFRESH_BEFORE_EXPIRY,
 };
-use crate::domain::job::{decode_media, ContentBlock, MediaBlock, ResolvedJob, Role};
-pub use crate::domain::record::{ModelReply, Usage};
+use crate::domain::job::ResolvedJob;
+pub use crate::domain::record::ModelReply;
+#[cfg(test)]
+use crate::domain::record::Usage;
 use crate::domain::target::Target;
 use crate::observe::metrics::{AttemptCounter, CallStats};
 use crate::observe::xray::Recorder;
+#[cfg(test)]
+use reply::read_invoke_body;
 
 /// A Bedrock call that did not produce an answer, with which side to fix.
 #[derive(Debug, Error)]
@@ -94,6 +93,27 @@ pub enum BedrockError {
         /// What Bedrock said.
         message: String,
     },
+    /// Bedrock refused a model feature the job asked for.
+    #[error("Bedrock rejected {feature} for `{model}` ({message}); {fix}")]
+    FeatureRejected {
+        /// The model.
+        model: String,
+        /// The feature, e.g. ``service tier `flex` ``.
+        feature: String,
+        /// What Bedrock said.
+        message: String,
+        /// What to change.
+        fix: String,
+    },
+    /// The answer does not match the job's `output_schema`, after one
+    /// re-ask when the time left allowed it.
+    #[error("the answer of `{model}` does not match the job's output_schema {mismatch}; make the schema easier to meet or the prompt clearer, or use a model that supports structured output")]
+    OutputInvalid {
+        /// The model.
+        model: String,
+        /// Where the answer first fails the schema.
+        mismatch: crate::domain::features::OutputMismatch,
+    },
     /// The model or profile does not exist where it was asked for.
     #[error("`{model}` was not found in {region} ({message}); check the model ID, or use the inference profile ID for cross-region models")]
     NotFound {
@@ -132,7 +152,8 @@ impl BedrockError {
             Self::AccessDenied { .. } => "BedrockAccessDenied",
             Self::Throttled { .. } => "BedrockThrottled",
             Self::Unavailable { .. } => "BedrockUnavailable",
-            Self::Rejected { .. } => "BedrockRejected",
+            Self::Rejected { .. } | Self::FeatureRejected { .. } => "BedrockRejected",
+            Self::OutputInvalid { .. } => "OutputInvalid",
             Self::NotFound { .. } => "BedrockModelNotFound",
             Self::Deadline { .. } => "DeadlineExceeded",
             Self::Unreachable { .. } => "BedrockUnreachable",
@@ -147,7 +168,11 @@ impl BedrockError {
             | Self::Unavailable { .. }
             | Self::Deadline { .. }
             | Self::Unreachable { .. } => true,
-            Self::AccessDenied { .. } | Self::Rejected { .. } | Self::NotFound { .. } => false,
+            Self::AccessDenied { .. }
+            | Self::Rejected { .. }
+            | Self::FeatureRejected { .. }
+            | Self::OutputInvalid { .. }
+            | Self::NotFound { .. } => false,
         }
     }
 }
@@ -271,81 +296,50 @@ impl Bedrock {
         if attempts == Attempts::Paced {
             overrides = overrides.retry_classifier(ThrottlingHandedBack);
         }
-        if let Some(invoke) = &job.invoke {
-            if let Some(retry) = retry {
-                overrides = overrides.retry_config(retry);
-            }
-            let result = self
-                .client
-                .invoke_model()
-                .model_id(&job.model)
-                .body(Blob::new(
-                    serde_json::to_vec(&invoke.body).unwrap_or_default(),
-                ))
-                .content_type(invoke.content_type.as_deref().unwrap_or("application/json"))
-                .accept(invoke.accept.as_deref().unwrap_or("application/json"))
-                .customize()
-                .config_override(overrides)
-                .send()
-                .await;
-            let call_latency_ms = started.elapsed().as_millis();
-            return match result {
-                Ok(output) => {
-                    let bytes = output.body.into_inner();
-                    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
-                    });
-                    let (text, stop_reason, body_usage) = read_invoke_body(&body);
-                    // Bedrock's headers count tokens the same way for every model family.
-                    let reported = stats.reported();
-                    Ok(ModelReply {
-                        text,
-                        stop_reason,
-                        usage: reported.and_then(|r| r.usage()).or(body_usage),
-                        model_latency_ms: reported.and_then(|r| r.latency_ms),
-                        call_latency_ms,
-                        body: Some(body),
-                    })
-                }
-                Err(err) => Err(self.classify(&job.model, err, budget)),
-            };
-        }
         if let Some(retry) = retry {
             overrides = overrides.retry_config(retry);
         }
-        let result = self
-            .client
-            .converse()
-            .model_id(&job.model)
-            .set_messages(Some(to_bedrock_messages(job)))
-            .set_system(if job.system.is_empty() {
-                None
-            } else {
-                Some(
-                    job.system
-                        .iter()
-                        .cloned()
-                        .map(SystemContentBlock::Text)
-                        .collect(),
-                )
-            })
-            .set_inference_config(job.inference.as_ref().map(|i| {
-                InferenceConfiguration::builder()
-                    .set_max_tokens(i.max_tokens)
-                    .set_temperature(i.temperature)
-                    .set_top_p(i.top_p)
-                    .set_stop_sequences(i.stop_sequences.clone())
-                    .build()
-            }))
-            .customize()
-            .config_override(overrides)
-            .send()
-            .await;
-        let call_latency_ms = started.elapsed().as_millis();
-        match result {
-            Ok(output) => Ok(reply_from(output, call_latency_ms)),
-            Err(err) => Err(self.classify(&job.model, err, budget)),
-        }
+        let result = match &job.invoke {
+            Some(invoke) => request::invoke(&self.client, job, invoke)
+                .customize()
+                .config_override(overrides)
+                .send()
+                .await
+                .map(|output| {
+                    reply::invoke_reply(
+                        &output.body.into_inner(),
+                        stats.reported(),
+                        output.service_tier.map(|tier| tier.as_str().to_owned()),
+                        started.elapsed().as_millis(),
+                    )
+                })
+                .map_err(|err| self.classify(&job.model, err, budget)),
+            None => {
+                let trace = job
+                    .features
+                    .guardrail
+                    .as_ref()
+                    .filter(|(_, g)| g.trace.is_on())
+                    .map(|_| reply::GuardrailTraceReader::default());
+                if let Some(trace) = &trace {
+                    overrides = overrides.interceptor(trace.clone());
+                }
+                request::converse(&self.client, job)
+                    .customize()
+                    .config_override(overrides)
+                    .send()
+                    .await
+                    .map(|output| {
+                        reply::converse_reply(
+                            output,
+                            started.elapsed().as_millis(),
+                            trace.and_then(|t| t.take()),
+                        )
+                    })
+                    .map_err(|err| self.classify(&job.model, err, budget))
+            }
+        };
+        result.map_err(|err| explain_rejection(err, job))
     }
 
     fn classify<E>(
@@ -413,6 +407,48 @@ impl Bedrock {
     }
 }
 
+/// A request Bedrock refused because of a feature the job asked for: the
+/// feature named with what to change (Bedrock's own message kept).
+fn explain_rejection(err: BedrockError, job: &ResolvedJob) -> BedrockError {
+    let BedrockError::Rejected { model, message, .. } = &err else {
+        return err;
+    };
+    let said = message.to_ascii_lowercase();
+    let features = &job.features;
+    let (feature, fix) = if let Some(tier) = features.service_tier.filter(|_| said.contains("tier"))
+    {
+        (
+            format!("service tier `{tier}`"),
+            "the model does not offer this tier here: use `default` (or leave service_tier out), or a model that offers it".to_owned(),
+        )
+    } else if let Some((alias, guardrail)) = features
+        .guardrail
+        .as_ref()
+        .filter(|_| said.contains("guardrail"))
+    {
+        (
+            format!("guardrail `{alias}`"),
+            format!(
+                "guardrail `{}` version {} must exist in account A in this region (check RELAY_GUARDRAILS), and RoleA needs bedrock:ApplyGuardrail on it",
+                guardrail.identifier, guardrail.version
+            ),
+        )
+    } else if features.output_schema.is_some() && said.contains("schema") {
+        (
+            "output_schema".to_owned(),
+            "use only the JSON Schema keywords the model supports for structured output (Bedrock names what it refused), or a model that supports structured output".to_owned(),
+        )
+    } else {
+        return err;
+    };
+    BedrockError::FeatureRejected {
+        model: model.clone(),
+        feature,
+        message: message.clone(),
+        fix,
+    }
+}
+
 /// How many attempts a call gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempts {
@@ -471,176 +507,6 @@ fn retry_config(max_attempts: u32) -> RetryConfig {
         .with_max_attempts(max_attempts)
         .with_initial_backoff(Duration::from_millis(200))
         .with_max_backoff(Duration::from_secs(10))
-}
-
-fn to_bedrock_messages(job: &ResolvedJob) -> Vec<bedrock::Message> {
-    job.messages
-        .iter()
-        .filter_map(|message| {
-            bedrock::Message::builder()
-                .role(match message.role {
-                    Role::User => ConversationRole::User,
-                    Role::Assistant => ConversationRole::Assistant,
-                })
-                .set_content(Some(message.content.iter().map(to_bedrock_block).collect()))
-                .build()
-                .ok()
-        })
-        .collect()
-}
-
-fn to_bedrock_block(block: &ContentBlock) -> BedrockBlock {
-    match block {
-        ContentBlock::Text(text) => BedrockBlock::Text(text.clone()),
-        ContentBlock::Image(media) => ImageBlock::builder()
-            .format(ImageFormat::from(media.format.as_str()))
-            .source(ImageSource::Bytes(media_bytes(media)))
-            .build()
-            .map(BedrockBlock::Image)
-            .unwrap_or_else(|_| BedrockBlock::Text(String::new())),
-        ContentBlock::Document(media) => DocumentBlock::builder()
-            .format(DocumentFormat::from(media.format.as_str()))
-            .name(media.name.clone().unwrap_or_default())
-            .source(DocumentSource::Bytes(media_bytes(media)))
-            .build()
-            .map(BedrockBlock::Document)
-            .unwrap_or_else(|_| BedrockBlock::Text(String::new())),
-    }
-}
-
-/// Job validation already decoded these bytes once, so this cannot fail here.
-fn media_bytes(media: &MediaBlock) -> Blob {
-    Blob::new(decode_media(media).unwrap_or_default())
-}
-
-fn reply_from(output: ConverseOutput, call_latency_ms: u128) -> ModelReply {
-    let text = match &output.output {
-        Some(aws_sdk_bedrockruntime::types::ConverseOutput::Message(message)) => message
-            .content
-            .iter()
-            .filter_map(|block| block.as_text().ok().cloned())
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    };
-    let usage = output.usage.as_ref().map(|u| Usage {
-        input_tokens: u.input_tokens,
-        output_tokens: u.output_tokens,
-        total_tokens: u.total_tokens,
-    });
-    ModelReply {
-        text,
-        stop_reason: output.stop_reason.as_str().to_owned(),
-        usage,
-        model_latency_ms: output.metrics.as_ref().map(|m| m.latency_ms),
-        call_latency_ms,
-        body: None,
-    }
-}
-
-/// Where an InvokeModel answer with its text in one place keeps what
-/// [`read_invoke_body`] reads: JSON pointers to the text, the stop reason and
-/// the token counts (`None`: the family does not report it).
-struct OneTextShape {
-    text: &'static str,
-    stop: &'static str,
-    input: Option<&'static str>,
-    output: Option<&'static str>,
-}
-
-/// The families with one text, tried in order after Anthropic's blocks.
-const ONE_TEXT_SHAPES: &[OneTextShape] = &[
-    // Amazon Nova (messages-v1).
-    OneTextShape {
-        text: "/output/message/content/0/text",
-        stop: "/stopReason",
-        input: Some("/usage/inputTokens"),
-        output: Some("/usage/outputTokens"),
-    },
-    // Amazon Titan text.
-    OneTextShape {
-        text: "/results/0/outputText",
-        stop: "/results/0/completionReason",
-        input: Some("/inputTextTokenCount"),
-        output: Some("/results/0/tokenCount"),
-    },
-    // Meta Llama.
-    OneTextShape {
-        text: "/generation",
-        stop: "/stop_reason",
-        input: Some("/prompt_token_count"),
-        output: Some("/generation_token_count"),
-    },
-    // Mistral.
-    OneTextShape {
-        text: "/outputs/0/text",
-        stop: "/outputs/0/stop_reason",
-        input: None,
-        output: None,
-    },
-    // Cohere Command R.
-    OneTextShape {
-        text: "/text",
-        stop: "/finish_reason",
-        input: None,
-        output: None,
-    },
-];
-
-/// Reads text, stop reason and token usage out of an InvokeModel answer, for
-/// the families whose shapes are known (Anthropic messages, Amazon Nova and
-/// Titan, Meta Llama, Mistral, Cohere); anything else keeps only the body.
-pub fn read_invoke_body(body: &serde_json::Value) -> (String, String, Option<Usage>) {
-    let text_at = |pointer: &str| {
-        body.pointer(pointer)
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-    };
-    let int_at = |pointer: &str| {
-        body.pointer(pointer)
-            .and_then(serde_json::Value::as_i64)
-            .map(|n| n as i32)
-    };
-    let usage = |input: Option<i32>, output: Option<i32>| match (input, output) {
-        (None, None) => None,
-        (input, output) => {
-            let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
-            Some(Usage {
-                input_tokens: input,
-                output_tokens: output,
-                total_tokens: input + output,
-            })
-        }
-    };
-    if let Some(blocks) = body.get("content").and_then(serde_json::Value::as_array) {
-        // Anthropic messages API.
-        let text = blocks
-            .iter()
-            .filter_map(|b| b.get("text").and_then(serde_json::Value::as_str))
-            .collect();
-        let stop = text_at("/stop_reason").unwrap_or_default();
-        return (
-            text,
-            stop,
-            usage(
-                int_at("/usage/input_tokens"),
-                int_at("/usage/output_tokens"),
-            ),
-        );
-    }
-    for shape in ONE_TEXT_SHAPES {
-        if let Some(text) = text_at(shape.text) {
-            let stop = text_at(shape.stop).unwrap_or_default();
-            let count = |pointer: Option<&str>| pointer.and_then(&int_at);
-            return (text, stop, usage(count(shape.input), count(shape.output)));
-        }
-    }
-    // Embeddings and the rest: usage when an input count is reported.
-    (
-        String::new(),
-        String::new(),
-        usage(int_at("/inputTextTokenCount"), None),
-    )
 }
 
 #[cfg(test)]
@@ -707,8 +573,10 @@ pub(crate) mod tests {
         ConverseOperationOutput::builder()
             .output(Output::Message(
                 Message::builder()
-                    .role(ConversationRole::Assistant)
-                    .content(BedrockBlock::Text(text.into()))
+                    .role(aws_sdk_bedrockruntime::types::ConversationRole::Assistant)
+                    .content(aws_sdk_bedrockruntime::types::ContentBlock::Text(
+                        text.into(),
+                    ))
                     .build()
                     .expect("message"),
             ))
@@ -761,14 +629,7 @@ pub(crate) mod tests {
             "usage": {"input_tokens": 7, "output_tokens": 2}});
         let (text, stop, usage) = read_invoke_body(&anthropic);
         assert_eq!((text.as_str(), stop.as_str()), ("hi", "end_turn"));
-        assert_eq!(
-            usage,
-            Some(Usage {
-                input_tokens: 7,
-                output_tokens: 2,
-                total_tokens: 9
-            })
-        );
+        assert_eq!(usage, Some(Usage::new(7, 2, 9)));
         let llama = serde_json::json!({"generation": "yo", "stop_reason": "stop", "prompt_token_count": 4, "generation_token_count": 1});
         assert_eq!(read_invoke_body(&llama).2.map(|u| u.total_tokens), Some(5));
         let embedding = serde_json::json!({"embedding": [0.1, 0.2], "inputTextTokenCount": 3});
@@ -836,11 +697,7 @@ pub(crate) mod tests {
             .expect("reply");
         assert_eq!(
             reply.usage,
-            Some(Usage {
-                input_tokens: 41,
-                output_tokens: 9,
-                total_tokens: 50
-            }),
+            Some(Usage::new(41, 9, 50)),
             "a body without usage is counted from the headers"
         );
         assert_eq!(reply.model_latency_ms, Some(812));
@@ -871,14 +728,7 @@ pub(crate) mod tests {
                 .await
                 .expect("reply");
             assert_eq!(reply.text, "hello");
-            assert_eq!(
-                reply.usage,
-                Some(Usage {
-                    input_tokens: 3,
-                    output_tokens: 1,
-                    total_tokens: 4
-                })
-            );
+            assert_eq!(reply.usage, Some(Usage::new(3, 1, 4)));
         }
         assert_eq!(converse.num_calls(), 3);
         assert_eq!(sts_rule.num_calls(), 1, "one AssumeRole for three calls");

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 mod batch_jobs;
 mod fan_out;
+mod features;
 mod targets;
 
 pub use batch_jobs::BatchJobs;
@@ -120,6 +121,9 @@ pub struct Config {
     pub event_bus: Option<crate::destination::eventbridge::Bus>,
     /// How batches may run as Bedrock batch inference jobs (`RELAY_DEFAULT_MODE`, `RELAY_BATCH_*`).
     pub batch_jobs: BatchJobs,
+    /// Model-feature defaults and guardrail aliases (`RELAY_DEFAULT_CACHE`,
+    /// `RELAY_DEFAULT_SERVICE_TIER`, `RELAY_GUARDRAILS`, `RELAY_DEFAULT_GUARDRAIL`).
+    pub features: crate::domain::features::FeatureDefaults,
 }
 
 impl Config {
@@ -350,6 +354,7 @@ impl Config {
             })?;
         }
 
+        let features = features::feature_defaults(&get)?;
         let default_job = match get("RELAY_DEFAULT_JOB") {
             None => None,
             Some(raw) => {
@@ -365,7 +370,13 @@ impl Config {
                     probe.id = None;
                 }
                 probe
-                    .resolve(default_model.as_deref(), "default")
+                    .resolve_with(
+                        &crate::domain::job::Defaults {
+                            model: default_model.as_deref(),
+                            features: &features,
+                        },
+                        "default",
+                    )
                     .map_err(ConfigError::DefaultJob)?;
                 Some(job)
             }
@@ -419,6 +430,7 @@ impl Config {
             fan_out,
             event_bus,
             batch_jobs,
+            features,
             bucket_owner,
             memory_mb: get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .and_then(|m| m.trim().parse::<u64>().ok())
@@ -440,6 +452,15 @@ impl Config {
 }
 
 impl Config {
+    /// What a job that does not say is given: the default model and the
+    /// model-feature defaults.
+    pub fn job_defaults(&self) -> crate::domain::job::Defaults<'_> {
+        crate::domain::job::Defaults {
+            model: self.default_model.as_deref(),
+            features: &self.features,
+        }
+    }
+
     /// The destination clients this configuration asks for: path-style S3
     /// when set, the spill location, the expected owner of the relay's
     /// buckets.

@@ -165,7 +165,7 @@ pub(crate) async fn send(
         if last_of_key.get(&(outgoing.job_id.as_str(), item_number(outgoing))) != Some(&position) {
             continue;
         }
-        if status_of(&outgoing.body) == Some("succeeded") {
+        if crate::domain::record::is_final_status(status_of(&outgoing.body)) {
             requests.push(put_request(prepared, &written_at).map_err(|e| delivery.unbuildable(e))?);
         } else {
             put_unless_succeeded(client, table, &delivery, prepared, &written_at).await?;
@@ -205,9 +205,12 @@ async fn put_unless_succeeded(
         .put_item()
         .table_name(&table.arn)
         .set_item(Some(item))
-        .condition_expression("attribute_not_exists(job_id) OR #status <> :succeeded")
+        .condition_expression(
+            "attribute_not_exists(job_id) OR NOT (#status IN (:succeeded, :blocked))",
+        )
         .expression_attribute_names("#status", "status")
         .expression_attribute_values(":succeeded", AttributeValue::S("succeeded".into()))
+        .expression_attribute_values(":blocked", AttributeValue::S("blocked".into()))
         .send()
         .await;
     match result {
@@ -408,7 +411,9 @@ mod tests {
         let failure = mock!(aws_sdk_dynamodb::Client::put_item)
             .match_requests(|req| {
                 req.condition_expression()
-                    == Some("attribute_not_exists(job_id) OR #status <> :succeeded")
+                    == Some(
+                        "attribute_not_exists(job_id) OR NOT (#status IN (:succeeded, :blocked))",
+                    )
                     && req
                         .item()
                         .is_some_and(|i| i["item"] == AttributeValue::N("0".into()))

@@ -228,7 +228,8 @@ impl Outgoing {
     /// five-minute window (which would discard the success).
     pub fn deduplication_id(&self) -> String {
         match self.body.get("status").and_then(Value::as_str) {
-            Some("succeeded") | None => self.key(),
+            None => self.key(),
+            status if crate::domain::record::is_final_status(status) => self.key(),
             Some(status) => {
                 let at = self
                     .body
@@ -739,11 +740,9 @@ mod tests {
         let item = |index: usize, text: String| {
             let mut record = ItemRecord::pending("big-batch", index);
             record.status = Status::Succeeded;
-            record.output = Some(crate::domain::record::OutputRecord {
-                text,
-                stop_reason: "end_turn".into(),
-                body: None,
-            });
+            record.output = Some(crate::domain::record::OutputRecord::of(
+                &crate::domain::record::ModelReply::text(text, "end_turn"),
+            ));
             record
         };
         let lines = ItemLines {

@@ -9,7 +9,7 @@ use aws_smithy_runtime_api::http::Response as HttpResponse;
 use super::DestinationError;
 use crate::aws::errors::{Class, SdkFailure};
 pub use crate::aws::uri::S3Location;
-use crate::domain::record::{Record, Status};
+use crate::domain::record::Record;
 
 /// The precondition of a conditional write.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +61,7 @@ impl S3Destination {
                 destination: uri.clone(),
                 message: format!("the record does not serialise: {err}"),
             })?;
-        if record.status == Status::Succeeded {
+        if crate::domain::record::is_final_status(Some(record.status.as_str())) {
             self.put_json(&key, body).await?;
             return Ok(uri);
         }
@@ -80,7 +80,7 @@ impl S3Destination {
             let stored_status = serde_json::from_slice::<serde_json::Value>(&stored)
                 .ok()
                 .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned));
-            if stored_status.as_deref() == Some("succeeded") {
+            if crate::domain::record::is_final_status(stored_status.as_deref()) {
                 tracing::info!(job_id = %record.job_id, "a success is already recorded; the failure is not written over it");
                 return Ok(uri);
             }
@@ -394,7 +394,7 @@ mod tests {
         )
         .owned_by(Some("222222222222".into()));
         let mut record = Record::started("req");
-        record.status = Status::Succeeded;
+        record.status = crate::domain::record::Status::Succeeded;
         s3.write(&record).await.expect("written");
         s3.put_if(
             "relay/_claims/x.json",

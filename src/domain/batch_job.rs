@@ -139,6 +139,9 @@ pub struct Workload {
     /// Whether items are Converse requests (`prompt` or `messages`); `invoke`
     /// jobs are not, and batch jobs here take only Converse records.
     pub converse: bool,
+    /// A feature the items ask for that only on-demand calls have (a
+    /// guardrail, a service tier), named as the job names it.
+    pub on_demand_feature: Option<&'static str>,
 }
 
 /// `batch-job` was asked for but cannot run; each says what to change.
@@ -150,6 +153,12 @@ pub enum ModeError {
     /// An `invoke` job.
     #[error("mode: `batch-job` sends Converse records, so it runs `prompt` and `messages` jobs; run an `invoke` job with mode `on-demand`")]
     NotConverse,
+    /// A feature batch jobs do not take.
+    #[error("mode: `batch-job` records take no `{feature}` (Bedrock applies guardrails and service tiers to on-demand calls), so this batch runs with mode `on-demand` or `auto`; or leave `{feature}` out")]
+    OnDemandFeature {
+        /// The job's field.
+        feature: &'static str,
+    },
     /// Fewer items than a job takes.
     #[error("mode: `batch-job` needs at least {min_records} items (RELAY_BATCH_JOB_MIN_RECORDS) and the batch has {items}; add items, or use mode `auto` or `on-demand`")]
     TooFewItems {
@@ -205,6 +214,9 @@ pub fn choose(
             Some(ModeError::NotConverse) => on_demand(
                 "auto: an `invoke` job runs on-demand (batch jobs here take Converse records)".into(),
             ),
+            Some(ModeError::OnDemandFeature { feature }) => on_demand(format!(
+                "auto: `{feature}` applies to on-demand calls only, so the batch runs on-demand"
+            )),
             Some(ModeError::TooSoon { given }) => on_demand(match work.complete_within {
                 None => "auto: no complete_within, so the batch runs now; give complete_within of at least PT24H to allow a batch job".into(),
                 Some(_) => format!("auto: complete_within of {given} is under the 24 hours a batch job may take"),
@@ -233,6 +245,8 @@ fn batch_obstacle(
     };
     if !work.converse {
         Some(ModeError::NotConverse)
+    } else if let Some(feature) = work.on_demand_feature {
+        Some(ModeError::OnDemandFeature { feature })
     } else if !settings.configured {
         Some(ModeError::NotConfigured)
     } else if let Some(given) = too_soon {
@@ -380,6 +394,7 @@ mod tests {
             items,
             complete_within: hours.map(|h| h * HOUR),
             converse: true,
+            on_demand_feature: None,
         }
     }
 

@@ -118,6 +118,10 @@ struct ConverseUsage {
     input_tokens: i32,
     output_tokens: i32,
     total_tokens: Option<i32>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<i32>,
+    #[serde(default)]
+    cache_write_input_tokens: Option<i32>,
 }
 
 #[derive(Deserialize)]
@@ -167,19 +171,19 @@ impl ConverseReply {
                     .collect::<String>()
             })
             .unwrap_or_default();
+        let stop_reason = self.stop_reason.unwrap_or_default();
         ModelReply {
-            text,
-            stop_reason: self.stop_reason.unwrap_or_default(),
             usage: self.usage.map(|u| Usage {
                 input_tokens: u.input_tokens,
                 output_tokens: u.output_tokens,
                 total_tokens: u
                     .total_tokens
                     .unwrap_or(u.input_tokens.saturating_add(u.output_tokens)),
+                cache_read_input_tokens: u.cache_read_input_tokens.unwrap_or(0),
+                cache_write_input_tokens: u.cache_write_input_tokens.unwrap_or(0),
             }),
             model_latency_ms: self.metrics.and_then(|m| m.latency_ms),
-            call_latency_ms: 0,
-            body: None,
+            ..ModelReply::text(text, stop_reason)
         }
     }
 }
@@ -384,14 +388,7 @@ mod tests {
         };
         assert_eq!(reply.text, "Hello there");
         assert_eq!(reply.stop_reason, "end_turn");
-        assert_eq!(
-            reply.usage,
-            Some(Usage {
-                input_tokens: 12,
-                output_tokens: 3,
-                total_tokens: 15
-            })
-        );
+        assert_eq!(reply.usage, Some(Usage::new(12, 3, 15)));
         assert_eq!(reply.model_latency_ms, Some(420));
         assert_eq!(reply.body, None);
     }

@@ -16,6 +16,9 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::domain::batch_job::{parse_complete_within, JobMode};
+use crate::domain::features::{
+    check_model_fields, check_output_schema, CacheTtl, FeatureDefaults, Features, ServiceTier,
+};
 use checks::{check_inference, check_messages};
 pub(crate) use checks::{check_job_id, json_kind, sanitize_id, without_values};
 pub use checks::{check_model_id, decode_media, is_template};
@@ -125,6 +128,38 @@ pub struct Job {
     /// Default true.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_on_demand: Option<bool>,
+    /// A JSON Schema (draft 2020-12, local `$ref`s only) the answer must
+    /// match: Converse jobs send it as structured output, and every answer
+    /// is parsed and validated (`output.json` in the record). Not rendered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("type" = "object"))]
+    pub output_schema: Option<Value>,
+    /// Prompt caching: `none`, `5m` or `1h` (the cache points' time to
+    /// live); defaults to `RELAY_DEFAULT_CACHE`. Converse only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheTtl>,
+    /// A guardrail alias from `RELAY_GUARDRAILS` (never an ID or ARN);
+    /// defaults to `RELAY_DEFAULT_GUARDRAIL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub guardrail: Option<String>,
+    /// `default`, `flex` or `priority`; defaults to
+    /// `RELAY_DEFAULT_SERVICE_TIER`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<ServiceTier>,
+    /// Converse `additionalModelRequestFields` (e.g. reasoning settings):
+    /// only the keys allowlisted for the model's family. Converse only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_fields: Option<Map<String, Value>>,
+}
+
+/// What a job that does not say is given.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults<'a> {
+    /// `RELAY_DEFAULT_MODEL`.
+    pub model: Option<&'a str>,
+    /// The model features' defaults and the guardrail aliases.
+    pub features: &'a FeatureDefaults,
 }
 
 /// A raw model request for InvokeModel: the body as the model family defines it.
@@ -270,6 +305,8 @@ pub struct ResolvedJob {
     pub complete_within: Option<Duration>,
     /// The job's `retry_on_demand` (default true).
     pub retry_on_demand: bool,
+    /// Structured output, caching, guardrail, tier and model fields, settled.
+    pub features: Features,
 }
 
 impl ResolvedJob {
@@ -318,14 +355,30 @@ impl Job {
         })
     }
 
-    /// Settles model and id and checks everything Bedrock would reject, so a bad
-    /// job fails before any STS or Bedrock call.
+    /// [`Job::resolve_with`] with only a default model (no feature defaults,
+    /// no guardrail aliases).
     pub fn resolve(
         &self,
         default_model: Option<&str>,
         fallback_id: &str,
     ) -> Result<ResolvedJob, JobError> {
-        let model = match (&self.model, default_model) {
+        self.resolve_with(
+            &Defaults {
+                model: default_model,
+                features: &FeatureDefaults::default(),
+            },
+            fallback_id,
+        )
+    }
+
+    /// Settles model, id and features and checks everything Bedrock would
+    /// reject, so a bad job fails before any STS or Bedrock call.
+    pub fn resolve_with(
+        &self,
+        defaults: &Defaults<'_>,
+        fallback_id: &str,
+    ) -> Result<ResolvedJob, JobError> {
+        let model = match (&self.model, defaults.model) {
             (Some(model), _) => {
                 check_model_id(model).map_err(|reason| JobError::field("model", reason))?;
                 model.clone()
@@ -455,6 +508,7 @@ impl Job {
         if let Some(inference) = &self.inference {
             check_inference(inference)?;
         }
+        let features = self.features(&model, defaults.features)?;
 
         Ok(ResolvedJob {
             id,
@@ -477,6 +531,66 @@ impl Job {
             mode: self.mode,
             complete_within,
             retry_on_demand: self.retry_on_demand.unwrap_or(true),
+            features,
+        })
+    }
+
+    /// The job's model features: its own choices checked, the rest from
+    /// `defaults`. A guardrail is named by an operator's alias only, and the
+    /// default one cannot be turned off by a job.
+    fn features(&self, model: &str, defaults: &FeatureDefaults) -> Result<Features, JobError> {
+        let converse = self.invoke.is_none();
+        if !converse {
+            for (field, present) in [
+                ("cache", self.cache.is_some_and(|c| c != CacheTtl::None)),
+                ("model_fields", self.model_fields.is_some()),
+            ] {
+                if present {
+                    return Err(JobError::field(
+                        field,
+                        "not used with `invoke`: put it in the model body as the model family expects",
+                    ));
+                }
+            }
+        }
+        if let Some(schema) = &self.output_schema {
+            check_output_schema(schema)
+                .map_err(|reason| JobError::field("output_schema", reason))?;
+        }
+        if let Some(fields) = &self.model_fields {
+            check_model_fields(model, fields)
+                .map_err(|reason| JobError::field("model_fields", reason))?;
+        }
+        let guardrail = match self.guardrail.as_ref().or(defaults.guardrail.as_ref()) {
+            None => None,
+            Some(alias) => match defaults.guardrails.get(alias) {
+                Some(guardrail) => Some((alias.clone(), guardrail.clone())),
+                None => {
+                    let known: Vec<&str> = defaults.guardrails.keys().map(String::as_str).collect();
+                    return Err(JobError::field(
+                        "guardrail",
+                        if known.is_empty() {
+                            "no guardrails are configured (RELAY_GUARDRAILS); leave `guardrail` out, or ask the operator to add one".to_owned()
+                        } else {
+                            format!(
+                                "not a guardrail alias of RELAY_GUARDRAILS (a job names a guardrail by its alias, never by ID or ARN); known: {}",
+                                known.join(", ")
+                            )
+                        },
+                    ));
+                }
+            },
+        };
+        Ok(Features {
+            output_schema: self.output_schema.clone(),
+            cache: match converse {
+                true => self.cache.unwrap_or(defaults.cache),
+                false => CacheTtl::None,
+            },
+            shared_blocks: 0,
+            guardrail,
+            service_tier: self.service_tier.or(defaults.service_tier),
+            model_fields: self.model_fields.clone(),
         })
     }
 }

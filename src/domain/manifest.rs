@@ -30,6 +30,12 @@ pub struct TargetUsage {
     pub input_tokens: u64,
     /// Generated tokens.
     pub output_tokens: u64,
+    /// Prompt tokens read from the prompt cache.
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+    /// Prompt tokens written to the prompt cache.
+    #[serde(default)]
+    pub cache_write_input_tokens: u64,
     /// Model calls (attempts) made.
     pub calls: u64,
     /// Calls Bedrock throttled.
@@ -45,6 +51,10 @@ pub struct Counts {
     pub succeeded: u64,
     /// Items that failed.
     pub failed: u64,
+    /// Items a guardrail answered instead of the model (neither succeeded
+    /// nor failed).
+    #[serde(default)]
+    pub blocked: u64,
     /// By target and model, sorted.
     pub by_target: Vec<TargetUsage>,
 }
@@ -57,14 +67,16 @@ impl Counts {
         for line in lines {
             let text = |pointer: &str| line.pointer(pointer).and_then(Value::as_str);
             let number = |pointer: &str| line.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
-            let succeeded = match text("/status") {
-                Some("succeeded") => true,
-                Some("failed") => false,
+            let (succeeded, blocked) = match text("/status") {
+                Some("succeeded") => (true, false),
+                Some("blocked") => (false, true),
+                Some("failed") => (false, false),
                 _ => continue,
             };
             counts.items += 1;
             counts.succeeded += u64::from(succeeded);
-            counts.failed += u64::from(!succeeded);
+            counts.blocked += u64::from(blocked);
+            counts.failed += u64::from(!succeeded && !blocked);
             let target = text("/target/alias").unwrap_or("none").to_owned();
             let model = text("/model").unwrap_or("none").to_owned();
             let usage = by_target
@@ -78,6 +90,8 @@ impl Counts {
             usage.succeeded += u64::from(succeeded);
             usage.input_tokens += number("/usage/input_tokens");
             usage.output_tokens += number("/usage/output_tokens");
+            usage.cache_read_input_tokens += number("/usage/cache_read_input_tokens");
+            usage.cache_write_input_tokens += number("/usage/cache_write_input_tokens");
             usage.calls += number("/calls");
             usage.throttles += number("/throttles");
         }
@@ -90,6 +104,7 @@ impl Counts {
         self.items += other.items;
         self.succeeded += other.succeeded;
         self.failed += other.failed;
+        self.blocked += other.blocked;
         for usage in &other.by_target {
             match self
                 .by_target
@@ -101,6 +116,8 @@ impl Counts {
                     mine.succeeded += usage.succeeded;
                     mine.input_tokens += usage.input_tokens;
                     mine.output_tokens += usage.output_tokens;
+                    mine.cache_read_input_tokens += usage.cache_read_input_tokens;
+                    mine.cache_write_input_tokens += usage.cache_write_input_tokens;
                     mine.calls += usage.calls;
                     mine.throttles += usage.throttles;
                 }

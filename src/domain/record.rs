@@ -17,6 +17,28 @@ pub enum Status {
     Failed,
     /// A batch item not run yet (the invocation ran out of time first).
     Pending,
+    /// The guardrail intervened: its answer is in `output` (a final
+    /// result, not an error and not retried).
+    Blocked,
+}
+
+impl Status {
+    /// The status as written in records and item lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Pending => "pending",
+            Self::Blocked => "blocked",
+        }
+    }
+}
+
+/// Whether a written status is final, whatever a retry would do: the model
+/// answered (`succeeded`) or the guardrail did (`blocked`). A final result is
+/// never written over, and never asked again.
+pub fn is_final_status(status: Option<&str>) -> bool {
+    matches!(status, Some("succeeded" | "blocked"))
 }
 
 /// The model's answer.
@@ -29,6 +51,30 @@ pub struct OutputRecord {
     /// The model's whole answer, parsed, for InvokeModel jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// The answer parsed as JSON, for a job with `output_schema` (it
+    /// matched the schema).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json: Option<Value>,
+    /// The service tier Bedrock says it served the call in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
+    /// The guardrail's assessment, when the guardrail's trace is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guardrail: Option<Value>,
+}
+
+impl OutputRecord {
+    /// The record of `reply`'s answer.
+    pub fn of(reply: &ModelReply) -> Self {
+        Self {
+            text: reply.text.clone(),
+            stop_reason: reply.stop_reason.clone(),
+            body: reply.body.clone(),
+            json: reply.json.clone(),
+            service_tier: reply.service_tier.clone(),
+            guardrail: reply.guardrail.clone(),
+        }
+    }
 }
 
 /// Timings in milliseconds.
@@ -111,14 +157,11 @@ impl Record {
         }
     }
 
-    /// Fills in a success from the model's reply.
+    /// Fills in the model's reply: a success, or `blocked` when the
+    /// guardrail intervened.
     pub fn succeed(mut self, reply: &ModelReply) -> Self {
-        self.status = Status::Succeeded;
-        self.output = Some(OutputRecord {
-            text: reply.text.clone(),
-            stop_reason: reply.stop_reason.clone(),
-            body: reply.body.clone(),
-        });
+        self.status = reply.status();
+        self.output = Some(OutputRecord::of(reply));
         self.usage = reply.usage;
         self.latency = Some(LatencyRecord {
             model_ms: reply.model_latency_ms,
@@ -198,7 +241,7 @@ impl ItemRecord {
         self
     }
 
-    /// An item the model answered.
+    /// An item the model answered (`blocked` when the guardrail intervened).
     pub fn succeeded(
         job_id: &str,
         index: usize,
@@ -207,14 +250,10 @@ impl ItemRecord {
         reply: &ModelReply,
     ) -> Self {
         Self {
-            status: Status::Succeeded,
+            status: reply.status(),
             target: Some(target),
             model: Some(model.to_owned()),
-            output: Some(OutputRecord {
-                text: reply.text.clone(),
-                stop_reason: reply.stop_reason.clone(),
-                body: reply.body.clone(),
-            }),
+            output: Some(OutputRecord::of(reply)),
             usage: reply.usage,
             latency: Some(LatencyRecord {
                 model_ms: reply.model_latency_ms,
@@ -254,13 +293,32 @@ pub fn now_rfc3339() -> String {
 /// Token counts as Bedrock reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens, not counting those read from or written to the cache.
     pub input_tokens: i32,
     /// Generated tokens.
     pub output_tokens: i32,
-    /// Their sum.
+    /// Their sum, cache reads and writes included.
     pub total_tokens: i32,
+    /// Prompt tokens read from the prompt cache (billed at a tenth).
+    pub cache_read_input_tokens: i32,
+    /// Prompt tokens written to the prompt cache (billed above input).
+    pub cache_write_input_tokens: i32,
 }
+
+impl Usage {
+    /// Counts without cache tokens.
+    pub fn new(input_tokens: i32, output_tokens: i32, total_tokens: i32) -> Self {
+        Self {
+            input_tokens,
+            output_tokens,
+            total_tokens,
+            ..Self::default()
+        }
+    }
+}
+
+/// Bedrock's stop reason when a guardrail intervened.
+pub const GUARDRAIL_INTERVENED: &str = "guardrail_intervened";
 
 /// What the model answered.
 #[derive(Debug, Clone, PartialEq)]
@@ -277,4 +335,41 @@ pub struct ModelReply {
     pub call_latency_ms: u128,
     /// The parsed response body, for InvokeModel jobs.
     pub body: Option<serde_json::Value>,
+    /// The answer parsed and validated against the job's `output_schema`.
+    pub json: Option<serde_json::Value>,
+    /// The tier Bedrock served the call in, when it says.
+    pub service_tier: Option<String>,
+    /// The guardrail's assessment, when its trace is on.
+    pub guardrail: Option<serde_json::Value>,
+}
+
+impl ModelReply {
+    /// A reply with only text and stop reason (the rest empty).
+    pub fn text(text: impl Into<String>, stop_reason: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            stop_reason: stop_reason.into(),
+            usage: None,
+            model_latency_ms: None,
+            call_latency_ms: 0,
+            body: None,
+            json: None,
+            service_tier: None,
+            guardrail: None,
+        }
+    }
+
+    /// Whether the guardrail intervened instead of the model answering.
+    pub fn is_blocked(&self) -> bool {
+        self.stop_reason == GUARDRAIL_INTERVENED
+    }
+
+    /// The status of the record or item the reply settles.
+    pub fn status(&self) -> Status {
+        if self.is_blocked() {
+            Status::Blocked
+        } else {
+            Status::Succeeded
+        }
+    }
 }

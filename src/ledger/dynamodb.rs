@@ -38,7 +38,7 @@ pub(crate) async fn settled(
         for item in output.items() {
             let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
             let succeeded = match text("status").map(String::as_str) {
-                Some("succeeded") => true,
+                Some("succeeded" | "blocked") => true,
                 Some("failed") => false,
                 _ => continue,
             };

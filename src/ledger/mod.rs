@@ -234,9 +234,9 @@ impl Ledger {
     }
 }
 
-/// Whether a record or item line says `succeeded`.
+/// Whether a record or item line is final: `succeeded` or `blocked`.
 fn is_succeeded(record: &Value) -> bool {
-    record.get("status").and_then(Value::as_str) == Some("succeeded")
+    crate::domain::record::is_final_status(record.get("status").and_then(Value::as_str))
 }
 
 /// Whether a record or item line is settled: succeeded, or failed with an

@@ -5,7 +5,8 @@
 //! Namespace `BedrockRelay` (`RELAY_METRICS_NAMESPACE`), dimensions `target`
 //! and `model` (and `target`, `model`, `error_type` for errors). Metrics:
 //! `Jobs`, `Errors`, `Throttles` (throttled attempts), `Retries` (attempts
-//! after the first), `InputTokens`, `OutputTokens`, `ModelLatency` (ms);
+//! after the first), `InputTokens`, `OutputTokens`, `CacheReadInputTokens`,
+//! `CacheWriteInputTokens`, `GuardrailInterventions`, `ModelLatency` (ms);
 //! `job_id` and `requestId` ride along as properties, not dimensions. Once
 //! per execution environment, `ColdStart` by `function_name`.
 //! Attempts are counted by [`AttemptCounter`], an SDK interceptor attached to
@@ -68,11 +69,7 @@ impl InvocationHeaders {
     /// Token counts, when Bedrock sent both.
     pub fn usage(&self) -> Option<Usage> {
         let (input, output) = (self.input_tokens?, self.output_tokens?);
-        Some(Usage {
-            input_tokens: input,
-            output_tokens: output,
-            total_tokens: input.saturating_add(output),
-        })
+        Some(Usage::new(input, output, input.saturating_add(output)))
     }
 }
 
@@ -144,6 +141,8 @@ pub struct JobMetrics {
     pub usage: Option<Usage>,
     /// Bedrock's latency, on success.
     pub model_latency_ms: Option<i64>,
+    /// Whether a guardrail answered instead of the model.
+    pub guardrail_intervened: bool,
     /// HTTP attempts to Bedrock.
     pub attempts: u32,
     /// Throttled attempts.
@@ -182,6 +181,20 @@ pub fn emf_document(namespace: &str, job: &JobMetrics, timestamp_ms: u128) -> Va
         metrics.push(json!({"Name": "OutputTokens", "Unit": "Count"}));
         fields.insert("InputTokens".into(), json!(usage.input_tokens));
         fields.insert("OutputTokens".into(), json!(usage.output_tokens));
+        metrics.push(json!({"Name": "CacheReadInputTokens", "Unit": "Count"}));
+        metrics.push(json!({"Name": "CacheWriteInputTokens", "Unit": "Count"}));
+        fields.insert(
+            "CacheReadInputTokens".into(),
+            json!(usage.cache_read_input_tokens),
+        );
+        fields.insert(
+            "CacheWriteInputTokens".into(),
+            json!(usage.cache_write_input_tokens),
+        );
+    }
+    if job.guardrail_intervened {
+        metrics.push(json!({"Name": "GuardrailInterventions", "Unit": "Count"}));
+        fields.insert("GuardrailInterventions".into(), json!(1));
     }
     if let Some(latency) = job.model_latency_ms {
         metrics.push(json!({"Name": "ModelLatency", "Unit": "Milliseconds"}));
@@ -281,11 +294,7 @@ mod tests {
         headers.insert("x-amzn-bedrock-output-token-count", "3");
         assert_eq!(
             InvocationHeaders::read(&headers).and_then(|r| r.usage()),
-            Some(Usage {
-                input_tokens: 12,
-                output_tokens: 3,
-                total_tokens: 15
-            })
+            Some(Usage::new(12, 3, 15))
         );
     }
 
@@ -309,11 +318,7 @@ mod tests {
             &JobMetrics {
                 target: "default".into(),
                 model: "amazon.nova-lite-v1:0".into(),
-                usage: Some(Usage {
-                    input_tokens: 15,
-                    output_tokens: 12,
-                    total_tokens: 27,
-                }),
+                usage: Some(Usage::new(15, 12, 27)),
                 model_latency_ms: Some(400),
                 attempts: 3,
                 throttled: 2,

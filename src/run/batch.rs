@@ -41,6 +41,8 @@ const MAX_ITEMS_FILE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Tally {
     succeeded: usize,
+    /// Answered by the guardrail instead of the model (settled, not failed).
+    blocked: usize,
     failed: usize,
     retryable: usize,
     pending: usize,
@@ -57,12 +59,14 @@ impl Tally {
         for line in done.values() {
             match line.get("status").and_then(Value::as_str) {
                 Some("succeeded") => tally.succeeded += 1,
+                Some("blocked") => tally.blocked += 1,
                 _ => tally.failed += 1,
             }
         }
         for item in fresh {
             match (&item.status, &item.error) {
                 (Status::Succeeded, _) => tally.succeeded += 1,
+                (Status::Blocked, _) => tally.blocked += 1,
                 (Status::Pending, _) => tally.pending += 1,
                 (Status::Failed, Some(error)) if error.retryable => tally.retryable += 1,
                 (Status::Failed, _) => tally.failed += 1,
@@ -234,6 +238,7 @@ async fn run_claimed(
         "status": if tally.failed == 0 { "succeeded" } else { "partial" },
         "items": items.len(),
         "succeeded": tally.succeeded,
+        "blocked": tally.blocked,
         "failed": tally.failed,
         "already_done": tally.already_done,
         "record": written,
@@ -430,6 +435,7 @@ mod tests {
             tally,
             Tally {
                 succeeded: 8,
+                blocked: 0,
                 failed: 2,
                 retryable: 1,
                 pending: 1,

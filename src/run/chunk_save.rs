@@ -31,7 +31,7 @@ pub(super) struct Chunk<'a> {
 /// Whether an item's result is final: succeeded, or failed for good.
 pub(super) fn is_settled(item: &ItemRecord) -> bool {
     match (&item.status, &item.error) {
-        (Status::Succeeded, _) => true,
+        (Status::Succeeded | Status::Blocked, _) => true,
         (Status::Failed, Some(error)) => !error.retryable,
         _ => false,
     }

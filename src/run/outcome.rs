@@ -112,6 +112,7 @@ impl Report {
                 error_type: error_type.map(str::to_owned),
                 usage: reply.and_then(|r| r.usage),
                 model_latency_ms: reply.and_then(|r| r.model_latency_ms),
+                guardrail_intervened: reply.is_some_and(ModelReply::is_blocked),
                 attempts: stats.attempts(),
                 throttled: stats.throttled(),
                 is_item: scope.is_item,

@@ -147,7 +147,7 @@ pub(crate) fn plan<'s>(
         }
     };
     let checked = job
-        .resolve(config.default_model.as_deref(), fallback_id)
+        .resolve_with(&config.job_defaults(), fallback_id)
         .map_err(RelayError::from)
         .and_then(|mut resolved| {
             scope_id(services, &scope, &mut resolved)?;
@@ -206,6 +206,11 @@ impl Plan<'_> {
             items,
             complete_within: self.resolved.complete_within,
             converse: self.resolved.invoke.is_none(),
+            on_demand_feature: match &self.resolved.features {
+                f if f.guardrail.is_some() => Some("guardrail"),
+                f if f.service_tier.is_some() => Some("service_tier"),
+                _ => None,
+            },
         };
         Ok(choose(requested, &work, &settings)?)
     }
@@ -254,7 +259,7 @@ pub(crate) fn thaw<'s>(
 ) -> Result<Plan<'s>, RelayError> {
     let config = services.config();
     let job = Job::from_value(frozen.job.clone())?;
-    let resolved = job.resolve(config.default_model.as_deref(), &frozen.job_id)?;
+    let resolved = job.resolve_with(&config.job_defaults(), &frozen.job_id)?;
     check_sources(config, &job)?;
     let destination = config.destination_for(Some(&frozen.destination))?;
     let delivery = Delivery::new(services, destination, &resolved.id, Some(&frozen.group));

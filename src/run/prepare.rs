@@ -4,7 +4,8 @@
 //! documents attached.
 
 use crate::documents::{self, Document};
-use crate::domain::job::{Job, JobError, ResolvedJob};
+use crate::domain::features::{static_prefix, CacheTtl};
+use crate::domain::job::{ContentBlock, Job, JobError, ResolvedJob};
 use crate::error::RelayError;
 use crate::template::Scope;
 
@@ -42,13 +43,51 @@ pub(crate) async fn prepare(
     if !documents.is_empty() {
         scope.documents = Some(documents.iter().map(Document::template_value).collect());
     }
+    // What every item renders the same, taken before rendering: the cacheable prefix.
+    let prefix = job
+        .prompt
+        .as_deref()
+        .and_then(static_prefix)
+        .map(str::to_owned);
     services.renderer().render_body(&mut job, &scope)?;
     // The mode is the batch's (settled when it was planned); one call has none.
     job.mode = None;
-    let mut resolved = job.resolve(services.config().default_model.as_deref(), job_id)?;
+    let mut resolved = job.resolve_with(&services.config().job_defaults(), job_id)?;
     resolved.id = job_id.to_owned();
+    let prefix_block = split_prefix(&mut resolved, prefix.as_deref());
     attach_documents(&mut resolved, documents)?;
+    if resolved.invoke.is_none() {
+        resolved.features.shared_blocks = documents.len() + usize::from(prefix_block);
+    }
     Ok(resolved)
+}
+
+/// With caching on, splits a rendered prompt into its template's static
+/// `prefix` and the rest, as two text blocks, so a cache point can follow the
+/// part every item shares. Whether it did.
+fn split_prefix(job: &mut ResolvedJob, prefix: Option<&str>) -> bool {
+    let (Some(prefix), CacheTtl::FiveMinutes | CacheTtl::OneHour) = (prefix, job.features.cache)
+    else {
+        return false;
+    };
+    let Some(first) = job.messages.first_mut() else {
+        return false;
+    };
+    let Some(ContentBlock::Text(text)) = first.content.first() else {
+        return false;
+    };
+    let Some(rest) = text.strip_prefix(prefix).filter(|rest| !rest.is_empty()) else {
+        return false;
+    };
+    let rest = rest.to_owned();
+    first.content.splice(
+        0..1,
+        [
+            ContentBlock::Text(prefix.to_owned()),
+            ContentBlock::Text(rest),
+        ],
+    );
+    true
 }
 
 /// Reads `uris` once they pass `RELAY_ALLOWED_SOURCES`, within the budget of

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::aws::retry::Backoff;
 use crate::bedrock::{Attempts, Bedrock, BedrockError};
 use crate::domain::deadline::Deadline;
+use crate::domain::features::{validate_answer, OutputMismatch};
 use crate::domain::job::ResolvedJob;
 use crate::domain::record::ModelReply;
 use crate::domain::target::Target;
@@ -52,6 +53,31 @@ pub(crate) struct ModelCaller {
     reserve: Duration,
 }
 
+/// What answers are timed by: the model and the service tier, since a
+/// `flex` answer may take much longer than a `default` one of the same model.
+fn latency_key(job: &ResolvedJob) -> String {
+    format!("{} {}", job.model, job.features.tier())
+}
+
+/// `reply` with its answer parsed, when it matches `schema`; a guardrail's
+/// answer is taken as it is (it is not the model's).
+fn with_json(
+    schema: &serde_json::Value,
+    mut reply: ModelReply,
+) -> Result<ModelReply, OutputMismatch> {
+    if !reply.is_blocked() {
+        reply.json = Some(validate_answer(schema, &reply.text)?);
+    }
+    Ok(reply)
+}
+
+fn output_invalid(job: &ResolvedJob, mismatch: OutputMismatch) -> BedrockError {
+    BedrockError::OutputInvalid {
+        model: job.model.clone(),
+        mismatch,
+    }
+}
+
 /// The target that served (or last failed) and the result.
 pub(crate) type Served<'t> = (&'t Target, Result<ModelReply, BedrockError>);
 
@@ -84,7 +110,47 @@ impl ModelCaller {
         stats: &Arc<CallStats>,
         pace: Pace,
     ) -> Served<'t> {
-        let needed = self.latency.expected(&job.model);
+        let (served_by, result) = self
+            .call_once_in_time(job, pool, deadline, stats, pace)
+            .await;
+        let Some(schema) = &job.features.output_schema else {
+            return (served_by, result);
+        };
+        let mismatch = match result.map(|reply| with_json(schema, reply)) {
+            Ok(Ok(reply)) => return (served_by, Ok(reply)),
+            Ok(Err(mismatch)) => mismatch,
+            Err(err) => return (served_by, Err(err)),
+        };
+        // One re-ask, when the time left can hold another answer: a model
+        // without constrained decoding may get it right the second time.
+        let again = self
+            .budget(deadline)
+            .is_some_and(|budget| budget >= self.latency.expected(&latency_key(job)));
+        if !again {
+            return (served_by, Err(output_invalid(job, mismatch)));
+        }
+        tracing::info!(path = %mismatch.path, "the answer does not match output_schema; asking once more");
+        let (served_by, result) = self
+            .call_once_in_time(job, pool, deadline, stats, pace)
+            .await;
+        let result = result.and_then(|reply| {
+            with_json(schema, reply).map_err(|mismatch| output_invalid(job, mismatch))
+        });
+        (served_by, result)
+    }
+
+    /// One answer for `job`, unless the time left cannot hold the model's
+    /// recent answers in the job's tier.
+    async fn call_once_in_time<'t>(
+        &self,
+        job: &ResolvedJob,
+        pool: &[&'t Target],
+        deadline: &Deadline,
+        stats: &Arc<CallStats>,
+        pace: Pace,
+    ) -> Served<'t> {
+        let key = latency_key(job);
+        let needed = self.latency.expected(&key);
         if self.budget(deadline).is_none_or(|budget| budget < needed) {
             tracing::warn!(
                 needed_ms = needed.as_millis() as u64,
@@ -104,7 +170,7 @@ impl ModelCaller {
                 .model_latency_ms
                 .and_then(|ms| u64::try_from(ms).ok())
                 .unwrap_or(reply.call_latency_ms as u64);
-            self.latency.record(&job.model, Duration::from_millis(took));
+            self.latency.record(&key, Duration::from_millis(took));
         }
         (served_by, result)
     }
