@@ -262,6 +262,44 @@ mod tests {
         assert_eq!(content[2], json!({"text": "Compare them"}));
     }
 
+    /// A batch record carries the same features as the on-demand call: the
+    /// cache points where `CachePoints` puts them, structured output and the
+    /// model fields.
+    #[test]
+    fn records_carry_cache_points_structured_output_and_model_fields() {
+        let mut job = resolved(json!({
+            "messages": [{"role": "user", "content": [{"text": "Classify: "}, {"text": "item 7"}]}],
+            "system": "You are a classifier.",
+            "cache": "5m",
+            "output_schema": {"type": "object", "properties": {"label": {"type": "string"}}},
+            "model_fields": {"inferenceConfig": {"topK": 20}}
+        }));
+        job.features.shared_blocks = 1;
+        let input = record_of(&job)["modelInput"].clone();
+        let point = json!({"cachePoint": {"type": "default", "ttl": "5m"}});
+        assert_eq!(
+            input["system"],
+            json!([{"text": "You are a classifier."}, point])
+        );
+        assert_eq!(
+            input["messages"][0]["content"],
+            json!([{"text": "Classify: "}, point, {"text": "item 7"}])
+        );
+        let format = &input["outputConfig"]["textFormat"];
+        assert_eq!(format["type"], json!("json_schema"));
+        let schema: Value = serde_json::from_str(
+            format["structure"]["jsonSchema"]["schema"]
+                .as_str()
+                .expect("schema text"),
+        )
+        .expect("JSON");
+        assert_eq!(schema["properties"]["label"]["type"], json!("string"));
+        assert_eq!(
+            input["additionalModelRequestFields"],
+            json!({"inferenceConfig": {"topK": 20}})
+        );
+    }
+
     /// An `invoke` job is refused, naming what batch jobs run.
     #[test]
     fn an_invoke_job_is_not_a_converse_record() {

@@ -210,3 +210,185 @@ pub(crate) fn to_document(value: &Value) -> Document {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use aws_sdk_bedrockruntime::config::{BehaviorVersion, Region};
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::features::{CacheTtl, FeatureDefaults, GuardrailTrace, ServiceTier};
+    use crate::domain::job::{Defaults, Job};
+
+    fn client() -> Client {
+        Client::from_conf(
+            aws_sdk_bedrockruntime::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .build(),
+        )
+    }
+
+    fn defaults() -> FeatureDefaults {
+        FeatureDefaults {
+            guardrails: BTreeMap::from([(
+                "pii".to_owned(),
+                Guardrail {
+                    identifier: "gr1abc".into(),
+                    version: "2".into(),
+                    trace: GuardrailTrace::Enabled,
+                },
+            )]),
+            ..FeatureDefaults::default()
+        }
+    }
+
+    fn resolved(job: Value) -> ResolvedJob {
+        let defaults = defaults();
+        Job::from_value(job)
+            .and_then(|job| {
+                job.resolve_with(
+                    &Defaults {
+                        model: Some("anthropic.claude-sonnet-4-5-20250929-v1:0"),
+                        features: &defaults,
+                    },
+                    "evt-1",
+                )
+            })
+            .expect("a valid job")
+    }
+
+    /// With `cache`, one cache point follows the system blocks and one the
+    /// shared leading blocks of the first message, both with the job's TTL.
+    #[test]
+    fn cache_points_follow_the_system_and_the_shared_blocks() {
+        let mut job = resolved(json!({
+            "messages": [{"role": "user", "content": [{"text": "Classify: "}, {"text": "the item"}]}],
+            "system": "You are a classifier.",
+            "cache": "1h"
+        }));
+        job.features.shared_blocks = 1;
+        let call = converse(&client(), &job);
+        let input = call.as_input();
+        let system = input.get_system().as_deref().unwrap_or_default();
+        assert_eq!(system.len(), 2);
+        let point = system[1].as_cache_point().expect("a cache point last");
+        assert_eq!(point.ttl(), Some(&bedrock::CacheTtl::OneHour));
+        let content = input.get_messages().as_deref().unwrap_or_default()[0].content();
+        assert_eq!(content.len(), 3);
+        assert!(content[0].is_text() && content[2].is_text());
+        assert!(content[1].is_cache_point(), "{content:?}");
+
+        let uncached = resolved(json!({"prompt": "hi", "system": "s"}));
+        let call = converse(&client(), &uncached);
+        assert_eq!(
+            call.as_input().get_system().as_deref().map(<[_]>::len),
+            Some(1)
+        );
+    }
+
+    /// Structured output, the guardrail, the tier and the model fields go
+    /// where Converse takes them.
+    #[test]
+    fn features_become_converse_fields() {
+        let schema = json!({"title": "triage", "type": "object", "properties": {"team": {"type": "string"}}});
+        let job = resolved(json!({
+            "prompt": "Route this ticket",
+            "output_schema": schema,
+            "guardrail": "pii",
+            "service_tier": "priority",
+            "model_fields": {"thinking": {"type": "enabled", "budget_tokens": 2048}}
+        }));
+        assert_eq!(job.features.service_tier, Some(ServiceTier::Priority));
+        assert_eq!(job.features.cache, CacheTtl::None);
+        let call = converse(&client(), &job);
+        let input = call.as_input();
+        let format = input
+            .get_output_config()
+            .as_ref()
+            .and_then(|c| c.text_format())
+            .expect("a text format");
+        assert_eq!(format.r#type(), &OutputFormatType::JsonSchema);
+        let definition = format
+            .structure()
+            .and_then(|s| s.as_json_schema().ok())
+            .expect("a JSON schema");
+        assert_eq!(definition.name(), Some("triage"));
+        assert_eq!(
+            serde_json::from_str::<Value>(definition.schema()).expect("JSON text"),
+            schema
+        );
+        let guardrail = input.get_guardrail_config().as_ref().expect("guardrail");
+        assert_eq!(
+            (
+                guardrail.guardrail_identifier(),
+                guardrail.guardrail_version()
+            ),
+            ("gr1abc", "2")
+        );
+        assert_eq!(guardrail.trace(), &bedrock::GuardrailTrace::Enabled);
+        assert_eq!(
+            input
+                .get_service_tier()
+                .as_ref()
+                .map(|t| t.r#type().as_str()),
+            Some("priority")
+        );
+        let fields = input
+            .get_additional_model_request_fields()
+            .as_ref()
+            .and_then(|d| d.as_object())
+            .expect("an object");
+        let thinking = fields["thinking"].as_object().expect("thinking");
+        assert_eq!(
+            thinking["budget_tokens"],
+            Document::Number(Number::PosInt(2048))
+        );
+    }
+
+    /// An InvokeModel job keeps its body and gets the guardrail and the tier
+    /// as Bedrock's headers' fields.
+    #[test]
+    fn invoke_jobs_carry_guardrail_and_tier_outside_the_body() {
+        let job = resolved(json!({
+            "invoke": {"body": {"inputText": "hello"}},
+            "guardrail": "pii",
+            "service_tier": "flex"
+        }));
+        let Some(body) = job.invoke.clone() else {
+            panic!("an invoke job")
+        };
+        let call = invoke(&client(), &job, &body);
+        let input = call.as_input();
+        assert_eq!(input.get_guardrail_identifier().as_deref(), Some("gr1abc"));
+        assert_eq!(input.get_guardrail_version().as_deref(), Some("2"));
+        assert_eq!(input.get_trace(), &Some(bedrock::Trace::Enabled));
+        assert_eq!(input.get_service_tier(), &Some(ServiceTierType::Flex));
+        let sent: Value = serde_json::from_slice(
+            input
+                .get_body()
+                .as_ref()
+                .map(Blob::as_ref)
+                .unwrap_or_default(),
+        )
+        .expect("JSON");
+        assert_eq!(sent, json!({"inputText": "hello"}));
+    }
+
+    #[test]
+    fn json_values_become_documents() {
+        let doc = to_document(&json!({"a": [1, -2, 0.5, true, null, "x"]}));
+        let items = doc
+            .as_object()
+            .and_then(|o| o["a"].as_array())
+            .expect("array");
+        assert_eq!(items[0], Document::Number(Number::PosInt(1)));
+        assert_eq!(items[1], Document::Number(Number::NegInt(-2)));
+        assert_eq!(items[2], Document::Number(Number::Float(0.5)));
+        assert_eq!(items[3], Document::Bool(true));
+        assert_eq!(items[4], Document::Null);
+        assert_eq!(items[5], Document::String("x".into()));
+    }
+}

@@ -808,6 +808,82 @@ mod tests {
         }
     }
 
+    /// The feature fields are settled from the job, else the operator's
+    /// defaults; a guardrail is an alias only, and InvokeModel jobs take no
+    /// cache or model fields.
+    #[test]
+    fn features_are_settled_from_the_job_then_the_defaults() {
+        use crate::domain::features::{CacheTtl, Guardrail, GuardrailTrace, ServiceTier};
+        let defaults = FeatureDefaults {
+            cache: CacheTtl::FiveMinutes,
+            service_tier: Some(ServiceTier::Flex),
+            guardrails: [(
+                "pii".to_owned(),
+                Guardrail {
+                    identifier: "gr1".into(),
+                    version: "DRAFT".into(),
+                    trace: GuardrailTrace::Disabled,
+                },
+            )]
+            .into(),
+            guardrail: Some("pii".into()),
+        };
+        let settle = |job: Value| {
+            Job::from_value(job).and_then(|job| {
+                job.resolve_with(
+                    &Defaults {
+                        model: Some("amazon.nova-lite-v1:0"),
+                        features: &defaults,
+                    },
+                    "evt-1",
+                )
+            })
+        };
+        let job = settle(json!({"prompt": "hi"})).expect("valid");
+        assert_eq!(job.features.cache, CacheTtl::FiveMinutes);
+        assert_eq!(job.features.service_tier, Some(ServiceTier::Flex));
+        assert_eq!(
+            job.features.guardrail.as_ref().map(|(a, _)| a.as_str()),
+            Some("pii")
+        );
+        let job = settle(json!({"prompt": "hi", "cache": "none", "service_tier": "default"}))
+            .expect("valid");
+        assert_eq!(job.features.cache, CacheTtl::None);
+        assert_eq!(job.features.service_tier, Some(ServiceTier::Default));
+        let invoke = settle(json!({"invoke": {"body": {}}})).expect("valid");
+        assert_eq!(
+            invoke.features.cache,
+            CacheTtl::None,
+            "the default cache is Converse's"
+        );
+
+        let msg = settle(json!({"prompt": "hi", "guardrail": "arn:aws:bedrock:us-east-1:111111111111:guardrail/gr1"}))
+            .expect_err("an ARN")
+            .to_string();
+        assert!(
+            msg.starts_with("guardrail: not a guardrail alias") && msg.contains("known: pii"),
+            "{msg}"
+        );
+        let msg = error(json!({"prompt": "hi", "guardrail": "pii"}));
+        assert!(msg.contains("no guardrails are configured"), "{msg}");
+        let msg = error(json!({"invoke": {"body": {}}, "cache": "5m"}));
+        assert!(msg.starts_with("cache: not used with `invoke`"), "{msg}");
+        let msg = error(json!({"prompt": "hi", "output_schema": {"type": 5}}));
+        assert!(
+            msg.starts_with("output_schema: not a valid JSON Schema"),
+            "{msg}"
+        );
+        let msg = error(json!({"prompt": "hi", "model_fields": {"top_k": 5}}));
+        assert!(msg.starts_with("model_fields:"), "{msg}");
+        let msg = error(json!({"prompt": "hi", "cache": "10m"}));
+        assert!(msg.starts_with("cache: unknown variant `10m`"), "{msg}");
+        let msg = error(json!({"prompt": "hi", "service_tier": "reserved"}));
+        assert!(
+            msg.starts_with("service_tier: unknown variant `reserved`"),
+            "{msg}"
+        );
+    }
+
     #[test]
     fn fallback_ids_are_made_key_safe() {
         assert_eq!(sanitize_id("a1b2-c3"), "a1b2-c3");

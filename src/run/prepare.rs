@@ -129,3 +129,38 @@ fn attach_documents(job: &mut ResolvedJob, documents: &[Document]) -> Result<(),
         .splice(0..0, documents.iter().map(Document::to_block));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn rendered(prompt: &str, cache: &str) -> ResolvedJob {
+        Job::from_value(json!({"prompt": prompt, "cache": cache}))
+            .and_then(|job| job.resolve(Some("amazon.nova-lite-v1:0"), "evt-1"))
+            .expect("valid")
+    }
+
+    /// With caching on, a rendered prompt that starts with its template's
+    /// static prefix becomes two blocks; otherwise it stays one.
+    #[test]
+    fn the_static_prefix_becomes_its_own_block_only_when_cached() {
+        let mut job = rendered("Classify this ticket: item 7", "5m");
+        assert!(split_prefix(&mut job, Some("Classify this ticket: ")));
+        assert_eq!(
+            job.messages[0].content,
+            vec![
+                ContentBlock::Text("Classify this ticket: ".into()),
+                ContentBlock::Text("item 7".into())
+            ]
+        );
+        let mut uncached = rendered("Classify this ticket: item 7", "none");
+        assert!(!split_prefix(&mut uncached, Some("Classify this ticket: ")));
+        assert_eq!(uncached.messages[0].content.len(), 1);
+        let mut changed = rendered("Something else", "5m");
+        assert!(!split_prefix(&mut changed, Some("Classify this ticket: ")));
+        let mut nothing_after = rendered("Classify this ticket: ", "1h");
+        assert!(!split_prefix(&mut nothing_after, Some("Classify this ticket: ")));
+    }
+}
