@@ -29,6 +29,7 @@ use crate::domain::batch_output::{OutputLine, RecordOutcome};
 use crate::domain::batch_state::{JobPart, SubmittedBatch};
 use crate::domain::chunks::BatchPlan;
 use crate::domain::deadline::Deadline;
+use crate::domain::features::validate_answer;
 use crate::domain::record::{ErrorRecord, ItemRecord};
 use crate::domain::target::TargetRecord;
 use crate::error::RelayError;
@@ -267,7 +268,36 @@ impl Reader<'_> {
     fn item(&self, part: &JobPart, index: usize, outcome: RecordOutcome) -> Option<ItemRecord> {
         let batch_id = self.state.job_id.as_str();
         match outcome {
-            RecordOutcome::Answered(reply) => Some(match &self.served_by {
+            RecordOutcome::Answered(mut reply) => Some(match &self.served_by {
+                Some(_)
+                    if reply.json.is_none()
+                        && !reply.is_blocked()
+                        && self.plan.job.output_schema.is_some() =>
+                {
+                    let schema = self.plan.job.output_schema.as_ref()?;
+                    match validate_answer(schema, &reply.text) {
+                        Ok(json) => {
+                            reply.json = Some(json);
+                            return self.item(part, index, RecordOutcome::Answered(reply));
+                        }
+                        // Asked again on-demand, where a second mismatch fails it.
+                        Err(_) if self.on_demand => return None,
+                        Err(mismatch) => ItemRecord::failed(
+                            batch_id,
+                            index,
+                            self.served_by.clone(),
+                            Some(&self.state.model),
+                            ErrorRecord {
+                                kind: "OutputInvalid".into(),
+                                message: format!(
+                                    "the answer batch job {} gave does not match the job's output_schema {mismatch}; make the schema easier to meet or the prompt clearer",
+                                    part.arn.as_deref().unwrap_or(&part.name),
+                                ),
+                                retryable: false,
+                            },
+                        ),
+                    }
+                }
                 Some(target) => ItemRecord::succeeded(
                     batch_id,
                     index,

@@ -161,6 +161,9 @@ mod tests {
         let mut changed = rendered("Something else", "5m");
         assert!(!split_prefix(&mut changed, Some("Classify this ticket: ")));
         let mut nothing_after = rendered("Classify this ticket: ", "1h");
-        assert!(!split_prefix(&mut nothing_after, Some("Classify this ticket: ")));
+        assert!(!split_prefix(
+            &mut nothing_after,
+            Some("Classify this ticket: ")
+        ));
     }
 }
