@@ -342,6 +342,41 @@ impl Bedrock {
         result.map_err(|err| explain_rejection(err, job))
     }
 
+    /// Runs `guardrail` once over a short harmless text with RoleA
+    /// (`ApplyGuardrail`, what `doctor` uses to show the guardrail is there
+    /// and RoleA may apply it): the action Bedrock took.
+    pub async fn apply_guardrail(
+        &self,
+        guardrail: &crate::domain::features::Guardrail,
+        budget: Duration,
+    ) -> Result<String, BedrockError> {
+        use aws_sdk_bedrockruntime::types::{
+            GuardrailContentBlock, GuardrailContentSource, GuardrailTextBlock,
+        };
+        let text = GuardrailTextBlock::builder()
+            .text("bedrock-relay doctor: is this guardrail reachable?")
+            .build()
+            .map_err(|err| BedrockError::Unreachable {
+                model: guardrail.identifier.clone(),
+                message: err.to_string(),
+            })?;
+        let timeout = TimeoutConfig::builder().operation_timeout(budget).build();
+        self.client
+            .apply_guardrail()
+            .guardrail_identifier(&guardrail.identifier)
+            .guardrail_version(&guardrail.version)
+            .source(GuardrailContentSource::Input)
+            .content(GuardrailContentBlock::Text(text))
+            .customize()
+            .config_override(
+                aws_sdk_bedrockruntime::config::Builder::default().timeout_config(timeout),
+            )
+            .send()
+            .await
+            .map(|output| output.action.as_str().to_owned())
+            .map_err(|err| self.classify(&guardrail.identifier, err, budget))
+    }
+
     fn classify<E>(
         &self,
         model: &str,

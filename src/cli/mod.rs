@@ -9,7 +9,8 @@
 //!   chain link by link and prints each with pass/fail and the fix: identity in
 //!   account B, AssumeRole into each target, identity in account A, a 1-token
 //!   Converse, with `RELAY_BATCH_STAGING` the batch-job links of each target
-//!   (`batch_doctor.rs`), a write to the destination.
+//!   (`batch_doctor.rs`), with `RELAY_GUARDRAILS` each guardrail applied once
+//!   by RoleA (`guardrail_doctor.rs`), a write to the destination.
 //! - `bedrock-relay schema [--event]` prints the job's JSON Schema (with
 //!   `--event`, that of a whole `Bedrock Relay Job` EventBridge event).
 //! - `bedrock-relay status JOB_ID [--watch] [--interval SECS] [--json]`
@@ -20,6 +21,7 @@
 //! Exit codes: 0 all good, 1 a job or check failed, 2 usage or configuration.
 
 mod batch_doctor;
+mod guardrail_doctor;
 mod status;
 mod trail;
 
@@ -307,6 +309,7 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
             Some(model_id) => model_check(&base, &sts, target, &config, &model_id).await,
         });
         checks.extend(batch_doctor::checks(&base, &sts, &config, target).await);
+        checks.extend(guardrail_doctor::checks(&base, &sts, &config, target).await);
     }
 
     let destinations = config.destinations(&base);
