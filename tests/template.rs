@@ -1708,3 +1708,57 @@ fn role_a_may_list_batch_jobs_for_the_doctor() {
         }
     }
 }
+
+/// RoleA may apply exactly the guardrails account A names (none by default),
+/// and the relay's model-feature settings reach the function.
+#[test]
+fn guardrails_are_applied_only_as_named_and_feature_settings_reach_the_function() {
+    let statements = |stack: &Stack| {
+        stack.eval(
+            &stack.template["Resources"]["TargetRole"]["Properties"]["Policies"][0]
+                ["PolicyDocument"]["Statement"],
+        )
+    };
+    let applies = |stack: &Stack| {
+        statements(stack)
+            .as_array()
+            .expect("statements")
+            .iter()
+            .filter(|s| {
+                strings(&s["Action"])
+                    .iter()
+                    .any(|a| a == "bedrock:ApplyGuardrail")
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        applies(&account_a(&[])).is_empty(),
+        "no guardrail named: none applied"
+    );
+    let named = account_a(&[("GuardrailIds", "gr1abc,gr2def")]);
+    let granted = applies(&named);
+    assert_eq!(granted.len(), 1);
+    assert_eq!(
+        strings(&granted[0]["Resource"]),
+        vec![
+            "arn:aws:bedrock:*:*:guardrail/gr1abc".to_owned(),
+            "arn:aws:bedrock:*:*:guardrail/gr2def".to_owned()
+        ]
+    );
+
+    let defaults = Stack::relay(&[]);
+    assert_eq!(defaults.env("RELAY_DEFAULT_CACHE"), "none");
+    assert_eq!(defaults.env("RELAY_GUARDRAILS"), "");
+    let guardrails = r#"{"pii": {"identifier": "gr1abc", "version": "1"}}"#;
+    let set = Stack::relay(&[
+        ("Guardrails", guardrails),
+        ("DefaultGuardrail", "pii"),
+        ("DefaultCache", "5m"),
+        ("DefaultServiceTier", "flex"),
+    ]);
+    assert_eq!(set.env("RELAY_GUARDRAILS"), guardrails);
+    assert_eq!(set.env("RELAY_DEFAULT_GUARDRAIL"), "pii");
+    assert_eq!(set.env("RELAY_DEFAULT_CACHE"), "5m");
+    assert_eq!(set.env("RELAY_DEFAULT_SERVICE_TIER"), "flex");
+}
