@@ -5,12 +5,24 @@
 //! - Replies are derived from the request, so a test can see what was sent.
 //! - Every request's SigV4 signature is checked against the sessions moto
 //!   issued; the calling account and role are recorded with the call.
-//! - Knobs: added latency, queued injected errors, a requests-per-minute quota
-//!   per account (answered with `ThrottlingException`), and model access per
-//!   account (answered with `AccessDeniedException`).
+//! - The 2026 model features are checked and answered as Bedrock does:
+//!   structured output (`outputConfig.textFormat`, [`schema`]), prompt
+//!   caching (`cachePoint` blocks, [`cache`]), guardrails (`guardrailConfig`,
+//!   the InvokeModel guardrail headers and ApplyGuardrail,
+//!   `POST /guardrail/{id}/version/{version}/apply`), service tiers
+//!   (`serviceTier`, `X-Amzn-Bedrock-Service-Tier`) and the object check of
+//!   `additionalModelRequestFields` ([`features`]).
+//! - [`Knobs`]: added latency; a requests-per-minute quota per account
+//!   (answered with `ThrottlingException`); model access per account
+//!   (`AccessDeniedException`); structured answers that mismatch their schema
+//!   (`structured_mismatches`, `mismatch_when_contains`) and the refused schema
+//!   keywords (`unsupported_schema_keywords`); the prompt cache's minimum
+//!   prefix (`cache_min_tokens`); the guardrails that exist (`guardrails`); the
+//!   tiers each model offers (`tiers`) and flex's added latency
+//!   (`flex_extra_latency_ms`). Injected errors are queued apart ([`Fault`]).
 //!
 //! Control endpoints live under `/_lab/`: `GET calls`, `GET stats`,
-//! `PUT knobs`, `POST faults`, `POST reset`.
+//! `PUT knobs`, `POST faults`, `POST reset` (which also empties the prompt cache).
 //!
 //! This module owns the server: routing, signatures, quota, faults and the
 //! record of calls; [`reply`] builds the answers.
@@ -31,7 +43,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::batch_jobs::BatchJobs;
@@ -39,82 +50,23 @@ use crate::moto::{MotoSession, MotoSessions};
 use crate::sigv4::{expected_signature, Authorization};
 use crate::LabError;
 
+mod cache;
+mod features;
+mod knobs;
 mod reply;
+mod schema;
 
+use cache::PromptCache;
+use features::InvokeOptions;
+pub use features::{LabGuardrail, UNKNOWN_GUARDRAIL};
+pub use knobs::{Call, Fault, Knobs, Stats};
 use reply::invoke_headers;
-pub(crate) use reply::{converse_reply, invoke_reply, Tokens};
+use reply::Live;
+pub(crate) use reply::{converse_reply, invoke_reply, Env, Tokens};
+pub use schema::DEFAULT_UNSUPPORTED_SCHEMA_KEYWORDS;
 
-/// One request the emulator answered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Call {
-    /// Order of arrival, from 0.
-    pub seq: usize,
-    /// `Converse` or `InvokeModel`.
-    pub operation: String,
-    /// The model ID as decoded from the path.
-    pub model_id: String,
-    /// The access key that signed it.
-    pub access_key_id: Option<String>,
-    /// The signer's account, from moto's sessions; `None` if unknown.
-    pub account: Option<String>,
-    /// The signer's role, from moto's sessions.
-    pub role_arn: Option<String>,
-    /// The signer's assumed-role session ARN.
-    pub principal_arn: Option<String>,
-    /// The status answered.
-    pub status: u16,
-    /// The error type answered, if any.
-    pub error_type: Option<String>,
-    /// The request body.
-    pub request: Value,
-    /// Milliseconds since the epoch at arrival.
-    pub at_ms: u128,
-}
-
-/// An error to answer instead of a reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Fault {
-    /// HTTP status, e.g. 429, 500, 503.
-    pub status: u16,
-    /// The `x-amzn-ErrorType`, e.g. `ThrottlingException`.
-    pub error_type: String,
-    /// How many matching requests get it.
-    pub count: u32,
-    /// Only for this model, if set.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Only for requests whose body contains this text, if set.
-    #[serde(default)]
-    pub body_contains: Option<String>,
-}
-
-/// The emulator's behaviour.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Knobs {
-    /// Added to every answer, in milliseconds.
-    #[serde(default)]
-    pub latency_ms: u64,
-    /// Requests per minute per account; more get `ThrottlingException`.
-    #[serde(default)]
-    pub quota_rpm: Option<u32>,
-    /// The window the quota is enforced over, in milliseconds (default 60 000):
-    /// `quota_rpm` scaled to it, so a benchmark can hold a steady rate for
-    /// seconds instead of minutes (1 200 rpm over 1 000 ms = 20 per second).
-    #[serde(default)]
-    pub quota_window_ms: Option<u64>,
-    /// If set, only these accounts have model access; others get `AccessDeniedException`.
-    #[serde(default)]
-    pub model_access: Option<Vec<String>>,
-}
-
-/// Counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Stats {
-    /// Requests answered.
-    pub requests: usize,
-    /// Most requests in flight at once.
-    pub max_in_flight: usize,
-}
+/// An error answer: HTTP status, `x-amzn-ErrorType`, message.
+pub(crate) type ApiError = (u16, &'static str, String);
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -125,6 +77,7 @@ pub(crate) struct Shared {
     quota: Mutex<HashMap<String, VecDeque<Instant>>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    cache: PromptCache,
     pub(crate) batch: BatchJobs,
 }
 
@@ -160,10 +113,15 @@ impl BedrockEmulator {
             quota: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            cache: PromptCache::default(),
             batch: BatchJobs::default(),
         });
         let app = Router::new()
             .route("/model/{model_id}/{operation}", post(model_operation))
+            .route(
+                "/guardrail/{guardrail_id}/version/{guardrail_version}/apply",
+                post(apply_guardrail),
+            )
             .route("/_lab/calls", get(calls))
             .route("/_lab/stats", get(stats))
             .route("/_lab/knobs", put(set_knobs))
@@ -188,6 +146,11 @@ impl BedrockEmulator {
     /// Replaces the knobs.
     pub fn set_knobs(&self, knobs: Knobs) {
         *lock(&self.shared.knobs) = knobs;
+    }
+
+    /// Forgets every cached prompt prefix, as if their TTLs had passed.
+    pub fn clear_prompt_cache(&self) {
+        self.shared.cache.clear();
     }
 
     /// Queues injected errors.
@@ -242,6 +205,7 @@ async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {
     lock(&shared.faults).clear();
     lock(&shared.quota).clear();
     *lock(&shared.knobs) = Knobs::default();
+    shared.cache.clear();
     shared.max_in_flight.store(0, Ordering::SeqCst);
     StatusCode::NO_CONTENT
 }
@@ -344,6 +308,11 @@ impl Drop for InFlight<'_> {
 enum Operation {
     Converse,
     InvokeModel,
+    /// ApplyGuardrail of this guardrail version (the identifier is passed as
+    /// the model id).
+    ApplyGuardrail {
+        version: String,
+    },
 }
 
 /// `POST /model/{modelId}/converse` and `POST /model/{modelId}/invoke`.
@@ -369,6 +338,19 @@ async fn model_operation(
     handle(shared, operation, model_id, method, uri, headers, body).await
 }
 
+/// `POST /guardrail/{guardrailIdentifier}/version/{guardrailVersion}/apply`.
+async fn apply_guardrail(
+    State(shared): State<Arc<Shared>>,
+    Path((guardrail_id, version)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let operation = Operation::ApplyGuardrail { version };
+    handle(shared, operation, guardrail_id, method, uri, headers, body).await
+}
+
 async fn handle(
     shared: Arc<Shared>,
     operation: Operation,
@@ -392,6 +374,7 @@ async fn handle(
         operation: match operation {
             Operation::Converse => "Converse",
             Operation::InvokeModel => "InvokeModel",
+            Operation::ApplyGuardrail { .. } => "ApplyGuardrail",
         }
         .to_owned(),
         model_id: model_id.clone(),
@@ -442,7 +425,7 @@ async fn answer(
     body: &[u8],
     request: &Value,
     call: &mut Call,
-) -> Result<Reply, (u16, &'static str, String)> {
+) -> Result<Reply, ApiError> {
     let caller = authenticate(shared, method, uri, headers, body).await?;
     call.access_key_id = caller.access_key_id;
     if let Some(session) = &caller.session {
@@ -452,6 +435,17 @@ async fn answer(
     }
     let knobs = lock(&shared.knobs).clone();
     let account = call.account.clone().unwrap_or_else(|| "unknown".into());
+
+    if let Operation::ApplyGuardrail { version } = operation {
+        // A guardrail is no model: model access, quota and faults are the
+        // model's; only the latency applies.
+        sleep_ms(knobs.latency_ms).await;
+        let body = features::apply_guardrail(&knobs, model_id, version, request)?;
+        return Ok(Reply {
+            body,
+            headers: Vec::new(),
+        });
+    }
 
     if let Some(allowed) = &knobs.model_access {
         if !allowed.contains(&account) {
@@ -497,22 +491,49 @@ async fn answer(
         };
         return Err((fault.status, error_type, format!("injected {error_type}")));
     }
-    if knobs.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
-    }
-    check_model_id(model_id)?;
-    match operation {
-        Operation::Converse => Ok(Reply {
-            body: converse_reply(model_id, request, knobs.latency_ms)?,
-            headers: Vec::new(),
+    let env = Env {
+        knobs: &knobs,
+        live: Some(Live {
+            knobs: &shared.knobs,
+            cache: &shared.cache,
+            scope: format!("{account}/{model_id}"),
+            now: Instant::now(),
         }),
-        Operation::InvokeModel => {
-            let (body, tokens) = invoke_reply(model_id, request)?;
-            Ok(Reply {
-                body,
-                headers: invoke_headers(knobs.latency_ms, tokens),
-            })
+    };
+    let outcome = check_model_id(model_id).and_then(|()| match operation {
+        Operation::Converse => converse_reply(model_id, request, &env),
+        _ => invoke_reply(
+            model_id,
+            request,
+            &InvokeOptions::from_headers(headers),
+            &env,
+        ),
+    });
+    // The answer takes its time whatever it is; flex adds to it.
+    let latency_ms = outcome
+        .as_ref()
+        .map_or(knobs.latency_ms, |answer| answer.latency_ms);
+    sleep_ms(latency_ms).await;
+    let answer = outcome?;
+    let headers = match operation {
+        Operation::Converse => Vec::new(),
+        _ => {
+            let mut headers = invoke_headers(answer.latency_ms, answer.tokens);
+            if let Some(tier) = answer.tier {
+                headers.push(("x-amzn-bedrock-service-tier", tier));
+            }
+            headers
         }
+    };
+    Ok(Reply {
+        body: answer.body,
+        headers,
+    })
+}
+
+async fn sleep_ms(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 
