@@ -536,4 +536,366 @@ mod tests {
         .expect_err("invalid");
         assert_eq!(err.1, "ValidationException");
     }
+
+    const NOVA_PRO: &str = "amazon.nova-pro-v1:0";
+
+    fn user(text: &str) -> Value {
+        json!({"role": "user", "content": [{"text": text}]})
+    }
+
+    fn structured(schema: &Value, text: &str) -> Value {
+        json!({
+            "messages": [user(text)],
+            "outputConfig": {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
+                "schema": schema.to_string(), "name": "person"
+            }}}}
+        })
+    }
+
+    fn person_schema() -> Value {
+        json!({"type": "object", "properties": {
+            "name": {"type": "string"}, "age": {"type": "integer"},
+            "tags": {"type": "array", "items": {"enum": ["x", "y"]}}
+        }, "required": ["name", "age"], "additionalProperties": false})
+    }
+
+    /// The running emulator's state for one test: its knobs and prompt cache.
+    struct Lab {
+        knobs: Mutex<Knobs>,
+        cache: PromptCache,
+    }
+
+    impl Lab {
+        fn new(knobs: Knobs) -> Self {
+            Self {
+                knobs: Mutex::new(knobs),
+                cache: PromptCache::default(),
+            }
+        }
+
+        /// A Converse answer as the running emulator gives it, for account `a`.
+        fn converse(&self, model_id: &str, request: &Value) -> Result<Answer, ApiError> {
+            let knobs = lock(&self.knobs).clone();
+            let env = Env {
+                knobs: &knobs,
+                live: Some(Live {
+                    knobs: &self.knobs,
+                    cache: &self.cache,
+                    scope: format!("a/{model_id}"),
+                    now: Instant::now(),
+                }),
+            };
+            converse_reply(model_id, request, &env)
+        }
+    }
+
+    fn text_of(answer: &Answer) -> &str {
+        answer.body["output"]["message"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+    }
+
+    /// A structured request is answered with compact JSON that validates against its schema.
+    #[test]
+    fn a_structured_answer_validates_against_its_schema() {
+        let schema = person_schema();
+        let answer = converse_reply(
+            NOVA_PRO,
+            &structured(&schema, "tell me about Ada Lovelace"),
+            &Env::offline(&Knobs::default()),
+        )
+        .expect("answer");
+        let document: Value = serde_json::from_str(text_of(&answer)).expect("JSON text");
+        let validator = jsonschema::validator_for(&schema).expect("schema");
+        assert!(validator.is_valid(&document), "{document}");
+        assert_eq!(document["name"], "tell me about");
+        assert_eq!(answer.body["stopReason"], "end_turn");
+    }
+
+    /// structured_mismatches counts down across requests; mismatch_when_contains always applies.
+    #[test]
+    fn mismatch_knobs_give_documents_that_do_not_validate() {
+        let schema = person_schema();
+        let validator = jsonschema::validator_for(&schema).expect("schema");
+        let lab = Lab::new(Knobs {
+            structured_mismatches: 2,
+            mismatch_when_contains: Some("BROKEN".into()),
+            ..Knobs::default()
+        });
+        let valid = |text: &str| {
+            let answer = lab
+                .converse(NOVA_PRO, &structured(&schema, text))
+                .expect("answer");
+            assert_eq!(answer.body["stopReason"], "end_turn");
+            let document: Value = serde_json::from_str(text_of(&answer)).expect("still JSON");
+            validator.is_valid(&document)
+        };
+        assert!(!valid("one"));
+        assert!(!valid("two"));
+        assert!(valid("three"), "the two queued mismatches are used up");
+        assert!(!valid("a BROKEN one"));
+        assert_eq!(lock(&lab.knobs).structured_mismatches, 0);
+        // Unstructured requests do not use up the countdown.
+        lock(&lab.knobs).structured_mismatches = 1;
+        lab.converse(NOVA_PRO, &json!({"messages": [user("plain")]}))
+            .expect("answer");
+        assert_eq!(lock(&lab.knobs).structured_mismatches, 1);
+    }
+
+    /// An unsupported schema keyword is refused before anything is answered.
+    #[test]
+    fn an_unsupported_schema_keyword_is_refused() {
+        let schema =
+            json!({"type": "object", "properties": {"age": {"type": "integer", "maximum": 120}}});
+        let err = converse_reply(
+            NOVA_PRO,
+            &structured(&schema, "x"),
+            &Env::offline(&Knobs::default()),
+        )
+        .expect_err("refused");
+        assert_eq!(
+            err.2,
+            "The provided JSON schema is not supported: keyword 'maximum' at '/properties/age' is not supported."
+        );
+    }
+
+    fn cached_request(question: &str) -> Value {
+        json!({
+            "system": [{"text": "you are a careful reader"}, {"cachePoint": {"type": "default", "ttl": "1h"}}],
+            "messages": [{"role": "user", "content": [
+                {"text": "a long shared document of eight words"},
+                {"cachePoint": {"type": "default"}},
+                {"text": question}
+            ]}]
+        })
+    }
+
+    fn usage(answer: &Answer, name: &str) -> i64 {
+        answer.body["usage"][name].as_i64().unwrap_or(-1)
+    }
+
+    /// The first call writes the prefix, a second with another question reads it.
+    #[test]
+    fn a_second_call_with_the_same_prefix_reads_the_cache() {
+        let lab = Lab::new(Knobs::default());
+        let first = lab
+            .converse(NOVA_PRO, &cached_request("what is it?"))
+            .expect("answer");
+        // System 5 words, document 7, question 3.
+        assert_eq!(usage(&first, "cacheReadInputTokens"), 0);
+        assert_eq!(usage(&first, "cacheWriteInputTokens"), 12);
+        assert_eq!(usage(&first, "inputTokens"), 3);
+        let second = lab
+            .converse(NOVA_PRO, &cached_request("who wrote it, and when?"))
+            .expect("answer");
+        assert_eq!(usage(&second, "cacheReadInputTokens"), 12);
+        assert_eq!(usage(&second, "cacheWriteInputTokens"), 0);
+        assert_eq!(usage(&second, "inputTokens"), 5);
+        assert_eq!(
+            usage(&second, "totalTokens"),
+            5 + 12 + usage(&second, "outputTokens")
+        );
+        let other_model = lab
+            .converse("amazon.nova-lite-v1:0", &cached_request("what?"))
+            .expect("answer");
+        assert_eq!(
+            usage(&other_model, "cacheReadInputTokens"),
+            0,
+            "the cache is per model"
+        );
+        lab.cache.clear();
+        let after_clear = lab
+            .converse(NOVA_PRO, &cached_request("what?"))
+            .expect("answer");
+        assert_eq!(usage(&after_clear, "cacheWriteInputTokens"), 12);
+    }
+
+    /// Only the system prefix is shared: it is read, the longer one written.
+    #[test]
+    fn a_partly_cached_prompt_reads_the_shorter_prefix_and_writes_the_rest() {
+        let lab = Lab::new(Knobs::default());
+        let system_only = json!({
+            "system": [{"text": "you are a careful reader"}, {"cachePoint": {"type": "default"}}],
+            "messages": [user("hi")]
+        });
+        lab.converse(NOVA_PRO, &system_only).expect("answer");
+        let answer = lab
+            .converse(NOVA_PRO, &cached_request("q"))
+            .expect("answer");
+        assert_eq!(usage(&answer, "cacheReadInputTokens"), 5);
+        assert_eq!(usage(&answer, "cacheWriteInputTokens"), 7);
+    }
+
+    /// Usage has no cache fields without cache points; short prefixes are ignored under cache_min_tokens.
+    #[test]
+    fn cache_fields_appear_only_with_cache_points_and_short_prefixes_are_ignored() {
+        let lab = Lab::new(Knobs {
+            cache_min_tokens: 6,
+            ..Knobs::default()
+        });
+        let plain = lab
+            .converse(NOVA_PRO, &json!({"messages": [user("hi")]}))
+            .expect("answer");
+        assert!(plain.body["usage"].get("cacheReadInputTokens").is_none());
+        let answer = lab
+            .converse(NOVA_PRO, &cached_request("q"))
+            .expect("answer");
+        assert_eq!(
+            usage(&answer, "cacheWriteInputTokens"),
+            12,
+            "the 5-token system prefix is ignored"
+        );
+        let offline = converse_reply(
+            NOVA_PRO,
+            &cached_request("q"),
+            &Env::offline(&Knobs::default()),
+        )
+        .expect("answer");
+        assert!(
+            offline.body["usage"].get("cacheWriteInputTokens").is_none(),
+            "batch records count no cache"
+        );
+    }
+
+    /// Cache points whose TTL grows along the prompt are refused.
+    #[test]
+    fn cache_points_with_increasing_ttls_are_refused() {
+        let mut request = cached_request("q");
+        request["system"][1]["cachePoint"]["ttl"] = json!("5m");
+        request["messages"][0]["content"][1]["cachePoint"]["ttl"] = json!("1h");
+        let err = converse_reply(NOVA_PRO, &request, &Env::offline(&Knobs::default()))
+            .expect_err("refused");
+        assert_eq!(err.1, "ValidationException");
+    }
+
+    fn guarded_knobs() -> Knobs {
+        Knobs {
+            guardrails: vec![features::LabGuardrail::new("gr1")],
+            ..Knobs::default()
+        }
+    }
+
+    /// A prompt holding the trigger is blocked: Bedrock's stop reason, the blocked message, no output tokens, the trace.
+    #[test]
+    fn a_guardrail_intervenes_on_its_trigger_word() {
+        let knobs = guarded_knobs();
+        let request = json!({
+            "messages": [user("tell me something forbidden please")],
+            "guardrailConfig": {"guardrailIdentifier": "arn:aws:bedrock:us-east-1:111122223333:guardrail/gr1", "guardrailVersion": "DRAFT", "trace": "enabled"}
+        });
+        let answer = converse_reply(NOVA_PRO, &request, &Env::offline(&knobs)).expect("answer");
+        assert_eq!(answer.body["stopReason"], "guardrail_intervened");
+        assert_eq!(text_of(&answer), "Sorry, I can't help with that.");
+        assert_eq!(usage(&answer, "inputTokens"), 5);
+        assert_eq!(usage(&answer, "outputTokens"), 0);
+        assert_eq!(
+            answer.body["trace"],
+            json!({"guardrail": {
+                "inputAssessment": {"gr1": {"wordPolicy": {"customWords": [{"match": "FORBIDDEN", "action": "BLOCKED", "detected": true}]}}},
+                "actionReason": "Guardrail blocked."
+            }})
+        );
+        let mut passing = request.clone();
+        passing["messages"][0] = user("a fine question");
+        passing["guardrailConfig"]["trace"] = json!("disabled");
+        let answer = converse_reply(NOVA_PRO, &passing, &Env::offline(&knobs)).expect("answer");
+        assert_eq!(answer.body["stopReason"], "end_turn");
+        assert!(answer.body.get("trace").is_none());
+        let mut unknown = request;
+        unknown["guardrailConfig"]["guardrailVersion"] = json!("9");
+        let err = converse_reply(NOVA_PRO, &unknown, &Env::offline(&knobs)).expect_err("unknown");
+        assert_eq!(
+            err,
+            (
+                400,
+                "ValidationException",
+                features::UNKNOWN_GUARDRAIL.to_owned()
+            )
+        );
+    }
+
+    /// InvokeModel with guardrail headers: the Anthropic body blocked and marked, with the trace.
+    #[test]
+    fn invoke_model_guardrails_mark_the_body() {
+        let knobs = guarded_knobs();
+        let options = InvokeOptions {
+            guardrail_identifier: Some("gr1".into()),
+            guardrail_version: Some("1".into()),
+            trace: Some("ENABLED".into()),
+            service_tier: None,
+        };
+        let blocked = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 10,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Forbidden stuff"}]}]});
+        let answer = invoke_reply(
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            &blocked,
+            &options,
+            &Env::offline(&knobs),
+        )
+        .expect("answer");
+        assert_eq!(answer.body["amazon-bedrock-guardrailAction"], "INTERVENED");
+        assert_eq!(answer.body["stop_reason"], "guardrail_intervened");
+        assert_eq!(
+            answer.body["content"][0]["text"],
+            "Sorry, I can't help with that."
+        );
+        assert_eq!(answer.tokens.output, 0);
+        assert_eq!(
+            answer.body["amazon-bedrock-trace"]["guardrail"]["inputAssessment"]["gr1"]
+                ["wordPolicy"]["customWords"][0]["detected"],
+            true
+        );
+        let fine = json!({"inputText": "all good"});
+        let answer = invoke_reply(
+            "amazon.titan-embed-text-v2:0",
+            &fine,
+            &options,
+            &Env::offline(&knobs),
+        )
+        .expect("answer");
+        assert_eq!(answer.body["amazon-bedrock-guardrailAction"], "NONE");
+        assert!(answer.body.get("embedding").is_some());
+    }
+
+    /// A tier the model offers is reported (with flex's extra latency); one it does not is refused.
+    #[test]
+    fn service_tiers_are_reported_or_refused() {
+        let knobs = Knobs {
+            latency_ms: 10,
+            flex_extra_latency_ms: 500,
+            ..Knobs::default()
+        };
+        let mut request = json!({"messages": [user("hi")], "serviceTier": {"type": "flex"}});
+        let answer = converse_reply(NOVA_PRO, &request, &Env::offline(&knobs)).expect("answer");
+        assert_eq!(answer.body["serviceTier"], json!({"type": "flex"}));
+        assert_eq!(answer.body["metrics"]["latencyMs"], 510);
+        assert_eq!(answer.latency_ms, 510);
+        let err = converse_reply("amazon.nova-lite-v1:0", &request, &Env::offline(&knobs))
+            .expect_err("refused");
+        assert_eq!(
+            err,
+            (
+                400,
+                "ValidationException",
+                "The service tier 'flex' is not supported for model 'amazon.nova-lite-v1:0'."
+                    .to_owned()
+            )
+        );
+        request.as_object_mut().map(|r| r.remove("serviceTier"));
+        let answer = converse_reply(NOVA_PRO, &request, &Env::offline(&knobs)).expect("answer");
+        assert!(
+            answer.body.get("serviceTier").is_none(),
+            "reported only when asked"
+        );
+        assert_eq!(answer.latency_ms, 10);
+    }
+
+    /// additionalModelRequestFields that is no object is refused.
+    #[test]
+    fn additional_model_request_fields_must_be_an_object() {
+        let request = json!({"messages": [user("hi")], "additionalModelRequestFields": "top_k=5"});
+        let err = converse_reply(NOVA_PRO, &request, &Env::offline(&Knobs::default()))
+            .expect_err("refused");
+        assert_eq!(err.1, "ValidationException");
+    }
 }
