@@ -585,24 +585,187 @@ pub(crate) fn check_model_id(model_id: &str) -> Result<(), (u16, &'static str, S
 mod tests {
     use super::*;
 
-    async fn post(endpoint: &str, model_path: &str, body: Value) -> (u16, Option<String>, Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{endpoint}/model/{model_path}/converse"))
-            .json(&body)
-            .send()
-            .await
-            .expect("emulator answers");
+    /// A raw request to the emulator: status, error type, answer headers and JSON body.
+    async fn send(
+        endpoint: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (u16, Option<String>, HeaderMap, Value) {
+        let mut request = reqwest::Client::new()
+            .post(format!("{endpoint}{path}"))
+            .json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("emulator answers");
         let status = response.status().as_u16();
-        let error_type = response
-            .headers()
+        let headers = response.headers().clone();
+        let error_type = headers
             .get("x-amzn-ErrorType")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        (
-            status,
-            error_type,
-            response.json().await.unwrap_or(Value::Null),
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, error_type, headers, body)
+    }
+
+    async fn post(endpoint: &str, model_path: &str, body: Value) -> (u16, Option<String>, Value) {
+        let (status, error_type, _, body) = send(
+            endpoint,
+            &format!("/model/{model_path}/converse"),
+            &[],
+            body,
         )
+        .await;
+        (status, error_type, body)
+    }
+
+    /// Sets knobs as a test client would, through `PUT /_lab/knobs`.
+    async fn put_knobs(endpoint: &str, knobs: Value) {
+        let status = reqwest::Client::new()
+            .put(format!("{endpoint}/_lab/knobs"))
+            .json(&knobs)
+            .send()
+            .await
+            .expect("emulator answers")
+            .status();
+        assert_eq!(status.as_u16(), 204);
+    }
+
+    /// ApplyGuardrail over HTTP: blocked and passed texts, an unknown guardrail,
+    /// the call recorded, and model access and quota not applied.
+    #[tokio::test]
+    async fn apply_guardrail_answers_over_http_without_model_access_or_quota() {
+        let emulator = BedrockEmulator::start(None).await.expect("starts");
+        let endpoint = emulator.endpoint();
+        // Only the id: versions, trigger and message take their defaults.
+        put_knobs(
+            &endpoint,
+            json!({"guardrails": [{"id": "gr1"}], "model_access": [], "quota_rpm": 1}),
+        )
+        .await;
+        let blocked =
+            json!({"source": "INPUT", "content": [{"text": {"text": "something FORBIDDEN"}}]});
+        let arn = "arn%3Aaws%3Abedrock%3Aus-east-1%3A111122223333%3Aguardrail%2Fgr1";
+        let (status, _, _, body) = send(
+            &endpoint,
+            &format!("/guardrail/{arn}/version/DRAFT/apply"),
+            &[],
+            blocked.clone(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["action"], "GUARDRAIL_INTERVENED");
+        assert_eq!(
+            body["outputs"],
+            json!([{"text": "Sorry, I can't help with that."}])
+        );
+        assert_eq!(body["usage"]["wordPolicyUnits"], 1);
+        let passed = json!({"source": "OUTPUT", "content": [{"text": {"text": "all fine"}}]});
+        let (status, _, _, body) =
+            send(&endpoint, "/guardrail/gr1/version/1/apply", &[], passed).await;
+        assert_eq!((status, body["action"].as_str()), (200, Some("NONE")));
+        let (status, error_type, _, _) =
+            send(&endpoint, "/guardrail/gr1/version/3/apply", &[], blocked).await;
+        assert_eq!(status, 404);
+        assert_eq!(error_type.as_deref(), Some("ResourceNotFoundException"));
+        let calls = emulator.calls();
+        assert_eq!(calls.len(), 3);
+        assert!(calls.iter().all(|c| c.operation == "ApplyGuardrail"));
+        assert_eq!(
+            calls[0].model_id,
+            "arn:aws:bedrock:us-east-1:111122223333:guardrail/gr1"
+        );
+        assert_eq!(
+            calls[2].error_type.as_deref(),
+            Some("ResourceNotFoundException")
+        );
+    }
+
+    /// Over HTTP the second call reads the first's prefix, and `POST /_lab/reset` empties the cache.
+    #[tokio::test]
+    async fn the_prompt_cache_counts_across_calls_and_reset_clears_it() {
+        let emulator = BedrockEmulator::start(None).await.expect("starts");
+        let endpoint = emulator.endpoint();
+        let request = |question: &str| {
+            json!({"messages": [{"role": "user", "content": [
+                {"text": "one two three four"}, {"cachePoint": {"type": "default"}}, {"text": question}
+            ]}]})
+        };
+        let model = "amazon.nova-pro-v1%3A0";
+        let (_, _, first) = post(&endpoint, model, request("first?")).await;
+        let (_, _, second) = post(&endpoint, model, request("and second?")).await;
+        assert_eq!(first["usage"]["cacheWriteInputTokens"], 4);
+        assert_eq!(second["usage"]["cacheReadInputTokens"], 4);
+        assert_eq!(second["usage"]["inputTokens"], 2);
+        let status = reqwest::Client::new()
+            .post(format!("{endpoint}/_lab/reset"))
+            .send()
+            .await
+            .expect("reset")
+            .status();
+        assert_eq!(status.as_u16(), 204);
+        let (_, _, third) = post(&endpoint, model, request("third")).await;
+        assert_eq!(third["usage"]["cacheReadInputTokens"], 0);
+        assert_eq!(third["usage"]["cacheWriteInputTokens"], 4);
+    }
+
+    /// InvokeModel reports the tier it ran on in a header, flex slower; an unoffered tier is refused.
+    #[tokio::test]
+    async fn invoke_model_reports_its_tier_and_flex_is_slower() {
+        let emulator = BedrockEmulator::start(None).await.expect("starts");
+        emulator.set_knobs(Knobs {
+            flex_extra_latency_ms: 300,
+            ..Knobs::default()
+        });
+        let endpoint = emulator.endpoint();
+        let body = json!({"inputText": "hello"});
+        let path = "/model/amazon.nova-pro-v1%3A0/invoke";
+        let started = Instant::now();
+        let (status, _, headers, _) = send(
+            &endpoint,
+            path,
+            &[("X-Amzn-Bedrock-Service-Tier", "flex")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let header = |headers: &HeaderMap, name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            header(&headers, "x-amzn-bedrock-service-tier").as_deref(),
+            Some("flex")
+        );
+        assert_eq!(
+            header(&headers, "x-amzn-bedrock-invocation-latency").as_deref(),
+            Some("300")
+        );
+        let (_, _, headers, _) = send(&endpoint, path, &[], body.clone()).await;
+        assert_eq!(
+            header(&headers, "x-amzn-bedrock-service-tier"),
+            None,
+            "reported only when asked"
+        );
+        let (status, error_type, _, message) = send(
+            &endpoint,
+            "/model/amazon.nova-lite-v1%3A0/invoke",
+            &[("X-Amzn-Bedrock-Service-Tier", "priority")],
+            body,
+        )
+        .await;
+        assert_eq!(
+            (status, error_type.as_deref()),
+            (400, Some("ValidationException"))
+        );
+        assert_eq!(
+            message["message"],
+            "The service tier 'priority' is not supported for model 'amazon.nova-lite-v1:0'."
+        );
     }
 
     #[tokio::test]
