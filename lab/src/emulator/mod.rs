@@ -6,12 +6,12 @@
 //! - Every request's SigV4 signature is checked against the sessions moto
 //!   issued; the calling account and role are recorded with the call.
 //! - The 2026 model features are checked and answered as Bedrock does:
-//!   structured output (`outputConfig.textFormat`, [`schema`]), prompt
-//!   caching (`cachePoint` blocks, [`cache`]), guardrails (`guardrailConfig`,
+//!   structured output (`outputConfig.textFormat`, `schema.rs`), prompt
+//!   caching (`cachePoint` blocks, `cache.rs`), guardrails (`guardrailConfig`,
 //!   the InvokeModel guardrail headers and ApplyGuardrail,
 //!   `POST /guardrail/{id}/version/{version}/apply`), service tiers
 //!   (`serviceTier`, `X-Amzn-Bedrock-Service-Tier`) and the object check of
-//!   `additionalModelRequestFields` ([`features`]).
+//!   `additionalModelRequestFields` (`features.rs`).
 //! - [`Knobs`]: added latency; a requests-per-minute quota per account
 //!   (answered with `ThrottlingException`); model access per account
 //!   (`AccessDeniedException`); structured answers that mismatch their schema
@@ -25,7 +25,7 @@
 //! `PUT knobs`, `POST faults`, `POST reset` (which also empties the prompt cache).
 //!
 //! This module owns the server: routing, signatures, quota, faults and the
-//! record of calls; [`reply`] builds the answers.
+//! record of calls; `reply.rs` builds the answers.
 //!
 //! The batch-inference control plane (Create / Get / List /
 //! StopModelInvocationJob and its `/_lab/batch/` endpoints) is
