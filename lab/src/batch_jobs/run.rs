@@ -200,23 +200,21 @@ fn answer_record(
             None,
         );
     }
+    // A record gets the model's checks (tiers, schemas, cache points) as the
+    // knobs' defaults set them, but no prompt cache: batch inference has none.
+    let defaults = emulator::Knobs::default();
+    let env = emulator::Env::offline(&defaults);
     let output = if spec.invocation_type == "Converse" {
-        emulator::converse_reply(&spec.model_id, &record.model_input, 0).map(|reply| {
-            let usage = |name: &str| {
-                reply
-                    .pointer(&format!("/usage/{name}"))
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0)
-            };
-            let tokens = emulator::Tokens {
-                input: usage("inputTokens"),
-                output: usage("outputTokens"),
-            };
-            (reply, tokens)
-        })
+        emulator::converse_reply(&spec.model_id, &record.model_input, &env)
     } else {
-        emulator::invoke_reply(&spec.model_id, &record.model_input)
-    };
+        emulator::invoke_reply(
+            &spec.model_id,
+            &record.model_input,
+            &Default::default(),
+            &env,
+        )
+    }
+    .map(|answer| (answer.body, answer.tokens));
     match output {
         Ok((reply, tokens)) => (
             json!({

@@ -5,12 +5,27 @@
 //! - Replies are derived from the request, so a test can see what was sent.
 //! - Every request's SigV4 signature is checked against the sessions moto
 //!   issued; the calling account and role are recorded with the call.
-//! - Knobs: added latency, queued injected errors, a requests-per-minute quota
-//!   per account (answered with `ThrottlingException`), and model access per
-//!   account (answered with `AccessDeniedException`).
+//! - The 2026 model features are checked and answered as Bedrock does:
+//!   structured output (`outputConfig.textFormat`, `schema.rs`), prompt
+//!   caching (`cachePoint` blocks, `cache.rs`), guardrails (`guardrailConfig`,
+//!   the InvokeModel guardrail headers and ApplyGuardrail,
+//!   `POST /guardrail/{id}/version/{version}/apply`), service tiers
+//!   (`serviceTier`, `X-Amzn-Bedrock-Service-Tier`) and the object check of
+//!   `additionalModelRequestFields` (`features.rs`).
+//! - [`Knobs`]: added latency; a requests-per-minute quota per account
+//!   (answered with `ThrottlingException`); model access per account
+//!   (`AccessDeniedException`); structured answers that mismatch their schema
+//!   (`structured_mismatches`, `mismatch_when_contains`) and the refused schema
+//!   keywords (`unsupported_schema_keywords`); the prompt cache's minimum
+//!   prefix (`cache_min_tokens`); the guardrails that exist (`guardrails`); the
+//!   tiers each model offers (`tiers`) and flex's added latency
+//!   (`flex_extra_latency_ms`). Injected errors are queued apart ([`Fault`]).
 //!
 //! Control endpoints live under `/_lab/`: `GET calls`, `GET stats`,
-//! `PUT knobs`, `POST faults`, `POST reset`.
+//! `PUT knobs`, `POST faults`, `POST reset` (which also empties the prompt cache).
+//!
+//! This module owns the server: routing, signatures, quota, faults and the
+//! record of calls; `reply.rs` builds the answers.
 //!
 //! The batch-inference control plane (Create / Get / List /
 //! StopModelInvocationJob and its `/_lab/batch/` endpoints) is
@@ -28,7 +43,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::batch_jobs::BatchJobs;
@@ -36,77 +50,23 @@ use crate::moto::{MotoSession, MotoSessions};
 use crate::sigv4::{expected_signature, Authorization};
 use crate::LabError;
 
-/// One request the emulator answered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Call {
-    /// Order of arrival, from 0.
-    pub seq: usize,
-    /// `Converse` or `InvokeModel`.
-    pub operation: String,
-    /// The model ID as decoded from the path.
-    pub model_id: String,
-    /// The access key that signed it.
-    pub access_key_id: Option<String>,
-    /// The signer's account, from moto's sessions; `None` if unknown.
-    pub account: Option<String>,
-    /// The signer's role, from moto's sessions.
-    pub role_arn: Option<String>,
-    /// The signer's assumed-role session ARN.
-    pub principal_arn: Option<String>,
-    /// The status answered.
-    pub status: u16,
-    /// The error type answered, if any.
-    pub error_type: Option<String>,
-    /// The request body.
-    pub request: Value,
-    /// Milliseconds since the epoch at arrival.
-    pub at_ms: u128,
-}
+mod cache;
+mod features;
+mod knobs;
+mod reply;
+mod schema;
 
-/// An error to answer instead of a reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Fault {
-    /// HTTP status, e.g. 429, 500, 503.
-    pub status: u16,
-    /// The `x-amzn-ErrorType`, e.g. `ThrottlingException`.
-    pub error_type: String,
-    /// How many matching requests get it.
-    pub count: u32,
-    /// Only for this model, if set.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Only for requests whose body contains this text, if set.
-    #[serde(default)]
-    pub body_contains: Option<String>,
-}
+use cache::PromptCache;
+use features::InvokeOptions;
+pub use features::{LabGuardrail, UNKNOWN_GUARDRAIL};
+pub use knobs::{Call, Fault, Knobs, Stats};
+use reply::invoke_headers;
+use reply::Live;
+pub(crate) use reply::{converse_reply, invoke_reply, Env, Tokens};
+pub use schema::DEFAULT_UNSUPPORTED_SCHEMA_KEYWORDS;
 
-/// The emulator's behaviour.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Knobs {
-    /// Added to every answer, in milliseconds.
-    #[serde(default)]
-    pub latency_ms: u64,
-    /// Requests per minute per account; more get `ThrottlingException`.
-    #[serde(default)]
-    pub quota_rpm: Option<u32>,
-    /// The window the quota is enforced over, in milliseconds (default 60 000):
-    /// `quota_rpm` scaled to it, so a benchmark can hold a steady rate for
-    /// seconds instead of minutes (1 200 rpm over 1 000 ms = 20 per second).
-    #[serde(default)]
-    pub quota_window_ms: Option<u64>,
-    /// If set, only these accounts have model access; others get `AccessDeniedException`.
-    #[serde(default)]
-    pub model_access: Option<Vec<String>>,
-}
-
-/// Counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Stats {
-    /// Requests answered.
-    pub requests: usize,
-    /// Most requests in flight at once.
-    pub max_in_flight: usize,
-}
+/// An error answer: HTTP status, `x-amzn-ErrorType`, message.
+pub(crate) type ApiError = (u16, &'static str, String);
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -117,6 +77,7 @@ pub(crate) struct Shared {
     quota: Mutex<HashMap<String, VecDeque<Instant>>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    cache: PromptCache,
     pub(crate) batch: BatchJobs,
 }
 
@@ -152,10 +113,15 @@ impl BedrockEmulator {
             quota: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            cache: PromptCache::default(),
             batch: BatchJobs::default(),
         });
         let app = Router::new()
             .route("/model/{model_id}/{operation}", post(model_operation))
+            .route(
+                "/guardrail/{guardrail_id}/version/{guardrail_version}/apply",
+                post(apply_guardrail),
+            )
             .route("/_lab/calls", get(calls))
             .route("/_lab/stats", get(stats))
             .route("/_lab/knobs", put(set_knobs))
@@ -180,6 +146,11 @@ impl BedrockEmulator {
     /// Replaces the knobs.
     pub fn set_knobs(&self, knobs: Knobs) {
         *lock(&self.shared.knobs) = knobs;
+    }
+
+    /// Forgets every cached prompt prefix, as if their TTLs had passed.
+    pub fn clear_prompt_cache(&self) {
+        self.shared.cache.clear();
     }
 
     /// Queues injected errors.
@@ -234,6 +205,7 @@ async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {
     lock(&shared.faults).clear();
     lock(&shared.quota).clear();
     *lock(&shared.knobs) = Knobs::default();
+    shared.cache.clear();
     shared.max_in_flight.store(0, Ordering::SeqCst);
     StatusCode::NO_CONTENT
 }
@@ -336,6 +308,11 @@ impl Drop for InFlight<'_> {
 enum Operation {
     Converse,
     InvokeModel,
+    /// ApplyGuardrail of this guardrail version (the identifier is passed as
+    /// the model id).
+    ApplyGuardrail {
+        version: String,
+    },
 }
 
 /// `POST /model/{modelId}/converse` and `POST /model/{modelId}/invoke`.
@@ -361,6 +338,19 @@ async fn model_operation(
     handle(shared, operation, model_id, method, uri, headers, body).await
 }
 
+/// `POST /guardrail/{guardrailIdentifier}/version/{guardrailVersion}/apply`.
+async fn apply_guardrail(
+    State(shared): State<Arc<Shared>>,
+    Path((guardrail_id, version)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let operation = Operation::ApplyGuardrail { version };
+    handle(shared, operation, guardrail_id, method, uri, headers, body).await
+}
+
 async fn handle(
     shared: Arc<Shared>,
     operation: Operation,
@@ -384,6 +374,7 @@ async fn handle(
         operation: match operation {
             Operation::Converse => "Converse",
             Operation::InvokeModel => "InvokeModel",
+            Operation::ApplyGuardrail { .. } => "ApplyGuardrail",
         }
         .to_owned(),
         model_id: model_id.clone(),
@@ -434,7 +425,7 @@ async fn answer(
     body: &[u8],
     request: &Value,
     call: &mut Call,
-) -> Result<Reply, (u16, &'static str, String)> {
+) -> Result<Reply, ApiError> {
     let caller = authenticate(shared, method, uri, headers, body).await?;
     call.access_key_id = caller.access_key_id;
     if let Some(session) = &caller.session {
@@ -444,6 +435,17 @@ async fn answer(
     }
     let knobs = lock(&shared.knobs).clone();
     let account = call.account.clone().unwrap_or_else(|| "unknown".into());
+
+    if let Operation::ApplyGuardrail { version } = operation {
+        // A guardrail is no model: model access, quota and faults are the
+        // model's; only the latency applies.
+        sleep_ms(knobs.latency_ms).await;
+        let body = features::apply_guardrail(&knobs, model_id, version, request)?;
+        return Ok(Reply {
+            body,
+            headers: Vec::new(),
+        });
+    }
 
     if let Some(allowed) = &knobs.model_access {
         if !allowed.contains(&account) {
@@ -489,22 +491,49 @@ async fn answer(
         };
         return Err((fault.status, error_type, format!("injected {error_type}")));
     }
-    if knobs.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
-    }
-    check_model_id(model_id)?;
-    match operation {
-        Operation::Converse => Ok(Reply {
-            body: converse_reply(model_id, request, knobs.latency_ms)?,
-            headers: Vec::new(),
+    let env = Env {
+        knobs: &knobs,
+        live: Some(Live {
+            knobs: &shared.knobs,
+            cache: &shared.cache,
+            scope: format!("{account}/{model_id}"),
+            now: Instant::now(),
         }),
-        Operation::InvokeModel => {
-            let (body, tokens) = invoke_reply(model_id, request)?;
-            Ok(Reply {
-                body,
-                headers: invoke_headers(knobs.latency_ms, tokens),
-            })
+    };
+    let outcome = check_model_id(model_id).and_then(|()| match operation {
+        Operation::Converse => converse_reply(model_id, request, &env),
+        _ => invoke_reply(
+            model_id,
+            request,
+            &InvokeOptions::from_headers(headers),
+            &env,
+        ),
+    });
+    // The answer takes its time whatever it is; flex adds to it.
+    let latency_ms = outcome
+        .as_ref()
+        .map_or(knobs.latency_ms, |answer| answer.latency_ms);
+    sleep_ms(latency_ms).await;
+    let answer = outcome?;
+    let headers = match operation {
+        Operation::Converse => Vec::new(),
+        _ => {
+            let mut headers = invoke_headers(answer.latency_ms, answer.tokens);
+            if let Some(tier) = answer.tier {
+                headers.push(("x-amzn-bedrock-service-tier", tier));
+            }
+            headers
         }
+    };
+    Ok(Reply {
+        body: answer.body,
+        headers,
+    })
+}
+
+async fn sleep_ms(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 
@@ -512,26 +541,6 @@ async fn answer(
 struct Reply {
     body: Value,
     headers: Vec<(&'static str, String)>,
-}
-
-/// Input and output tokens of an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Tokens {
-    pub(crate) input: i64,
-    pub(crate) output: i64,
-}
-
-/// The headers Bedrock adds to every InvokeModel answer, whatever the model:
-/// its processing time and the token counts.
-fn invoke_headers(latency_ms: u64, tokens: Tokens) -> Vec<(&'static str, String)> {
-    vec![
-        ("x-amzn-bedrock-invocation-latency", latency_ms.to_string()),
-        ("x-amzn-bedrock-input-token-count", tokens.input.to_string()),
-        (
-            "x-amzn-bedrock-output-token-count",
-            tokens.output.to_string(),
-        ),
-    ]
 }
 
 fn take_fault(shared: &Shared, model_id: &str, body: &[u8]) -> Option<Fault> {
@@ -572,244 +581,191 @@ pub(crate) fn check_model_id(model_id: &str) -> Result<(), (u16, &'static str, S
     }
 }
 
-fn words(text: &str) -> i64 {
-    text.split_whitespace().count() as i64
-}
-
-pub(crate) fn converse_reply(
-    model_id: &str,
-    request: &Value,
-    latency_ms: u64,
-) -> Result<Value, (u16, &'static str, String)> {
-    let invalid = |msg: &str| (400, "ValidationException", msg.to_owned());
-    let messages = request
-        .get("messages")
-        .and_then(Value::as_array)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| invalid("A conversation must start with a user message."))?;
-    let mut input_tokens = 0;
-    let mut last_user_text = String::new();
-    let mut expected_role = "user";
-    for message in messages {
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if role != expected_role {
-            return Err(invalid(
-                "A conversation must alternate between user and assistant roles. Make sure the conversation alternates between user and assistant roles and try again.",
-            ));
-        }
-        expected_role = if role == "user" { "assistant" } else { "user" };
-        let content = message
-            .get("content")
-            .and_then(Value::as_array)
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| invalid("The content field in the Message object is empty."))?;
-        let mut texts = Vec::new();
-        for block in content {
-            if let Some(text) = block.get("text").and_then(Value::as_str) {
-                input_tokens += words(text);
-                texts.push(text.to_owned());
-            } else if let Some(media) = block.get("image").or_else(|| block.get("document")) {
-                let bytes = media
-                    .pointer("/source/bytes")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                input_tokens += (bytes.len() as i64 / 100).max(1);
-                texts.push(format!("[{} bytes of media]", bytes.len() * 3 / 4));
-            } else {
-                return Err(invalid("The content block has an unsupported type."));
-            }
-        }
-        if role == "user" {
-            last_user_text = texts.join(" ");
-        }
-    }
-    if let Some(system) = request.get("system").and_then(Value::as_array) {
-        for block in system {
-            input_tokens += words(
-                block
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-            );
-        }
-    }
-    let config = request.get("inferenceConfig");
-    let max_tokens = config
-        .and_then(|c| c.get("maxTokens"))
-        .and_then(Value::as_i64);
-    let stops: Vec<String> = config
-        .and_then(|c| c.get("stopSequences"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-
-    let full = format!("Echo from {model_id}: {last_user_text}");
-    let (text, stop_reason) = shape_output(&full, max_tokens, &stops);
-    let output_tokens = words(&text);
-    Ok(json!({
-        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
-        "stopReason": stop_reason,
-        "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens},
-        "metrics": {"latencyMs": latency_ms}
-    }))
-}
-
-/// Cuts the reply at a stop sequence or at `max_tokens` words.
-fn shape_output(full: &str, max_tokens: Option<i64>, stops: &[String]) -> (String, &'static str) {
-    for stop in stops {
-        if let Some(at) = full.find(stop.as_str()) {
-            return (full[..at].trim_end().to_owned(), "stop_sequence");
-        }
-    }
-    match max_tokens {
-        Some(max) if words(full) > max => {
-            let cut: Vec<&str> = full.split_whitespace().take(max.max(0) as usize).collect();
-            (cut.join(" "), "max_tokens")
-        }
-        _ => (full.to_owned(), "end_turn"),
-    }
-}
-
-/// The model family's answer to an InvokeModel body, and its token counts
-/// (input: the words of every string in the request; output: of the answer).
-pub(crate) fn invoke_reply(
-    model_id: &str,
-    request: &Value,
-) -> Result<(Value, Tokens), (u16, &'static str, String)> {
-    if request.is_null() {
-        return Err((
-            400,
-            "ValidationException",
-            "Malformed input request, please reformat your input and try again.".into(),
-        ));
-    }
-    if let Some(text) = request.get("inputText").and_then(Value::as_str) {
-        // Titan embeddings: a small deterministic vector from the text.
-        let embedding: Vec<f64> = (0..8)
-            .map(|i| ((text.len() + i * 31) % 97) as f64 / 97.0)
-            .collect();
-        let tokens = Tokens {
-            input: words(text),
-            output: 0,
-        };
-        return Ok((
-            json!({"embedding": embedding, "inputTextTokenCount": words(text)}),
-            tokens,
-        ));
-    }
-    if let Some(messages) = request.get("messages").and_then(Value::as_array) {
-        // Anthropic messages API.
-        let last = messages
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .and_then(|m| m.get("content"))
-            .map(|c| match c {
-                Value::String(s) => s.clone(),
-                other => other
-                    .as_array()
-                    .map(|blocks| {
-                        blocks
-                            .iter()
-                            .filter_map(|b| b.get("text").and_then(Value::as_str))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                    .unwrap_or_default(),
-            })
-            .unwrap_or_default();
-        let text = format!("Echo from {model_id}: {last}");
-        let tokens = Tokens {
-            input: words(&last),
-            output: words(&text),
-        };
-        return Ok((
-            json!({
-                "id": "msg_lab", "type": "message", "role": "assistant", "model": model_id,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn",
-                "usage": {"input_tokens": tokens.input, "output_tokens": tokens.output}
-            }),
-            tokens,
-        ));
-    }
-    // Any other family: an echo, with no usage in the body (as several
-    // families send), so only the headers count its tokens.
-    let text = format!("Echo from {model_id}: {request}");
-    let tokens = Tokens {
-        input: string_words(request),
-        output: words(&text),
-    };
-    Ok((json!({"outputText": text}), tokens))
-}
-
-/// The words of every string in a JSON value.
-fn string_words(value: &Value) -> i64 {
-    match value {
-        Value::String(s) => words(s),
-        Value::Array(items) => items.iter().map(string_words).sum(),
-        Value::Object(map) => map.values().map(string_words).sum(),
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn reply_echoes_the_last_user_message_and_counts_words() {
-        let reply = converse_reply(
-            "amazon.nova-lite-v1:0",
-            &json!({"messages": [{"role": "user", "content": [{"text": "hello there world"}]}], "system": [{"text": "be nice"}]}),
-            0,
-        )
-        .expect("reply");
-        assert_eq!(
-            reply["output"]["message"]["content"][0]["text"],
-            "Echo from amazon.nova-lite-v1:0: hello there world"
-        );
-        assert_eq!(reply["usage"]["inputTokens"], 5);
-        assert_eq!(reply["stopReason"], "end_turn");
-    }
-
-    #[test]
-    fn max_tokens_and_stop_sequences_cut_the_reply() {
-        assert_eq!(
-            shape_output("a b c d", Some(2), &[]),
-            ("a b".into(), "max_tokens")
-        );
-        assert_eq!(
-            shape_output("a b END c", None, &["END".into()]),
-            ("a b".into(), "stop_sequence")
-        );
-    }
-
-    async fn post(endpoint: &str, model_path: &str, body: Value) -> (u16, Option<String>, Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{endpoint}/model/{model_path}/converse"))
-            .json(&body)
-            .send()
-            .await
-            .expect("emulator answers");
+    /// A raw request to the emulator: status, error type, answer headers and JSON body.
+    async fn send(
+        endpoint: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (u16, Option<String>, HeaderMap, Value) {
+        let mut request = reqwest::Client::new()
+            .post(format!("{endpoint}{path}"))
+            .json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("emulator answers");
         let status = response.status().as_u16();
-        let error_type = response
-            .headers()
+        let headers = response.headers().clone();
+        let error_type = headers
             .get("x-amzn-ErrorType")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        (
-            status,
-            error_type,
-            response.json().await.unwrap_or(Value::Null),
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, error_type, headers, body)
+    }
+
+    async fn post(endpoint: &str, model_path: &str, body: Value) -> (u16, Option<String>, Value) {
+        let (status, error_type, _, body) = send(
+            endpoint,
+            &format!("/model/{model_path}/converse"),
+            &[],
+            body,
         )
+        .await;
+        (status, error_type, body)
+    }
+
+    /// Sets knobs as a test client would, through `PUT /_lab/knobs`.
+    async fn put_knobs(endpoint: &str, knobs: Value) {
+        let status = reqwest::Client::new()
+            .put(format!("{endpoint}/_lab/knobs"))
+            .json(&knobs)
+            .send()
+            .await
+            .expect("emulator answers")
+            .status();
+        assert_eq!(status.as_u16(), 204);
+    }
+
+    /// ApplyGuardrail over HTTP: blocked and passed texts, an unknown guardrail,
+    /// the call recorded, and model access and quota not applied.
+    #[tokio::test]
+    async fn apply_guardrail_answers_over_http_without_model_access_or_quota() {
+        let emulator = BedrockEmulator::start(None).await.expect("starts");
+        let endpoint = emulator.endpoint();
+        // Only the id: versions, trigger and message take their defaults.
+        put_knobs(
+            &endpoint,
+            json!({"guardrails": [{"id": "gr1"}], "model_access": [], "quota_rpm": 1}),
+        )
+        .await;
+        let blocked =
+            json!({"source": "INPUT", "content": [{"text": {"text": "something FORBIDDEN"}}]});
+        let arn = "arn%3Aaws%3Abedrock%3Aus-east-1%3A111122223333%3Aguardrail%2Fgr1";
+        let (status, _, _, body) = send(
+            &endpoint,
+            &format!("/guardrail/{arn}/version/DRAFT/apply"),
+            &[],
+            blocked.clone(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["action"], "GUARDRAIL_INTERVENED");
+        assert_eq!(
+            body["outputs"],
+            json!([{"text": "Sorry, I can't help with that."}])
+        );
+        assert_eq!(body["usage"]["wordPolicyUnits"], 1);
+        let passed = json!({"source": "OUTPUT", "content": [{"text": {"text": "all fine"}}]});
+        let (status, _, _, body) =
+            send(&endpoint, "/guardrail/gr1/version/1/apply", &[], passed).await;
+        assert_eq!((status, body["action"].as_str()), (200, Some("NONE")));
+        let (status, error_type, _, _) =
+            send(&endpoint, "/guardrail/gr1/version/3/apply", &[], blocked).await;
+        assert_eq!(status, 404);
+        assert_eq!(error_type.as_deref(), Some("ResourceNotFoundException"));
+        let calls = emulator.calls();
+        assert_eq!(calls.len(), 3);
+        assert!(calls.iter().all(|c| c.operation == "ApplyGuardrail"));
+        assert_eq!(
+            calls[0].model_id,
+            "arn:aws:bedrock:us-east-1:111122223333:guardrail/gr1"
+        );
+        assert_eq!(
+            calls[2].error_type.as_deref(),
+            Some("ResourceNotFoundException")
+        );
+    }
+
+    /// Over HTTP the second call reads the first's prefix, and `POST /_lab/reset` empties the cache.
+    #[tokio::test]
+    async fn the_prompt_cache_counts_across_calls_and_reset_clears_it() {
+        let emulator = BedrockEmulator::start(None).await.expect("starts");
+        let endpoint = emulator.endpoint();
+        let request = |question: &str| {
+            json!({"messages": [{"role": "user", "content": [
+                {"text": "one two three four"}, {"cachePoint": {"type": "default"}}, {"text": question}
+            ]}]})
+        };
+        let model = "amazon.nova-pro-v1%3A0";
+        let (_, _, first) = post(&endpoint, model, request("first?")).await;
+        let (_, _, second) = post(&endpoint, model, request("and second?")).await;
+        assert_eq!(first["usage"]["cacheWriteInputTokens"], 4);
+        assert_eq!(second["usage"]["cacheReadInputTokens"], 4);
+        assert_eq!(second["usage"]["inputTokens"], 2);
+        let status = reqwest::Client::new()
+            .post(format!("{endpoint}/_lab/reset"))
+            .send()
+            .await
+            .expect("reset")
+            .status();
+        assert_eq!(status.as_u16(), 204);
+        let (_, _, third) = post(&endpoint, model, request("third")).await;
+        assert_eq!(third["usage"]["cacheReadInputTokens"], 0);
+        assert_eq!(third["usage"]["cacheWriteInputTokens"], 4);
+    }
+
+    /// InvokeModel reports the tier it ran on in a header, flex slower; an unoffered tier is refused.
+    #[tokio::test]
+    async fn invoke_model_reports_its_tier_and_flex_is_slower() {
+        let emulator = BedrockEmulator::start(None).await.expect("starts");
+        emulator.set_knobs(Knobs {
+            flex_extra_latency_ms: 300,
+            ..Knobs::default()
+        });
+        let endpoint = emulator.endpoint();
+        let body = json!({"inputText": "hello"});
+        let path = "/model/amazon.nova-pro-v1%3A0/invoke";
+        let started = Instant::now();
+        let (status, _, headers, _) = send(
+            &endpoint,
+            path,
+            &[("X-Amzn-Bedrock-Service-Tier", "flex")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let header = |headers: &HeaderMap, name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            header(&headers, "x-amzn-bedrock-service-tier").as_deref(),
+            Some("flex")
+        );
+        assert_eq!(
+            header(&headers, "x-amzn-bedrock-invocation-latency").as_deref(),
+            Some("300")
+        );
+        let (_, _, headers, _) = send(&endpoint, path, &[], body.clone()).await;
+        assert_eq!(
+            header(&headers, "x-amzn-bedrock-service-tier"),
+            None,
+            "reported only when asked"
+        );
+        let (status, error_type, _, message) = send(
+            &endpoint,
+            "/model/amazon.nova-lite-v1%3A0/invoke",
+            &[("X-Amzn-Bedrock-Service-Tier", "priority")],
+            body,
+        )
+        .await;
+        assert_eq!(
+            (status, error_type.as_deref()),
+            (400, Some("ValidationException"))
+        );
+        assert_eq!(
+            message["message"],
+            "The service tier 'priority' is not supported for model 'amazon.nova-lite-v1:0'."
+        );
     }
 
     #[tokio::test]
@@ -881,6 +837,12 @@ mod tests {
         assert_eq!(post(&endpoint, "other.model-v1", body).await.0, 200);
     }
 
+    #[test]
+    fn model_ids_are_checked_for_plausibility() {
+        assert!(check_model_id("not a model").is_err());
+        assert!(check_model_id("us.anthropic.claude-3-haiku-20240307-v1:0").is_ok());
+    }
+
     #[tokio::test]
     async fn unsigned_requests_are_refused_when_signatures_are_checked() {
         let emulator = BedrockEmulator::start(Some(MotoSessions::new("http://127.0.0.1:9")))
@@ -890,18 +852,5 @@ mod tests {
         let (status, error_type, _) = post(&emulator.endpoint(), "a.model-v1", body).await;
         assert_eq!(status, 403);
         assert_eq!(error_type.as_deref(), Some("AccessDeniedException"));
-    }
-
-    #[test]
-    fn conversations_must_alternate_starting_with_user() {
-        let err = converse_reply(
-            "a.b",
-            &json!({"messages": [{"role": "assistant", "content": [{"text": "x"}]}]}),
-            0,
-        )
-        .expect_err("invalid");
-        assert_eq!(err.1, "ValidationException");
-        assert!(check_model_id("not a model").is_err());
-        assert!(check_model_id("us.anthropic.claude-3-haiku-20240307-v1:0").is_ok());
     }
 }
