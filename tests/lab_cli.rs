@@ -424,3 +424,42 @@ async fn doctor_fails_a_staging_bucket_that_does_not_exist_with_the_fix() {
         assert_eq!(check(&checks, name)["ok"], true, "{name}: {stdout}");
     }
 }
+
+/// With RELAY_GUARDRAILS the doctor applies each guardrail once with RoleA:
+/// a guardrail account A has passes, one it lacks fails with the fix, and the
+/// failure fails the doctor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_applies_each_configured_guardrail_with_role_a() {
+    let lab = Lab::start().await.expect("lab starts");
+    lab.bedrock.set_knobs(lab::emulator::Knobs {
+        guardrails: vec![lab::emulator::LabGuardrail::new("gr1abc")],
+        ..lab::emulator::Knobs::default()
+    });
+    let guardrails = r#"{"customer-facing": {"identifier": "gr1abc", "version": "1"}, "missing": {"identifier": "gr9zzz", "version": "1"}}"#;
+    let (code, stdout) = doctor(&lab, &[("RELAY_GUARDRAILS", guardrails)]).await;
+    let checks = checks(&stdout);
+    let passed = check(&checks, "guardrail:customer-facing");
+    assert_eq!(passed["ok"], true, "{passed}");
+    let missing = check(&checks, "guardrail:missing");
+    assert_eq!(missing["ok"], false);
+    let detail = missing["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("does not exist in account {ACCOUNT_A}")),
+        "{detail}"
+    );
+    assert_eq!(code, 1, "a failed check fails the doctor");
+    let applied: Vec<_> = lab
+        .bedrock
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == "ApplyGuardrail")
+        .collect();
+    assert_eq!(applied.len(), 2);
+    assert!(
+        applied.iter().all(|c| c
+            .role_arn
+            .as_deref()
+            .is_some_and(|r| r.ends_with("role/RoleA") || r.contains(ACCOUNT_A))),
+        "applied as RoleA: {applied:?}"
+    );
+}

@@ -9,8 +9,6 @@
 //!
 //! Needs the lab's Python tools: `scripts/setup` (the test command runs it).
 
-use std::time::Duration;
-
 use lab::emulator::{Call, Knobs, LabGuardrail};
 use lab::runtime_api::Outcome;
 use lab::{BUCKET, PREFIX};
@@ -99,7 +97,8 @@ async fn a_structured_answer_is_sent_as_json_schema_and_recorded_parsed() {
     assert_eq!(record["status"], "succeeded");
     let answer = &record["output"]["json"];
     assert!(
-        ["billing", "reporting", "accounts", "other"].contains(&answer["team"].as_str().unwrap_or("")),
+        ["billing", "reporting", "accounts", "other"]
+            .contains(&answer["team"].as_str().unwrap_or("")),
         "{answer}"
     );
     assert!(answer["summary"].is_string(), "{answer}");
@@ -129,21 +128,34 @@ async fn a_mismatch_is_asked_once_more_then_fails_output_invalid() {
         structured_mismatches: 1,
         ..Knobs::default()
     });
-    let outcome = run(&bench, "a1000000-0000-4000-8000-000000000001", job("triage/once")).await;
-    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}\n{}", logs(&bench));
+    let outcome = run(
+        &bench,
+        "a1000000-0000-4000-8000-000000000001",
+        job("triage/once"),
+    )
+    .await;
+    assert!(
+        matches!(outcome, Outcome::Response { .. }),
+        "{outcome:?}\n{}",
+        logs(&bench)
+    );
     assert_eq!(answered(&bench).len(), 2, "the mismatch was asked again");
     let record = bench.record("triage/once").await;
     assert_eq!(record["status"], "succeeded");
     assert!(record["output"]["json"]["team"].is_string(), "{record}");
 
-    bench.lab.bedrock.reset();
     bench.lab.bedrock.set_knobs(Knobs {
         structured_mismatches: 2,
         ..Knobs::default()
     });
-    let outcome = run(&bench, "a1000000-0000-4000-8000-000000000002", job("triage/twice")).await;
+    let outcome = run(
+        &bench,
+        "a1000000-0000-4000-8000-000000000002",
+        job("triage/twice"),
+    )
+    .await;
     assert_eq!(error_type(&outcome), "NonRetryable.OutputInvalid");
-    assert_eq!(answered(&bench).len(), 2, "one re-ask, no more");
+    assert_eq!(answered(&bench).len(), 4, "one re-ask, no more");
     let record = bench.record("triage/twice").await;
     assert_eq!(record["status"], "failed");
     assert_eq!(record["error"]["type"], "OutputInvalid");
@@ -168,7 +180,10 @@ async fn a_schema_bedrock_refuses_is_bedrock_rejected_with_its_words() {
     assert_eq!(error_type(&outcome), "NonRetryable.BedrockRejected");
     let record = bench.record("ages").await;
     let message = record["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("output_schema") && message.contains("minimum"), "{message}");
+    assert!(
+        message.contains("output_schema") && message.contains("minimum"),
+        "{message}"
+    );
 }
 
 /// An InvokeModel job's answer is validated as well (the body is the
@@ -212,24 +227,32 @@ async fn a_cached_batch_reads_the_shared_prefix_after_the_first_item() {
     for call in &calls {
         let system = call.request["system"].as_array().expect("system");
         assert_eq!(system.last(), Some(&point), "{system:?}");
-        let content = call.request["messages"][0]["content"].as_array().expect("content");
-        assert_eq!(content[0], json!({"text": "Classify this review. "}));
+        let content = call.request["messages"][0]["content"]
+            .as_array()
+            .expect("content");
+        assert_eq!(content[0], json!({"text": "Classify this review. Review "}));
         assert_eq!(content[1], point);
-        assert!(content[2]["text"].as_str().unwrap_or("").starts_with("Review r-10"));
+        assert!(content[2]["text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("r-10"));
     }
     let lines = bench
         .lab
-        .lines_in(BUCKET, &format!("{PREFIX}reviews/classified/2026-11-28.jsonl"))
+        .lines_in(
+            BUCKET,
+            &format!("{PREFIX}reviews/classified/2026-11-28.jsonl"),
+        )
         .await
         .expect("s3")
         .expect("the batch's lines");
-    let usage = |i: usize, field: &str| lines[i]["usage"][field].as_i64().unwrap_or(-1);
-    let written = usage(0, "cache_write_input_tokens");
+    let usage = |line: &Value, field: &str| line["usage"][field].as_i64().unwrap_or(-1);
+    let written = usage(&lines[0], "cache_write_input_tokens");
     assert!(written > 0, "{}", lines[0]);
-    assert_eq!(usage(0, "cache_read_input_tokens"), 0);
-    for i in 1..3 {
-        assert_eq!(usage(i, "cache_read_input_tokens"), written, "{}", lines[i]);
-        assert_eq!(usage(i, "cache_write_input_tokens"), 0, "{}", lines[i]);
+    assert_eq!(usage(&lines[0], "cache_read_input_tokens"), 0);
+    for line in &lines[1..] {
+        assert_eq!(usage(line, "cache_read_input_tokens"), written, "{line}");
+        assert_eq!(usage(line, "cache_write_input_tokens"), 0, "{line}");
     }
 }
 
@@ -263,7 +286,10 @@ async fn a_guardrail_intervention_is_a_blocked_record_not_an_error() {
     )
     .await;
     let Outcome::Response { body } = &outcome else {
-        panic!("a blocked answer is not a Lambda error: {outcome:?}\n{}", logs(&bench));
+        panic!(
+            "a blocked answer is not a Lambda error: {outcome:?}\n{}",
+            logs(&bench)
+        );
     };
     assert_eq!(body["status"], "blocked");
     let record = bench.record("blocked-one").await;
@@ -271,7 +297,8 @@ async fn a_guardrail_intervention_is_a_blocked_record_not_an_error() {
     assert_eq!(record["output"]["stop_reason"], "guardrail_intervened");
     assert_eq!(record["output"]["text"], "Sorry, I can't help with that.");
     assert_eq!(
-        record["output"]["guardrail"]["inputAssessment"]["gr1abc"]["wordPolicy"]["customWords"][0]["match"],
+        record["output"]["guardrail"]["inputAssessment"]["gr1abc"]["wordPolicy"]["customWords"][0]
+            ["match"],
         "FORBIDDEN",
         "{record}"
     );
@@ -303,7 +330,11 @@ async fn a_blocked_item_settles_its_line_and_the_batch_completes() {
     let Outcome::Response { body } = &outcome else {
         panic!("expected success, got {outcome:?}\n{}", logs(&bench));
     };
-    assert_eq!((body["succeeded"].as_u64(), body["blocked"].as_u64()), (Some(2), Some(1)), "{body}");
+    assert_eq!(
+        (body["succeeded"].as_u64(), body["blocked"].as_u64()),
+        (Some(2), Some(1)),
+        "{body}"
+    );
     assert_eq!(body["status"], "succeeded");
     let lines = bench
         .lab
@@ -311,9 +342,16 @@ async fn a_blocked_item_settles_its_line_and_the_batch_completes() {
         .await
         .expect("s3")
         .expect("lines");
-    let statuses: Vec<&str> = lines.iter().map(|l| l["status"].as_str().unwrap_or("")).collect();
+    let statuses: Vec<&str> = lines
+        .iter()
+        .map(|l| l["status"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(statuses, ["succeeded", "blocked", "succeeded"]);
-    assert_eq!(answered(&bench).len(), 3, "every item was sent with the default guardrail");
+    assert_eq!(
+        answered(&bench).len(),
+        3,
+        "every item was sent with the default guardrail"
+    );
 }
 
 /// An InvokeModel job gets the guardrail as Bedrock's headers, and the
@@ -331,11 +369,21 @@ async fn an_invoke_job_is_guarded_through_the_headers() {
                                    "messages": [{"role": "user", "content": "say FORBIDDEN"}]}}}),
     )
     .await;
-    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}\n{}", logs(&bench));
+    assert!(
+        matches!(outcome, Outcome::Response { .. }),
+        "{outcome:?}\n{}",
+        logs(&bench)
+    );
     let record = bench.record("raw-blocked").await;
     assert_eq!(record["status"], "blocked", "{record}");
-    assert_eq!(record["output"]["body"]["amazon-bedrock-guardrailAction"], "INTERVENED");
-    assert!(record["output"]["guardrail"].is_object(), "the trace: {record}");
+    assert_eq!(
+        record["output"]["body"]["amazon-bedrock-guardrailAction"],
+        "INTERVENED"
+    );
+    assert!(
+        record["output"]["guardrail"].is_object(),
+        "the trace: {record}"
+    );
 }
 
 /// A guardrail RELAY_GUARDRAILS names but account A lacks is
@@ -375,7 +423,10 @@ async fn the_tier_used_is_recorded_and_a_missing_tier_says_what_to_do() {
     };
     let record = bench.record(body["job_id"].as_str().expect("id")).await;
     assert_eq!(record["output"]["service_tier"], "flex");
-    assert_eq!(answered(&bench)[0].request["serviceTier"], json!({"type": "flex"}));
+    assert_eq!(
+        answered(&bench)[0].request["serviceTier"],
+        json!({"type": "flex"})
+    );
 
     let outcome = run(
         &bench,
@@ -384,8 +435,15 @@ async fn the_tier_used_is_recorded_and_a_missing_tier_says_what_to_do() {
                "invoke": {"body": {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}}}),
     )
     .await;
-    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}\n{}", logs(&bench));
-    assert_eq!(bench.record("raw-priority").await["output"]["service_tier"], "priority");
+    assert!(
+        matches!(outcome, Outcome::Response { .. }),
+        "{outcome:?}\n{}",
+        logs(&bench)
+    );
+    assert_eq!(
+        bench.record("raw-priority").await["output"]["service_tier"],
+        "priority"
+    );
 
     let outcome = run(
         &bench,
@@ -415,7 +473,11 @@ async fn model_fields_are_sent_when_allowlisted_and_refused_otherwise() {
         json!({"id": "topk", "model": MODEL, "prompt": "hi", "model_fields": {"inferenceConfig": {"topK": 20}}}),
     )
     .await;
-    assert!(matches!(outcome, Outcome::Response { .. }), "{outcome:?}\n{}", logs(&bench));
+    assert!(
+        matches!(outcome, Outcome::Response { .. }),
+        "{outcome:?}\n{}",
+        logs(&bench)
+    );
     assert_eq!(
         answered(&bench)[0].request["additionalModelRequestFields"],
         json!({"inferenceConfig": {"topK": 20}})
@@ -427,45 +489,14 @@ async fn model_fields_are_sent_when_allowlisted_and_refused_otherwise() {
     )
     .await;
     assert_eq!(error_type(&outcome), "NonRetryable.InvalidJob");
-    assert_eq!(bench.lab.bedrock.calls().len(), 1, "no call for the refused job");
+    assert_eq!(
+        bench.lab.bedrock.calls().len(),
+        1,
+        "no call for the refused job"
+    );
     let message = bench.record("nope").await["error"]["message"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    assert!(message.starts_with("model_fields: `thinking`"), "{message}");
-}
-
-/// The doctor applies each configured guardrail with RoleA: pass when
-/// account A has it, fail with the fix when it does not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn doctor_applies_each_configured_guardrail_with_role_a() {
-    let lab = lab::Lab::start().await.expect("lab starts");
-    lab.bedrock.set_knobs(guardrail_knobs());
-    let two = r#"{"customer-facing": {"identifier": "gr1abc", "version": "1"}, "missing": {"identifier": "gr9zzz", "version": "1"}}"#;
-    let mut env = lab.function_env();
-    env.push(("RELAY_GUARDRAILS".into(), two.into()));
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_bedrock-relay"))
-        .args(["doctor", "--json", "--model", MODEL])
-        .env_clear()
-        .envs(env)
-        .output()
-        .await
-        .expect("doctor runs");
-    let checks: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&output.stdout))
-    });
-    let check = |name: &str| {
-        checks
-            .as_array()
-            .or_else(|| checks["checks"].as_array())
-            .and_then(|all| all.iter().find(|c| c["check"] == name).cloned())
-            .unwrap_or_else(|| panic!("no {name} check in {checks}"))
-    };
-    assert_eq!(check("guardrail:customer-facing")["ok"], true);
-    let missing = check("guardrail:missing");
-    assert_eq!(missing["ok"], false);
-    let detail = missing["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("does not exist in account 111111111111"), "{detail}");
-    assert_eq!(output.status.code(), Some(1), "a failed check fails the doctor");
-    let _ = Duration::ZERO;
+    assert!(message.contains("model_fields: `thinking`"), "{message}");
 }

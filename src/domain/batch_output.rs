@@ -45,7 +45,7 @@ pub struct RecordError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
     /// The model answered (a Converse response).
-    Answered(ModelReply),
+    Answered(Box<ModelReply>),
     /// The record failed.
     Failed(RecordError),
 }
@@ -137,7 +137,7 @@ impl OutputLine {
         let raw: RawLine = serde_json::from_str(line)
             .map_err(|err| OutputError::Shape(without_values(&err.to_string())))?;
         let outcome = match (raw.model_output, raw.error) {
-            (Some(reply), _) => RecordOutcome::Answered(reply.into_model_reply()),
+            (Some(reply), _) => RecordOutcome::Answered(Box::new(reply.into_model_reply())),
             (None, Some(error)) => RecordOutcome::Failed(RecordError {
                 code: match error.error_code {
                     Some(ErrorCode::Number(n)) => n.to_string(),
