@@ -55,7 +55,8 @@ async fn job_event_runs_as_role_a_and_lands_in_s3() {
     // The emulator counts words: 9 prompt + 6 system in; "Echo from <model>:" + 9 out.
     assert_eq!(
         record["usage"],
-        json!({"input_tokens": 15, "output_tokens": 12, "total_tokens": 27})
+        json!({"input_tokens": 15, "output_tokens": 12, "total_tokens": 27,
+               "cache_read_input_tokens": 0, "cache_write_input_tokens": 0})
     );
     assert!(record["latency"]["call_ms"].as_u64().is_some());
     assert!(record["started_at"]
