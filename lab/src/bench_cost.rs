@@ -1,7 +1,14 @@
-//! The cost benchmark: the same `items_from` batch run twice through the
-//! function, once on-demand (fanned out over the work queue) and once as a
-//! Bedrock batch job in account A, with what Bedrock would bill for each from
-//! the tokens the manifests count and [`PRICES`].
+//! The cost benchmark: the same `items_from` batch, every item sharing a
+//! 2,000-token system prompt, run through the function four times: on-demand
+//! (fanned out over the work queue) without and with prompt caching
+//! (`cache: 5m`), and as a Bedrock batch job in account A without and with
+//! it; with what Bedrock would bill for each from the tokens the manifests
+//! count (cache reads and writes apart) and [`PRICES`].
+//!
+//! The lab's batch-job plane applies no prompt cache to batch records: no AWS
+//! page says whether batch inference honours cache points. The table adds the
+//! projection "batch job, cache honoured": the cached on-demand run's tokens
+//! at the batch price.
 //!
 //! The lab's wall times are the lab's: its batch-job plane answers 1,000
 //! records a second, where Bedrock takes minutes to a day (within the job's
@@ -36,11 +43,26 @@ pub const PRICES: [(&str, f64, f64); 1] = [(MODEL, 0.000_06, 0.000_24)];
 /// same).
 pub const BATCH_PRICE_RATIO: f64 = 0.5;
 
+/// A prompt-cache read against an input token: 0.1x (the Bedrock pricing
+/// page's prompt-caching columns and the prompt-caching user guide: "cache
+/// read ... 90% discount").
+pub const CACHE_READ_RATIO: f64 = 0.1;
+
+/// A five-minute prompt-cache write against an input token: 1.25x (the
+/// Bedrock pricing page's cache-write column for Claude models; some models,
+/// Nova among them, bill writes at the input rate, which this overstates).
+pub const CACHE_WRITE_RATIO: f64 = 1.25;
+
+/// Words (the emulator's tokens) of the system prompt every item shares.
+pub const SHARED_SYSTEM_TOKENS: usize = 2_000;
+
 /// One mode's run.
 #[derive(Debug, Clone)]
 pub struct CostFigures {
-    /// `on-demand (fan-out)` or `batch job`.
+    /// `on-demand`, `on-demand, cached`, `batch job`, ...
     pub mode: &'static str,
+    /// Figures derived from another run's tokens, not measured.
+    pub projected: bool,
     /// Items in the batch.
     pub items: usize,
     /// Items that succeeded.
@@ -55,6 +77,10 @@ pub struct CostFigures {
     pub input_tokens: u64,
     /// Generated tokens, from the manifest.
     pub output_tokens: u64,
+    /// Prompt tokens read from the cache, from the manifest.
+    pub cache_read_tokens: u64,
+    /// Prompt tokens written to the cache, from the manifest.
+    pub cache_write_tokens: u64,
     /// USD for the whole batch.
     pub spend: f64,
 }
@@ -66,24 +92,65 @@ impl CostFigures {
     }
 }
 
+/// Token counts of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tokens {
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_write: u64,
+}
+
 /// The tokens of a manifest, summed over its targets and models.
-fn tokens(manifest: &Value) -> (u64, u64) {
+fn tokens(manifest: &Value) -> Tokens {
     let rows = manifest["by_target"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     let sum = |field: &str| rows.iter().filter_map(|r| r[field].as_u64()).sum();
-    (sum("input_tokens"), sum("output_tokens"))
+    Tokens {
+        input: sum("input_tokens"),
+        output: sum("output_tokens"),
+        cache_read: sum("cache_read_input_tokens"),
+        cache_write: sum("cache_write_input_tokens"),
+    }
 }
 
-/// What `input` and `output` tokens of `model` cost on-demand.
-fn on_demand_price(model: &str, input: u64, output: u64) -> f64 {
+/// What `tokens` of `model` cost on-demand: input and output at their
+/// prices, cache reads and writes at theirs against the input price.
+fn on_demand_price(model: &str, tokens: Tokens) -> f64 {
     let (_, per_in, per_out) = PRICES
         .iter()
         .find(|(m, _, _)| *m == model)
         .copied()
         .unwrap_or((model, 0.0, 0.0));
-    input as f64 / 1000.0 * per_in + output as f64 / 1000.0 * per_out
+    let input = tokens.input as f64
+        + tokens.cache_read as f64 * CACHE_READ_RATIO
+        + tokens.cache_write as f64 * CACHE_WRITE_RATIO;
+    input / 1000.0 * per_in + tokens.output as f64 / 1000.0 * per_out
+}
+
+/// The system prompt every item shares: [`SHARED_SYSTEM_TOKENS`] words.
+fn shared_system() -> String {
+    let rules = [
+        "Label",
+        "each",
+        "review",
+        "positive,",
+        "negative",
+        "or",
+        "mixed;",
+        "quote",
+        "the",
+        "words",
+        "that",
+        "decide",
+        "it.",
+    ];
+    (0..SHARED_SYSTEM_TOKENS)
+        .map(|i| rules[i % rules.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs `items` items on-demand and as a batch job through `function`.
@@ -136,9 +203,17 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
                 .await
         }
     };
+    let system = shared_system();
+    // Bedrock caches nothing under a checkpoint's minimum (1,024 tokens for
+    // many models); the shared prompt is over it, as a real one must be.
+    lab.bedrock.set_knobs(crate::emulator::Knobs {
+        cache_min_tokens: 1024,
+        ..crate::emulator::Knobs::default()
+    });
     let job = |id: &str, extra: Value| {
         let mut detail = json!({
             "model": MODEL,
+            "system": system,
             "prompt": "Give the sentiment of this review in one word: {{ item.text }}",
             "items_from": "s3://relay-inputs/cost/items.jsonl",
         });
@@ -176,9 +251,6 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
             .count()
     };
 
-    // On-demand, fanned out over the work queue.
-    let started = Instant::now();
-    expect_answer(invoke(job("cost-on-demand", json!({"mode": "on-demand"}))).await?)?;
     let mapping = Mapping {
         queue_url: work.url.clone(),
         queue_arn: work.arn.clone(),
@@ -186,54 +258,97 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
         maximum_concurrency: runtimes.len(),
         function_timeout: timeout,
     };
-    esm::run(
-        &sqs,
-        &mapping,
-        &runtimes,
-        Duration::from_secs(2),
-        Duration::from_secs(600),
-    )
-    .await?;
-    let on_demand = manifest("cost-on-demand".into()).await?;
-    let wall = started.elapsed().as_secs_f64();
-    let (input, output) = tokens(&on_demand);
-    let calls = answered(&lab);
-    let mut rows = vec![CostFigures {
-        mode: "on-demand (fan-out)",
-        items,
-        succeeded: on_demand["succeeded"].as_u64().unwrap_or(0),
-        wall_s: wall,
-        on_demand_calls: calls,
-        batch_jobs: 0,
-        input_tokens: input,
-        output_tokens: output,
-        spend: on_demand_price(MODEL, input, output),
-    }];
+    let mut rows = Vec::new();
+    // On-demand, fanned out over the work queue: without and with the cache.
+    for (mode, id, extra) in [
+        ("on-demand", "cost-on-demand", json!({"mode": "on-demand"})),
+        (
+            "on-demand, cached",
+            "cost-on-demand-cached",
+            json!({"mode": "on-demand", "cache": "5m"}),
+        ),
+    ] {
+        let calls = answered(&lab);
+        let started = Instant::now();
+        expect_answer(invoke(job(id, extra)).await?)?;
+        esm::run(
+            &sqs,
+            &mapping,
+            &runtimes,
+            Duration::from_secs(2),
+            Duration::from_secs(600),
+        )
+        .await?;
+        let manifest = manifest(id.into()).await?;
+        let used = tokens(&manifest);
+        rows.push(CostFigures {
+            mode,
+            projected: false,
+            items,
+            succeeded: manifest["succeeded"].as_u64().unwrap_or(0),
+            wall_s: started.elapsed().as_secs_f64(),
+            on_demand_calls: answered(&lab) - calls,
+            batch_jobs: 0,
+            input_tokens: used.input,
+            output_tokens: used.output,
+            cache_read_tokens: used.cache_read,
+            cache_write_tokens: used.cache_write,
+            spend: on_demand_price(MODEL, used),
+        });
+    }
 
     // The same batch as a batch job (`auto`: it may take two days).
-    let started = Instant::now();
-    expect_answer(invoke(job("cost-batch-job", json!({"complete_within": "P2D"}))).await?)?;
     let plane = lab.bedrock.batch_jobs();
-    for job in plane.jobs() {
-        plane
-            .wait_for_end(&job.job_arn, Duration::from_secs(600))
-            .await?;
+    for (mode, id, extra) in [
+        (
+            "batch job",
+            "cost-batch-job",
+            json!({"complete_within": "P2D"}),
+        ),
+        (
+            "batch job, cache points sent",
+            "cost-batch-job-cached",
+            json!({"complete_within": "P2D", "cache": "5m"}),
+        ),
+    ] {
+        let calls = answered(&lab);
+        let jobs_before = plane.jobs().len();
+        let started = Instant::now();
+        expect_answer(invoke(job(id, extra)).await?)?;
+        for job in plane.jobs() {
+            plane
+                .wait_for_end(&job.job_arn, Duration::from_secs(600))
+                .await?;
+        }
+        expect_answer(invoke(json!({"relay": "check-batch-jobs"})).await?)?;
+        let manifest = manifest(id.into()).await?;
+        let used = tokens(&manifest);
+        rows.push(CostFigures {
+            mode,
+            projected: false,
+            items,
+            succeeded: manifest["succeeded"].as_u64().unwrap_or(0),
+            wall_s: started.elapsed().as_secs_f64(),
+            on_demand_calls: answered(&lab) - calls,
+            batch_jobs: plane.jobs().len() - jobs_before,
+            input_tokens: used.input,
+            output_tokens: used.output,
+            cache_read_tokens: used.cache_read,
+            cache_write_tokens: used.cache_write,
+            spend: on_demand_price(MODEL, used) * BATCH_PRICE_RATIO,
+        });
     }
-    expect_answer(invoke(json!({"relay": "check-batch-jobs"})).await?)?;
-    let batch = manifest("cost-batch-job".into()).await?;
-    let wall = started.elapsed().as_secs_f64();
-    let (input, output) = tokens(&batch);
-    rows.push(CostFigures {
-        mode: "batch job",
-        items,
-        succeeded: batch["succeeded"].as_u64().unwrap_or(0),
-        wall_s: wall,
-        on_demand_calls: answered(&lab) - calls,
-        batch_jobs: plane.jobs().len(),
-        input_tokens: input,
-        output_tokens: output,
-        spend: on_demand_price(MODEL, input, output) * BATCH_PRICE_RATIO,
-    });
+    if let Some(cached) = rows.iter().find(|r| r.mode == "on-demand, cached").cloned() {
+        let batch_jobs = rows.last().map_or(0, |r| r.batch_jobs);
+        rows.push(CostFigures {
+            mode: "batch job, cache honoured (projection)",
+            projected: true,
+            on_demand_calls: 0,
+            batch_jobs,
+            spend: cached.spend * BATCH_PRICE_RATIO,
+            ..cached
+        });
+    }
     drop(functions);
     Ok(rows)
 }
@@ -264,11 +379,17 @@ pub fn table(rows: &[CostFigures]) -> String {
     line("items (succeeded)", &|r| {
         format!("{} ({})", r.items, r.succeeded)
     });
-    line("wall time in the lab", &|r| format!("{:.1} s", r.wall_s));
+    line("wall time in the lab", &|r| match r.projected {
+        true => "—".into(),
+        false => format!("{:.1} s", r.wall_s),
+    });
     line("on-demand model calls", &|r| r.on_demand_calls.to_string());
     line("batch jobs", &|r| r.batch_jobs.to_string());
     line("input / output tokens", &|r| {
         format!("{} / {}", r.input_tokens, r.output_tokens)
+    });
+    line("cache read / write tokens", &|r| {
+        format!("{} / {}", r.cache_read_tokens, r.cache_write_tokens)
     });
     line("spend for the batch", &|r| format!("${:.6}", r.spend));
     line("**spend per 1,000 items**", &|r| {
@@ -281,14 +402,42 @@ pub fn table(rows: &[CostFigures]) -> String {
 mod tests {
     use super::*;
 
-    /// A batch job's spend is half the on-demand spend for the same tokens.
+    /// A batch job's spend is half the on-demand spend for the same tokens;
+    /// cache reads cost a tenth of input and writes a quarter more.
     #[test]
-    fn a_batch_job_costs_half_of_on_demand_for_the_same_tokens() {
-        let on_demand = on_demand_price(MODEL, 1_000_000, 500_000);
+    fn prices_follow_the_table_and_the_ratios() {
+        let plain = |input, output| Tokens {
+            input,
+            output,
+            ..Tokens::default()
+        };
+        let on_demand = on_demand_price(MODEL, plain(1_000_000, 500_000));
         assert!((on_demand - (0.06 + 0.12)).abs() < 1e-9, "{on_demand}");
         assert!((on_demand * BATCH_PRICE_RATIO - 0.09).abs() < 1e-9);
+        let cached = on_demand_price(
+            MODEL,
+            Tokens {
+                cache_read: 1_000_000,
+                cache_write: 1_000_000,
+                ..Tokens::default()
+            },
+        );
+        assert!((cached - 0.06 * (0.1 + 1.25)).abs() < 1e-9, "{cached}");
         let manifest = json!({"by_target": [
-            {"input_tokens": 10, "output_tokens": 20}, {"input_tokens": 5, "output_tokens": 1}]});
-        assert_eq!(tokens(&manifest), (15, 21));
+            {"input_tokens": 10, "output_tokens": 20, "cache_read_input_tokens": 7},
+            {"input_tokens": 5, "output_tokens": 1, "cache_write_input_tokens": 3}]});
+        assert_eq!(
+            tokens(&manifest),
+            Tokens {
+                input: 15,
+                output: 21,
+                cache_read: 7,
+                cache_write: 3
+            }
+        );
+        assert_eq!(
+            shared_system().split_whitespace().count(),
+            SHARED_SYSTEM_TOKENS
+        );
     }
 }

@@ -286,8 +286,9 @@ async fn bench_fanout(args: &[String]) -> Result<(), LabError> {
     Ok(())
 }
 
-/// `lab bench-cost`: the same batch on-demand and as a Bedrock batch job;
-/// prints what each would cost from the manifests' tokens.
+/// `lab bench-cost`: the same batch with a 2,000-token shared system prompt,
+/// on-demand and as a Bedrock batch job, each without and with prompt
+/// caching; prints what each would cost from the manifests' tokens.
 async fn bench_cost(args: &[String]) -> Result<(), LabError> {
     let function = function_path(args);
     let items: usize = flag(args, "--items")
