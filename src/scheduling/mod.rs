@@ -356,3 +356,37 @@ fn out_of_time<'t>(target: &'t Target, model: &str, deadline: &Deadline) -> Serv
         }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::job::Job;
+
+    fn job(tier: Option<&str>) -> ResolvedJob {
+        let mut job = json!({"model": "amazon.nova-pro-v1:0", "prompt": "hi"});
+        if let Some(tier) = tier {
+            job["service_tier"] = json!(tier);
+        }
+        Job::from_value(job)
+            .and_then(|job| job.resolve(None, "t"))
+            .expect("valid")
+    }
+
+    /// A slow `flex` answer raises the time `flex` calls of the model are
+    /// given, not its `default` calls: latency is learnt per model and tier.
+    #[test]
+    fn latency_is_learnt_per_model_and_tier() {
+        let book = LatencyBook::default();
+        let (flex, default, unset) = (job(Some("flex")), job(Some("default")), job(None));
+        assert_eq!(
+            latency_key(&default),
+            latency_key(&unset),
+            "no tier is the default tier"
+        );
+        book.record(&latency_key(&flex), Duration::from_secs(30));
+        assert!(book.expected(&latency_key(&flex)) > Duration::from_secs(29));
+        assert_eq!(book.expected(&latency_key(&default)), MIN_MODEL_BUDGET);
+    }
+}

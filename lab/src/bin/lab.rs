@@ -26,7 +26,7 @@ use lab::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
 use lab::{Lab, LabError, BUCKET};
 use serde_json::Value;
 
-const DEMO_EVENTS: [(&str, &str); 11] = [
+const DEMO_EVENTS: [(&str, &str); 16] = [
     (
         "job-event.json",
         "an application event carrying a job (detail-type: Bedrock Relay Job)",
@@ -66,6 +66,26 @@ const DEMO_EVENTS: [(&str, &str); 11] = [
     (
         "sqs-destination-job-event.json",
         "a job whose result goes to a FIFO queue (allowed by RELAY_ALLOWED_DESTINATIONS)",
+    ),
+    (
+        "structured-output-job-event.json",
+        "structured output: the answer must match a JSON Schema (output.json)",
+    ),
+    (
+        "cached-batch-job-event.json",
+        "a batch with prompt caching: items 2..n read the shared prefix from the cache",
+    ),
+    (
+        "guardrail-job-event.json",
+        "a job under the guardrail `customer-facing` (RELAY_GUARDRAILS)",
+    ),
+    (
+        "flex-tier-job-event.json",
+        "the flex service tier on a model that offers it",
+    ),
+    (
+        "reasoning-job-event.json",
+        "Claude's extended thinking through model_fields",
     ),
     (
         "malformed-job-event.json",
@@ -376,6 +396,16 @@ async fn demo(function: PathBuf) -> Result<(), LabError> {
         "RELAY_DEFAULT_MODEL".into(),
         "amazon.nova-micro-v1:0".into(),
     ));
+    env.push((
+        "RELAY_GUARDRAILS".into(),
+        r#"{"customer-facing": {"identifier": "gr1demo", "version": "1", "trace": "enabled"}}"#
+            .into(),
+    ));
+    // Account A's guardrail, as the emulator knows it.
+    lab.bedrock.set_knobs(lab::emulator::Knobs {
+        guardrails: vec![lab::emulator::LabGuardrail::new("gr1demo")],
+        ..lab::emulator::Knobs::default()
+    });
     let function_process = FunctionProcess::spawn(&function, &runtime, &env)?;
     println!(
         "== function started through the Lambda Runtime API at {}",
@@ -471,6 +501,12 @@ fn print_record(id: &str, record: &Value) {
     );
     if let Some(text) = record["output"]["text"].as_str() {
         println!("     output: {text}");
+        if !record["output"]["json"].is_null() {
+            println!("     json:   {}", record["output"]["json"]);
+        }
+        if let Some(tier) = record["output"]["service_tier"].as_str() {
+            println!("     tier:   {tier}");
+        }
         println!(
             "     usage:  {}  stop_reason: {}",
             record["usage"], record["output"]["stop_reason"]
