@@ -802,3 +802,98 @@ async fn records_over_the_file_size_limit_are_split_into_more_jobs() {
         .enumerate()
         .all(|(i, l)| l["index"] == i && l["status"] == "succeeded"));
 }
+
+/// A batch job's records carry the job's model features as on-demand calls
+/// would (structured output, the cache points, the model fields), and the
+/// answers collected are validated against the schema (`output.json`); a
+/// batch with a guardrail runs on-demand instead, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_job_records_carry_the_features_and_answers_are_validated() {
+    let lab = Batches::start_with(
+        1,
+        BatchKnobs::default(),
+        &[(
+            "RELAY_GUARDRAILS",
+            r#"{"strict": {"identifier": "gr1abc", "version": "1"}}"#,
+        )],
+    )
+    .await;
+    lab.put_items("nightly/labels.jsonl", 120).await;
+    let schema = json!({"type": "object", "properties": {"label": {"enum": ["good", "bad"]}}, "required": ["label"]});
+    let mut detail = job("s3://relay-inputs/nightly/labels.jsonl");
+    detail["system"] = json!("You label reviews.");
+    detail["cache"] = json!("5m");
+    detail["output_schema"] = schema.clone();
+    detail["model_fields"] = json!({"inferenceConfig": {"topK": 5}});
+    let submitted = lab.send_job("labels-job", detail.clone()).await;
+    assert_eq!(
+        answer(&submitted)["mode"],
+        "batch-job",
+        "{submitted:?}\n{}",
+        lab.logs()
+    );
+    let jobs = lab.lab.bedrock.batch_jobs().jobs();
+    let input = jobs[0].input_data_config["s3InputDataConfig"]["s3Uri"]
+        .as_str()
+        .expect("input uri")
+        .to_owned();
+    let (bucket, key) = input
+        .trim_start_matches("s3://")
+        .split_once('/')
+        .expect("bucket/key");
+    let records = lab
+        .lab
+        .lines_in(bucket, key)
+        .await
+        .expect("s3")
+        .expect("staged records");
+    let first = &records[0]["modelInput"];
+    assert_eq!(
+        first["system"][1],
+        json!({"cachePoint": {"type": "default", "ttl": "5m"}})
+    );
+    assert_eq!(
+        first["messages"][0]["content"][0],
+        json!({"text": "Sentiment of: "})
+    );
+    assert_eq!(
+        first["messages"][0]["content"][1]["cachePoint"]["ttl"],
+        "5m"
+    );
+    assert_eq!(first["outputConfig"]["textFormat"]["type"], "json_schema");
+    assert_eq!(
+        first["additionalModelRequestFields"],
+        json!({"inferenceConfig": {"topK": 5}})
+    );
+
+    lab.collect().await;
+    let lines = lab
+        .lab
+        .batch_lines("labels-job")
+        .await
+        .expect("s3")
+        .expect("lines");
+    assert_eq!(lines.len(), 120);
+    for line in &lines {
+        assert_eq!(line["status"], "succeeded", "{line}");
+        assert!(
+            ["good", "bad"].contains(&line["output"]["json"]["label"].as_str().unwrap_or("")),
+            "{line}"
+        );
+    }
+
+    detail["guardrail"] = json!("strict");
+    lab.lab.bedrock.set_knobs(lab::emulator::Knobs {
+        guardrails: vec![lab::emulator::LabGuardrail::new("gr1abc")],
+        ..lab::emulator::Knobs::default()
+    });
+    let guarded = lab.send_job("labels-guarded", detail).await;
+    let guarded = answer(&guarded);
+    assert!(
+        guarded["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("`guardrail`")),
+        "{guarded}"
+    );
+    assert_ne!(guarded["mode"], "batch-job", "{guarded}");
+}
