@@ -4,6 +4,15 @@
 //! credentials, and delivers the results in account B (S3, SQS, SNS,
 //! EventBridge or DynamoDB).
 //!
+//! # Documentation
+//!
+//! The operator's documentation lives in `docs/`, one page per topic:
+//! `jobs.md` (the job format, templates, batches and modes), `templates.md`,
+//! `model-features.md`, `batch-jobs.md`, `destinations.md`, `failures.md`
+//! (every error code), `configuration.md` (every `RELAY_*` variable and SAM
+//! parameter), `deploy.md`, `operations.md`, `benchmark.md`, `lab.md` and
+//! `architecture.md`. `tests/docs.rs` keeps them in step with the code.
+//!
 //! # Layout
 //!
 //! Layers run one way: a module uses only modules below it

@@ -387,7 +387,7 @@ async fn a_model_slower_than_the_time_left_is_not_called() {
     assert_eq!(record["error"]["retryable"], true);
 }
 
-/// The README's failure table, Bedrock rows, end to end: each answer the
+/// The failure table (docs/failures.md), Bedrock rows, end to end: each answer the
 /// model side can give ends in its record, its Lambda error type and its
 /// class, with the retries the table says (one attempt here, so every answer
 /// is final).

@@ -193,7 +193,7 @@ pub enum DocumentError {
 
 impl DocumentError {
     /// A stable name for the record and the Lambda error type. An items file
-    /// over a limit shares the codes of the README's failure table: too many
+    /// over a limit shares the codes of the failure table (docs/failures.md): too many
     /// items is `InvalidItems`, too many bytes `DocumentTooLarge`.
     pub fn code(&self) -> &'static str {
         match self {

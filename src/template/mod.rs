@@ -378,7 +378,7 @@ fn describe(err: &minijinja::Error, source: &str) -> String {
         }
         ErrorKind::UnknownFunction | ErrorKind::UnknownFilter | ErrorKind::UnknownTest => {
             format!(
-                "{}{}; templates may use only the filters, tests and functions listed in docs/README",
+                "{}{}; templates may use only the filters, tests and functions listed in docs/templates.md",
                 err.kind(),
                 snippet.map(|s| format!(" in `{s}`")).unwrap_or_default()
             )
