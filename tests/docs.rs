@@ -305,3 +305,68 @@ fn every_error_code_is_a_row_of_the_failure_table() {
         "codes without a row in docs/failures.md: {missing:?}"
     );
 }
+
+/// A heading's anchor as GitHub makes it: lowercase, punctuation dropped,
+/// spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every relative link in the README and the docs points at a file that
+/// exists, and at a heading of it when it names one.
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let mut pages: Vec<PathBuf> = vec![root().join("README.md"), root().join("events/README.md")];
+    for dir in ["docs", "examples"] {
+        let mut stack = vec![root().join(dir)];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "md") {
+                    pages.push(path);
+                }
+            }
+        }
+    }
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).expect("page");
+        for (at, _) in text.match_indices("](") {
+            let link: String = text[at + 2..]
+                .chars()
+                .take_while(|c| *c != ')' && !c.is_whitespace())
+                .collect();
+            if link.starts_with("http") || link.starts_with("mailto:") {
+                continue;
+            }
+            let (path, heading) = link.split_once('#').unwrap_or((link.as_str(), ""));
+            let target = match path {
+                "" => page.clone(),
+                path => page.parent().expect("parent").join(path),
+            };
+            if !target.exists() {
+                broken.push(format!("{}: {link} (no such file)", page.display()));
+                continue;
+            }
+            if !heading.is_empty() && target.extension().is_some_and(|e| e == "md") {
+                let body = std::fs::read_to_string(&target).expect("target");
+                let found = body
+                    .lines()
+                    .filter(|l| l.starts_with('#'))
+                    .any(|l| anchor(l.trim_start_matches('#')) == heading);
+                if !found {
+                    broken.push(format!("{}: {link} (no such heading)", page.display()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
