@@ -40,28 +40,33 @@ async fn cargo_lambda_invoke_runs_a_sample_event_against_cargo_lambda_watch() {
     let dir = std::env::temp_dir().join(format!("relay-cargo-lambda-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let env_file = dir.join("function.env");
-    let lines: String = lab
-        .function_env()
+    let mut env = lab.function_env();
+    // Lambda sets the region; the function reads it like any other variable.
+    env.push(("AWS_REGION".into(), lab::moto::REGION.into()));
+    let lines: String = env
         .iter()
-        .map(|(key, value)| format!("{key}={value}\n"))
+        // Quoted, as `lab up` writes it: session tokens hold `/`, `+` and `=`.
+        .map(|(key, value)| format!("{key}=\"{value}\"\n"))
         .collect();
     std::fs::write(&env_file, lines).expect("env file");
 
     let port = free_port().to_string();
     let root = env!("CARGO_MANIFEST_DIR");
+    let log = dir.join("watch.log");
+    let log_file = std::fs::File::create(&log).expect("watch log");
     let mut watch = tokio::process::Command::new(cargo_lambda())
         .args(["lambda", "watch", "--env-file"])
         .arg(&env_file)
         .args(["--invoke-port", &port])
         .current_dir(root)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
         .kill_on_drop(true)
         .spawn()
         .expect("cargo lambda watch starts");
 
     // The first invoke waits for watch to build and start the function.
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let answer = loop {
         let output = tokio::process::Command::new(cargo_lambda())
             .args([
@@ -83,8 +88,9 @@ async fn cargo_lambda_invoke_runs_a_sample_event_against_cargo_lambda_watch() {
         }
         assert!(
             Instant::now() < deadline,
-            "cargo lambda invoke kept failing: {}",
-            String::from_utf8_lossy(&output.stderr)
+            "cargo lambda invoke kept failing: {}\ncargo lambda watch said:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
