@@ -262,6 +262,40 @@ mod tests {
                "calls": calls, "throttles": throttles})
     }
 
+    /// Blocked items are counted apart (neither succeeded nor failed), and
+    /// cache tokens are summed per target and model.
+    #[test]
+    fn blocked_items_and_cache_tokens_are_counted() {
+        let lines = [
+            json!({"status": "blocked", "target": {"alias": "a"}, "model": "m",
+                   "usage": {"input_tokens": 5, "output_tokens": 0}}),
+            json!({"status": "succeeded", "target": {"alias": "a"}, "model": "m",
+                   "usage": {"input_tokens": 7, "output_tokens": 2,
+                             "cache_read_input_tokens": 2000, "cache_write_input_tokens": 0}}),
+            json!({"status": "succeeded", "target": {"alias": "a"}, "model": "m",
+                   "usage": {"input_tokens": 7, "output_tokens": 2,
+                             "cache_read_input_tokens": 0, "cache_write_input_tokens": 2000}}),
+        ];
+        let counts = Counts::of_lines(&lines);
+        assert_eq!(
+            (
+                counts.items,
+                counts.succeeded,
+                counts.blocked,
+                counts.failed
+            ),
+            (3, 2, 1, 0)
+        );
+        let usage = &counts.by_target[0];
+        assert_eq!(
+            (
+                usage.cache_read_input_tokens,
+                usage.cache_write_input_tokens
+            ),
+            (2000, 2000)
+        );
+    }
+
     /// A manifest adds up its chunks by target and model; pending lines are
     /// not items settled, and one failure makes the batch partial.
     #[test]

@@ -356,6 +356,32 @@ mod tests {
         }
     }
 
+    /// Cache reads and writes are metrics of their own, and a guardrail's
+    /// intervention counts one `GuardrailInterventions`.
+    #[test]
+    fn cache_tokens_and_guardrail_interventions_are_metrics() {
+        let doc = emf_document(
+            "BedrockRelay",
+            &JobMetrics {
+                target: "default".into(),
+                model: "m".into(),
+                usage: Some(Usage {
+                    cache_read_input_tokens: 2009,
+                    cache_write_input_tokens: 7,
+                    ..Usage::new(3, 4, 2023)
+                }),
+                guardrail_intervened: true,
+                ..JobMetrics::default()
+            },
+            1,
+        );
+        assert_eq!(doc["CacheReadInputTokens"], 2009);
+        assert_eq!(doc["CacheWriteInputTokens"], 7);
+        assert_eq!(doc["GuardrailInterventions"], 1);
+        let plain = emf_document("BedrockRelay", &JobMetrics::default(), 1);
+        assert!(plain.get("GuardrailInterventions").is_none());
+    }
+
     #[test]
     fn a_failed_job_adds_an_error_type_dimension() {
         let doc = emf_document(
