@@ -16,10 +16,13 @@ use std::time::Duration;
 use aws_sdk_eventbridge::types::{RuleState, Target};
 use aws_sdk_sqs::types::QueueAttributeName;
 use lab::esm::{self, Mapping};
-use lab::runtime_api::{FunctionProcess, Outcome};
+use lab::runtime_api::FunctionProcess;
 use lab::services::{sdk_config, Services};
 use lab::{Lab, BUCKET, PREFIX};
 use serde_json::{json, Value};
+
+mod common;
+use common::answer;
 use stack::{glob, matches, Stack, ROLE_A};
 
 const EXAMPLE: &str = "examples/nightly-batch/template.yaml";
@@ -409,14 +412,6 @@ fn nested_relay_gets_only_parameters_the_root_template_declares() {
 }
 
 // --- end to end in the lab --------------------------------------------------
-
-/// The response body of an invocation that answered.
-fn answer(outcome: &Outcome) -> &Value {
-    match outcome {
-        Outcome::Response { body } => body,
-        other => panic!("expected an answer, got {other:?}"),
-    }
-}
 
 /// The schedule's payload, sent to the built function as Scheduler's Lambda
 /// target sends it (the bare JSON as the invocation payload), plans a 25-item

@@ -18,6 +18,9 @@ use lab::services::{sdk_config, LabQueue, Services};
 use lab::{Lab, ACCOUNT_A, ACCOUNT_B, BUCKET, PREFIX};
 use serde_json::{json, Value};
 
+mod common;
+use common::answer;
+
 const MODEL: &str = "amazon.nova-lite-v1:0";
 const INPUTS: &str = "relay-inputs";
 /// The staging bucket, in account A.
@@ -204,13 +207,6 @@ fn job(items_from: &str) -> Value {
         "items_from": items_from,
         "complete_within": "P2D",
     })
-}
-
-fn answer(outcome: &Outcome) -> &Value {
-    match outcome {
-        Outcome::Response { body } => body,
-        other => panic!("expected an answer, got {other:?}"),
-    }
 }
 
 /// A nightly batch of 150 items that accepts two days (`complete_within:

@@ -17,6 +17,9 @@ use lab::services::{sdk_config, LabQueue, Services};
 use lab::{Lab, BUCKET, PREFIX};
 use serde_json::{json, Value};
 
+mod common;
+use common::answer;
+
 const MODEL: &str = "amazon.nova-lite-v1:0";
 const INPUTS: &str = "relay-inputs";
 /// A second results bucket jobs may choose (`RELAY_ALLOWED_DESTINATIONS`).
@@ -208,14 +211,6 @@ fn items(n: usize) -> Vec<Value> {
 
 fn job(items_from: &str) -> Value {
     json!({"model": MODEL, "prompt": "Sentiment of: {{ item.text }}", "items_from": items_from})
-}
-
-/// The response body of an invocation that answered.
-fn answer(outcome: &Outcome) -> &Value {
-    match outcome {
-        Outcome::Response { body } => body,
-        other => panic!("expected an answer, got {other:?}"),
-    }
 }
 
 /// A 95-item `items_from` batch with chunks of 10 is planned, not run, by the

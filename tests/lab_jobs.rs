@@ -15,30 +15,13 @@ use lab::{BUCKET, PREFIX};
 use serde_json::{json, Value};
 
 mod common;
-use common::{error_type, event_bytes, Bench, TIMEOUT};
+use common::{error_type, event_bytes, job_event, Bench, TIMEOUT};
 
 const MODEL: &str = "amazon.nova-lite-v1:0";
 
 /// Invokes the job event with `id` around `detail` (see [`job_event`]).
 async fn invoke_job(bench: &Bench, id: &str, detail: Value, timeout: Duration) -> Outcome {
     bench.invoke_bytes(job_event(id, detail), timeout).await
-}
-
-/// A `Bedrock Relay Job` event around `detail`, with a fixed envelope id.
-fn job_event(id: &str, detail: Value) -> Vec<u8> {
-    json!({
-        "version": "0",
-        "id": id,
-        "detail-type": "Bedrock Relay Job",
-        "source": "com.example.tests",
-        "account": "222222222222",
-        "time": "2026-11-28T10:00:00Z",
-        "region": "us-east-1",
-        "resources": [],
-        "detail": detail,
-    })
-    .to_string()
-    .into_bytes()
 }
 
 /// The user text of each Converse call the emulator answered, in arrival order.

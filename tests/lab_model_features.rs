@@ -15,30 +15,13 @@ use lab::{BUCKET, PREFIX};
 use serde_json::{json, Value};
 
 mod common;
-use common::{error_type, event_bytes, Bench, TIMEOUT};
+use common::{error_type, event_bytes, job_event, Bench, TIMEOUT};
 
 const MODEL: &str = "amazon.nova-lite-v1:0";
 /// A model the emulator (like Bedrock) offers `flex` and `priority` for.
 const TIERED_MODEL: &str = "amazon.nova-pro-v1:0";
 const GUARDRAILS: &str =
     r#"{"customer-facing": {"identifier": "gr1abc", "version": "1", "trace": "enabled"}}"#;
-
-/// A `Bedrock Relay Job` event around `detail`.
-fn job_event(id: &str, detail: Value) -> Vec<u8> {
-    json!({
-        "version": "0",
-        "id": id,
-        "detail-type": "Bedrock Relay Job",
-        "source": "com.example.tests",
-        "account": "222222222222",
-        "time": "2026-11-28T10:00:00Z",
-        "region": "us-east-1",
-        "resources": [],
-        "detail": detail,
-    })
-    .to_string()
-    .into_bytes()
-}
 
 async fn run(bench: &Bench, id: &str, detail: Value) -> Outcome {
     bench.invoke_bytes(job_event(id, detail), TIMEOUT).await

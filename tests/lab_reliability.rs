@@ -16,20 +16,9 @@ use lab::Lab;
 use serde_json::{json, Value};
 
 mod common;
-use common::{error_type, TIMEOUT};
+use common::{error_type, job_event, TIMEOUT};
 
 const MODEL: &str = "amazon.nova-lite-v1:0";
-
-fn job_event(id: &str, detail: Value) -> Vec<u8> {
-    json!({
-        "version": "0", "id": id, "detail-type": "Bedrock Relay Job",
-        "source": "com.example.tests", "account": "222222222222",
-        "time": "2026-11-28T10:00:00Z", "region": "us-east-1", "resources": [],
-        "detail": detail,
-    })
-    .to_string()
-    .into_bytes()
-}
 
 /// Model calls answered, by the user text they carried.
 fn answered_by_prompt(lab: &Lab) -> HashMap<String, usize> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lab::runtime_api::{FunctionProcess, Outcome, RuntimeApi};
 use lab::Lab;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -86,4 +86,30 @@ pub fn error_type(outcome: &Outcome) -> &str {
     outcome
         .error_type()
         .unwrap_or_else(|| panic!("expected an error, got {outcome:?}"))
+}
+
+/// A `Bedrock Relay Job` event around `detail`, with the envelope id `id`,
+/// from account B.
+pub fn job_event(id: &str, detail: Value) -> Vec<u8> {
+    json!({
+        "version": "0",
+        "id": id,
+        "detail-type": "Bedrock Relay Job",
+        "source": "com.example.tests",
+        "account": "222222222222",
+        "time": "2026-11-28T10:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": detail,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The response body of an invocation that answered.
+pub fn answer(outcome: &Outcome) -> &Value {
+    match outcome {
+        Outcome::Response { body } => body,
+        other => panic!("expected an answer, got {other:?}"),
+    }
 }
