@@ -86,6 +86,32 @@ pub struct CostFigures {
 }
 
 impl CostFigures {
+    /// A run of `items` items whose `manifest` is in, started at `started`,
+    /// priced at `price_ratio` of on-demand (no calls or jobs counted yet).
+    fn measured(
+        mode: &'static str,
+        items: usize,
+        manifest: &Value,
+        started: Instant,
+        price_ratio: f64,
+    ) -> Self {
+        let used = tokens(manifest);
+        Self {
+            mode,
+            projected: false,
+            items,
+            succeeded: manifest["succeeded"].as_u64().unwrap_or(0),
+            wall_s: started.elapsed().as_secs_f64(),
+            on_demand_calls: 0,
+            batch_jobs: 0,
+            input_tokens: used.input,
+            output_tokens: used.output,
+            cache_read_tokens: used.cache_read,
+            cache_write_tokens: used.cache_write,
+            spend: on_demand_price(MODEL, used) * price_ratio,
+        }
+    }
+
     /// USD per 1,000 items.
     pub fn per_thousand(&self) -> f64 {
         self.spend / self.items as f64 * 1000.0
@@ -280,20 +306,9 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
         )
         .await?;
         let manifest = manifest(id.into()).await?;
-        let used = tokens(&manifest);
         rows.push(CostFigures {
-            mode,
-            projected: false,
-            items,
-            succeeded: manifest["succeeded"].as_u64().unwrap_or(0),
-            wall_s: started.elapsed().as_secs_f64(),
             on_demand_calls: answered(&lab) - calls,
-            batch_jobs: 0,
-            input_tokens: used.input,
-            output_tokens: used.output,
-            cache_read_tokens: used.cache_read,
-            cache_write_tokens: used.cache_write,
-            spend: on_demand_price(MODEL, used),
+            ..CostFigures::measured(mode, items, &manifest, started, 1.0)
         });
     }
 
@@ -322,20 +337,10 @@ pub async fn run(function: &Path, items: usize) -> Result<Vec<CostFigures>, LabE
         }
         expect_answer(invoke(json!({"relay": "check-batch-jobs"})).await?)?;
         let manifest = manifest(id.into()).await?;
-        let used = tokens(&manifest);
         rows.push(CostFigures {
-            mode,
-            projected: false,
-            items,
-            succeeded: manifest["succeeded"].as_u64().unwrap_or(0),
-            wall_s: started.elapsed().as_secs_f64(),
             on_demand_calls: answered(&lab) - calls,
             batch_jobs: plane.jobs().len() - jobs_before,
-            input_tokens: used.input,
-            output_tokens: used.output,
-            cache_read_tokens: used.cache_read,
-            cache_write_tokens: used.cache_write,
-            spend: on_demand_price(MODEL, used) * BATCH_PRICE_RATIO,
+            ..CostFigures::measured(mode, items, &manifest, started, BATCH_PRICE_RATIO)
         });
     }
     if let Some(cached) = rows.iter().find(|r| r.mode == "on-demand, cached").cloned() {
