@@ -69,6 +69,7 @@ use super::{EXIT_FAILED, EXIT_OK};
 use crate::domain::batch_state::SubmittedBatch;
 use crate::domain::chunks::BatchPlan;
 use crate::domain::manifest::{BatchJobSummary, ChunkSummary, Counts, Manifest};
+use crate::domain::record::is_final_status;
 use crate::ledger::is_settled;
 
 /// How often `--watch` reads again unless `--interval` says otherwise.
@@ -302,7 +303,8 @@ impl Status {
         };
         let text = |pointer: &str| record.pointer(pointer).and_then(Value::as_str);
         let number = |pointer: &str| record.pointer(pointer).and_then(Value::as_u64);
-        let succeeded = text("/status") == Some("succeeded");
+        // A guardrail's answer (`blocked`) is as final as the model's.
+        let succeeded = is_final_status(text("/status"));
         if !batch {
             status.succeeded = u64::from(succeeded);
             status.failed = u64::from(!succeeded);
@@ -310,7 +312,11 @@ impl Status {
             status.input_tokens = number("/usage/input_tokens").unwrap_or(0);
             status.output_tokens = number("/usage/output_tokens").unwrap_or(0);
         }
-        status.status = if succeeded { "succeeded" } else { "failed" }.into();
+        status.status = match text("/status") {
+            Some(final_status) if succeeded => final_status,
+            _ => "failed",
+        }
+        .into();
         status.complete = true;
         status.chunks_done = 1;
         status.results = Some(results);
@@ -374,7 +380,7 @@ impl Status {
 
     /// The process exit code this status ends a command with.
     pub fn exit_code(&self) -> i32 {
-        match self.complete && self.status != "succeeded" {
+        match self.complete && !is_final_status(Some(&self.status)) {
             true => EXIT_FAILED,
             false => EXIT_OK,
         }

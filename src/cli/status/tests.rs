@@ -203,6 +203,12 @@ fn a_record_reports_its_status_and_error() {
     assert_eq!(status.elapsed_secs, Some(4));
     assert_eq!(status.exit_code(), EXIT_OK);
 
+    // A guardrail's answer is a final result: shown as `blocked`, exit 0.
+    let blocked = json!({"status": "blocked", "usage": {"input_tokens": 5, "output_tokens": 0}});
+    let status = Status::record("g", &blocked, "s3://r/g.json".into(), 0);
+    assert_eq!((status.status.as_str(), status.failed), ("blocked", 0));
+    assert_eq!(status.exit_code(), EXIT_OK);
+
     let failed = json!({"status": "failed", "batch": true,
                         "error": {"type": "ItemsUnreadable", "message": "no such object"}});
     let status = Status::record("b", &failed, "s3://r/b.json".into(), 0);
