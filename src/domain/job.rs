@@ -440,6 +440,8 @@ impl Job {
             for (field, present) in [
                 ("system", self.system.is_some()),
                 ("inference", self.inference.is_some()),
+                ("cache", self.cache.is_some_and(|c| c != CacheTtl::None)),
+                ("model_fields", self.model_fields.is_some()),
             ] {
                 if present {
                     return Err(JobError::field(
@@ -539,20 +541,8 @@ impl Job {
     /// `defaults`. A guardrail is named by an operator's alias only, and the
     /// default one cannot be turned off by a job.
     fn features(&self, model: &str, defaults: &FeatureDefaults) -> Result<Features, JobError> {
+        // `resolve` has refused what an `invoke` job does not take.
         let converse = self.invoke.is_none();
-        if !converse {
-            for (field, present) in [
-                ("cache", self.cache.is_some_and(|c| c != CacheTtl::None)),
-                ("model_fields", self.model_fields.is_some()),
-            ] {
-                if present {
-                    return Err(JobError::field(
-                        field,
-                        "not used with `invoke`: put it in the model body as the model family expects",
-                    ));
-                }
-            }
-        }
         if let Some(schema) = &self.output_schema {
             check_output_schema(schema)
                 .map_err(|reason| JobError::field("output_schema", reason))?;
