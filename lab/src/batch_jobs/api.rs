@@ -144,23 +144,12 @@ async fn control(shared: Arc<Shared>, op: Op, incoming: Incoming) -> Response {
                 .collect(),
         ),
     };
-    let mut call = Call {
-        seq: 0,
-        operation: op.name().to_owned(),
-        model_id: request
-            .get("modelId")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        access_key_id: None,
-        account: None,
-        role_arn: None,
-        principal_arn: None,
-        status: 200,
-        error_type: None,
-        request: request.clone(),
-        at_ms,
-    };
+    let model_id = request
+        .get("modelId")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut call = Call::arriving(op.name(), model_id, request.clone(), at_ms);
     let outcome = answer(&shared, &op, &incoming, &request, &query, &mut call).await;
     let response = match outcome {
         Ok(body) => Json(body).into_response(),

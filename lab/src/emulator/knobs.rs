@@ -37,6 +37,27 @@ pub struct Call {
     pub at_ms: u128,
 }
 
+impl Call {
+    /// A request as it arrives, answered 200 until the answer says otherwise;
+    /// who signed it is filled in once the signature is checked, and `seq` when
+    /// it is recorded.
+    pub(crate) fn arriving(operation: &str, model_id: String, request: Value, at_ms: u128) -> Self {
+        Self {
+            seq: 0,
+            operation: operation.to_owned(),
+            model_id,
+            access_key_id: None,
+            account: None,
+            role_arn: None,
+            principal_arn: None,
+            status: 200,
+            error_type: None,
+            request,
+            at_ms,
+        }
+    }
+}
+
 /// An error to answer instead of a reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fault {

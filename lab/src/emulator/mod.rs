@@ -369,24 +369,16 @@ async fn handle(
         .unwrap_or(0);
 
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut call = Call {
-        seq: 0,
-        operation: match operation {
+    let mut call = Call::arriving(
+        match operation {
             Operation::Converse => "Converse",
             Operation::InvokeModel => "InvokeModel",
             Operation::ApplyGuardrail { .. } => "ApplyGuardrail",
-        }
-        .to_owned(),
-        model_id: model_id.clone(),
-        access_key_id: None,
-        account: None,
-        role_arn: None,
-        principal_arn: None,
-        status: 200,
-        error_type: None,
-        request: request.clone(),
+        },
+        model_id.clone(),
+        request.clone(),
         at_ms,
-    };
+    );
 
     let outcome = answer(
         &shared, &operation, &model_id, &method, &uri, &headers, &body, &request, &mut call,
