@@ -251,6 +251,7 @@ mod tests {
         Target {
             alias: "default".into(),
             allowed_models: None,
+            quota: Default::default(),
             role: RoleArn::parse("arn:aws:iam::111111111111:role/RoleA").expect("arn"),
             external_id: Some("ext-123".into()),
             region: "us-east-1".into(),

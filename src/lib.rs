@@ -72,6 +72,7 @@ mod error;
 mod lambda;
 mod ledger;
 mod observe;
+mod rates;
 mod run;
 mod scheduling;
 mod schema;

@@ -569,6 +569,7 @@ pub(crate) mod tests {
         Target {
             alias: "default".into(),
             allowed_models: None,
+            quota: Default::default(),
             role: RoleArn::parse("arn:aws:iam::111111111111:role/RoleA").expect("arn"),
             external_id: None,
             region: "us-west-2".into(),

@@ -19,7 +19,10 @@ mod targets;
 pub use batch_jobs::BatchJobs;
 pub use fan_out::FanOut;
 use fan_out::{check_store_apart, fan_out};
-use targets::{apply_allowlist, check_external_id, check_session_duration, sts_name, TargetSpec};
+use targets::{
+    apply_allowlist, check_external_id, check_session_duration, requests_per_minute, stated_quota,
+    sts_name, TargetSpec,
+};
 
 use crate::destination::{dynamodb, DestinationError, DestinationSpec, S3Location};
 use crate::domain::job::{Job, JobError};
@@ -74,6 +77,10 @@ pub struct Config {
     /// DynamoDB table that remembers finished work when the destination cannot be
     /// read back (`RELAY_IDEMPOTENCY_TABLE`).
     pub idempotency_table: Option<dynamodb::Table>,
+    /// DynamoDB table where the instances of the function share each stated
+    /// quota's send schedule (`RELAY_RATE_TABLE`); `None`: each instance
+    /// paces to the stated quota on its own.
+    pub rate_table: Option<dynamodb::Table>,
     /// Where results too large for a message service go (`RELAY_SPILL_S3`).
     pub spill: Option<S3Location>,
     /// Batch items run at once (`RELAY_MAX_CONCURRENCY`).
@@ -195,6 +202,7 @@ impl Config {
             let session_duration =
                 check_session_duration(spec.session_duration.unwrap_or(MAX_CHAINED_SESSION_SECS))
                     .map_err(invalid)?;
+            let quota = stated_quota(spec.requests_per_minute).map_err(invalid)?;
             let region = spec.region.or_else(|| default_region.clone()).ok_or(ConfigError::Missing {
                 var: "RELAY_BEDROCK_REGION",
                 hint: "neither a target region, RELAY_BEDROCK_REGION nor AWS_REGION is set; set the region Bedrock is called in",
@@ -208,6 +216,7 @@ impl Config {
                 session_name: session_name.clone(),
                 source_identity: source_identity.clone(),
                 allowed_models: None,
+                quota,
             })
         };
 
@@ -271,6 +280,7 @@ impl Config {
                 external_id,
                 session_duration: duration,
                 batch_role_arn: None,
+                requests_per_minute: requests_per_minute(get("RELAY_REQUESTS_PER_MINUTE"))?,
             };
             targets.insert(
                 DEFAULT_ALIAS.to_owned(),
@@ -300,6 +310,11 @@ impl Config {
         let idempotency_table = parse_optional(
             get("RELAY_IDEMPOTENCY_TABLE"),
             "RELAY_IDEMPOTENCY_TABLE",
+            dynamodb::Table::from_name_or_arn,
+        )?;
+        let rate_table = parse_optional(
+            get("RELAY_RATE_TABLE"),
+            "RELAY_RATE_TABLE",
             dynamodb::Table::from_name_or_arn,
         )?;
         let spill = parse_optional(get("RELAY_SPILL_S3"), "RELAY_SPILL_S3", S3Location::parse)?;
@@ -388,6 +403,7 @@ impl Config {
             destination,
             allowed_destinations,
             idempotency_table,
+            rate_table,
             spill,
             max_concurrency: parse_number(
                 get("RELAY_MAX_CONCURRENCY"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, MAX_CHAINED_SESSION_SECS, MIN_SESSION_SECS};
-use crate::domain::target::Target;
+use crate::domain::target::{StatedQuota, Target};
 
 /// One entry of `RELAY_TARGETS`.
 #[derive(Debug, Deserialize)]
@@ -20,6 +20,65 @@ pub(super) struct TargetSpec {
     /// The batch service role in the target's account (`RELAY_BATCH_ROLE_ARN`
     /// for this target alone); read by `batch_jobs.rs`.
     pub(super) batch_role_arn: Option<String>,
+    /// The account's stated quota (see [`stated_quota`]).
+    pub(super) requests_per_minute: Option<RequestsPerMinute>,
+}
+
+/// `requests_per_minute`: one number for every model, or model id (or `*`)
+/// → number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RequestsPerMinute {
+    Every(u64),
+    ByModel(BTreeMap<String, u64>),
+}
+
+/// The most requests per minute a target may state: far above any Bedrock
+/// on-demand quota, low enough that the send gap stays above a microsecond.
+const MAX_REQUESTS_PER_MINUTE: u64 = 10_000_000;
+
+/// `RELAY_REQUESTS_PER_MINUTE`, the `requests_per_minute` of the target
+/// `RELAY_ROLE_ARN` defines: a number, or a JSON object as in `RELAY_TARGETS`.
+pub(super) fn requests_per_minute(
+    raw: Option<String>,
+) -> Result<Option<RequestsPerMinute>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    serde_json::from_str(raw.trim())
+        .map(Some)
+        .map_err(|_| ConfigError::Invalid {
+            var: "RELAY_REQUESTS_PER_MINUTE",
+            reason: format!(
+                "`{raw}` is neither a number nor a JSON object of model id → requests per minute; \
+                 use the account's quota, e.g. 6000 or {{\"amazon.nova-lite-v1:0\": 6000}}"
+            ),
+        })
+}
+
+/// A target's `requests_per_minute`, checked: each value 1 to
+/// [`MAX_REQUESTS_PER_MINUTE`], each key a model id or `*`.
+pub(super) fn stated_quota(spec: Option<RequestsPerMinute>) -> Result<StatedQuota, String> {
+    let by_model = match spec {
+        None => BTreeMap::new(),
+        Some(RequestsPerMinute::Every(n)) => [(StatedQuota::EVERY_MODEL.to_owned(), n)].into(),
+        Some(RequestsPerMinute::ByModel(by_model)) => by_model,
+    };
+    let mut checked = BTreeMap::new();
+    for (model, n) in by_model {
+        if model.trim().is_empty() {
+            return Err("requests_per_minute has an empty model id; use a model id or `*`".into());
+        }
+        let n = u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_REQUESTS_PER_MINUTE).contains(&u64::from(*n)))
+            .ok_or_else(|| {
+                format!(
+                    "requests_per_minute for `{model}` is {n}; use the account's quota from Service Quotas \
+                     (\"On-demand model inference requests per minute\"), 1-{MAX_REQUESTS_PER_MINUTE}"
+                )
+            })?;
+        checked.insert(model, n);
+    }
+    Ok(StatedQuota::new(checked))
 }
 
 /// STS: 2-1224 characters of `[\w+=,.@:/-]`.
@@ -108,4 +167,64 @@ pub(super) fn sts_name(raw: &str) -> String {
         name.push('-');
     }
     name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::env;
+    use super::super::Config;
+
+    fn quota_of(pairs: &[(&str, &str)], model: &str) -> Option<u32> {
+        let config = Config::from_lookup(env(pairs)).expect("config");
+        let target = config.targets.iter().next().expect("a target");
+        target.quota.requests_per_minute(model)
+    }
+
+    /// `requests_per_minute` is one number for every model or a value per
+    /// model, with `*` for the rest; `RELAY_REQUESTS_PER_MINUTE` says the
+    /// same for the target `RELAY_ROLE_ARN` defines.
+    #[test]
+    fn a_target_states_its_quota_for_every_model_or_per_model() {
+        let targets = r#"{"a": {"role_arn": "arn:aws:iam::111111111111:role/RoleA",
+            "requests_per_minute": {"amazon.nova-lite-v1:0": 2000, "*": 500}}}"#;
+        let config = Config::from_lookup(env(&[("RELAY_TARGETS", targets)])).expect("config");
+        let stated = |model| {
+            config
+                .targets
+                .get("a")
+                .expect("a")
+                .quota
+                .requests_per_minute(model)
+        };
+        assert_eq!(stated("amazon.nova-lite-v1:0"), Some(2000));
+        assert_eq!(stated("amazon.nova-pro-v1:0"), Some(500));
+
+        assert_eq!(
+            quota_of(&[("RELAY_REQUESTS_PER_MINUTE", "6000")], "any"),
+            Some(6000)
+        );
+        assert_eq!(
+            quota_of(&[("RELAY_REQUESTS_PER_MINUTE", r#"{"m": 60}"#)], "m"),
+            Some(60)
+        );
+        assert_eq!(quota_of(&[], "m"), None);
+    }
+
+    /// Zero, a fraction or a word is refused with what to put there.
+    #[test]
+    fn a_quota_that_is_not_a_positive_whole_number_is_refused() {
+        for raw in ["0", "12.5", "\"fast\"", r#"{"m": 0}"#, r#"{"": 10}"#] {
+            let err = Config::from_lookup(env(&[("RELAY_REQUESTS_PER_MINUTE", raw)]))
+                .expect_err(raw)
+                .to_string();
+            assert!(
+                err.contains("requests per minute") || err.contains("requests_per_minute"),
+                "{raw}: {err}"
+            );
+        }
+        let err = Config::from_lookup(env(&[("RELAY_RATE_TABLE", "arn:aws:s3:::bucket")]))
+            .expect_err("not a table")
+            .to_string();
+        assert!(err.contains("RELAY_RATE_TABLE"), "{err}");
+    }
 }

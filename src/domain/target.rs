@@ -70,6 +70,36 @@ pub struct Target {
     /// Model ID patterns (`*` and `?` wildcards) this target may be asked for;
     /// `None` allows any model.
     pub allowed_models: Option<Vec<String>>,
+    /// The account's requests-per-minute quota per model, as the operator
+    /// states it (`requests_per_minute`); batches pace to it.
+    pub quota: StatedQuota,
+}
+
+/// A target's `requests_per_minute`: the Service Quotas value of "On-demand
+/// model inference requests per minute" for each model, or one value for
+/// every model (`*`). Bedrock's quotas are per model and account, so each
+/// model's calls are paced to their own value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatedQuota {
+    by_model: BTreeMap<String, u32>,
+}
+
+impl StatedQuota {
+    /// The key that states a value for every model not named.
+    pub const EVERY_MODEL: &'static str = "*";
+
+    /// `by_model`: model id (or [`Self::EVERY_MODEL`]) → requests per minute.
+    pub fn new(by_model: BTreeMap<String, u32>) -> Self {
+        Self { by_model }
+    }
+
+    /// The stated requests per minute for `model`, if any.
+    pub fn requests_per_minute(&self, model: &str) -> Option<u32> {
+        self.by_model
+            .get(model)
+            .or_else(|| self.by_model.get(Self::EVERY_MODEL))
+            .copied()
+    }
 }
 
 impl Target {
@@ -238,6 +268,7 @@ mod tests {
             session_name: "s".into(),
             source_identity: "fn".into(),
             allowed_models: allowed.map(|a| a.iter().map(|s| s.to_string()).collect()),
+            quota: Default::default(),
         }
     }
 

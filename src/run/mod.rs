@@ -41,6 +41,7 @@ use crate::domain::deadline::Deadline;
 use crate::domain::input::Payload;
 use crate::domain::job::Job;
 use crate::error::RelayError;
+use crate::rates::RateTable;
 use crate::scheduling::ModelCaller;
 use crate::template::Renderer;
 use crate::work::Staging;
@@ -78,7 +79,14 @@ impl Services {
         report: Report,
     ) -> Self {
         Self {
-            caller: ModelCaller::new(bedrock, config.deadline_reserve),
+            caller: ModelCaller::new(
+                bedrock,
+                config.deadline_reserve,
+                config
+                    .rate_table
+                    .clone()
+                    .map(|table| RateTable::new(sinks.dynamodb_client().clone(), table)),
+            ),
             config,
             sinks,
             renderer: Renderer::new(),

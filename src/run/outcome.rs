@@ -283,6 +283,7 @@ mod tests {
                 session_name: "s".into(),
                 source_identity: "fn".into(),
                 allowed_models,
+                quota: Default::default(),
             };
             (alias.to_owned(), t)
         };

@@ -7,6 +7,7 @@
 mod latency;
 pub(crate) mod pacer;
 mod pool;
+pub(crate) mod slots;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ use crate::observe::metrics::CallStats;
 use latency::LatencyBook;
 use pacer::{Pacer, Pacers};
 use pool::PoolState;
+use slots::{SlotBook, SlotBooks};
+
+use crate::rates::RateTable;
 
 /// Below this, a model call cannot be worth starting.
 pub(crate) const MIN_MODEL_BUDGET: Duration = Duration::from_millis(250);
@@ -49,6 +53,8 @@ pub(crate) struct ModelCaller {
     pool: PoolState,
     latency: LatencyBook,
     pacers: Pacers,
+    /// The send schedules of stated quotas ([`slots`]).
+    slots: SlotBooks,
     /// Kept back from every call to write its result (`RELAY_DEADLINE_RESERVE_MS`).
     reserve: Duration,
 }
@@ -82,13 +88,19 @@ fn output_invalid(job: &ResolvedJob, mismatch: OutputMismatch) -> BedrockError {
 pub(crate) type Served<'t> = (&'t Target, Result<ModelReply, BedrockError>);
 
 impl ModelCaller {
-    /// `bedrock` holds a client for each target alias.
-    pub(crate) fn new(bedrock: HashMap<String, Bedrock>, reserve: Duration) -> Self {
+    /// `bedrock` holds a client for each target alias; `rate_table`, when
+    /// set, shares the schedules of stated quotas with the other instances.
+    pub(crate) fn new(
+        bedrock: HashMap<String, Bedrock>,
+        reserve: Duration,
+        rate_table: Option<RateTable>,
+    ) -> Self {
         Self {
             bedrock,
             pool: PoolState::default(),
             latency: LatencyBook::default(),
             pacers: Pacers::default(),
+            slots: SlotBooks::new(rate_table),
             reserve,
         }
     }
@@ -239,7 +251,8 @@ impl ModelCaller {
         }
     }
 
-    /// Runs a batch item through the pacers of its pool (see [`pacer`]):
+    /// Runs a batch item through the pacers of its pool (see [`pacer`]), and
+    /// the schedule of each member that states its quota (see [`slots`]):
     /// each send takes a slot from the member whose next slot comes first
     /// (members that failed lately after the others), and a throttled send
     /// takes a new slot, on whichever member is free first, instead of backing
@@ -261,6 +274,16 @@ impl ModelCaller {
             .iter()
             .map(|target| self.pacers.get(&target.alias, &job.model))
             .collect();
+        let books: Vec<Option<Arc<SlotBook>>> = pool
+            .iter()
+            .map(|target| self.slots.get(target, &job.model))
+            .collect();
+        let next_free = |i: usize| {
+            let paced = pacers[i].next_free();
+            books[i]
+                .as_ref()
+                .map_or(paced, |book| paced.max(book.next_free()))
+        };
         let start = self.pool.next_start();
         let mut last: Option<(&'t Target, BedrockError)> = None;
         let give_up = |target: &'t Target, last: Option<(&'t Target, BedrockError)>| {
@@ -277,7 +300,7 @@ impl ModelCaller {
             let now = tokio::time::Instant::now();
             let Some((member, slot)) = (0..pool.len())
                 .map(|k| (start + k) % pool.len())
-                .map(|i| (i, pacers[i].next_free()))
+                .map(|i| (i, next_free(i)))
                 .min_by_key(|(i, slot)| (self.pool.is_cooling(&pool[*i].alias), *slot))
             else {
                 return give_up(pool[0], last);
@@ -292,6 +315,17 @@ impl ModelCaller {
                 return give_up(target, last);
             }
             tokio::time::sleep_until(pacers[member].reserve()).await;
+            if let Some(book) = &books[member] {
+                let slot = book.next_slot().await;
+                let wait = slot.saturating_duration_since(tokio::time::Instant::now());
+                if self
+                    .budget(deadline)
+                    .is_none_or(|budget| budget < wait + MIN_MODEL_BUDGET)
+                {
+                    return give_up(target, last);
+                }
+                tokio::time::sleep_until(slot).await;
+            }
             let Some(budget) = self.budget(deadline) else {
                 return give_up(target, last);
             };

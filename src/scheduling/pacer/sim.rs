@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Pacer;
+use crate::scheduling::slots::{SimulatedSchedule, SlotBook};
 
 /// A sliding-window quota as the lab's emulator enforces it: at most
 /// `allowed` admitted in any `window`; a throttled request does not count.
@@ -61,6 +62,9 @@ struct FanOut {
     between_chunks: Duration,
     /// Requests per second.
     quota: usize,
+    /// The quota the target states (requests per minute), when it does,
+    /// with the time a take from the shared schedule takes.
+    stated: Option<(u32, Duration)>,
 }
 
 /// The lab benchmark's 20,000 items, per account: 100 requests/s, 100 ms
@@ -75,7 +79,12 @@ const BENCH: FanOut = FanOut {
     throttle_latency: Duration::from_millis(5),
     between_chunks: Duration::from_millis(200),
     quota: 100,
+    stated: None,
 };
+
+/// A take from the rate table, there and back: DynamoDB's UpdateItem in
+/// the same region is a few milliseconds.
+const TABLE_DELAY: Duration = Duration::from_millis(8);
 
 #[derive(Debug, Clone, Copy)]
 struct Figures {
@@ -100,12 +109,16 @@ async fn run(sim: FanOut, seed: u64) -> Figures {
     let quota = Arc::new(Mutex::new(Quota::new(sim.quota, Duration::from_secs(1))));
     let chunks = Arc::new(Mutex::new(sim.chunks));
     let counts = Arc::new(Mutex::new(Counts::default()));
+    let schedule = SimulatedSchedule::new();
     let started = Instant::now();
     let mut instances = JoinSet::new();
     for instance in 0..sim.instances {
         let (quota, chunks, counts) = (quota.clone(), chunks.clone(), counts.clone());
+        let book = sim
+            .stated
+            .map(|(rpm, delay)| Arc::new(SlotBook::simulated(schedule.clone(), delay, rpm)));
         instances.spawn(async move {
-            // A warm instance keeps its pacer from chunk to chunk.
+            // A warm instance keeps its pacer (and slot book) from chunk to chunk.
             let pacer = Arc::new(Pacer::default());
             let mut rng = fastrand::Rng::with_seed(seed * 1000 + instance as u64);
             loop {
@@ -123,9 +136,13 @@ async fn run(sim: FanOut, seed: u64) -> Figures {
                         pending -= 1;
                         let latency = sim.latency + Duration::from_millis(rng.u64(0..20));
                         let (pacer, quota, counts) = (pacer.clone(), quota.clone(), counts.clone());
+                        let book = book.clone();
                         items.spawn(async move {
                             loop {
                                 tokio::time::sleep_until(pacer.reserve()).await;
+                                if let Some(book) = &book {
+                                    tokio::time::sleep_until(book.next_slot().await).await;
+                                }
                                 let admitted = lock(&quota).admit(Instant::now());
                                 lock(&counts).calls += 1;
                                 if admitted {
@@ -194,4 +211,35 @@ async fn a_short_fan_out_keeps_a_shared_quota_mostly_busy() {
     assert!(lowest >= 0.92, "lowest share {lowest:.3}");
     assert!(mean >= 0.94, "mean share {mean:.3}");
     assert!(throttled <= 0.22, "throttled {throttled:.3}");
+}
+
+/// The same fan-out with the quota stated (6,000 requests per minute, the
+/// emulated 100 a second) and the schedule shared through the rate table:
+/// the instances send at the stated rate together, so the quota stays busy
+/// and almost nothing is throttled.
+#[tokio::test(start_paused = true)]
+async fn a_stated_quota_shared_by_eight_instances_is_kept_busy_without_throttles() {
+    let stated = FanOut {
+        stated: Some((6_000, TABLE_DELAY)),
+        ..BENCH
+    };
+    let (lowest, mean, throttled) = runs(stated).await;
+    eprintln!("stated: lowest {lowest:.4} mean {mean:.4} throttled {throttled:.4}");
+    assert!(lowest >= 0.97, "lowest share {lowest:.3}");
+    assert!(throttled <= 0.01, "throttled {throttled:.3}");
+}
+
+/// A quota stated 25 % too high (7,500 a minute for 6,000; or other callers
+/// use a quarter of it): the pacers' cuts still hold the instances near the
+/// quota, as they do with nothing stated.
+#[tokio::test(start_paused = true)]
+async fn a_quota_stated_too_high_falls_back_to_the_pacers() {
+    let stated = FanOut {
+        stated: Some((7_500, TABLE_DELAY)),
+        ..BENCH
+    };
+    let (lowest, mean, throttled) = runs(stated).await;
+    eprintln!("too high: lowest {lowest:.4} mean {mean:.4} throttled {throttled:.4}");
+    assert!(lowest >= 0.95, "lowest share {lowest:.3}");
+    assert!(throttled <= 0.15, "throttled {throttled:.3}");
 }

@@ -1,0 +1,281 @@
+//! The rate table (`RELAY_RATE_TABLE`): one DynamoDB item per model account
+//! and model whose quota a target states, holding the next free send slot of
+//! the schedule every instance of the function shares.
+//!
+//! Many instances share one account's quota. Each pacing on its own must
+//! probe above its share to find it, and the probes of all of them add up
+//! to throttles (see `src/scheduling/pacer/sim.rs`). With the quota stated
+//! (`requests_per_minute`), the instances instead take their send slots from
+//! one schedule, `60 s / requests_per_minute` apart, so together they send at
+//! the stated rate and no faster. This is a generic cell rate algorithm kept
+//! in one item: `next_us` is the next free slot in microseconds since the
+//! Unix epoch. A take of `n` slots moves it `n` gaps on; a schedule that fell
+//! behind the clock starts again from now, so slots nobody took are gone,
+//! never saved up for a burst.
+//!
+//! Item: `pk` (S, `<account>/<region>/<model>`), `next_us` (N), `expires_at`
+//! (N, epoch seconds, the table's TTL attribute: an idle schedule is removed
+//! a day later). The function needs `dynamodb:UpdateItem` on the table, and
+//! nothing else.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use thiserror::Error;
+
+use crate::aws::errors::{Class, SdkFailure};
+use crate::destination::dynamodb::Table;
+
+/// How long an untouched schedule stays in the table.
+const IDLE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Rounds of the two conditional updates before giving up: each round fails
+/// only when another instance moved the schedule between the two.
+const ROUNDS: usize = 4;
+
+/// A take from the rate table failed; the caller paces on its own meanwhile.
+#[derive(Debug, Error)]
+pub enum RateTableError {
+    /// The function's role may not update the table.
+    #[error("rate table {table}: access denied ({message}); grant the function's role dynamodb:UpdateItem on it, or unset RELAY_RATE_TABLE")]
+    Denied {
+        /// The table.
+        table: String,
+        /// DynamoDB's words.
+        message: String,
+    },
+    /// The table does not exist.
+    #[error("rate table {table} does not exist ({message}); create it (partition key `pk`, a string) or fix RELAY_RATE_TABLE")]
+    Missing {
+        /// The table.
+        table: String,
+        /// DynamoDB's words.
+        message: String,
+    },
+    /// Anything else: throttled, unreachable, contended.
+    #[error("rate table {table}: {reason}")]
+    Unavailable {
+        /// The table.
+        table: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// The rate table, through account B's DynamoDB client.
+#[derive(Debug, Clone)]
+pub struct RateTable {
+    client: aws_sdk_dynamodb::Client,
+    table: Table,
+}
+
+/// The clock the table's schedules run on: microseconds since the Unix
+/// epoch. Lambda instances keep their clocks in step (NTP), within a few
+/// milliseconds, which is what sharing one schedule needs.
+pub fn epoch_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+impl RateTable {
+    /// The table `table`, through `client`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: Table) -> Self {
+        Self { client, table }
+    }
+
+    /// The key of the schedule of `model` in `account`'s `region`.
+    pub fn key(account: &str, region: &str, model: &str) -> String {
+        format!("{account}/{region}/{model}")
+    }
+
+    /// Takes `count` consecutive slots, `gap_us` apart, from the schedule
+    /// `key` at the time `now_us` ([`epoch_micros`]); returns the first.
+    pub async fn take(
+        &self,
+        key: &str,
+        count: u32,
+        gap_us: u64,
+        now_us: u64,
+    ) -> Result<u64, RateTableError> {
+        let span = gap_us.saturating_mul(u64::from(count));
+        let expires = (now_us / 1_000_000).saturating_add(IDLE_TTL.as_secs());
+        for _ in 0..ROUNDS {
+            // A busy schedule: move it on from where it is.
+            let busy = self
+                .client
+                .update_item()
+                .table_name(&self.table.arn)
+                .key("pk", AttributeValue::S(key.to_owned()))
+                .update_expression("SET next_us = next_us + :span, expires_at = :expires")
+                .condition_expression("next_us >= :now")
+                .expression_attribute_values(":span", number(span))
+                .expression_attribute_values(":now", number(now_us))
+                .expression_attribute_values(":expires", number(expires))
+                .return_values(ReturnValue::UpdatedNew)
+                .send()
+                .await;
+            match busy {
+                Ok(out) => {
+                    let next = out
+                        .attributes()
+                        .and_then(|a| a.get("next_us"))
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .ok_or_else(|| self.unavailable("the update returned no next_us".into()))?;
+                    return Ok(next.saturating_sub(span));
+                }
+                Err(err) if !is_condition_failed(&err) => return Err(self.error(&err)),
+                Err(_) => {}
+            }
+            // An idle (or new) schedule: start it at now.
+            let idle = self
+                .client
+                .update_item()
+                .table_name(&self.table.arn)
+                .key("pk", AttributeValue::S(key.to_owned()))
+                .update_expression("SET next_us = :next, expires_at = :expires")
+                .condition_expression("attribute_not_exists(next_us) OR next_us < :now")
+                .expression_attribute_values(":next", number(now_us.saturating_add(span)))
+                .expression_attribute_values(":now", number(now_us))
+                .expression_attribute_values(":expires", number(expires))
+                .send()
+                .await;
+            match idle {
+                Ok(_) => return Ok(now_us),
+                Err(err) if !is_condition_failed(&err) => return Err(self.error(&err)),
+                // Another instance made it busy in between: take from it.
+                Err(_) => {}
+            }
+        }
+        Err(self.unavailable(format!(
+            "the schedule `{key}` changed under {ROUNDS} rounds of takes"
+        )))
+    }
+
+    fn unavailable(&self, reason: String) -> RateTableError {
+        RateTableError::Unavailable {
+            table: self.table.name.clone(),
+            reason,
+        }
+    }
+
+    fn error<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
+        &self,
+        err: &aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> RateTableError {
+        let failure = SdkFailure::read(err);
+        let table = self.table.name.clone();
+        let message = failure.summary("DynamoDB");
+        match failure.class() {
+            Class::Denied => RateTableError::Denied { table, message },
+            Class::Missing => RateTableError::Missing { table, message },
+            _ => RateTableError::Unavailable {
+                table,
+                reason: message,
+            },
+        }
+    }
+}
+
+fn number(n: u64) -> AttributeValue {
+    AttributeValue::N(n.to_string())
+}
+
+fn is_condition_failed(
+    err: &aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+        aws_smithy_runtime_api::http::Response,
+    >,
+) -> bool {
+    err.as_service_error()
+        .is_some_and(|e| e.is_conditional_check_failed_exception())
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
+    use aws_sdk_dynamodb::types::error::ConditionalCheckFailedException;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    use super::*;
+
+    fn table(client: aws_sdk_dynamodb::Client) -> RateTable {
+        RateTable::new(
+            client,
+            Table::from_name_or_arn("relay-rates").expect("table"),
+        )
+    }
+
+    fn condition_failed() -> UpdateItemError {
+        UpdateItemError::ConditionalCheckFailedException(
+            ConditionalCheckFailedException::builder().build(),
+        )
+    }
+
+    /// A busy schedule is moved on by the slots taken, and the first of them
+    /// is where it stood.
+    #[tokio::test]
+    async fn a_take_from_a_busy_schedule_starts_where_it_stood() {
+        let busy = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|req| {
+                req.condition_expression() == Some("next_us >= :now")
+                    && req.expression_attribute_values().is_some_and(|v| {
+                        v[":span"] == AttributeValue::N("30000".into())
+                            && v[":now"] == AttributeValue::N("5000000".into())
+                    })
+                    && req.key().is_some_and(|k| {
+                        k["pk"] == AttributeValue::S("111111111111/us-east-1/m".into())
+                    })
+            })
+            .then_output(|| {
+                UpdateItemOutput::builder()
+                    .attributes("next_us", AttributeValue::N("5100000".into()))
+                    .build()
+            });
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&busy]);
+        let key = RateTable::key("111111111111", "us-east-1", "m");
+        let first = table(client).take(&key, 3, 10_000, 5_000_000).await;
+        assert_eq!(first.expect("taken"), 5_070_000);
+        assert_eq!(busy.num_calls(), 1);
+    }
+
+    /// A schedule behind the clock (or none yet) starts again at now: the
+    /// slots it skipped are not saved up.
+    #[tokio::test]
+    async fn an_idle_schedule_starts_again_at_now() {
+        let busy = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|req| req.condition_expression() == Some("next_us >= :now"))
+            .then_error(condition_failed);
+        let idle = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|req| {
+                req.expression_attribute_values()
+                    .is_some_and(|v| v[":next"] == AttributeValue::N("5020000".into()))
+            })
+            .then_output(|| UpdateItemOutput::builder().build());
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&busy, &idle]);
+        let first = table(client).take("k", 2, 10_000, 5_000_000).await;
+        assert_eq!(first.expect("taken"), 5_000_000);
+        assert_eq!((busy.num_calls(), idle.num_calls()), (1, 1));
+    }
+
+    /// A role without UpdateItem gets the fix in the error.
+    #[tokio::test]
+    async fn a_denied_take_says_which_grant_is_missing() {
+        let denied = mock!(aws_sdk_dynamodb::Client::update_item).then_http_response(|| {
+            aws_smithy_runtime_api::http::Response::new(
+                aws_smithy_runtime_api::http::StatusCode::try_from(400).expect("status"),
+                aws_smithy_types::body::SdkBody::from(
+                    r#"{"__type":"com.amazon.coral.service#AccessDeniedException","message":"not authorized"}"#,
+                ),
+            )
+        });
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&denied]);
+        let err = table(client)
+            .take("k", 1, 10_000, 5_000_000)
+            .await
+            .expect_err("denied");
+        assert!(matches!(err, RateTableError::Denied { .. }), "{err:?}");
+        assert!(err.to_string().contains("dynamodb:UpdateItem"), "{err}");
+    }
+}

@@ -1,0 +1,320 @@
+//! Pacing to a stated quota: when a target states its account's
+//! `requests_per_minute` for a model, every call to that model there takes a
+//! send slot from one schedule, `60 s / requests_per_minute` apart. With
+//! `RELAY_RATE_TABLE` the schedule is shared by every instance of the
+//! function ([`crate::rates`]); without it, each instance keeps its own.
+//!
+//! This sits before the [`super::pacer`], not instead of it: the stated rate
+//! is a ceiling the instances share, and the pacer still cuts an instance's
+//! rate on throttles, for when the quota is lower than stated or other
+//! callers use it too.
+//!
+//! An instance takes slots in blocks: the calls that wait while one take is
+//! in flight are served by the next take together, so the table sees one
+//! update per block, not per call.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::domain::target::Target;
+use crate::rates::{epoch_micros, RateTable};
+
+/// The most slots one take asks for.
+const MAX_BLOCK: usize = 16;
+
+/// After the rate table fails, how long an instance paces on its own before
+/// it tries the table again.
+const TABLE_REST: Duration = Duration::from_secs(30);
+
+/// `count` slots `gap` apart from a schedule whose next free slot is `next`
+/// (`None`: never used) at `now`: the first slot and the schedule's new next
+/// free slot. A schedule behind `now` starts again at `now`: slots nobody
+/// took are gone, never saved up for a burst. The rate table does the same
+/// in two conditional updates.
+pub(crate) fn take(next: Option<u64>, now: u64, count: u32, gap: u64) -> (u64, u64) {
+    let first = next.map_or(now, |next| next.max(now));
+    (
+        first,
+        first.saturating_add(gap.saturating_mul(u64::from(count))),
+    )
+}
+
+/// Where a schedule lives.
+#[derive(Debug)]
+enum Source {
+    /// This instance alone; microseconds since `origin`.
+    Local,
+    /// Every instance: the item `key` of the rate table.
+    Shared { table: RateTable, key: String },
+    /// A schedule shared by simulated instances, each take `delay` long.
+    #[cfg(test)]
+    Simulated {
+        schedule: Arc<SimulatedSchedule>,
+        delay: Duration,
+    },
+}
+
+/// The shared store of simulated instances (`src/scheduling/pacer/sim.rs`):
+/// the next free slot, in microseconds since `origin`.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct SimulatedSchedule {
+    next: Mutex<Option<u64>>,
+    origin: Instant,
+}
+
+#[cfg(test)]
+impl SimulatedSchedule {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            next: Mutex::new(None),
+            origin: Instant::now(),
+        })
+    }
+}
+
+/// The send slots of one model in one account, as one instance sees them.
+#[derive(Debug)]
+pub(crate) struct SlotBook {
+    source: Source,
+    /// Between two slots: 60 s / the stated requests per minute.
+    gap: Duration,
+    /// Slots taken and not yet handed out.
+    held: Mutex<VecDeque<Instant>>,
+    /// One take at a time; the calls waiting meanwhile share the next.
+    taking: tokio::sync::Mutex<()>,
+    /// Calls waiting for a slot.
+    waiting: AtomicUsize,
+    /// The schedule's next free slot after the last take.
+    next_known: Mutex<Option<Instant>>,
+    /// The local schedule, used alone or while the table rests.
+    local: Mutex<Option<u64>>,
+    origin: Instant,
+    /// Until when the table is not tried after a failure.
+    table_rests_until: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl SlotBook {
+    fn new(source: Source, requests_per_minute: u32) -> Self {
+        Self {
+            source,
+            gap: Duration::from_secs(60) / requests_per_minute.max(1),
+            held: Mutex::new(VecDeque::new()),
+            taking: tokio::sync::Mutex::new(()),
+            waiting: AtomicUsize::new(0),
+            next_known: Mutex::new(None),
+            local: Mutex::new(None),
+            origin: Instant::now(),
+            table_rests_until: Mutex::new(None),
+        }
+    }
+
+    /// A schedule shared by simulated instances (`src/scheduling/pacer/sim.rs`).
+    #[cfg(test)]
+    pub(crate) fn simulated(
+        schedule: Arc<SimulatedSchedule>,
+        delay: Duration,
+        requests_per_minute: u32,
+    ) -> Self {
+        Self::new(Source::Simulated { schedule, delay }, requests_per_minute)
+    }
+
+    /// When the schedule's next free slot was at the last take (or now).
+    pub(crate) fn next_free(&self) -> Instant {
+        let now = Instant::now();
+        lock(&self.held)
+            .front()
+            .copied()
+            .or(*lock(&self.next_known))
+            .map_or(now, |at| at.max(now))
+    }
+
+    /// The next send slot for this instance; the caller waits until it.
+    pub(crate) async fn next_slot(&self) -> Instant {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _taking = self.taking.lock().await;
+        let slot = match self.pop_held() {
+            Some(slot) => slot,
+            None => {
+                let count = self.waiting.load(Ordering::SeqCst).clamp(1, MAX_BLOCK);
+                let slots = self.take(count as u32).await;
+                let mut held = lock(&self.held);
+                held.extend(slots);
+                held.pop_front().unwrap_or_else(Instant::now)
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        slot
+    }
+
+    /// A held slot, unless it passed more than a gap ago (a call that took
+    /// part in a take gave up): sent now, it would bunch with the next.
+    fn pop_held(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut held = lock(&self.held);
+        while let Some(slot) = held.pop_front() {
+            if slot + self.gap >= now {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// `count` slots from the schedule, as instants of this process.
+    async fn take(&self, count: u32) -> Vec<Instant> {
+        let gap = micros(self.gap);
+        let started = Instant::now();
+        let shared = match &self.source {
+            Source::Local => None,
+            Source::Shared { table, key } => {
+                let resting = lock(&self.table_rests_until).is_some_and(|until| started < until);
+                if resting {
+                    None
+                } else {
+                    let now = epoch_micros();
+                    match table.take(key, count, gap, now).await {
+                        Ok(first) => Some((first, now)),
+                        Err(err) => {
+                            tracing::warn!(error = %err, rest_s = TABLE_REST.as_secs(), "rate table unavailable; pacing this instance alone meanwhile");
+                            *lock(&self.table_rests_until) = Some(Instant::now() + TABLE_REST);
+                            None
+                        }
+                    }
+                }
+            }
+            #[cfg(test)]
+            Source::Simulated { schedule, delay } => {
+                // As with the table: the caller's clock at the start of the
+                // take, the store reached half way, the answer back the other.
+                let now = micros(started.duration_since(schedule.origin));
+                tokio::time::sleep(*delay / 2).await;
+                let (first, after) = take(*lock(&schedule.next), now, count, gap);
+                *lock(&schedule.next) = Some(after);
+                tokio::time::sleep(*delay / 2).await;
+                Some((first, now))
+            }
+        };
+        let (first, now) = shared.unwrap_or_else(|| {
+            let now = micros(started.duration_since(self.origin));
+            let mut local = lock(&self.local);
+            let (first, after) = take(*local, now, count, gap);
+            *local = Some(after);
+            (first, now)
+        });
+        // `now` in the schedule's clock is `started` in this process's.
+        let at = |us: u64| started + Duration::from_micros(us.saturating_sub(now));
+        let slots: Vec<Instant> = (0..u64::from(count))
+            .map(|i| at(first.saturating_add(i * gap)))
+            .collect();
+        *lock(&self.next_known) = Some(at(first.saturating_add(u64::from(count) * gap)));
+        slots
+    }
+}
+
+/// The slot books, one per target and model with a stated quota; kept across
+/// the invocations of a warm function.
+#[derive(Debug, Default)]
+pub(crate) struct SlotBooks {
+    table: Option<RateTable>,
+    books: Mutex<HashMap<(String, String), Option<Arc<SlotBook>>>>,
+}
+
+impl SlotBooks {
+    /// Books whose schedules live in `table`, or in each instance without one.
+    pub(crate) fn new(table: Option<RateTable>) -> Self {
+        Self {
+            table,
+            books: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The book of `model` on `target`, when the target states its quota.
+    pub(crate) fn get(&self, target: &Target, model: &str) -> Option<Arc<SlotBook>> {
+        let mut books = lock(&self.books);
+        books
+            .entry((target.alias.clone(), model.to_owned()))
+            .or_insert_with(|| {
+                let rpm = target.quota.requests_per_minute(model)?;
+                let source = match &self.table {
+                    None => Source::Local,
+                    Some(table) => Source::Shared {
+                        table: table.clone(),
+                        key: RateTable::key(&target.role.account, &target.region, model),
+                    },
+                };
+                Some(Arc::new(SlotBook::new(source, rpm)))
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A busy schedule hands out consecutive slots a gap apart; one that fell
+    /// behind the clock starts at now, without a burst of the skipped slots.
+    #[test]
+    fn slots_follow_the_schedule_and_an_idle_one_restarts_at_now() {
+        assert_eq!(take(None, 1_000, 3, 10), (1_000, 1_030));
+        assert_eq!(take(Some(1_030), 1_005, 2, 10), (1_030, 1_050));
+        assert_eq!(take(Some(1_050), 9_000, 1, 10), (9_000, 9_010));
+    }
+
+    /// 600 requests a minute: slots 100 ms apart however many calls ask at
+    /// once, and the calls that waited together were served by one take.
+    #[tokio::test(start_paused = true)]
+    async fn calls_asking_at_once_get_slots_a_gap_apart_from_few_takes() {
+        let schedule = SimulatedSchedule::new();
+        let book = Arc::new(SlotBook::simulated(
+            schedule.clone(),
+            Duration::from_millis(10),
+            600,
+        ));
+        let start = Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let book = book.clone();
+            calls.spawn(async move { book.next_slot().await });
+        }
+        let mut slots: Vec<Instant> = calls.join_all().await;
+        slots.sort();
+        for pair in slots.windows(2) {
+            assert_eq!(pair[1] - pair[0], Duration::from_millis(100));
+        }
+        assert!(
+            slots[0] - start <= Duration::from_millis(10),
+            "{:?}",
+            slots[0] - start
+        );
+        // 8 slots came from at most 2 takes: 800 ms of schedule in all.
+        let after = lock(&schedule.next).expect("taken");
+        assert_eq!(after % 100_000, 0, "{after}");
+    }
+
+    /// A target without `requests_per_minute` for a model has no book: its
+    /// calls are paced by the pacer alone.
+    #[test]
+    fn only_a_stated_quota_gets_a_book() {
+        let mut target = crate::bedrock::tests::target();
+        target.quota = crate::domain::target::StatedQuota::new(
+            [("amazon.nova-lite-v1:0".to_owned(), 600)].into(),
+        );
+        let books = SlotBooks::new(None);
+        let book = books.get(&target, "amazon.nova-lite-v1:0").expect("book");
+        assert_eq!(book.gap, Duration::from_millis(100));
+        assert!(books.get(&target, "amazon.nova-pro-v1:0").is_none());
+    }
+}
