@@ -65,6 +65,8 @@ struct FanOut {
     /// The quota the target states (requests per minute), when it does,
     /// with the time a take from the shared schedule takes.
     stated: Option<(u32, Duration)>,
+    /// Up to how late a request arrives after its slot (the network).
+    jitter: Duration,
 }
 
 /// The lab benchmark's 20,000 items, per account: 100 requests/s, 100 ms
@@ -80,6 +82,7 @@ const BENCH: FanOut = FanOut {
     between_chunks: Duration::from_millis(200),
     quota: 100,
     stated: None,
+    jitter: Duration::ZERO,
 };
 
 /// A take from the rate table, there and back: DynamoDB's UpdateItem in
@@ -135,6 +138,9 @@ async fn run(sim: FanOut, seed: u64) -> Figures {
                     while pending > 0 && items.len() < sim.in_flight {
                         pending -= 1;
                         let latency = sim.latency + Duration::from_millis(rng.u64(0..20));
+                        let jitter = Duration::from_micros(
+                            rng.u64(0..=u64::try_from(sim.jitter.as_micros()).unwrap_or(0)),
+                        );
                         let (pacer, quota, counts) = (pacer.clone(), quota.clone(), counts.clone());
                         let book = book.clone();
                         items.spawn(async move {
@@ -143,6 +149,7 @@ async fn run(sim: FanOut, seed: u64) -> Figures {
                                 if let Some(book) = &book {
                                     tokio::time::sleep_until(book.next_slot().await).await;
                                 }
+                                tokio::time::sleep(jitter).await;
                                 let admitted = lock(&quota).admit(Instant::now());
                                 lock(&counts).calls += 1;
                                 if admitted {
@@ -214,18 +221,20 @@ async fn a_short_fan_out_keeps_a_shared_quota_mostly_busy() {
 }
 
 /// The same fan-out with the quota stated (6,000 requests per minute, the
-/// emulated 100 a second) and the schedule shared through the rate table:
-/// the instances send at the stated rate together, so the quota stays busy
-/// and almost nothing is throttled.
+/// emulated 100 a second) and the schedule shared through the rate table,
+/// requests arriving up to 10 ms after their slots: the instances together
+/// send at 97 % of the stated rate, so the quota stays busy and almost
+/// nothing is throttled.
 #[tokio::test(start_paused = true)]
 async fn a_stated_quota_shared_by_eight_instances_is_kept_busy_without_throttles() {
     let stated = FanOut {
         stated: Some((6_000, TABLE_DELAY)),
+        jitter: Duration::from_millis(10),
         ..BENCH
     };
     let (lowest, mean, throttled) = runs(stated).await;
     eprintln!("stated: lowest {lowest:.4} mean {mean:.4} throttled {throttled:.4}");
-    assert!(lowest >= 0.97, "lowest share {lowest:.3}");
+    assert!(lowest >= 0.955, "lowest share {lowest:.3}");
     assert!(throttled <= 0.01, "throttled {throttled:.3}");
 }
 
