@@ -26,6 +26,8 @@ const INPUTS: &str = "relay-inputs";
 const FINAL: &str = "relay-final";
 /// How long one invocation may run (the Lambda deadline each one gets).
 const FUNCTION_TIMEOUT: Duration = Duration::from_secs(20);
+/// The table the instances share stated quotas' send schedules in.
+const RATE_TABLE: &str = "relay-rates";
 
 /// The lab with a work queue (and its dead-letter queue after 5 receives), a
 /// completion bus that forwards to a queue, and `instances` function
@@ -79,6 +81,11 @@ impl FanOut {
             .await
             .expect("bus");
         lab.create_bucket(INPUTS).await.expect("inputs bucket");
+        // As the template makes it; used only when a target states its quota.
+        let rate_table = services
+            .create_rate_table(RATE_TABLE)
+            .await
+            .expect("rate table");
 
         let mut env = lab.function_env();
         lab.create_bucket(FINAL).await.expect("final bucket");
@@ -89,6 +96,7 @@ impl FanOut {
             ("RELAY_CHUNK_ITEMS", "10"),
             ("RELAY_EVENT_BUS", bus_arn.as_str()),
             ("RELAY_CHUNK_RETRY_SECONDS", "0"),
+            ("RELAY_RATE_TABLE", rate_table.as_str()),
             (
                 "RELAY_ALLOWED_DESTINATIONS",
                 "s3://relay-final/*,*/222222222222/results",
@@ -724,4 +732,76 @@ async fn a_batch_over_the_item_limit_is_refused_before_any_claim() {
         .expect("queue")
         .is_empty());
     assert!(bench.lab.bedrock.calls().is_empty());
+}
+
+/// Four instances with four calls in flight each (up to 320 requests/s at
+/// 50 ms answers) share an account whose quota is 1,200 requests a minute,
+/// enforced over a 1 s window (20 a second). The target states that quota
+/// (`RELAY_REQUESTS_PER_MINUTE`), so every instance takes its send slots
+/// from the one schedule in the rate table: together they send at 97 % of
+/// 20 a second and the quota throttles next to nothing. Pacing on their
+/// own, the four would probe past their shares (see
+/// `src/scheduling/pacer/sim.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_a_stated_quota_through_the_rate_table() {
+    let bench = FanOut::start(
+        4,
+        &[
+            ("RELAY_CHUNK_ITEMS", "25"),
+            ("RELAY_MAX_CONCURRENCY", "4"),
+            ("RELAY_REQUESTS_PER_MINUTE", "1200"),
+        ],
+    )
+    .await;
+    bench.lab.bedrock.set_knobs(Knobs {
+        latency_ms: 50,
+        quota_rpm: Some(1200),
+        quota_window_ms: Some(1000),
+        ..Knobs::default()
+    });
+    bench.put_items("stated.jsonl", &items(200)).await;
+    let id = "stated-quota";
+    let planned = bench
+        .send_job(id, job("s3://relay-inputs/stated.jsonl"))
+        .await;
+    assert_eq!(answer(&planned)["chunks"], 8, "{planned:?}");
+    let report = bench.drain(4).await;
+
+    let manifest = bench
+        .manifest(id)
+        .await
+        .unwrap_or_else(|| panic!("no manifest ({report:?}); logs:\n{}", bench.logs()));
+    assert_eq!(manifest["succeeded"], 200, "{manifest}");
+    let prompts = bench.prompts();
+    assert_eq!(prompts.len(), 200);
+    assert!(prompts.values().all(|n| *n == 1), "an item was asked twice");
+
+    let calls = bench.lab.bedrock.calls();
+    let throttled = calls.iter().filter(|c| c.status == 429).count();
+    assert!(
+        throttled <= 4,
+        "{throttled} of {} calls throttled",
+        calls.len()
+    );
+    // Answers came no faster than the stated rate: 200 in no less than
+    // 199 gaps of 50 ms.
+    let answered: Vec<u128> = calls
+        .iter()
+        .filter(|c| c.status == 200)
+        .map(|c| c.at_ms)
+        .collect();
+    let span = answered
+        .iter()
+        .max()
+        .zip(answered.iter().min())
+        .map(|(a, b)| a - b);
+    assert!(span.is_some_and(|ms| ms >= 199 * 50), "{span:?} ms");
+
+    let schedules = bench.services.scan_table(RATE_TABLE).await.expect("scan");
+    assert_eq!(schedules.len(), 1, "{schedules:?}");
+    assert_eq!(
+        schedules[0]["pk"],
+        format!("111111111111/us-east-1/{MODEL}"),
+        "one schedule per account, region and model"
+    );
 }

@@ -290,6 +290,35 @@ impl Services {
             .ok_or_else(|| LabError::Aws(format!("create table {name}: no arn")))
     }
 
+    /// Creates a rate table as template.yaml makes it (`pk` S partition key,
+    /// on demand); returns its ARN.
+    pub async fn create_rate_table(&self, name: &str) -> Result<String, LabError> {
+        self.dynamodb
+            .create_table()
+            .table_name(name)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(aws("attribute"))?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(aws("key"))?,
+            )
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .map_err(aws("create rate table"))?
+            .table_description
+            .and_then(|t| t.table_arn)
+            .ok_or_else(|| LabError::Aws(format!("create table {name}: no arn")))
+    }
+
     /// Every item in the table as JSON (strings and numbers as such), sorted
     /// by `job_id` and `item`.
     pub async fn scan_table(&self, name: &str) -> Result<Vec<Value>, LabError> {
