@@ -514,6 +514,50 @@ fn idempotency_table_has_job_id_and_item_keys_and_its_own_grant() {
     assert!(!stack.condition("CreateIdempotencyTable"));
 }
 
+/// A stated quota (RequestsPerMinute, or `requests_per_minute` in an
+/// AdditionalTargets entry) creates the rate table, keyed by `pk` with a
+/// TTL, and lets the role do one thing to it: UpdateItem. With none stated
+/// there is no table and no grant.
+#[test]
+fn a_stated_quota_gets_a_rate_table_the_role_may_only_update() {
+    let stated = Stack::relay(&[("RequestsPerMinute", "6000")]);
+    assert!(stated.condition("HasStatedQuota"));
+    assert_eq!(stated.env("RELAY_REQUESTS_PER_MINUTE"), "6000");
+    assert_eq!(stated.env("RELAY_RATE_TABLE"), "getatt:RateTable.Arn");
+    let table = &stated.template["Resources"]["RateTable"];
+    assert_eq!(table["Condition"].as_str(), Some("HasStatedQuota"));
+    let props = stated.eval(&table["Properties"]);
+    assert_eq!(props["BillingMode"], "PAY_PER_REQUEST");
+    assert_eq!(
+        props["KeySchema"],
+        json!([{"AttributeName": "pk", "KeyType": "HASH"}])
+    );
+    assert_eq!(
+        props["TimeToLiveSpecification"],
+        json!({"AttributeName": "expires_at", "Enabled": true})
+    );
+    assert_eq!(
+        grants(&stated, "dynamodb"),
+        pairs(&[("dynamodb:UpdateItem", "getatt:RateTable.Arn")])
+    );
+
+    let per_target = Stack::relay(&[(
+        "AdditionalTargets",
+        r#"{"b": {"role_arn": "arn:aws:iam::333333333333:role/RoleA", "requests_per_minute": 500}}"#,
+    )]);
+    assert!(per_target.condition("HasStatedQuota"));
+    assert_eq!(per_target.env("RELAY_RATE_TABLE"), "getatt:RateTable.Arn");
+
+    let unstated = Stack::relay(&[(
+        "AdditionalTargets",
+        r#"{"b": {"role_arn": "arn:aws:iam::333333333333:role/RoleA"}}"#,
+    )]);
+    assert!(!unstated.condition("HasStatedQuota"));
+    assert_eq!(unstated.env("RELAY_RATE_TABLE"), "");
+    assert!(unstated.statement("ShareSendSchedule").is_none());
+    assert!(grants(&unstated, "dynamodb").is_empty());
+}
+
 /// The batch limits and the schedule switch reach the function.
 #[test]
 fn limits_and_schedule_are_wired() {

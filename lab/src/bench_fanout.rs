@@ -52,6 +52,9 @@ pub struct FanOutLoad {
     /// The function timeout each invocation gets (the work queue's
     /// visibility timeout is 6x this).
     pub function_timeout: Duration,
+    /// The `requests_per_minute` each target states, shared through a rate
+    /// table (`RELAY_RATE_TABLE`); `None`: paced by throttles alone.
+    pub stated_rpm: Option<u32>,
 }
 
 impl FanOutLoad {
@@ -66,6 +69,8 @@ impl FanOutLoad {
 pub struct FanOutFigures {
     /// Items in the batch.
     pub items: usize,
+    /// The `requests_per_minute` each target stated, if any.
+    pub stated_rpm: Option<u32>,
     /// Chunks the planner cut.
     pub chunks: usize,
     /// Function processes.
@@ -187,17 +192,23 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
 
     // The pooled accounts, the quota and the latency.
     let mut targets = serde_json::Map::new();
-    targets.insert(
-        "a1".into(),
-        json!({"role_arn": lab.role_a_arn, "external_id": crate::EXTERNAL_ID}),
-    );
+    let target = |role: &str| {
+        let mut target = json!({"role_arn": role, "external_id": crate::EXTERNAL_ID});
+        if let Some(rpm) = load.stated_rpm {
+            target["requests_per_minute"] = json!(rpm);
+        }
+        target
+    };
+    targets.insert("a1".into(), target(&lab.role_a_arn));
     for n in 2..=load.accounts {
         let role = lab.add_target_account(&format!("33333333333{n}")).await?;
-        targets.insert(
-            format!("a{n}"),
-            json!({"role_arn": role, "external_id": crate::EXTERNAL_ID}),
-        );
+        targets.insert(format!("a{n}"), target(&role));
     }
+    // As the template makes it when a target states its quota.
+    let rate_table = match load.stated_rpm {
+        Some(_) => Some(services.create_rate_table("relay-rates").await?),
+        None => None,
+    };
     let aliases: Vec<String> = targets.keys().cloned().collect();
     lab.bedrock.set_knobs(crate::emulator::Knobs {
         latency_ms: load.latency_ms,
@@ -220,6 +231,7 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
         ("RELAY_WORK_QUEUE", work.url.clone()),
         ("RELAY_WORK_STORE", store),
         ("RELAY_CHUNK_ITEMS", load.chunk_items.to_string()),
+        ("RELAY_RATE_TABLE", rate_table.unwrap_or_default()),
         // BENCH_LOGS=<path>: info logs, written there after the run.
         (
             "AWS_LAMBDA_LOG_LEVEL",
@@ -478,6 +490,7 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
     drop(functions);
     Ok(FanOutFigures {
         items: load.items,
+        stated_rpm: load.stated_rpm,
         chunks,
         instances: load.instances,
         concurrency: load.concurrency,
@@ -637,6 +650,13 @@ pub fn table(rows: &[FanOutFigures]) -> String {
         let cells: Vec<String> = rows.iter().map(value).collect();
         format!("| {label} | {} |\n", cells.join(" | "))
     };
+    out.push_str(&line(
+        "stated quota (`requests_per_minute`, rate table)",
+        &|r| {
+            r.stated_rpm
+                .map_or_else(|| "none".to_owned(), |rpm| format!("{rpm} per account"))
+        },
+    ));
     out.push_str(&line("chunks × items", &|r| {
         format!("{} × {}", r.chunks, r.items.div_ceil(r.chunks.max(1)))
     }));

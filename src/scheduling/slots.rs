@@ -232,12 +232,15 @@ impl SlotBook {
     }
 }
 
+/// A target alias and a model.
+type BookKey = (String, String);
+
 /// The slot books, one per target and model with a stated quota; kept across
 /// the invocations of a warm function.
 #[derive(Debug, Default)]
 pub(crate) struct SlotBooks {
     table: Option<RateTable>,
-    books: Mutex<HashMap<(String, String), Option<Arc<SlotBook>>>>,
+    books: Mutex<HashMap<BookKey, Option<Arc<SlotBook>>>>,
 }
 
 impl SlotBooks {

@@ -269,6 +269,14 @@ async fn bench_fanout(args: &[String]) -> Result<(), LabError> {
         chunk_items: number("--chunk-items", 500)?,
         instances: number("--instances", 8)?,
         function_timeout: Duration::from_secs(number("--timeout", 120)? as u64),
+        // 0: nothing stated, paced by throttles alone.
+        stated_rpm: match number("--stated-rpm", 0)? {
+            0 => None,
+            rpm => Some(
+                u32::try_from(rpm)
+                    .map_err(|_| LabError::Setup(format!("--stated-rpm {rpm}: too large")))?,
+            ),
+        },
     };
     println!(
         "bench-fanout: {} pooled accounts, {} rpm each (enforced per {} ms: {:.0} req/s pooled),          model latency {} ms; chunks of {}, {} instances (MaximumConcurrency {}, BatchSize 1),          RELAY_MAX_CONCURRENCY {}, function timeout {} s (visibility {} s)",
