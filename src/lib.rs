@@ -28,15 +28,16 @@
 //!   → release), preparing a job, and its outcome (records, delivery,
 //!   metrics). `error` gathers the other modules' errors into [`RelayError`]
 //!   and maps them to Lambda's error type.
-//! - `scheduling`: calling the model on time (pool choice, pacer, latency
-//!   book); `config`: `RELAY_*` environment → [`Config`].
+//! - `scheduling`: calling the model on time (pool choice, pacer, slots of
+//!   a stated quota, latency book); `config`: `RELAY_*` environment → [`Config`].
 //! - Adapters that call AWS: `credentials` (AssumeRole into RoleA under the
 //!   identity cache), `bedrock` (Converse and InvokeModel, error classes),
 //!   `documents` (S3 objects as content blocks; `formats`, `items` for
 //!   `items_from` JSON Lines), `destination` (S3, SQS, SNS, EventBridge,
 //!   DynamoDB; `batching`, `spill`), `ledger` (claims and finished work, S3
 //!   and DynamoDB side by side), `work` (the work store and queue of
-//!   fanned-out batches).
+//!   fanned-out batches), `rates` (the send schedules of stated quotas that
+//!   every instance shares, in DynamoDB).
 //! - `template` (Jinja with an allowlist, see docs/templates.md), `schema`
 //!   (the job as JSON Schema), `observe` (logs, EMF metrics, X-Ray
 //!   subsegments).

@@ -13,9 +13,9 @@
 //! behind the clock starts again from now, so slots nobody took are gone,
 //! never saved up for a burst.
 //!
-//! Item: `pk` (S, `<account>/<region>/<model>`), `next_us` (N), `expires_at`
-//! (N, epoch seconds, the table's TTL attribute: an idle schedule is removed
-//! a day later). The function needs `dynamodb:UpdateItem` on the table, and
+//! Item: `pk` (S, `<account>/<region>/<model>`), `next_us` (N), `takes` (N,
+//! the updates so far, for operators), `expires_at` (N, epoch seconds, the
+//! table's TTL attribute: an idle schedule is removed a day later). The function needs `dynamodb:UpdateItem` on the table, and
 //! nothing else.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -107,9 +107,12 @@ impl RateTable {
                 .update_item()
                 .table_name(&self.table.arn)
                 .key("pk", AttributeValue::S(key.to_owned()))
-                .update_expression("SET next_us = next_us + :span, expires_at = :expires")
+                .update_expression(
+                    "SET next_us = next_us + :span, expires_at = :expires ADD takes :one",
+                )
                 .condition_expression("next_us >= :now")
                 .expression_attribute_values(":span", number(span))
+                .expression_attribute_values(":one", number(1))
                 .expression_attribute_values(":now", number(now_us))
                 .expression_attribute_values(":expires", number(expires))
                 .return_values(ReturnValue::UpdatedNew)
@@ -134,9 +137,10 @@ impl RateTable {
                 .update_item()
                 .table_name(&self.table.arn)
                 .key("pk", AttributeValue::S(key.to_owned()))
-                .update_expression("SET next_us = :next, expires_at = :expires")
+                .update_expression("SET next_us = :next, expires_at = :expires ADD takes :one")
                 .condition_expression("attribute_not_exists(next_us) OR next_us < :now")
                 .expression_attribute_values(":next", number(now_us.saturating_add(span)))
+                .expression_attribute_values(":one", number(1))
                 .expression_attribute_values(":now", number(now_us))
                 .expression_attribute_values(":expires", number(expires))
                 .send()

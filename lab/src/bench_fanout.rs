@@ -113,6 +113,8 @@ pub struct FanOutFigures {
     pub duplicates: usize,
     /// Answered calls per account, in alias order.
     pub answered_per_account: Vec<usize>,
+    /// Updates of the rate table (its items' `takes`), when a quota was stated.
+    pub rate_table_updates: Option<u64>,
     /// Highest VmHWM over the processes, MB.
     pub peak_rss_max_mb: f64,
     /// Mean VmHWM over the processes, MB.
@@ -405,6 +407,18 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
         })
         .collect();
 
+    let rate_table_updates = match load.stated_rpm {
+        Some(_) => Some(
+            services
+                .scan_table("relay-rates")
+                .await?
+                .iter()
+                .filter_map(|item| item["takes"].as_u64())
+                .sum(),
+        ),
+        None => None,
+    };
+
     // Per chunk: first call → last answer, from the item number in the prompt,
     // and the access keys that signed its calls (each instance has its own
     // session per account, so the keys tell which instance ran it).
@@ -510,6 +524,7 @@ pub async fn run(function: &Path, load: FanOutLoad) -> Result<FanOutFigures, Lab
         lost,
         duplicates,
         answered_per_account,
+        rate_table_updates,
         peak_rss_max_mb: rss_kb.iter().copied().fold(0.0, f64::max) / 1024.0,
         peak_rss_mean_mb: rss_kb.iter().sum::<f64>() / rss_kb.len().max(1) as f64 / 1024.0,
         cpu_ms_per_item: cpu_ticks_total as f64 / TICKS_PER_SECOND * 1000.0
@@ -700,6 +715,15 @@ pub fn table(rows: &[FanOutFigures]) -> String {
             .map(usize::to_string)
             .collect::<Vec<_>>()
             .join(" / ")
+    }));
+    out.push_str(&line("rate-table updates (model calls per update)", &|r| {
+        r.rate_table_updates.map_or_else(
+            || "none".to_owned(),
+            |n| {
+                let calls = r.answered + r.throttled + r.other_errors;
+                format!("{n} ({:.1})", calls as f64 / n.max(1) as f64)
+            },
+        )
     }));
     out.push_str(&line("**items lost**", &|r| format!("**{}**", r.lost)));
     out.push_str(&line("**duplicate model calls**", &|r| {
