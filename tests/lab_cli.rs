@@ -463,3 +463,56 @@ async fn doctor_applies_each_configured_guardrail_with_role_a() {
         "applied as RoleA: {applied:?}"
     );
 }
+
+/// With a stated quota the doctor updates a probe schedule of its own in
+/// the rate table (never a real one); a table that does not exist fails
+/// with what to create; a quota stated without a table is a skip that says
+/// the instances will pace alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_rate_table_of_a_stated_quota() {
+    let lab = Lab::start().await.expect("lab starts");
+    let services = lab::services::Services::of(&lab).await;
+    let table = services
+        .create_rate_table("relay-rates")
+        .await
+        .expect("rate table");
+    let stated = [
+        ("RELAY_REQUESTS_PER_MINUTE", "6000"),
+        ("RELAY_RATE_TABLE", table.as_str()),
+    ];
+    let (code, stdout) = doctor(&lab, &stated).await;
+    let checks = checks(&stdout);
+    let passed = check(&checks, "rate-table");
+    assert_eq!(passed["ok"], true, "{passed}");
+    assert_eq!(code, 0, "{stdout}");
+    let items = services.scan_table("relay-rates").await.expect("scan");
+    let keys: Vec<&str> = items.iter().filter_map(|i| i["pk"].as_str()).collect();
+    assert_eq!(keys.len(), 1, "{items:?}");
+    assert!(keys[0].starts_with("doctor/"), "{keys:?}");
+
+    let (code, stdout) = doctor(
+        &lab,
+        &[
+            ("RELAY_REQUESTS_PER_MINUTE", "6000"),
+            ("RELAY_RATE_TABLE", "relay-no-such-table"),
+        ],
+    )
+    .await;
+    let checks = checks(&stdout);
+    let failed = check(&checks, "rate-table");
+    assert_eq!(failed["ok"], false, "{failed}");
+    let detail = failed["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("does not exist"), "{detail}");
+    assert_eq!(code, 1);
+
+    let (_, stdout) = doctor(&lab, &[("RELAY_REQUESTS_PER_MINUTE", "6000")]).await;
+    let checks = checks(&stdout);
+    let skipped = check(&checks, "rate-table");
+    assert_eq!(skipped["skipped"], true, "{skipped}");
+    assert!(
+        skipped["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("RELAY_RATE_TABLE is unset")),
+        "{skipped}"
+    );
+}

@@ -88,13 +88,18 @@ fn aws<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> LabError + '_ {
 impl Services {
     /// Clients acting as account B's administrator.
     pub async fn of(lab: &Lab) -> Self {
-        let config = sdk_config(lab.moto.endpoint(), &lab.admin_b).await;
+        Self::at(lab.moto.endpoint(), &lab.admin_b).await
+    }
+
+    /// Clients of the moto server at `endpoint`, signed with `credentials`.
+    pub async fn at(endpoint: &str, credentials: &Credentials) -> Self {
+        let config = sdk_config(endpoint, credentials).await;
         Self {
             sqs: aws_sdk_sqs::Client::new(&config),
             sns: aws_sdk_sns::Client::new(&config),
             events: aws_sdk_eventbridge::Client::new(&config),
             dynamodb: aws_sdk_dynamodb::Client::new(&config),
-            s3: s3_client(lab.moto.endpoint(), &lab.admin_b),
+            s3: s3_client(endpoint, credentials),
         }
     }
 

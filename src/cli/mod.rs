@@ -22,6 +22,7 @@
 
 mod batch_doctor;
 mod guardrail_doctor;
+mod rate_doctor;
 mod status;
 mod trail;
 
@@ -339,6 +340,8 @@ async fn doctor(only_target: Option<String>, model: Option<String>, json_output:
             detail: err.to_string(),
         },
     });
+
+    checks.extend(rate_doctor::check(&config, &destinations).await);
 
     let all_ok = checks.iter().all(|c| c.ok);
     if json_output {

@@ -93,6 +93,11 @@ impl StatedQuota {
         Self { by_model }
     }
 
+    /// Whether any model's quota is stated.
+    pub fn is_stated(&self) -> bool {
+        !self.by_model.is_empty()
+    }
+
     /// The stated requests per minute for `model`, if any.
     pub fn requests_per_minute(&self, model: &str) -> Option<u32> {
         self.by_model

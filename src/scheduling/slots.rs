@@ -30,6 +30,15 @@ use crate::rates::{epoch_micros, RateTable};
 /// 97 % a minute's window has 1.8 s of slack, a second's 31 ms.
 pub(crate) const STATED_SHARE: f64 = 0.97;
 
+/// How late a held slot may still be used. Within the slack
+/// [`STATED_SHARE`] leaves (30 ms of a 1 s window at 97 %), so a late send
+/// does not overfill a window.
+const LATE_AT_MOST: Duration = Duration::from_millis(20);
+/// How long before the schedule's next slot a gathering take is made, on
+/// top of twice the last take's time.
+const GATHER_LEAD: Duration = Duration::from_millis(5);
+/// The longest a take waits for more calls.
+const MAX_GATHER: Duration = Duration::from_millis(250);
 /// The most slots one take asks for.
 const MAX_BLOCK: usize = 16;
 
@@ -72,6 +81,8 @@ enum Source {
 pub(crate) struct SimulatedSchedule {
     next: Mutex<Option<u64>>,
     origin: Instant,
+    /// Takes so far.
+    pub(crate) takes: AtomicUsize,
 }
 
 #[cfg(test)]
@@ -80,6 +91,7 @@ impl SimulatedSchedule {
         Arc::new(Self {
             next: Mutex::new(None),
             origin: Instant::now(),
+            takes: AtomicUsize::new(0),
         })
     }
 }
@@ -96,6 +108,10 @@ pub(crate) struct SlotBook {
     taking: tokio::sync::Mutex<()>,
     /// Calls waiting for a slot.
     waiting: AtomicUsize,
+    /// How long the last take took.
+    take_time: Mutex<Duration>,
+    /// How far ahead of the clock the last take's first slot was.
+    ahead: Mutex<Duration>,
     /// The schedule's next free slot after the last take.
     next_known: Mutex<Option<Instant>>,
     /// The local schedule, used alone or while the table rests.
@@ -123,6 +139,8 @@ impl SlotBook {
             held: Mutex::new(VecDeque::new()),
             taking: tokio::sync::Mutex::new(()),
             waiting: AtomicUsize::new(0),
+            take_time: Mutex::new(Duration::ZERO),
+            ahead: Mutex::new(Duration::ZERO),
             next_known: Mutex::new(None),
             local: Mutex::new(None),
             origin: Instant::now(),
@@ -157,6 +175,9 @@ impl SlotBook {
         let slot = match self.pop_held() {
             Some(slot) => slot,
             None => {
+                if let Some(until) = self.gather_until() {
+                    tokio::time::sleep_until(until).await;
+                }
                 let count = self.waiting.load(Ordering::SeqCst).clamp(1, MAX_BLOCK);
                 let slots = self.take(count as u32).await;
                 let mut held = lock(&self.held);
@@ -168,13 +189,25 @@ impl SlotBook {
         slot
     }
 
-    /// A held slot, unless it passed more than a gap ago (a call that took
-    /// part in a take gave up): sent now, it would bunch with the next.
+    /// Until when a take may wait for more calls to join it. At the last
+    /// take the schedule ran `ahead` of the clock (its first slot that far
+    /// off): a take made up to half of that later still gets slots no later
+    /// than the calls would wait anyway, so the schedule never idles, and
+    /// the calls that ask meanwhile share one update of the table.
+    fn gather_until(&self) -> Option<Instant> {
+        let ahead = *lock(&self.ahead);
+        let lead = *lock(&self.take_time) * 2 + GATHER_LEAD;
+        let wait = (ahead / 2).checked_sub(lead)?.min(MAX_GATHER);
+        Some(Instant::now() + wait)
+    }
+
+    /// A held slot, unless it passed more than [`LATE_AT_MOST`] (or a gap)
+    /// ago: sent now, it would bunch with the next ones.
     fn pop_held(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut held = lock(&self.held);
         while let Some(slot) = held.pop_front() {
-            if slot + self.gap >= now {
+            if slot + self.gap.max(LATE_AT_MOST) >= now {
                 return Some(slot);
             }
         }
@@ -211,6 +244,7 @@ impl SlotBook {
                 tokio::time::sleep(*delay / 2).await;
                 let (first, after) = take(*lock(&schedule.next), now, count, gap);
                 *lock(&schedule.next) = Some(after);
+                schedule.takes.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(*delay / 2).await;
                 Some((first, now))
             }
@@ -228,6 +262,10 @@ impl SlotBook {
             .map(|i| at(first.saturating_add(i * gap)))
             .collect();
         *lock(&self.next_known) = Some(at(first.saturating_add(u64::from(count) * gap)));
+        *lock(&self.take_time) = started.elapsed();
+        *lock(&self.ahead) = slots.first().map_or(Duration::ZERO, |first| {
+            first.saturating_duration_since(Instant::now())
+        });
         slots
     }
 }
@@ -322,6 +360,41 @@ mod tests {
         // next seven in one take: 8 slots of schedule in all.
         let after = lock(&schedule.next).expect("taken");
         assert_eq!(after, 8 * micros(gap), "{after}");
+    }
+
+    /// A rate table that fails (here: denied) costs no item: the instance
+    /// takes its slots from its own schedule at the stated rate, and does not
+    /// ask the table again for [`TABLE_REST`].
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_rate_table_falls_back_to_the_instances_own_schedule() {
+        use aws_smithy_mocks::{mock, mock_client, RuleMode};
+        let denied = mock!(aws_sdk_dynamodb::Client::update_item).then_http_response(|| {
+            aws_smithy_runtime_api::http::Response::new(
+                aws_smithy_runtime_api::http::StatusCode::try_from(400).expect("status"),
+                aws_smithy_types::body::SdkBody::from(
+                    r#"{"__type":"com.amazon.coral.service#AccessDeniedException","message":"no"}"#,
+                ),
+            )
+        });
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&denied]);
+        let table = RateTable::new(
+            client,
+            crate::destination::dynamodb::Table::from_name_or_arn("relay-rates").expect("table"),
+        );
+        let source = Source::Shared {
+            table,
+            key: "k".into(),
+        };
+        let book = SlotBook::new(source, 600);
+        let first = book.next_slot().await;
+        let second = book.next_slot().await;
+        let apart = (second - first).as_secs_f64();
+        assert!((apart - book.gap.as_secs_f64()).abs() < 2e-6, "{apart}");
+        assert_eq!(denied.num_calls(), 1, "the table rests after a failure");
+
+        tokio::time::advance(TABLE_REST + Duration::from_secs(1)).await;
+        book.next_slot().await;
+        assert_eq!(denied.num_calls(), 2, "and is tried again after the rest");
     }
 
     /// A target without `requests_per_minute` for a model has no book: its

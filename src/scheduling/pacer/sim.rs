@@ -93,6 +93,8 @@ const TABLE_DELAY: Duration = Duration::from_millis(8);
 struct Figures {
     /// Answered calls ÷ (start → last answer) ÷ the quota.
     share: f64,
+    /// Calls per take from the shared schedule (0 without one).
+    calls_per_take: f64,
     /// Throttled calls ÷ all calls.
     throttled: f64,
 }
@@ -177,7 +179,13 @@ async fn run(sim: FanOut, seed: u64) -> Figures {
         .unwrap_or(started)
         .duration_since(started)
         .as_secs_f64();
+    let takes = schedule.takes.load(std::sync::atomic::Ordering::SeqCst);
     Figures {
+        calls_per_take: if takes == 0 {
+            0.0
+        } else {
+            counts.calls as f64 / takes as f64
+        },
         share: (sim.chunks * sim.chunk_items) as f64 / span / sim.quota as f64,
         throttled: counts.throttles as f64 / counts.calls as f64,
     }
@@ -191,6 +199,12 @@ async fn runs(sim: FanOut) -> (f64, f64, f64) {
         figures.push(run(sim, seed).await);
     }
     let n = figures.len() as f64;
+    if std::env::var_os("SIM_VERBOSE").is_some() {
+        eprintln!(
+            "calls per take: {:.2}",
+            figures.iter().map(|f| f.calls_per_take).sum::<f64>() / n
+        );
+    }
     (
         figures.iter().map(|f| f.share).fold(f64::MAX, f64::min),
         figures.iter().map(|f| f.share).sum::<f64>() / n,
