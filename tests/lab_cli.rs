@@ -481,8 +481,8 @@ async fn doctor_checks_the_rate_table_of_a_stated_quota() {
         ("RELAY_RATE_TABLE", table.as_str()),
     ];
     let (code, stdout) = doctor(&lab, &stated).await;
-    let checks = checks(&stdout);
-    let passed = check(&checks, "rate-table");
+    let report = checks(&stdout);
+    let passed = check(&report, "rate-table");
     assert_eq!(passed["ok"], true, "{passed}");
     assert_eq!(code, 0, "{stdout}");
     let items = services.scan_table("relay-rates").await.expect("scan");
@@ -498,16 +498,16 @@ async fn doctor_checks_the_rate_table_of_a_stated_quota() {
         ],
     )
     .await;
-    let checks = checks(&stdout);
-    let failed = check(&checks, "rate-table");
+    let report = checks(&stdout);
+    let failed = check(&report, "rate-table");
     assert_eq!(failed["ok"], false, "{failed}");
     let detail = failed["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("does not exist"), "{detail}");
     assert_eq!(code, 1);
 
     let (_, stdout) = doctor(&lab, &[("RELAY_REQUESTS_PER_MINUTE", "6000")]).await;
-    let checks = checks(&stdout);
-    let skipped = check(&checks, "rate-table");
+    let report = checks(&stdout);
+    let skipped = check(&report, "rate-table");
     assert_eq!(skipped["skipped"], true, "{skipped}");
     assert!(
         skipped["detail"]
