@@ -265,60 +265,55 @@ impl Services {
     /// Creates a table in the relay's layout (`job_id` S partition key, `item`
     /// N sort key, on demand); returns its ARN.
     pub async fn create_table(&self, name: &str) -> Result<String, LabError> {
-        let attribute = |name: &str, kind| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(kind)
-                .build()
-                .map_err(aws("attribute"))
-        };
-        let key = |name: &str, kind| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-                .map_err(aws("key"))
-        };
-        self.dynamodb
-            .create_table()
-            .table_name(name)
-            .attribute_definitions(attribute("job_id", ScalarAttributeType::S)?)
-            .attribute_definitions(attribute("item", ScalarAttributeType::N)?)
-            .key_schema(key("job_id", KeyType::Hash)?)
-            .key_schema(key("item", KeyType::Range)?)
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .map_err(aws("create table"))?
-            .table_description
-            .and_then(|t| t.table_arn)
-            .ok_or_else(|| LabError::Aws(format!("create table {name}: no arn")))
+        self.create_keyed_table(
+            name,
+            &[
+                ("job_id", ScalarAttributeType::S, KeyType::Hash),
+                ("item", ScalarAttributeType::N, KeyType::Range),
+            ],
+        )
+        .await
     }
 
     /// Creates a rate table as template.yaml makes it (`pk` S partition key,
     /// on demand); returns its ARN.
     pub async fn create_rate_table(&self, name: &str) -> Result<String, LabError> {
-        self.dynamodb
+        self.create_keyed_table(name, &[("pk", ScalarAttributeType::S, KeyType::Hash)])
+            .await
+    }
+
+    /// An on-demand table with `keys` (name, type, role); returns its ARN.
+    async fn create_keyed_table(
+        &self,
+        name: &str,
+        keys: &[(&str, ScalarAttributeType, KeyType)],
+    ) -> Result<String, LabError> {
+        let mut create = self
+            .dynamodb
             .create_table()
             .table_name(name)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("pk")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(aws("attribute"))?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(aws("key"))?,
-            )
-            .billing_mode(BillingMode::PayPerRequest)
+            .billing_mode(BillingMode::PayPerRequest);
+        for (key, kind, role) in keys {
+            create = create
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(*key)
+                        .attribute_type(kind.clone())
+                        .build()
+                        .map_err(aws("attribute"))?,
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(*key)
+                        .key_type(role.clone())
+                        .build()
+                        .map_err(aws("key"))?,
+                );
+        }
+        create
             .send()
             .await
-            .map_err(aws("create rate table"))?
+            .map_err(aws("create table"))?
             .table_description
             .and_then(|t| t.table_arn)
             .ok_or_else(|| LabError::Aws(format!("create table {name}: no arn")))
