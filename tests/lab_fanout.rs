@@ -738,7 +738,7 @@ async fn a_batch_over_the_item_limit_is_refused_before_any_claim() {
 /// 50 ms answers) share an account whose quota is 1,200 requests a minute,
 /// enforced over a 1 s window (20 a second). The target states that quota
 /// (`RELAY_REQUESTS_PER_MINUTE`), so every instance takes its send slots
-/// from the one schedule in the rate table: together they send at 97 % of
+/// from the one schedule in the rate table: together they send at 98 % of
 /// 20 a second and the quota throttles next to nothing. Pacing on their
 /// own, the four would probe past their shares (see
 /// `src/scheduling/pacer/sim.rs`).

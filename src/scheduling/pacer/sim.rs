@@ -199,17 +199,19 @@ async fn runs(sim: FanOut) -> (f64, f64, f64) {
         figures.push(run(sim, seed).await);
     }
     let n = figures.len() as f64;
+    let mean = |f: fn(&Figures) -> f64| figures.iter().map(f).sum::<f64>() / n;
+    let lowest = figures.iter().map(|f| f.share).fold(f64::MAX, f64::min);
+    // SIM_VERBOSE=1 cargo test sim:: -- --nocapture: the rows of
+    // docs/benchmark.md's pacing tables.
     if std::env::var_os("SIM_VERBOSE").is_some() {
         eprintln!(
-            "calls per take: {:.2}",
-            figures.iter().map(|f| f.calls_per_take).sum::<f64>() / n
+            "share mean {:.4} lowest {lowest:.4}, throttled {:.4}, calls per take {:.2}",
+            mean(|f| f.share),
+            mean(|f| f.throttled),
+            mean(|f| f.calls_per_take)
         );
     }
-    (
-        figures.iter().map(|f| f.share).fold(f64::MAX, f64::min),
-        figures.iter().map(|f| f.share).sum::<f64>() / n,
-        figures.iter().map(|f| f.throttled).sum::<f64>() / n,
-    )
+    (lowest, mean(|f| f.share), mean(|f| f.throttled))
 }
 
 /// Eight instances, each pacing on its own, share one quota through a
@@ -237,7 +239,7 @@ async fn a_short_fan_out_keeps_a_shared_quota_mostly_busy() {
 /// The same fan-out with the quota stated (6,000 requests per minute, the
 /// emulated 100 a second) and the schedule shared through the rate table,
 /// requests arriving up to 10 ms after their slots: the instances together
-/// send at 97 % of the stated rate, so the quota stays busy and almost
+/// send at 98 % of the stated rate, so the quota stays busy and almost
 /// nothing is throttled.
 #[tokio::test(start_paused = true)]
 async fn a_stated_quota_shared_by_eight_instances_is_kept_busy_without_throttles() {
@@ -247,8 +249,8 @@ async fn a_stated_quota_shared_by_eight_instances_is_kept_busy_without_throttles
         ..BENCH
     };
     let (lowest, mean, throttled) = runs(stated).await;
-    eprintln!("stated: lowest {lowest:.4} mean {mean:.4} throttled {throttled:.4}");
-    assert!(lowest >= 0.955, "lowest share {lowest:.3}");
+    assert!(lowest >= 0.965, "lowest share {lowest:.3}");
+    assert!(mean >= 0.97, "mean share {mean:.3}");
     assert!(throttled <= 0.01, "throttled {throttled:.3}");
 }
 
@@ -262,7 +264,7 @@ async fn a_quota_stated_too_high_falls_back_to_the_pacers() {
         ..BENCH
     };
     let (lowest, mean, throttled) = runs(stated).await;
-    eprintln!("too high: lowest {lowest:.4} mean {mean:.4} throttled {throttled:.4}");
     assert!(lowest >= 0.95, "lowest share {lowest:.3}");
+    assert!(mean >= 0.96, "mean share {mean:.3}");
     assert!(throttled <= 0.15, "throttled {throttled:.3}");
 }
