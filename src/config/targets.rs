@@ -26,7 +26,7 @@ pub(super) struct TargetSpec {
 
 /// `requests_per_minute`: one number for every model, or model id (or `*`)
 /// → number.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(super) enum RequestsPerMinute {
     Every(u64),
@@ -43,15 +43,19 @@ pub(super) fn requests_per_minute(
     raw: Option<String>,
 ) -> Result<Option<RequestsPerMinute>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
-    serde_json::from_str(raw.trim())
-        .map(Some)
-        .map_err(|_| ConfigError::Invalid {
-            var: "RELAY_REQUESTS_PER_MINUTE",
-            reason: format!(
-                "`{raw}` is neither a number nor a JSON object of model id → requests per minute; \
-                 use the account's quota, e.g. 6000 or {{\"amazon.nova-lite-v1:0\": 6000}}"
-            ),
-        })
+    let invalid = |reason| ConfigError::Invalid {
+        var: "RELAY_REQUESTS_PER_MINUTE",
+        reason,
+    };
+    let parsed: RequestsPerMinute = serde_json::from_str(raw.trim()).map_err(|_| {
+        invalid(format!(
+            "`{raw}` is neither a number nor a JSON object of model id → requests per minute; \
+             use the account's quota, e.g. 6000 or {{\"amazon.nova-lite-v1:0\": 6000}}"
+        ))
+    })?;
+    // Checked here too, so an error names this variable, not RELAY_ROLE_ARN.
+    stated_quota(Some(parsed.clone())).map_err(invalid)?;
+    Ok(Some(parsed))
 }
 
 /// A target's `requests_per_minute`, checked: each value 1 to
@@ -217,6 +221,7 @@ mod tests {
             let err = Config::from_lookup(env(&[("RELAY_REQUESTS_PER_MINUTE", raw)]))
                 .expect_err(raw)
                 .to_string();
+            assert!(err.contains("RELAY_REQUESTS_PER_MINUTE"), "{raw}: {err}");
             assert!(
                 err.contains("requests per minute") || err.contains("requests_per_minute"),
                 "{raw}: {err}"
