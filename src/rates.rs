@@ -6,16 +6,18 @@
 //! probe above its share to find it, and the probes of all of them add up
 //! to throttles (see `src/scheduling/pacer/sim.rs`). With the quota stated
 //! (`requests_per_minute`), the instances instead take their send slots from
-//! one schedule, `60 s / requests_per_minute` apart, so together they send at
-//! the stated rate and no faster. This is a generic cell rate algorithm kept
+//! one schedule, a gap apart (`src/scheduling/slots.rs` sets it to 98 % of
+//! the stated rate), so together they send at that rate and no faster. This is a generic cell rate algorithm kept
 //! in one item: `next_us` is the next free slot in microseconds since the
 //! Unix epoch. A take of `n` slots moves it `n` gaps on; a schedule that fell
 //! behind the clock starts again from now, so slots nobody took are gone,
 //! never saved up for a burst.
 //!
 //! Item: `pk` (S, `<account>/<region>/<model>`), `next_us` (N), `takes` (N,
-//! the updates so far, for operators), `expires_at` (N, epoch seconds, the
-//! table's TTL attribute: an idle schedule is removed a day later). The function needs `dynamodb:UpdateItem` on the table, and
+//! the updates that took slots, for operators; a failed conditional update
+//! is billed as a write too but not counted), `expires_at` (N, epoch
+//! seconds, the table's TTL attribute: an idle schedule is removed a day
+//! later). The function needs `dynamodb:UpdateItem` on the table, and
 //! nothing else.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,7 +54,15 @@ pub enum RateTableError {
         /// DynamoDB's words.
         message: String,
     },
-    /// Anything else: throttled, unreachable, contended.
+    /// The table refused the update itself: the wrong key schema.
+    #[error("rate table {table} refused the update ({message}); it needs a string partition key `pk` and no sort key, as template.yaml's RateTable: point RELAY_RATE_TABLE at such a table")]
+    Invalid {
+        /// The table.
+        table: String,
+        /// DynamoDB's words.
+        message: String,
+    },
+    /// Anything else: throttled, unreachable, contended, too slow.
     #[error("rate table {table}: {reason}")]
     Unavailable {
         /// The table.
@@ -157,6 +167,11 @@ impl RateTable {
         )))
     }
 
+    /// A take that did not answer within `limit`.
+    pub fn timed_out(&self, limit: Duration) -> RateTableError {
+        self.unavailable(format!("no answer within {} ms", limit.as_millis()))
+    }
+
     fn unavailable(&self, reason: String) -> RateTableError {
         RateTableError::Unavailable {
             table: self.table.name.clone(),
@@ -174,6 +189,7 @@ impl RateTable {
         match failure.class() {
             Class::Denied => RateTableError::Denied { table, message },
             Class::Missing => RateTableError::Missing { table, message },
+            Class::Rejected => RateTableError::Invalid { table, message },
             _ => RateTableError::Unavailable {
                 table,
                 reason: message,

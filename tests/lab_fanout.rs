@@ -807,4 +807,12 @@ async fn instances_share_a_stated_quota_through_the_rate_table() {
         format!("111111111111/us-east-1/{MODEL}"),
         "one schedule per account, region and model"
     );
+    // Every take was counted, at most one per call (calls waiting together
+    // share one).
+    let takes = schedules[0]["takes"].as_u64().unwrap_or_default();
+    assert!(
+        (1..=calls.len() as u64).contains(&takes),
+        "{takes} takes for {} calls",
+        calls.len()
+    );
 }

@@ -226,7 +226,7 @@ impl Config {
             let specs: BTreeMap<String, TargetSpec> = serde_json::from_str(&raw).map_err(|err| ConfigError::Invalid {
                 var: "RELAY_TARGETS",
                 reason: format!(
-                    "{err}; expected {{\"alias\": {{\"role_arn\": \"arn:aws:iam::111111111111:role/RoleA\", \"region\": \"us-east-1\", \"external_id\": \"...\", \"session_duration\": 3600}}}}"
+                    "{err}; expected {{\"alias\": {{\"role_arn\": \"arn:aws:iam::111111111111:role/RoleA\", \"region\": \"us-east-1\", \"external_id\": \"...\", \"session_duration\": 3600, \"requests_per_minute\": 6000}}}} (requests_per_minute: a whole number, or {{\"model id\": n}})"
                 ),
             })?;
             for (alias, mut spec) in specs {
@@ -286,6 +286,12 @@ impl Config {
                 DEFAULT_ALIAS.to_owned(),
                 target(DEFAULT_ALIAS, spec, "RELAY_ROLE_ARN")?,
             );
+        }
+        if get("RELAY_ROLE_ARN").is_none() && get("RELAY_REQUESTS_PER_MINUTE").is_some() {
+            return Err(ConfigError::Invalid {
+                var: "RELAY_REQUESTS_PER_MINUTE",
+                reason: "it states the quota of the target RELAY_ROLE_ARN defines, and RELAY_ROLE_ARN is unset; with RELAY_TARGETS, state \"requests_per_minute\" in each entry".into(),
+            });
         }
         if targets.is_empty() {
             return Err(ConfigError::Missing {

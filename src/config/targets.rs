@@ -227,6 +227,19 @@ mod tests {
                 "{raw}: {err}"
             );
         }
+        let lookup = env(&[
+            (
+                "RELAY_TARGETS",
+                r#"{"a": {"role_arn": "arn:aws:iam::111111111111:role/RoleA"}}"#,
+            ),
+            ("RELAY_REQUESTS_PER_MINUTE", "6000"),
+        ]);
+        let err = Config::from_lookup(move |name: &str| {
+            (name != "RELAY_ROLE_ARN").then(|| lookup(name)).flatten()
+        })
+        .expect_err("no RELAY_ROLE_ARN target to state it for")
+        .to_string();
+        assert!(err.contains("in each entry"), "{err}");
         let err = Config::from_lookup(env(&[("RELAY_RATE_TABLE", "arn:aws:s3:::bucket")]))
             .expect_err("not a table")
             .to_string();

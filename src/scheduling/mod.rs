@@ -316,7 +316,17 @@ impl ModelCaller {
             }
             tokio::time::sleep_until(pacers[member].reserve()).await;
             if let Some(book) = &books[member] {
-                let slot = book.next_slot().await;
+                // Waiting for a slot (other calls' gathering, the take) ends
+                // in time for a call, like every other wait here.
+                let Some(limit) = self
+                    .budget(deadline)
+                    .and_then(|budget| budget.checked_sub(MIN_MODEL_BUDGET))
+                else {
+                    return give_up(target, last);
+                };
+                let Ok(slot) = tokio::time::timeout(limit, book.next_slot()).await else {
+                    return give_up(target, last);
+                };
                 let wait = slot.saturating_duration_since(tokio::time::Instant::now());
                 if self
                     .budget(deadline)

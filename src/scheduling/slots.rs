@@ -33,9 +33,9 @@ use crate::rates::{epoch_micros, RateTable};
 /// 98 % a minute's window has 1.2 s of slack, a second's 20 ms.
 pub(crate) const STATED_SHARE: f64 = 0.98;
 
-/// How late a held slot may still be used. Within the slack
-/// [`STATED_SHARE`] leaves (20 ms of a 1 s window at 98 %), so a late send
-/// does not overfill a window.
+/// How late a held slot may still be used, or a gap when that is longer: a
+/// slot of a take comes back already past by up to the take's time, and a
+/// send within a gap of its slot adds at most one request to any window.
 const LATE_AT_MOST: Duration = Duration::from_millis(10);
 /// How much of the schedule's lead a gathering take leaves, on top of twice
 /// the last take's time.
@@ -44,6 +44,11 @@ const GATHER_LEAD: Duration = Duration::from_millis(5);
 const MAX_GATHER: Duration = Duration::from_millis(250);
 /// The most slots one take asks for.
 const MAX_BLOCK: usize = 16;
+
+/// The longest a take from the rate table may take: then the instance paces
+/// on its own, as after a failure (a call must not wait out its deadline on
+/// the table).
+const TAKE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// After the rate table fails, how long an instance paces on its own before
 /// it tries the table again.
@@ -124,6 +129,22 @@ pub(crate) struct SlotBook {
     table_rests_until: Mutex<Option<Instant>>,
 }
 
+/// One call counted as waiting for a slot, until it is dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Self(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -172,8 +193,10 @@ impl SlotBook {
     }
 
     /// The next send slot for this instance; the caller waits until it.
+    /// A call dropped while it waits (its deadline, its batch failing) is
+    /// no longer counted.
     pub(crate) async fn next_slot(&self) -> Instant {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting::count(&self.waiting);
         let _taking = self.taking.lock().await;
         let slot = match self.pop_held() {
             Some(slot) => slot,
@@ -188,7 +211,6 @@ impl SlotBook {
                 held.pop_front().unwrap_or_else(Instant::now)
             }
         };
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
         slot
     }
 
@@ -199,7 +221,8 @@ impl SlotBook {
     /// the calls that ask meanwhile share one update of the table.
     fn gather_until(&self) -> Option<Instant> {
         // A take of this instance's own schedule costs nothing.
-        if matches!(self.source, Source::Local) {
+        let resting = lock(&self.table_rests_until).is_some_and(|until| Instant::now() < until);
+        if matches!(self.source, Source::Local) || resting {
             return None;
         }
         let ahead = *lock(&self.ahead);
@@ -230,7 +253,8 @@ impl SlotBook {
 
     /// `count` slots from the schedule, as instants of this process.
     async fn take(&self, count: u32) -> Vec<Instant> {
-        let gap = micros(self.gap);
+        // Rounded up: a shorter gap would send faster than the share.
+        let gap = micros(self.gap + Duration::from_nanos(999));
         let started = Instant::now();
         let shared = match &self.source {
             Source::Local => None,
@@ -240,7 +264,11 @@ impl SlotBook {
                     None
                 } else {
                     let now = epoch_micros();
-                    match table.take(key, count, gap, now).await {
+                    let taken =
+                        tokio::time::timeout(TAKE_TIMEOUT, table.take(key, count, gap, now))
+                            .await
+                            .unwrap_or_else(|_| Err(table.timed_out(TAKE_TIMEOUT)));
+                    match taken {
                         Ok(first) => Some((first, now)),
                         Err(err) => {
                             tracing::warn!(error = %err, rest_s = TABLE_REST.as_secs(), "rate table unavailable; pacing this instance alone meanwhile");
@@ -256,8 +284,12 @@ impl SlotBook {
                 // take, the store reached half way, the answer back the other.
                 let now = micros(started.duration_since(schedule.origin));
                 tokio::time::sleep(*delay / 2).await;
-                let (first, after) = take(*lock(&schedule.next), now, count, gap);
-                *lock(&schedule.next) = Some(after);
+                let first = {
+                    let mut next = lock(&schedule.next);
+                    let (first, after) = take(*next, now, count, gap);
+                    *next = Some(after);
+                    first
+                };
                 schedule.takes.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(*delay / 2).await;
                 Some((first, now))
@@ -284,15 +316,14 @@ impl SlotBook {
     }
 }
 
-/// A target alias and a model.
-type BookKey = (String, String);
-
 /// The slot books, one per target and model with a stated quota; kept across
 /// the invocations of a warm function.
 #[derive(Debug, Default)]
 pub(crate) struct SlotBooks {
     table: Option<RateTable>,
-    books: Mutex<HashMap<BookKey, Option<Arc<SlotBook>>>>,
+    /// By account, region and model ([`RateTable::key`]): the quota's own key,
+    /// so two aliases of one account share a book.
+    books: Mutex<HashMap<String, Option<Arc<SlotBook>>>>,
 }
 
 impl SlotBooks {
@@ -306,16 +337,17 @@ impl SlotBooks {
 
     /// The book of `model` on `target`, when the target states its quota.
     pub(crate) fn get(&self, target: &Target, model: &str) -> Option<Arc<SlotBook>> {
+        let key = RateTable::key(&target.role.account, &target.region, model);
         let mut books = lock(&self.books);
         books
-            .entry((target.alias.clone(), model.to_owned()))
+            .entry(key.clone())
             .or_insert_with(|| {
                 let rpm = target.quota.requests_per_minute(model)?;
                 let source = match &self.table {
                     None => Source::Local,
                     Some(table) => Source::Shared {
                         table: table.clone(),
-                        key: RateTable::key(&target.role.account, &target.region, model),
+                        key,
                     },
                 };
                 Some(Arc::new(SlotBook::new(source, rpm)))
@@ -373,7 +405,12 @@ mod tests {
         // The first call took one slot; the seven that waited meanwhile, the
         // next seven in one take: 8 slots of schedule in all.
         let after = lock(&schedule.next).expect("taken");
-        assert_eq!(after, 8 * micros(gap), "{after}");
+        assert_eq!(
+            after,
+            8 * micros(gap + Duration::from_nanos(999)),
+            "{after}"
+        );
+        assert_eq!(schedule.takes.load(Ordering::SeqCst), 2);
     }
 
     /// A rate table that fails (here: denied) costs no item: the instance
