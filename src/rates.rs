@@ -7,11 +7,15 @@
 //! to throttles (see `src/scheduling/pacer/sim.rs`). With the quota stated
 //! (`requests_per_minute`), the instances instead take their send slots from
 //! one schedule, a gap apart (`src/scheduling/slots.rs` sets it to 98 % of
-//! the stated rate), so together they send at that rate and no faster. This is a generic cell rate algorithm kept
-//! in one item: `next_us` is the next free slot in microseconds since the
-//! Unix epoch. A take of `n` slots moves it `n` gaps on; a schedule that fell
-//! behind the clock starts again from now, so slots nobody took are gone,
-//! never saved up for a burst.
+//! the stated rate), so together they send at that rate and no faster.
+//!
+//! This is a generic cell rate algorithm kept in one item: `next_us` is the
+//! next free slot in microseconds since the Unix epoch. A take of `n` slots
+//! moves it `n` gaps on; a schedule that fell behind the clock starts again
+//! from now, so slots nobody took are gone, never saved up for a burst; one
+//! more than [`MAX_AHEAD`] ahead does too. Each state is one conditional
+//! update, so a take tries first the state its schedule was last found in:
+//! one write per take while the state holds, two when it changes.
 //!
 //! Item: `pk` (S, `<account>/<region>/<model>`), `next_us` (N), `takes` (N,
 //! the updates that took slots, for operators; a failed conditional update
@@ -27,6 +31,7 @@ use thiserror::Error;
 
 use crate::aws::errors::{Class, SdkFailure};
 use crate::destination::dynamodb::Table;
+use crate::destination::Destinations;
 
 /// How long an untouched schedule stays in the table.
 const IDLE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -34,6 +39,35 @@ const IDLE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Rounds of the two conditional updates before giving up: each round fails
 /// only when another instance moved the schedule between the two.
 const ROUNDS: usize = 4;
+
+/// The farthest ahead of the clock a schedule may run. No caller waits
+/// longer than an invocation (at most 15 minutes), so a schedule beyond that
+/// serves nobody: it comes from a clock far ahead or a damaged item, and is
+/// started again at now instead of stalling every instance.
+pub const MAX_AHEAD: Duration = Duration::from_secs(15 * 60);
+
+/// Which state a take found its schedule in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// Ahead of the clock: the slots follow those already taken.
+    Busy,
+    /// Behind the clock (or new): the slots start at now.
+    Idle,
+}
+
+/// What a take got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// The first slot, in microseconds since the Unix epoch.
+    pub first: u64,
+    /// The state the schedule was found in: the next take tries it first.
+    pub from: Schedule,
+}
+
+type UpdateFailure = aws_sdk_dynamodb::error::SdkError<
+    aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+    aws_smithy_runtime_api::http::Response,
+>;
 
 /// A take from the rate table failed; the caller paces on its own meanwhile.
 #[derive(Debug, Error)]
@@ -94,77 +128,125 @@ impl RateTable {
         Self { client, table }
     }
 
+    /// The table `RELAY_RATE_TABLE` names, if any, through account B's
+    /// DynamoDB client.
+    pub fn configured(table: Option<&Table>, destinations: &Destinations) -> Option<Self> {
+        table.map(|table| Self::new(destinations.dynamodb_client().clone(), table.clone()))
+    }
+
     /// The key of the schedule of `model` in `account`'s `region`.
     pub fn key(account: &str, region: &str, model: &str) -> String {
         format!("{account}/{region}/{model}")
     }
 
     /// Takes `count` consecutive slots, `gap_us` apart, from the schedule
-    /// `key` at the time `now_us` ([`epoch_micros`]); returns the first.
+    /// `key` at the time `now_us` ([`epoch_micros`]).
+    ///
+    /// A take is one conditional update when it guesses the schedule's
+    /// state right and two when not, so `from` says which to try first: the
+    /// state the last take found ([`Taken::from`]). A schedule
+    /// [`MAX_AHEAD`] or more ahead of the clock is started again at now, as
+    /// an idle one.
     pub async fn take(
         &self,
         key: &str,
         count: u32,
         gap_us: u64,
         now_us: u64,
-    ) -> Result<u64, RateTableError> {
+        from: Schedule,
+    ) -> Result<Taken, RateTableError> {
         let span = gap_us.saturating_mul(u64::from(count));
         let expires = (now_us / 1_000_000).saturating_add(IDLE_TTL.as_secs());
+        let latest =
+            now_us.saturating_add(u64::try_from(MAX_AHEAD.as_micros()).unwrap_or(u64::MAX));
+        let order = match from {
+            Schedule::Busy => [Schedule::Busy, Schedule::Idle],
+            Schedule::Idle => [Schedule::Idle, Schedule::Busy],
+        };
         for _ in 0..ROUNDS {
-            // A busy schedule: move it on from where it is.
-            let busy = self
-                .client
-                .update_item()
-                .table_name(&self.table.arn)
-                .key("pk", AttributeValue::S(key.to_owned()))
-                .update_expression(
-                    "SET next_us = next_us + :span, expires_at = :expires ADD takes :one",
-                )
-                .condition_expression("next_us >= :now")
-                .expression_attribute_values(":span", number(span))
-                .expression_attribute_values(":one", number(1))
-                .expression_attribute_values(":now", number(now_us))
-                .expression_attribute_values(":expires", number(expires))
-                .return_values(ReturnValue::UpdatedNew)
-                .send()
-                .await;
-            match busy {
-                Ok(out) => {
-                    let next = out
-                        .attributes()
-                        .and_then(|a| a.get("next_us"))
-                        .and_then(|v| v.as_n().ok())
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .ok_or_else(|| self.unavailable("the update returned no next_us".into()))?;
-                    return Ok(next.saturating_sub(span));
+            for path in order {
+                let taken = match path {
+                    Schedule::Busy => self.take_busy(key, span, now_us, latest, expires).await,
+                    Schedule::Idle => self.take_idle(key, span, now_us, latest, expires).await,
+                };
+                match taken {
+                    Ok(Some(first)) => return Ok(Taken { first, from: path }),
+                    Ok(None) => {
+                        return Err(self.unavailable("the update returned no next_us".into()))
+                    }
+                    Err(err) if !is_condition_failed(&err) => return Err(self.error(&err)),
+                    // The schedule is in the other state, or another
+                    // instance moved it in between: try the other path.
+                    Err(_) => {}
                 }
-                Err(err) if !is_condition_failed(&err) => return Err(self.error(&err)),
-                Err(_) => {}
-            }
-            // An idle (or new) schedule: start it at now.
-            let idle = self
-                .client
-                .update_item()
-                .table_name(&self.table.arn)
-                .key("pk", AttributeValue::S(key.to_owned()))
-                .update_expression("SET next_us = :next, expires_at = :expires ADD takes :one")
-                .condition_expression("attribute_not_exists(next_us) OR next_us < :now")
-                .expression_attribute_values(":next", number(now_us.saturating_add(span)))
-                .expression_attribute_values(":one", number(1))
-                .expression_attribute_values(":now", number(now_us))
-                .expression_attribute_values(":expires", number(expires))
-                .send()
-                .await;
-            match idle {
-                Ok(_) => return Ok(now_us),
-                Err(err) if !is_condition_failed(&err) => return Err(self.error(&err)),
-                // Another instance made it busy in between: take from it.
-                Err(_) => {}
             }
         }
         Err(self.unavailable(format!(
             "the schedule `{key}` changed under {ROUNDS} rounds of takes"
         )))
+    }
+
+    /// A busy schedule, from now to [`MAX_AHEAD`] on: moved on from where
+    /// it is; the first slot is where it stood.
+    async fn take_busy(
+        &self,
+        key: &str,
+        span: u64,
+        now_us: u64,
+        latest: u64,
+        expires: u64,
+    ) -> Result<Option<u64>, UpdateFailure> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table.arn)
+            .key("pk", AttributeValue::S(key.to_owned()))
+            .update_expression(
+                "SET next_us = next_us + :span, expires_at = :expires ADD takes :one",
+            )
+            .condition_expression("next_us BETWEEN :now AND :latest")
+            .expression_attribute_values(":span", number(span))
+            .expression_attribute_values(":one", number(1))
+            .expression_attribute_values(":now", number(now_us))
+            .expression_attribute_values(":latest", number(latest))
+            .expression_attribute_values(":expires", number(expires))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get("next_us"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(|next| next.saturating_sub(span)))
+    }
+
+    /// An idle schedule (behind the clock, new, or implausibly far ahead):
+    /// started again at now.
+    async fn take_idle(
+        &self,
+        key: &str,
+        span: u64,
+        now_us: u64,
+        latest: u64,
+        expires: u64,
+    ) -> Result<Option<u64>, UpdateFailure> {
+        self.client
+            .update_item()
+            .table_name(&self.table.arn)
+            .key("pk", AttributeValue::S(key.to_owned()))
+            .update_expression("SET next_us = :next, expires_at = :expires ADD takes :one")
+            .condition_expression(
+                "attribute_not_exists(next_us) OR next_us < :now OR next_us > :latest",
+            )
+            .expression_attribute_values(":next", number(now_us.saturating_add(span)))
+            .expression_attribute_values(":one", number(1))
+            .expression_attribute_values(":now", number(now_us))
+            .expression_attribute_values(":latest", number(latest))
+            .expression_attribute_values(":expires", number(expires))
+            .send()
+            .await?;
+        Ok(Some(now_us))
     }
 
     /// A take that did not answer within `limit`.
@@ -202,12 +284,7 @@ fn number(n: u64) -> AttributeValue {
     AttributeValue::N(n.to_string())
 }
 
-fn is_condition_failed(
-    err: &aws_sdk_dynamodb::error::SdkError<
-        aws_sdk_dynamodb::operation::update_item::UpdateItemError,
-        aws_smithy_runtime_api::http::Response,
-    >,
-) -> bool {
+fn is_condition_failed(err: &UpdateFailure) -> bool {
     err.as_service_error()
         .is_some_and(|e| e.is_conditional_check_failed_exception())
 }
@@ -239,10 +316,11 @@ mod tests {
     async fn a_take_from_a_busy_schedule_starts_where_it_stood() {
         let busy = mock!(aws_sdk_dynamodb::Client::update_item)
             .match_requests(|req| {
-                req.condition_expression() == Some("next_us >= :now")
+                req.condition_expression() == Some("next_us BETWEEN :now AND :latest")
                     && req.expression_attribute_values().is_some_and(|v| {
                         v[":span"] == AttributeValue::N("30000".into())
                             && v[":now"] == AttributeValue::N("5000000".into())
+                            && v[":latest"] == AttributeValue::N("905000000".into())
                     })
                     && req.key().is_some_and(|k| {
                         k["pk"] == AttributeValue::S("111111111111/us-east-1/m".into())
@@ -255,28 +333,61 @@ mod tests {
             });
         let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&busy]);
         let key = RateTable::key("111111111111", "us-east-1", "m");
-        let first = table(client).take(&key, 3, 10_000, 5_000_000).await;
-        assert_eq!(first.expect("taken"), 5_070_000);
+        let taken = table(client)
+            .take(&key, 3, 10_000, 5_000_000, Schedule::Busy)
+            .await;
+        assert_eq!(
+            taken.expect("taken"),
+            Taken {
+                first: 5_070_000,
+                from: Schedule::Busy
+            }
+        );
         assert_eq!(busy.num_calls(), 1);
     }
 
-    /// A schedule behind the clock (or none yet) starts again at now: the
-    /// slots it skipped are not saved up.
+    /// A schedule behind the clock (or none yet, or implausibly far ahead)
+    /// starts again at now: the slots it skipped are not saved up. Guessed
+    /// busy, that is two updates; the next take, guessing idle as this one
+    /// found it, makes one.
     #[tokio::test]
     async fn an_idle_schedule_starts_again_at_now() {
         let busy = mock!(aws_sdk_dynamodb::Client::update_item)
-            .match_requests(|req| req.condition_expression() == Some("next_us >= :now"))
+            .match_requests(|req| {
+                req.condition_expression()
+                    .is_some_and(|c| c.contains("BETWEEN"))
+            })
             .then_error(condition_failed);
         let idle = mock!(aws_sdk_dynamodb::Client::update_item)
             .match_requests(|req| {
-                req.expression_attribute_values()
-                    .is_some_and(|v| v[":next"] == AttributeValue::N("5020000".into()))
+                req.condition_expression()
+                    == Some("attribute_not_exists(next_us) OR next_us < :now OR next_us > :latest")
+                    && req
+                        .expression_attribute_values()
+                        .is_some_and(|v| v[":next"] == AttributeValue::N("5020000".into()))
             })
             .then_output(|| UpdateItemOutput::builder().build());
         let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&busy, &idle]);
-        let first = table(client).take("k", 2, 10_000, 5_000_000).await;
-        assert_eq!(first.expect("taken"), 5_000_000);
+        let rates = table(client);
+        let taken = rates
+            .take("k", 2, 10_000, 5_000_000, Schedule::Busy)
+            .await
+            .expect("taken");
+        assert_eq!(
+            taken,
+            Taken {
+                first: 5_000_000,
+                from: Schedule::Idle
+            }
+        );
         assert_eq!((busy.num_calls(), idle.num_calls()), (1, 1));
+
+        let again = rates
+            .take("k", 2, 10_000, 5_000_000, taken.from)
+            .await
+            .expect("taken");
+        assert_eq!(again.from, Schedule::Idle);
+        assert_eq!((busy.num_calls(), idle.num_calls()), (1, 2), "one update");
     }
 
     /// A role without UpdateItem gets the fix in the error.
@@ -292,7 +403,7 @@ mod tests {
         });
         let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&denied]);
         let err = table(client)
-            .take("k", 1, 10_000, 5_000_000)
+            .take("k", 1, 10_000, 5_000_000, Schedule::Idle)
             .await
             .expect_err("denied");
         assert!(matches!(err, RateTableError::Denied { .. }), "{err:?}");

@@ -816,3 +816,75 @@ async fn instances_share_a_stated_quota_through_the_rate_table() {
         calls.len()
     );
 }
+
+/// A schedule left hours ahead of the clock (a clock far ahead, a damaged
+/// item) serves no caller: no invocation waits that long. The next take
+/// starts it again at now instead of making every call wait out its
+/// deadline, so the batch runs at the stated rate as on a fresh table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_left_hours_ahead_is_started_again_at_now() {
+    let bench = FanOut::start(
+        1,
+        &[
+            ("RELAY_CHUNK_ITEMS", "25"),
+            ("RELAY_MAX_CONCURRENCY", "4"),
+            ("RELAY_REQUESTS_PER_MINUTE", "1200"),
+        ],
+    )
+    .await;
+    bench.lab.bedrock.set_knobs(Knobs {
+        latency_ms: 20,
+        ..Knobs::default()
+    });
+    let key = format!("111111111111/us-east-1/{MODEL}");
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    };
+    let two_hours_us = 2 * 3600 * 1_000_000;
+    bench
+        .services
+        .put_numbers(
+            RATE_TABLE,
+            &key,
+            &[("next_us", now_us() + two_hours_us), ("takes", 0)],
+        )
+        .await
+        .expect("seed the schedule");
+    bench.put_items("ahead.jsonl", &items(50)).await;
+    let id = "schedule-ahead";
+    let planned = bench
+        .send_job(id, job("s3://relay-inputs/ahead.jsonl"))
+        .await;
+    assert_eq!(answer(&planned)["chunks"], 2, "{planned:?}");
+    bench.drain(1).await;
+
+    let manifest = bench
+        .manifest(id)
+        .await
+        .unwrap_or_else(|| panic!("no manifest; logs:\n{}", bench.logs()));
+    assert_eq!(manifest["succeeded"], 50, "{manifest}");
+    let schedules = bench.services.scan_table(RATE_TABLE).await.expect("scan");
+    let next_us = schedules[0]["next_us"].as_u64().unwrap_or_default();
+    assert!(
+        next_us < now_us() + 60 * 1_000_000,
+        "the schedule is back near the clock: {} s ahead",
+        (next_us as i128 - now_us() as i128) / 1_000_000
+    );
+    // And still paced: 50 answers at 98 % of 20 a second take 49 gaps.
+    let answered: Vec<u128> = bench
+        .lab
+        .bedrock
+        .calls()
+        .iter()
+        .filter(|c| c.status == 200)
+        .map(|c| c.at_ms)
+        .collect();
+    let span = answered
+        .iter()
+        .max()
+        .zip(answered.iter().min())
+        .map(|(a, b)| a - b);
+    assert!(span.is_some_and(|ms| ms >= 49 * 50), "{span:?} ms");
+}

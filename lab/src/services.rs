@@ -319,6 +319,26 @@ impl Services {
             .ok_or_else(|| LabError::Aws(format!("create table {name}: no arn")))
     }
 
+    /// Puts the item `pk` with numeric attributes `numbers` in table `name`
+    /// (a rate-table schedule, say, as another writer left it).
+    pub async fn put_numbers(
+        &self,
+        name: &str,
+        pk: &str,
+        numbers: &[(&str, u64)],
+    ) -> Result<(), LabError> {
+        let mut put = self
+            .dynamodb
+            .put_item()
+            .table_name(name)
+            .item("pk", AttributeValue::S(pk.to_owned()));
+        for (attribute, n) in numbers {
+            put = put.item(*attribute, AttributeValue::N(n.to_string()));
+        }
+        put.send().await.map_err(aws("put item"))?;
+        Ok(())
+    }
+
     /// Every item in the table as JSON (strings and numbers as such), sorted
     /// by `job_id` and `item`.
     pub async fn scan_table(&self, name: &str) -> Result<Vec<Value>, LabError> {

@@ -6,7 +6,7 @@
 use super::Check;
 use crate::config::Config;
 use crate::destination::Destinations;
-use crate::rates::{epoch_micros, RateTable};
+use crate::rates::{epoch_micros, RateTable, Schedule};
 
 /// The rate-table check; `None` when no target states a quota and no table
 /// is set (nothing to check).
@@ -40,9 +40,9 @@ pub(super) async fn check(config: &Config, destinations: &Destinations) -> Optio
             format!("skipped: RELAY_RATE_TABLE is {} but no target states requests_per_minute, so it is never used", table.name),
         )),
         (Some(table), false) => {
-            let rates = RateTable::new(destinations.dynamodb_client().clone(), table.clone());
+            let rates = RateTable::configured(Some(table), destinations)?;
             let probe = format!("doctor/{}", config.function_name);
-            Some(match rates.take(&probe, 0, 1, epoch_micros()).await {
+            Some(match rates.take(&probe, 0, 1, epoch_micros(), Schedule::Busy).await {
                 Ok(_) => check(
                     true,
                     false,

@@ -82,10 +82,7 @@ impl Services {
             caller: ModelCaller::new(
                 bedrock,
                 config.deadline_reserve,
-                config
-                    .rate_table
-                    .clone()
-                    .map(|table| RateTable::new(sinks.dynamodb_client().clone(), table)),
+                RateTable::configured(config.rate_table.as_ref(), &sinks),
             ),
             config,
             sinks,

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::domain::target::Target;
-use crate::rates::{epoch_micros, RateTable};
+use crate::rates::{epoch_micros, RateTable, Schedule};
 
 /// The share of the stated rate the schedule hands out. A quota counts
 /// requests as they arrive, and arrivals drift by a few milliseconds from
@@ -127,6 +127,9 @@ pub(crate) struct SlotBook {
     origin: Instant,
     /// Until when the table is not tried after a failure.
     table_rests_until: Mutex<Option<Instant>>,
+    /// The state the last take found the shared schedule in: the next take
+    /// tries that update first.
+    last_found: Mutex<Schedule>,
 }
 
 /// One call counted as waiting for a slot, until it is dropped.
@@ -169,6 +172,7 @@ impl SlotBook {
             local: Mutex::new(None),
             origin: Instant::now(),
             table_rests_until: Mutex::new(None),
+            last_found: Mutex::new(Schedule::Busy),
         }
     }
 
@@ -221,8 +225,7 @@ impl SlotBook {
     /// the calls that ask meanwhile share one update of the table.
     fn gather_until(&self) -> Option<Instant> {
         // A take of this instance's own schedule costs nothing.
-        let resting = lock(&self.table_rests_until).is_some_and(|until| Instant::now() < until);
-        if matches!(self.source, Source::Local) || resting {
+        if matches!(self.source, Source::Local) || self.table_resting(Instant::now()) {
             return None;
         }
         let ahead = *lock(&self.ahead);
@@ -251,6 +254,11 @@ impl SlotBook {
         None
     }
 
+    /// Whether the rate table rests at `at`, after a failure.
+    fn table_resting(&self, at: Instant) -> bool {
+        lock(&self.table_rests_until).is_some_and(|until| at < until)
+    }
+
     /// `count` slots from the schedule, as instants of this process.
     async fn take(&self, count: u32) -> Vec<Instant> {
         // Rounded up: a shorter gap would send faster than the share.
@@ -259,17 +267,20 @@ impl SlotBook {
         let shared = match &self.source {
             Source::Local => None,
             Source::Shared { table, key } => {
-                let resting = lock(&self.table_rests_until).is_some_and(|until| started < until);
-                if resting {
+                if self.table_resting(started) {
                     None
                 } else {
                     let now = epoch_micros();
+                    let from = *lock(&self.last_found);
                     let taken =
-                        tokio::time::timeout(TAKE_TIMEOUT, table.take(key, count, gap, now))
+                        tokio::time::timeout(TAKE_TIMEOUT, table.take(key, count, gap, now, from))
                             .await
                             .unwrap_or_else(|_| Err(table.timed_out(TAKE_TIMEOUT)));
                     match taken {
-                        Ok(first) => Some((first, now)),
+                        Ok(taken) => {
+                            *lock(&self.last_found) = taken.from;
+                            Some((taken.first, now))
+                        }
                         Err(err) => {
                             tracing::warn!(error = %err, rest_s = TABLE_REST.as_secs(), "rate table unavailable; pacing this instance alone meanwhile");
                             *lock(&self.table_rests_until) = Some(Instant::now() + TABLE_REST);
