@@ -42,7 +42,9 @@ pub(super) async fn check(config: &Config, destinations: &Destinations) -> Optio
         (Some(table), false) => {
             let rates = RateTable::configured(Some(table), destinations)?;
             let probe = format!("doctor/{}", config.function_name);
-            Some(match rates.take(&probe, 0, 1, epoch_micros(), Schedule::Busy).await {
+            // A probe takes no slots, so its schedule never runs ahead: idle,
+            // one write.
+            Some(match rates.take(&probe, 0, 1, epoch_micros(), Schedule::Idle).await {
                 Ok(_) => check(
                     true,
                     false,
