@@ -55,6 +55,18 @@ pub enum Schedule {
     Idle,
 }
 
+/// One take's figures, the same for both of its updates.
+struct Take<'a> {
+    key: &'a str,
+    /// The slots' length: count × gap, in microseconds.
+    span: u64,
+    now_us: u64,
+    /// The farthest a busy schedule may be ahead: `now_us` + [`MAX_AHEAD`].
+    latest: u64,
+    /// The TTL, in epoch seconds.
+    expires: u64,
+}
+
 /// What a take got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
@@ -155,28 +167,27 @@ impl RateTable {
         now_us: u64,
         from: Schedule,
     ) -> Result<Taken, RateTableError> {
-        let span = gap_us.saturating_mul(u64::from(count));
-        let expires = (now_us / 1_000_000).saturating_add(IDLE_TTL.as_secs());
-        let latest =
-            now_us.saturating_add(u64::try_from(MAX_AHEAD.as_micros()).unwrap_or(u64::MAX));
+        let take = Take {
+            key,
+            span: gap_us.saturating_mul(u64::from(count)),
+            now_us,
+            latest: now_us.saturating_add(u64::try_from(MAX_AHEAD.as_micros()).unwrap_or(u64::MAX)),
+            expires: (now_us / 1_000_000).saturating_add(IDLE_TTL.as_secs()),
+        };
         let order = match from {
             Schedule::Busy => [Schedule::Busy, Schedule::Idle],
             Schedule::Idle => [Schedule::Idle, Schedule::Busy],
         };
         for _ in 0..ROUNDS {
-            for path in order {
-                let taken = match path {
-                    Schedule::Busy => self.take_busy(key, span, now_us, latest, expires).await,
-                    Schedule::Idle => self.take_idle(key, span, now_us, latest, expires).await,
-                };
-                match taken {
-                    Ok(Some(first)) => return Ok(Taken { first, from: path }),
+            for state in order {
+                match self.update(&take, state).await {
+                    Ok(Some(first)) => return Ok(Taken { first, from: state }),
                     Ok(None) => {
                         return Err(self.unavailable("the update returned no next_us".into()))
                     }
                     Err(err) if !is_condition_failed(&err) => return Err(self.error(&err)),
                     // The schedule is in the other state, or another
-                    // instance moved it in between: try the other path.
+                    // instance moved it in between: try the other update.
                     Err(_) => {}
                 }
             }
@@ -186,67 +197,61 @@ impl RateTable {
         )))
     }
 
-    /// A busy schedule, from now to [`MAX_AHEAD`] on: moved on from where
-    /// it is; the first slot is where it stood.
-    async fn take_busy(
-        &self,
-        key: &str,
-        span: u64,
-        now_us: u64,
-        latest: u64,
-        expires: u64,
-    ) -> Result<Option<u64>, UpdateFailure> {
-        let out = self
+    /// The conditional update of a take from a schedule in `state`; the
+    /// first slot taken.
+    /// - Busy (from now to [`MAX_AHEAD`] ahead): moved on from where it
+    ///   is; the first slot is where it stood.
+    /// - Idle (behind the clock, new, or implausibly far ahead): started
+    ///   again at now.
+    async fn update(&self, take: &Take<'_>, state: Schedule) -> Result<Option<u64>, UpdateFailure> {
+        let (expression, condition) = match state {
+            Schedule::Busy => (
+                "SET next_us = next_us + :span, expires_at = :expires ADD takes :one",
+                "next_us BETWEEN :now AND :latest",
+            ),
+            Schedule::Idle => (
+                "SET next_us = :next, expires_at = :expires ADD takes :one",
+                "attribute_not_exists(next_us) OR next_us < :now OR next_us > :latest",
+            ),
+        };
+        let request = self
             .client
             .update_item()
             .table_name(&self.table.arn)
-            .key("pk", AttributeValue::S(key.to_owned()))
-            .update_expression(
-                "SET next_us = next_us + :span, expires_at = :expires ADD takes :one",
-            )
-            .condition_expression("next_us BETWEEN :now AND :latest")
-            .expression_attribute_values(":span", number(span))
+            .key("pk", AttributeValue::S(take.key.to_owned()))
+            .update_expression(expression)
+            .condition_expression(condition)
             .expression_attribute_values(":one", number(1))
-            .expression_attribute_values(":now", number(now_us))
-            .expression_attribute_values(":latest", number(latest))
-            .expression_attribute_values(":expires", number(expires))
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await?;
-        Ok(out
-            .attributes()
-            .and_then(|a| a.get("next_us"))
-            .and_then(|v| v.as_n().ok())
-            .and_then(|n| n.parse::<u64>().ok())
-            .map(|next| next.saturating_sub(span)))
-    }
-
-    /// An idle schedule (behind the clock, new, or implausibly far ahead):
-    /// started again at now.
-    async fn take_idle(
-        &self,
-        key: &str,
-        span: u64,
-        now_us: u64,
-        latest: u64,
-        expires: u64,
-    ) -> Result<Option<u64>, UpdateFailure> {
-        self.client
-            .update_item()
-            .table_name(&self.table.arn)
-            .key("pk", AttributeValue::S(key.to_owned()))
-            .update_expression("SET next_us = :next, expires_at = :expires ADD takes :one")
-            .condition_expression(
-                "attribute_not_exists(next_us) OR next_us < :now OR next_us > :latest",
-            )
-            .expression_attribute_values(":next", number(now_us.saturating_add(span)))
-            .expression_attribute_values(":one", number(1))
-            .expression_attribute_values(":now", number(now_us))
-            .expression_attribute_values(":latest", number(latest))
-            .expression_attribute_values(":expires", number(expires))
-            .send()
-            .await?;
-        Ok(Some(now_us))
+            .expression_attribute_values(":now", number(take.now_us))
+            .expression_attribute_values(":latest", number(take.latest))
+            .expression_attribute_values(":expires", number(take.expires));
+        // DynamoDB refuses values an expression does not use: each state
+        // adds its own.
+        match state {
+            Schedule::Busy => {
+                let out = request
+                    .expression_attribute_values(":span", number(take.span))
+                    .return_values(ReturnValue::UpdatedNew)
+                    .send()
+                    .await?;
+                Ok(out
+                    .attributes()
+                    .and_then(|a| a.get("next_us"))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .map(|next| next.saturating_sub(take.span)))
+            }
+            Schedule::Idle => {
+                request
+                    .expression_attribute_values(
+                        ":next",
+                        number(take.now_us.saturating_add(take.span)),
+                    )
+                    .send()
+                    .await?;
+                Ok(Some(take.now_us))
+            }
+        }
     }
 
     /// A take that did not answer within `limit`.

@@ -186,6 +186,23 @@ impl FanOut {
         counts
     }
 
+    /// First answered call → last, by arrival at the emulator, in ms.
+    fn answered_span_ms(&self) -> Option<u128> {
+        let answered: Vec<u128> = self
+            .lab
+            .bedrock
+            .calls()
+            .iter()
+            .filter(|c| c.status == 200)
+            .map(|c| c.at_ms)
+            .collect();
+        answered
+            .iter()
+            .max()
+            .zip(answered.iter().min())
+            .map(|(last, first)| last - first)
+    }
+
     /// What the work queue dead-lettered, read off its dead-letter queue.
     async fn dead_lettered(&self) -> Vec<lab::services::Received> {
         self.services
@@ -788,16 +805,7 @@ async fn instances_share_a_stated_quota_through_the_rate_table() {
     );
     // Answers came no faster than the stated rate: 200 in no less than
     // 199 gaps of 50 ms.
-    let answered: Vec<u128> = calls
-        .iter()
-        .filter(|c| c.status == 200)
-        .map(|c| c.at_ms)
-        .collect();
-    let span = answered
-        .iter()
-        .max()
-        .zip(answered.iter().min())
-        .map(|(a, b)| a - b);
+    let span = bench.answered_span_ms();
     assert!(span.is_some_and(|ms| ms >= 199 * 50), "{span:?} ms");
 
     let schedules = bench.services.scan_table(RATE_TABLE).await.expect("scan");
@@ -873,18 +881,6 @@ async fn a_schedule_left_hours_ahead_is_started_again_at_now() {
         (next_us as i128 - now_us() as i128) / 1_000_000
     );
     // And still paced: 50 answers at 98 % of 20 a second take 49 gaps.
-    let answered: Vec<u128> = bench
-        .lab
-        .bedrock
-        .calls()
-        .iter()
-        .filter(|c| c.status == 200)
-        .map(|c| c.at_ms)
-        .collect();
-    let span = answered
-        .iter()
-        .max()
-        .zip(answered.iter().min())
-        .map(|(a, b)| a - b);
+    let span = bench.answered_span_ms();
     assert!(span.is_some_and(|ms| ms >= 49 * 50), "{span:?} ms");
 }
