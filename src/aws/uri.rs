@@ -122,6 +122,17 @@ impl S3Object {
     }
 }
 
+/// The model id a foundation model's ARN names
+/// (`arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0` →
+/// `amazon.nova-lite-v1:0`); anything else as it is: a bare model id, an
+/// inference profile, a provisioned model (those have quotas of their own).
+pub fn foundation_model_id(model: &str) -> &str {
+    match model.split_once(":foundation-model/") {
+        Some((prefix, id)) if prefix.starts_with("arn:") && prefix.contains(":bedrock:") => id,
+        _ => model,
+    }
+}
+
 /// The parts of an ARN, checked for the service it should name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArnParts<'a> {
@@ -202,6 +213,26 @@ pub fn split_arn<'a>(text: &'a str, service: &str, form: &str) -> Result<ArnPart
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A foundation model's ARN names the same model, and quota, as its id;
+    /// other models and other ARNs are left as they are.
+    #[test]
+    fn a_foundation_model_arn_is_its_model_id() {
+        assert_eq!(
+            foundation_model_id(
+                "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0"
+            ),
+            "amazon.nova-lite-v1:0"
+        );
+        for kept in [
+            "amazon.nova-lite-v1:0",
+            "us.amazon.nova-lite-v1:0",
+            "arn:aws:bedrock:us-east-1:111111111111:inference-profile/us.amazon.nova-lite-v1:0",
+            "arn:aws:bedrock:us-east-1:111111111111:provisioned-model/abc123",
+        ] {
+            assert_eq!(foundation_model_id(kept), kept);
+        }
+    }
 
     /// A URL is built only from parts that match their patterns: a region or
     /// partition carrying a path, a host or a query is refused.

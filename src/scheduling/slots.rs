@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::aws::uri::foundation_model_id;
 use crate::domain::target::Target;
 use crate::rates::{epoch_micros, RateTable, Schedule};
 
@@ -348,7 +349,10 @@ impl SlotBooks {
     }
 
     /// The book of `model` on `target`, when the target states its quota.
+    /// A foundation model's ARN and its id share one book and one stated
+    /// quota: they are one model to Bedrock's quotas.
     pub(crate) fn get(&self, target: &Target, model: &str) -> Option<Arc<SlotBook>> {
+        let model = foundation_model_id(model);
         let key = RateTable::key(&target.role.account, &target.region, model);
         let mut books = lock(&self.books);
         books
@@ -461,7 +465,8 @@ mod tests {
     }
 
     /// A target without `requests_per_minute` for a model has no book: its
-    /// calls are paced by the pacer alone.
+    /// calls are paced by the pacer alone. A foundation model's ARN shares
+    /// its id's book.
     #[test]
     fn only_a_stated_quota_gets_a_book() {
         let mut target = crate::bedrock::tests::target();
@@ -472,5 +477,13 @@ mod tests {
         let book = books.get(&target, "amazon.nova-lite-v1:0").expect("book");
         assert!((book.gap.as_secs_f64() - 0.1 / STATED_SHARE).abs() < 1e-6);
         assert!(books.get(&target, "amazon.nova-pro-v1:0").is_none());
+        // The model's ARN is the same model: the same book.
+        let by_arn = books
+            .get(
+                &target,
+                "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0",
+            )
+            .expect("book");
+        assert!(Arc::ptr_eq(&book, &by_arn));
     }
 }
