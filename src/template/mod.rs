@@ -574,6 +574,41 @@ mod tests {
         assert!(r.render("prompt", once, &scope).is_ok());
     }
 
+    /// `join` on text joins its characters, as the engine's own does, and
+    /// a long document joined many times stays within the budget and the
+    /// text limit (the case a hostile-input run found taking 2.75 s).
+    #[test]
+    fn join_on_text_joins_its_characters() {
+        let r = Renderer::new();
+        let scope = Scope {
+            documents: Some(vec![json!({"text": "ab\n".repeat(350_000)})]),
+            ..Scope::default()
+        };
+        let small = Scope::default().with_item(&json!("añb"));
+        assert_eq!(
+            r.render("prompt", "{{ item|join('-') }}|{{ item|join }}", &small)
+                .ok()
+                .as_deref(),
+            Some("a-ñ-b|añb")
+        );
+        let many: String = (0..11)
+            .map(|i| format!("{{% set v{i} = documents[0].text|join %}}"))
+            .chain(std::iter::once("{{ v10|length }}".to_owned()))
+            .collect();
+        assert_eq!(
+            r.render("prompt", &many, &scope).ok().as_deref(),
+            Some("1050000")
+        );
+        let err = r
+            .render("prompt", "{{ documents[0].text|join('----') }}", &scope)
+            .expect_err("over the text limit");
+        assert!(
+            err.message.contains("`join` would make over"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn safe_id_makes_any_key_a_valid_job_id() {
         let r = Renderer::new();
